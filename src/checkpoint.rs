@@ -1,0 +1,174 @@
+//! Checkpoints: `<run>/checkpoints/step-NNNNNNNN/` holds `model.safetensors` (names are the
+//! module paths), `optimizer.safetensors` (AdamW moments) and `state.json`. Each is written into
+//! a `.tmp` directory, fsynced, then renamed: a kill at any moment leaves the previous
+//! checkpoints loadable. The newest `keep_last` are kept, and the best by val loss.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{sync_dir, sync_file, write_atomic};
+use crate::model::ParamStore;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps completed.
+    pub step: usize,
+    pub seed: u64,
+    /// Batches are drawn by Rng::derived(seed, [stream, step, micro]): the data position is `step`.
+    pub tokens_seen: u64,
+    pub best_val_loss: Option<f64>,
+    pub best_step: Option<usize>,
+    pub last_val_loss: Option<f64>,
+    /// Hash of the resolved config (to spot a resume under different settings).
+    pub config_hash: String,
+    pub taper_version: String,
+}
+
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
+fn step_dir_name(step: usize) -> String {
+    format!("step-{step:08}")
+}
+
+/// Completed checkpoints, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let dir = checkpoints_dir(run_dir);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if let Some(step) = name.strip_prefix("step-").and_then(|s| s.parse::<usize>().ok()) {
+            if path.join("state.json").is_file() {
+                found.push((step, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Which checkpoint of a run: "latest", "best", or "step-N" / "N".
+pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf> {
+    let all = list_checkpoints(run_dir)?;
+    if all.is_empty() {
+        bail!("{} has no checkpoints (expected {}/step-*/)", run_dir.display(), checkpoints_dir(run_dir).display());
+    }
+    match which {
+        "latest" => Ok(all.last().expect("non-empty").1.clone()),
+        "best" => {
+            let latest = read_state(&all.last().expect("non-empty").1)?;
+            let step = latest.best_step.context("this run has no evaluated checkpoint yet; use --checkpoint latest")?;
+            all.iter()
+                .find(|(s, _)| *s == step)
+                .map(|(_, p)| p.clone())
+                .with_context(|| format!("the best checkpoint (step {step}) is missing from {}", run_dir.display()))
+        }
+        other => {
+            let step: usize = other
+                .trim_start_matches("step-")
+                .parse()
+                .with_context(|| format!("--checkpoint `{other}`: expected latest, best or step-N"))?;
+            all.iter()
+                .find(|(s, _)| *s == step)
+                .map(|(_, p)| p.clone())
+                .with_context(|| format!("no checkpoint for step {step} in {}", run_dir.display()))
+        }
+    }
+}
+
+pub fn read_state(checkpoint: &Path) -> Result<TrainState> {
+    let path = checkpoint.join("state.json");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a valid checkpoint state", path.display()))
+}
+
+/// Writes one checkpoint and prunes old ones.
+pub fn save(
+    run_dir: &Path,
+    params: &HashMap<String, Tensor>,
+    optimizer: &HashMap<String, Tensor>,
+    state: &TrainState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let root = checkpoints_dir(run_dir);
+    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    let final_dir = root.join(step_dir_name(state.step));
+    let tmp_dir = root.join(format!("{}.tmp", step_dir_name(state.step)));
+    if tmp_dir.exists() {
+        fs::remove_dir_all(&tmp_dir)?;
+    }
+    fs::create_dir_all(&tmp_dir)?;
+    for (file, tensors) in [("model.safetensors", params), ("optimizer.safetensors", optimizer)] {
+        let path = tmp_dir.join(file);
+        candle_core::safetensors::save(tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        sync_file(&path)?;
+    }
+    write_atomic(&tmp_dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp_dir, &final_dir).with_context(|| format!("cannot move checkpoint into {}", final_dir.display()))?;
+    sync_dir(Some(&root))?;
+    prune(run_dir, keep_last, state.best_step)?;
+    Ok(final_dir)
+}
+
+fn prune(run_dir: &Path, keep_last: usize, best_step: Option<usize>) -> Result<()> {
+    let all = list_checkpoints(run_dir)?;
+    let cut = all.len().saturating_sub(keep_last);
+    for (step, path) in &all[..cut] {
+        if Some(*step) != best_step {
+            fs::remove_dir_all(path).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint's tensors from `file` onto `device`.
+pub fn load_tensors(file: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !file.is_file() {
+        bail!("checkpoint file {} does not exist", file.display());
+    }
+    candle_core::safetensors::load(file, device).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// Copies `tensors` into the model's parameters. Every parameter must be present with its
+/// shape, and nothing else may be in the file: a mismatch names the tensor and both shapes.
+pub fn load_into(params: &ParamStore, mut tensors: HashMap<String, Tensor>, source: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    for (name, var) in params.named_vars() {
+        match tensors.remove(&name) {
+            None => missing.push(name),
+            Some(t) => {
+                if t.dims() != var.dims() {
+                    bail!(
+                        "checkpoint {}: tensor `{name}` has shape {:?}, but the model built from the config needs {:?}",
+                        source.display(),
+                        t.dims(),
+                        var.dims()
+                    );
+                }
+                var.set(&t.to_dtype(var.dtype())?)?;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!("checkpoint {} lacks tensors the model needs: {}", source.display(), missing.join(", "));
+    }
+    if !tensors.is_empty() {
+        let mut extra: Vec<_> = tensors.into_keys().collect();
+        extra.sort();
+        bail!("checkpoint {} has tensors the model does not: {}", source.display(), extra.join(", "));
+    }
+    Ok(())
+}

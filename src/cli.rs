@@ -1,0 +1,112 @@
+//! The `taper` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::generate::{generate, SamplingOptions};
+use crate::run_dir::{RunDir, TrainedGpt};
+use crate::train::{train, TrainOptions};
+
+#[derive(Parser)]
+#[command(name = "taper", version, about = "Train Transformers from one TOML file, on candle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config (or continue a run with --resume RUN_DIR).
+    Train {
+        /// The run's TOML config, e.g. configs/gpt-shakespeare-char.toml.
+        #[arg(required_unless_present = "resume")]
+        config: Option<PathBuf>,
+        /// Override a config key: --set model.norm=post --set schedule.warmup_steps=0
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Continue the run in this directory from its latest checkpoint, with its saved config.
+        #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+        resume: Option<PathBuf>,
+        /// No progress bar or console lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Sample text from a trained run.
+    Generate {
+        /// The run directory, e.g. runs/gpt-shakespeare-char.
+        run_dir: PathBuf,
+        #[arg(long, default_value = "\n")]
+        prompt: String,
+        #[arg(long, default_value_t = 200)]
+        max_new_tokens: usize,
+        /// Softmax temperature; 0 is greedy decoding.
+        #[arg(long, default_value_t = 0.8)]
+        temperature: f64,
+        /// Sample among the k most likely tokens only (0: all).
+        #[arg(long, default_value_t = 200)]
+        top_k: usize,
+        /// Nucleus sampling: the smallest set of tokens whose probability reaches p.
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long, default_value_t = 1337)]
+        seed: u64,
+        /// Which checkpoint: latest, best or step-N.
+        #[arg(long, default_value = "latest")]
+        checkpoint: String,
+        /// Recompute every position at each step instead of using the KV-cache.
+        #[arg(long)]
+        no_cache: bool,
+        /// Device, as in `train.device` (default: the run's).
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train { config, overrides, resume, quiet } => {
+            let (config, resume) = match (config, resume) {
+                (Some(path), None) => (Config::load(&path, &overrides)?, false),
+                (None, Some(dir)) => (RunDir::new(dir).load_config(&overrides)?, true),
+                _ => bail!("give a config file, or --resume RUN_DIR"),
+            };
+            train(config, &TrainOptions { resume, quiet, stop_after: None })?;
+            Ok(())
+        }
+        Command::Generate {
+            run_dir,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            checkpoint,
+            no_cache,
+            device,
+        } => {
+            let device = match device {
+                Some(d) => d,
+                None => RunDir::new(&run_dir).load_config(&[])?.train.device,
+            };
+            let trained = TrainedGpt::load(&run_dir, &checkpoint, &device)?;
+            let prompt_ids = trained.tokenizer.encode(&prompt).context("cannot tokenize the prompt")?;
+            let opts = SamplingOptions {
+                max_new_tokens,
+                temperature,
+                top_k: (top_k > 0).then_some(top_k),
+                top_p,
+                seed,
+                use_cache: !no_cache,
+            };
+            let new_ids = generate(&trained.model, &prompt_ids, &opts)?;
+            let mut all = prompt_ids;
+            all.extend(&new_ids);
+            println!("{}", trained.tokenizer.decode(&all)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! A tokenized corpus, split into train and val, served as random contiguous blocks.
+//! Which blocks a step sees is a pure function of (seed, step, micro-batch): resuming at step
+//! N sees exactly the batches the uninterrupted run saw, with no data-loader state to save.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use super::tokenizer::TextTokenizer;
+use crate::rng::{hash_str, Rng};
+
+const TRAIN_STREAM: u64 = 1;
+const EVAL_STREAM: u64 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Val,
+}
+
+pub struct TokenDataset {
+    train: Vec<u32>,
+    val: Vec<u32>,
+    block_size: usize,
+}
+
+/// Reads a corpus as UTF-8, refusing a missing or empty file with its name.
+pub fn read_corpus(path: &Path) -> Result<String> {
+    if !path.exists() {
+        bail!("corpus file {} does not exist (set `data.path`)", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read corpus {} as UTF-8 text", path.display()))?;
+    if text.trim().is_empty() {
+        bail!("corpus file {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+impl TokenDataset {
+    /// Splits `tokens`: the first (1 - val_fraction) for training, the rest for validation.
+    pub fn new(tokens: Vec<u32>, val_fraction: f64, block_size: usize, source: &Path) -> Result<Self> {
+        let n = tokens.len();
+        let split = ((1.0 - val_fraction) * n as f64) as usize;
+        let need = block_size + 1;
+        if split < need || n - split < need {
+            bail!(
+                "corpus {} has {n} tokens: its train split has {split} and its val split {}, but each needs at least \
+                 block_size + 1 = {need} tokens; use a longer corpus, a smaller `model.block_size`, or another `data.val_fraction`",
+                source.display(),
+                n - split
+            );
+        }
+        let val = tokens[split..].to_vec();
+        let mut train = tokens;
+        train.truncate(split);
+        Ok(Self { train, val, block_size })
+    }
+
+    pub fn len(&self, split: Split) -> usize {
+        match split {
+            Split::Train => self.train.len(),
+            Split::Val => self.val.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.train.is_empty()
+    }
+
+    /// Fills `inputs` and `targets` (batch * block_size each) with blocks drawn by `rng`.
+    fn fill(&self, split: Split, batch_size: usize, rng: &mut Rng, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
+        let src = match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+        };
+        let t = self.block_size;
+        inputs.clear();
+        targets.clear();
+        for _ in 0..batch_size {
+            let start = rng.below(src.len() - t);
+            inputs.extend_from_slice(&src[start..start + t]);
+            targets.extend_from_slice(&src[start + 1..start + 1 + t]);
+        }
+    }
+
+    /// The training batch for (step, micro-batch) as (inputs, targets), each (B, T) u32.
+    pub fn train_batch(
+        &self,
+        seed: u64,
+        step: usize,
+        micro: usize,
+        batch_size: usize,
+        device: &Device,
+        buf: &mut BatchBuffers,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut rng = Rng::derived(seed, &[TRAIN_STREAM, step as u64, micro as u64]);
+        self.fill(Split::Train, batch_size, &mut rng, &mut buf.inputs, &mut buf.targets);
+        buf.to_tensors(batch_size, self.block_size, device)
+    }
+
+    /// Evaluation batch `index`: the same blocks at every evaluation, so val curves compare.
+    pub fn eval_batch(
+        &self,
+        seed: u64,
+        index: usize,
+        batch_size: usize,
+        device: &Device,
+        buf: &mut BatchBuffers,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut rng = Rng::derived(seed, &[EVAL_STREAM, index as u64]);
+        self.fill(Split::Val, batch_size, &mut rng, &mut buf.inputs, &mut buf.targets);
+        buf.to_tensors(batch_size, self.block_size, device)
+    }
+}
+
+/// Host buffers reused across steps, so the data path allocates nothing per step.
+#[derive(Default)]
+pub struct BatchBuffers {
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl BatchBuffers {
+    fn to_tensors(&self, b: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        Ok((Tensor::from_slice(&self.inputs, (b, t), device)?, Tensor::from_slice(&self.targets, (b, t), device)?))
+    }
+}
+
+/// Tokenizes `text`, or reads the ids cached at `cache` when they were made from the same text
+/// by the same tokenizer.
+pub fn tokenize_cached(tokenizer: &TextTokenizer, text: &str, cache: &Path) -> Result<Vec<u32>> {
+    let tokenizer_json = tokenizer.inner().to_string(false).map_err(anyhow::Error::msg)?;
+    let key = hash_str(text) ^ hash_str(&tokenizer_json).rotate_left(17);
+    if let Ok(bytes) = std::fs::read(cache) {
+        if bytes.len() >= 16 && bytes[..8] == key.to_le_bytes() {
+            let count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
+            if bytes.len() == 16 + 4 * count {
+                return Ok(bytes[16..]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                    .collect());
+            }
+        }
+    }
+    let ids = tokenizer.encode_corpus(text)?;
+    let mut bytes = Vec::with_capacity(16 + 4 * ids.len());
+    bytes.extend_from_slice(&key.to_le_bytes());
+    bytes.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    for id in &ids {
+        bytes.extend_from_slice(&id.to_le_bytes());
+    }
+    crate::fsutil::write_atomic(cache, &bytes)?;
+    Ok(ids)
+}

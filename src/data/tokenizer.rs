@@ -1,0 +1,176 @@
+//! Tokenizers: every kind is a Hugging Face `tokenizers::Tokenizer`, so each run saves a
+//! standard `tokenizer.json` that other tools load too.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
+use tokenizers::models::wordlevel::WordLevel;
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
+use tokenizers::models::TrainerWrapper;
+use tokenizers::normalizers::bert::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+
+use crate::config::{TokenizerConfig, TokenizerKind};
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+}
+
+impl TextTokenizer {
+    /// Builds the tokenizer a config asks for: loaded from a file, or made from the corpus.
+    pub fn from_config(cfg: &TokenizerConfig, corpus: &Path, text: &str) -> Result<Self> {
+        let special = |names: &[&str]| names.iter().map(|n| AddedToken::from(n.to_string(), true)).collect::<Vec<_>>();
+        let vocab_size = cfg.vocab_size.unwrap_or(0);
+        let mut tokenizer = match cfg.kind {
+            TokenizerKind::File => {
+                let path = cfg.path.as_deref().context("`tokenizer.path` is required for kind = \"file\"")?;
+                return Self::load(path);
+            }
+            TokenizerKind::Char => return Self::char_level(text),
+            TokenizerKind::Bpe => {
+                let mut tokenizer =
+                    Tokenizer::new(BPE::builder().unk_token("<unk>".into()).build().map_err(anyhow::Error::msg)?);
+                let metaspace = Metaspace::new('▁', PrependScheme::Always, true);
+                tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
+                tokenizer.with_decoder(Some(metaspace));
+                let trainer =
+                    BpeTrainerBuilder::new().vocab_size(vocab_size).special_tokens(special(&["<unk>"])).build();
+                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+            }
+            TokenizerKind::ByteLevelBpe => {
+                let mut tokenizer = Tokenizer::new(BPE::default());
+                tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+                tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
+                let trainer = BpeTrainerBuilder::new()
+                    .vocab_size(vocab_size)
+                    .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+                    .special_tokens(special(&["<|endoftext|>"]))
+                    .build();
+                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+            }
+            TokenizerKind::Wordpiece => {
+                let mut tokenizer = Tokenizer::new(WordPiece::default());
+                tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, false)));
+                tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
+                tokenizer.with_decoder(Some(WordPieceDecoder::default()));
+                let trainer = WordPieceTrainerBuilder::new()
+                    .vocab_size(vocab_size)
+                    .special_tokens(special(&["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+                    .build();
+                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+            }
+            TokenizerKind::Unigram => {
+                let mut tokenizer = Tokenizer::new(Unigram::default());
+                let metaspace = Metaspace::new('▁', PrependScheme::Always, true);
+                tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
+                tokenizer.with_decoder(Some(metaspace));
+                let trainer = UnigramTrainerBuilder::default()
+                    .vocab_size(vocab_size as u32)
+                    .special_tokens(special(&["<unk>"]))
+                    .unk_token(Some("<unk>".into()))
+                    .build()
+                    .map_err(anyhow::Error::msg)?;
+                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+            }
+        };
+        tokenizer.with_truncation(None).map_err(anyhow::Error::msg)?;
+        Ok(Self { inner: tokenizer })
+    }
+
+    /// One token per distinct character of `text`, in sorted order (as nanoGPT's char model).
+    pub fn char_level(text: &str) -> Result<Self> {
+        let chars: BTreeSet<char> = text.chars().collect();
+        if chars.is_empty() {
+            bail!("cannot build a character vocabulary from empty text");
+        }
+        let vocab = chars.iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+        // WordLevel insists on an unknown token name; it is not in the vocabulary, so an unseen
+        // character is an error rather than a silent substitution.
+        let model = WordLevel::builder().vocab(vocab).unk_token("<unk>".into()).build().map_err(anyhow::Error::msg)?;
+        let mut tokenizer = Tokenizer::new(model);
+        let split = Split::new(SplitPattern::Regex(r"[\s\S]".into()), SplitDelimiterBehavior::Isolated, false)
+            .map_err(anyhow::Error::msg)?;
+        tokenizer.with_pre_tokenizer(Some(split));
+        tokenizer.with_decoder(Some(Fuse::new()));
+        Ok(Self { inner: tokenizer })
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            bail!("tokenizer file {} does not exist", path.display());
+        }
+        let inner = Tokenizer::from_file(path)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
+        Ok(Self { inner })
+    }
+
+    /// Writes `tokenizer.json` (to a temporary name first, then renamed).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = self.inner.to_string(true).map_err(anyhow::Error::msg)?;
+        crate::fsutil::write_atomic(path, json.as_bytes())
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize text: {e}"))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Tokenizes a whole corpus, in parallel chunks cut at line ends.
+    pub fn encode_corpus(&self, text: &str) -> Result<Vec<u32>> {
+        const CHUNK: usize = 1 << 16;
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        while start < text.len() {
+            let mut end = (start + CHUNK).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            if end < text.len() {
+                if let Some(nl) = text[end..].find('\n') {
+                    end += nl + 1;
+                } else {
+                    end = text.len();
+                }
+            }
+            chunks.push(&text[start..end]);
+            start = end;
+        }
+        let encodings = self
+            .inner
+            .encode_batch_fast(chunks, false)
+            .map_err(|e| anyhow::anyhow!("cannot tokenize the corpus: {e}"))?;
+        Ok(encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))
+    }
+
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
+
+fn train(mut tokenizer: Tokenizer, mut trainer: TrainerWrapper, corpus: &Path) -> Result<Tokenizer> {
+    let file = corpus.to_str().context("corpus path is not valid UTF-8")?.to_string();
+    tokenizer
+        .train_from_files(&mut trainer, vec![file])
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot train the tokenizer on {}", corpus.display()))?;
+    Ok(tokenizer)
+}

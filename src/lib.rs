@@ -1,0 +1,18 @@
+//! taper: train Transformers from one TOML file, on candle.
+//!
+//! Layers, top to bottom: `cli` -> `train` / `generate` -> `model` / `data` / `optim` /
+//! `checkpoint` -> candle.
+
+pub mod alloc;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod fsutil;
+pub mod generate;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod run_dir;
+pub mod train;

@@ -1,0 +1,13 @@
+fn main() -> std::process::ExitCode {
+    taper::alloc::keep_freed_memory();
+    match taper::cli::run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

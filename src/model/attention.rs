@@ -1,0 +1,148 @@
+//! Multi-head scaled dot-product attention: self-attention (causal or not) and cross-attention,
+//! with an additive mask for causality and key padding, RoPE, and a KV-cache for decoding.
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::layers::{dropout, matmul, softmax_last_dim, InitPolicy, Linear, Mode};
+use super::positions::Rope;
+
+/// Large enough to zero a softmax weight, small enough for f16/bf16 and to keep a fully masked
+/// row finite (it then attends uniformly instead of producing NaN).
+pub const MASKED: f32 = -1e4;
+
+/// Keys and values seen so far by one attention layer while decoding.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    pub keys: Option<Tensor>,
+    pub values: Option<Tensor>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.dims()[2])
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The additive mask for causal self-attention: (q_len, offset + q_len), 0 where query
+/// `offset + i` may see key `j` (j <= offset + i), MASKED elsewhere.
+pub fn causal_mask(q_len: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let k_len = offset + q_len;
+    let values: Vec<f32> =
+        (0..q_len).flat_map(|i| (0..k_len).map(move |j| if j <= offset + i { 0.0 } else { MASKED })).collect();
+    Tensor::from_vec(values, (q_len, k_len), device)
+}
+
+/// The additive mask for key padding: `keep` (B, T_k) with 1 for real tokens, 0 for padding,
+/// as (B, 1, 1, T_k), to broadcast over heads and queries.
+pub fn padding_mask(keep: &Tensor) -> Result<Tensor> {
+    let (b, t) = keep.dims2()?;
+    let keep = keep.to_dtype(DType::F32)?;
+    ((1.0 - keep)? * MASKED as f64)?.reshape((b, 1, 1, t))
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    n_head: usize,
+    head_dim: usize,
+    dropout: f64,
+}
+
+impl Attention {
+    pub fn new(
+        d_model: usize,
+        n_head: usize,
+        bias: bool,
+        dropout: f64,
+        init: &InitPolicy,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let proj = |name: &str, residual_output: bool| {
+            Linear::new(d_model, d_model, bias, init.matrix(d_model, d_model, residual_output), vb.pp(name))
+        };
+        Ok(Self {
+            q_proj: proj("q_proj", false)?,
+            k_proj: proj("k_proj", false)?,
+            v_proj: proj("v_proj", false)?,
+            out_proj: proj("out_proj", true)?,
+            n_head,
+            head_dim: d_model / n_head,
+            dropout,
+        })
+    }
+
+    /// (B, T, D) -> (B, H, T, head_dim), contiguous.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        x.reshape((b, t, self.n_head, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
+    /// (None: self-attention over `x`). `mask`: additive, broadcastable to (B, H, T_q, T_k).
+    /// `rope`: rotary table and the position of x's first token. `cache`: for self-attention,
+    /// keys/values of earlier positions, extended here; for cross-attention, the memory's
+    /// keys/values, computed on first use and reused.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        memory: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        rope: Option<(&Rope, usize)>,
+        cache: Option<&mut KvCache>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (b, t_q, d) = x.dims3()?;
+        let mut q = self.split_heads(&self.q_proj.forward(x)?)?;
+        // Rotary positions apply to self-attention only: memory positions are not the queries'.
+        let self_rope = if memory.is_none() { rope } else { None };
+        let project_kv = |src: &Tensor| -> Result<(Tensor, Tensor)> {
+            let mut k = self.split_heads(&self.k_proj.forward(src)?)?;
+            let v = self.split_heads(&self.v_proj.forward(src)?)?;
+            if let Some((rope, offset)) = self_rope {
+                k = rope.apply(&k, offset)?;
+            }
+            Ok((k, v))
+        };
+        let (k, v) = match (memory, cache) {
+            (None, None) => project_kv(x)?,
+            (None, Some(cache)) => {
+                let (k_new, v_new) = project_kv(x)?;
+                let (k, v) = match (&cache.keys, &cache.values) {
+                    (Some(k), Some(v)) => (Tensor::cat(&[k, &k_new], 2)?, Tensor::cat(&[v, &v_new], 2)?),
+                    _ => (k_new, v_new),
+                };
+                cache.keys = Some(k.clone());
+                cache.values = Some(v.clone());
+                (k, v)
+            }
+            (Some(memory), None) => project_kv(memory)?,
+            (Some(memory), Some(cache)) => {
+                if cache.keys.is_none() {
+                    let (k, v) = project_kv(memory)?;
+                    cache.keys = Some(k);
+                    cache.values = Some(v);
+                }
+                (cache.keys.clone().expect("set above"), cache.values.clone().expect("set above"))
+            }
+        };
+        if let Some((rope, offset)) = self_rope {
+            q = rope.apply(&q, offset)?;
+        }
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (matmul(&q, &k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
+        }
+        let weights = dropout(&softmax_last_dim(&scores)?, self.dropout, mode)?;
+        let context = matmul(&weights, &v)?; // (B, H, T_q, head_dim)
+        let context = context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d))?;
+        self.out_proj.forward(&context)
+    }
+}

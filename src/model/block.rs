@@ -1,0 +1,141 @@
+//! The Transformer block, one implementation for every stack: self-attention, optional
+//! cross-attention (decoder of an encoder-decoder), and the position-wise FFN, each wrapped in
+//! a residual with LayerNorm placed per [`NormPlacement`], matched in one place: [`Block::residual`].
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::{Attention, KvCache};
+use super::layers::{activate, dropout, InitPolicy, LayerNorm, Linear, Mode};
+use super::positions::Rope;
+use crate::config::{Activation, NormPlacement};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BlockConfig {
+    pub d_model: usize,
+    pub n_head: usize,
+    pub d_ff: usize,
+    pub activation: Activation,
+    pub norm: NormPlacement,
+    pub dropout: f64,
+    pub bias: bool,
+    pub layer_norm_eps: f64,
+    pub cross_attention: bool,
+}
+
+/// Position-wise feed-forward network: fc1 -> activation -> fc2.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(cfg.d_model, cfg.d_ff, cfg.bias, init.matrix(cfg.d_model, cfg.d_ff, false), vb.pp("fc1"))?,
+            fc2: Linear::new(cfg.d_ff, cfg.d_model, cfg.bias, init.matrix(cfg.d_ff, cfg.d_model, true), vb.pp("fc2"))?,
+            activation: cfg.activation,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&activate(&self.fc1.forward(x)?, self.activation)?)
+    }
+}
+
+/// Caches of one block while decoding.
+#[derive(Debug, Clone, Default)]
+pub struct BlockCache {
+    pub self_attn: KvCache,
+    pub cross_attn: KvCache,
+}
+
+/// Everything a block reads besides its input.
+pub struct BlockInputs<'a> {
+    /// Additive self-attention mask (causal and/or key padding).
+    pub self_mask: Option<&'a Tensor>,
+    /// Encoder output and its additive padding mask, for cross-attention.
+    pub memory: Option<(&'a Tensor, Option<&'a Tensor>)>,
+    /// Rotary table and the position of the input's first token.
+    pub rope: Option<(&'a Rope, usize)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    cross: Option<(LayerNorm, Attention)>,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+    norm: NormPlacement,
+    dropout: f64,
+}
+
+impl Block {
+    pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
+        let attention = |name: &str| Attention::new(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, init, vb.pp(name));
+        let cross = if cfg.cross_attention {
+            Some((LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_cross"))?, attention("cross_attn")?))
+        } else {
+            None
+        };
+        Ok(Self {
+            ln_1: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_1"))?,
+            attn: attention("attn")?,
+            cross,
+            ln_2: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_2"))?,
+            mlp: Mlp::new(cfg, init, vb.pp("mlp"))?,
+            norm: cfg.norm,
+            dropout: cfg.dropout,
+        })
+    }
+
+    /// Add & Norm, in the configured order. Pre-LN: x + f(LN(x)). Post-LN: LN(x + f(x)).
+    fn residual(
+        &self,
+        x: &Tensor,
+        norm: &LayerNorm,
+        mode: &mut Mode,
+        branch: impl FnOnce(&Tensor, &mut Mode) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match self.norm {
+            NormPlacement::Pre => {
+                let out = branch(&norm.forward(x)?, mode)?;
+                x + dropout(&out, self.dropout, mode)?
+            }
+            NormPlacement::Post => {
+                let out = branch(x, mode)?;
+                norm.forward(&(x + dropout(&out, self.dropout, mode)?)?)
+            }
+        }
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        inputs: &BlockInputs,
+        mut cache: Option<&mut BlockCache>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let self_cache = cache.as_deref_mut().map(|c| &mut c.self_attn);
+        let x = self.residual(x, &self.ln_1, mode, |h, mode| {
+            self.attn.forward(h, None, inputs.self_mask, inputs.rope, self_cache, mode)
+        })?;
+        let x = match (&self.cross, inputs.memory) {
+            (Some((ln_cross, cross_attn)), Some((memory, memory_mask))) => {
+                let cross_cache = cache.map(|c| &mut c.cross_attn);
+                self.residual(&x, ln_cross, mode, |h, mode| {
+                    cross_attn.forward(h, Some(memory), memory_mask, None, cross_cache, mode)
+                })?
+            }
+            (None, None) => x,
+            (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
+            (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
+        };
+        self.residual(&x, &self.ln_2, mode, |h, _| self.mlp.forward(h))
+    }
+}

@@ -1,0 +1,186 @@
+//! Decoder-only Transformer (GPT): token + position embeddings, a stack of causal blocks, a
+//! final LayerNorm for pre-LN, and a language-model head (tied to the token embedding or not).
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::causal_mask;
+use super::block::{Block, BlockCache, BlockConfig, BlockInputs};
+use super::layers::{cross_entropy_sum, dropout, Embedding, InitPolicy, LayerNorm, Linear, Mode};
+use super::positions::{sinusoidal_table, Rope};
+use crate::config::{ModelConfig, NormPlacement, Positions};
+
+#[derive(Debug, Clone)]
+enum PositionEncoding {
+    Learned(Embedding),
+    Sinusoidal(Tensor),
+    Rope(Rope),
+}
+
+#[derive(Debug, Clone)]
+pub struct Gpt {
+    tok_emb: Embedding,
+    positions: PositionEncoding,
+    blocks: Vec<Block>,
+    ln_f: Option<LayerNorm>,
+    lm_head: Linear,
+    causal: Tensor,
+    dropout: f64,
+    block_size: usize,
+    vocab_size: usize,
+    dtype: DType,
+}
+
+pub fn init_policy(cfg: &ModelConfig) -> InitPolicy {
+    InitPolicy {
+        scheme: cfg.init,
+        std: cfg.init_std,
+        residual_scale: if cfg.scale_residual_init { 1.0 / (2.0 * cfg.n_layer as f64).sqrt() } else { 1.0 },
+    }
+}
+
+impl Gpt {
+    /// Builds the model over `vb` (parameter names are the module paths: `tok_emb.weight`,
+    /// `blocks.0.attn.q_proj.weight`, ...). `dtype` is the compute precision; parameters keep
+    /// whatever dtype `vb` gives them (f32 master weights when training).
+    pub fn new(cfg: &ModelConfig, vocab_size: usize, dtype: DType, vb: VarBuilder) -> Result<Self> {
+        let init = init_policy(cfg);
+        let device = vb.device().clone();
+        let tok_emb = Embedding::new(vocab_size, cfg.d_model, init.embedding(cfg.d_model), vb.pp("tok_emb"))?;
+        let positions = match cfg.positions {
+            Positions::Learned => PositionEncoding::Learned(Embedding::new(
+                cfg.block_size,
+                cfg.d_model,
+                init.embedding(cfg.d_model),
+                vb.pp("pos_emb"),
+            )?),
+            Positions::Sinusoidal => {
+                PositionEncoding::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.d_model, &device)?)
+            }
+            Positions::Rope => {
+                PositionEncoding::Rope(Rope::new(cfg.block_size, cfg.head_dim(), cfg.rope_theta, &device)?)
+            }
+        };
+        let block_cfg = BlockConfig {
+            d_model: cfg.d_model,
+            n_head: cfg.n_head,
+            d_ff: cfg.d_ff(),
+            activation: cfg.activation,
+            norm: cfg.norm,
+            dropout: cfg.dropout,
+            bias: cfg.bias,
+            layer_norm_eps: cfg.layer_norm_eps,
+            cross_attention: false,
+        };
+        let blocks = (0..cfg.n_layer)
+            .map(|i| Block::new(&block_cfg, &init, vb.pp(format!("blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = match cfg.norm {
+            NormPlacement::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_f"))?),
+            NormPlacement::Post => None,
+        };
+        let lm_head = if cfg.tie_embeddings {
+            Linear::from_weight(tok_emb.weight.clone(), None)
+        } else {
+            Linear::new(cfg.d_model, vocab_size, false, init.matrix(cfg.d_model, vocab_size, false), vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            tok_emb,
+            positions,
+            blocks,
+            ln_f,
+            lm_head,
+            causal: causal_mask(cfg.block_size, 0, &device)?,
+            dropout: cfg.dropout,
+            block_size: cfg.block_size,
+            vocab_size,
+            dtype,
+        })
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    pub fn n_layer(&self) -> usize {
+        self.blocks.len()
+    }
+    pub fn device(&self) -> &Device {
+        self.tok_emb.weight.device()
+    }
+
+    /// Hidden states after the last block (and ln_f), (B, T, D). `ids` (B, T) u32 start at
+    /// position `offset`; `caches` (one per block) make it incremental.
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        caches: Option<&mut [BlockCache]>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        if offset + t > self.block_size {
+            candle_core::bail!("sequence of {} tokens exceeds the model's block_size {}", offset + t, self.block_size);
+        }
+        let mut x = self.tok_emb.forward(ids, self.dtype)?;
+        let mut rope = None;
+        match &self.positions {
+            PositionEncoding::Learned(table) => {
+                let pos = table.weight.narrow(0, offset, t)?.to_dtype(self.dtype)?;
+                x = x.broadcast_add(&pos)?;
+            }
+            PositionEncoding::Sinusoidal(table) => {
+                x = x.broadcast_add(&table.narrow(0, offset, t)?.to_dtype(self.dtype)?)?;
+            }
+            PositionEncoding::Rope(r) => rope = Some((r, offset)),
+        }
+        let mut x = dropout(&x, self.dropout, mode)?;
+        // A single new token may see every cached one: no mask needed.
+        let mask = if t > 1 { Some(self.causal.narrow(0, offset, t)?.narrow(1, 0, offset + t)?) } else { None };
+        let inputs = BlockInputs { self_mask: mask.as_ref(), memory: None, rope };
+        match caches {
+            Some(caches) => {
+                for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+                    x = block.forward(&x, &inputs, Some(cache), mode)?;
+                }
+            }
+            None => {
+                for block in &self.blocks {
+                    x = block.forward(&x, &inputs, None, mode)?;
+                }
+            }
+        }
+        match &self.ln_f {
+            Some(ln) => ln.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    /// Logits (B, T, vocab) for every position.
+    pub fn forward(&self, ids: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.lm_head.forward(&self.hidden(ids, 0, None, mode)?)
+    }
+
+    /// Sum over all positions of the next-token cross-entropy; `targets` (B, T) u32.
+    pub fn loss_sum(&self, ids: &Tensor, targets: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let logits = self.forward(ids, mode)?;
+        let (b, t, v) = logits.dims3()?;
+        cross_entropy_sum(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
+    }
+
+    /// Fresh, empty caches for incremental decoding.
+    pub fn new_caches(&self) -> Vec<BlockCache> {
+        vec![BlockCache::default(); self.blocks.len()]
+    }
+
+    /// Feeds `ids` (B, T) after whatever `caches` hold, and returns the logits of the last
+    /// position only, (B, vocab), in f32.
+    pub fn forward_cached(&self, ids: &Tensor, caches: &mut [BlockCache]) -> Result<Tensor> {
+        let offset = caches.first().map_or(0, |c| c.self_attn.len());
+        let (_, t) = ids.dims2()?;
+        let hidden = self.hidden(ids, offset, Some(caches), &mut Mode::eval())?;
+        self.lm_head.forward(&hidden.narrow(1, t - 1, 1)?.squeeze(1)?)?.to_dtype(DType::F32)
+    }
+}

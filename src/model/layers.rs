@@ -1,0 +1,206 @@
+//! The small modules every stack is made of, written with differentiable ops only.
+//!
+//! candle-nn 0.11's `LayerNorm` (on contiguous input) and `ops::softmax_last_dim` run fused
+//! kernels without a backward pass: layers before them silently never learn. Its `Linear`
+//! computes a wrong forward on non-contiguous 3-D CPU input. So these are taper's own.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::{Activation, InitScheme};
+use crate::rng::Rng;
+
+/// How a model's weights are initialised, from `[model]` init settings.
+#[derive(Debug, Clone, Copy)]
+pub struct InitPolicy {
+    pub scheme: InitScheme,
+    pub std: f64,
+    /// Multiplier for the output projection of each residual branch.
+    pub residual_scale: f64,
+}
+
+impl InitPolicy {
+    pub fn matrix(&self, fan_in: usize, fan_out: usize, residual_output: bool) -> Init {
+        let scale = if residual_output { self.residual_scale } else { 1.0 };
+        match self.scheme {
+            InitScheme::Normal => Init::Randn { mean: 0.0, stdev: self.std * scale },
+            InitScheme::Xavier => {
+                let bound = scale * (6.0 / (fan_in + fan_out) as f64).sqrt();
+                Init::Uniform { lo: -bound, up: bound }
+            }
+        }
+    }
+
+    pub fn embedding(&self, dim: usize) -> Init {
+        match self.scheme {
+            InitScheme::Normal => Init::Randn { mean: 0.0, stdev: self.std },
+            InitScheme::Xavier => Init::Randn { mean: 0.0, stdev: (dim as f64).powf(-0.5) },
+        }
+    }
+}
+
+/// Per-forward state: training or not, and the dropout RNG.
+pub struct Mode {
+    pub train: bool,
+    rng: Rng,
+}
+
+impl Mode {
+    pub fn eval() -> Self {
+        Self { train: false, rng: Rng::new(0) }
+    }
+    /// Training mode; dropout masks come from `rng`, so a step's masks are a function of it.
+    pub fn train(rng: Rng) -> Self {
+        Self { train: true, rng }
+    }
+}
+
+/// Inverted dropout. On the CPU the mask comes from taper's seeded RNG, so runs repeat exactly;
+/// on accelerators it is drawn on the device (seeded once per run) to keep the step on-device.
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    if !mode.train || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let mask = match x.device() {
+        Device::Cpu => {
+            let scale = (1.0 / keep) as f32;
+            let values: Vec<f32> =
+                (0..x.elem_count()).map(|_| if mode.rng.uniform() < keep { scale } else { 0.0 }).collect();
+            Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?
+        }
+        device => {
+            let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
+            (uniform.ge(p)?.to_dtype(DType::F32)? / keep)?.to_dtype(x.dtype())?
+        }
+    };
+    x.mul(&mask)
+}
+
+/// Matrix product. candle's CPU backend has no bf16 GEMM, so there bf16 operands are multiplied
+/// in f32 and the result rounded back (as bf16 tensor cores accumulate in f32); accelerators
+/// use their native kernel.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::BF16 && a.device().is_cpu() {
+        return a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
+    }
+    a.matmul(b)
+}
+
+/// y = x W^T + b over the last dimension, for input of any rank.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(fan_in: usize, fan_out: usize, bias: bool, init: Init, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((fan_out, fan_in), "weight", init)?;
+        let bias = if bias { Some(vb.get_with_hints(fan_out, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let fan_in = dims[dims.len() - 1];
+        let rows = x.elem_count() / fan_in;
+        // Flatten to 2-D (contiguous) so the product is one plain GEMM.
+        let x2 = x.contiguous()?.reshape((rows, fan_in))?;
+        let w = self.weight.to_dtype(x.dtype())?;
+        let mut y = matmul(&x2, &w.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+        }
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm over the last dimension, computed in f32 whatever the activations' dtype.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed
+            .broadcast_mul(&self.weight.to_dtype(DType::F32)?)?
+            .broadcast_add(&self.bias.to_dtype(DType::F32)?)?
+            .to_dtype(dtype)
+    }
+}
+
+/// Softmax over the last dimension, in f32. The max is detached: softmax is invariant to it,
+/// so its gradient would be zero anyway.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)
+}
+
+/// log-softmax over the last dimension, in f32.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
+}
+
+/// Sum over rows of -log p(target). `logits` is (N, V), `targets` (N,) u32.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_probs = log_softmax_last_dim(logits)?;
+    log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()
+}
+
+pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    match activation {
+        Activation::Relu => x.relu(),
+        Activation::Gelu => x.gelu_erf(),
+    }
+}
+
+/// Token embedding table; also the output head when weights are tied.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(count: usize, dim: usize, init: Init, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get_with_hints((count, dim), "weight", init)? })
+    }
+
+    /// ids (B, T) u32 -> (B, T, dim) in `dtype`.
+    pub fn forward(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let dim = self.weight.dim(1)?;
+        self.weight.to_dtype(dtype)?.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, dim))
+    }
+}

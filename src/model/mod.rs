@@ -1,0 +1,12 @@
+//! The Transformer: parameters, layers, attention, the shared block, and the models built from it.
+
+pub mod attention;
+pub mod block;
+pub mod gpt;
+pub mod layers;
+pub mod params;
+pub mod positions;
+
+pub use gpt::Gpt;
+pub use layers::Mode;
+pub use params::ParamStore;

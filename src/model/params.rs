@@ -1,0 +1,108 @@
+//! Where parameters come from. Training builds the model over [`SeededParams`]: every tensor is
+//! a `Var` drawn from taper's own RNG, seeded by (run seed, parameter name), so the same seed
+//! gives the same weights on every machine, and two models that share a parameter name (say,
+//! pre-LN and post-LN variants) start from the same values for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Result, Shape, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+use crate::rng::{hash_str, Rng};
+
+/// The trainable parameters of a model, by name, in f32 (master weights).
+#[derive(Clone, Default)]
+pub struct ParamStore {
+    vars: Arc<Mutex<HashMap<String, Var>>>,
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// All parameters, sorted by name, so optimizer state lines up run after run.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let vars = self.vars.lock().expect("param store lock poisoned");
+        let mut all: Vec<_> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    pub fn get(&self, name: &str) -> Option<Var> {
+        self.vars.lock().expect("param store lock poisoned").get(name).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.lock().expect("param store lock poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn num_elements(&self) -> usize {
+        self.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// A builder whose tensors are these parameters, created (seeded) on first use.
+    pub fn var_builder(&self, seed: u64, device: &Device) -> VarBuilder<'static> {
+        let backend = SeededParams { store: self.clone(), seed };
+        VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone())
+    }
+
+    /// Detached copies of every parameter (sharing storage): a model built over them computes
+    /// without recording a graph, for evaluation and generation.
+    pub fn detached(&self) -> HashMap<String, Tensor> {
+        self.named_vars().into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect()
+    }
+}
+
+struct SeededParams {
+    store: ParamStore,
+    seed: u64,
+}
+
+impl candle_nn::var_builder::SimpleBackend for SeededParams {
+    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> Result<Tensor> {
+        let mut vars = self.store.vars.lock().expect("param store lock poisoned");
+        if let Some(var) = vars.get(name) {
+            if var.shape() != &shape {
+                candle_core::bail!("parameter `{name}` requested as {shape:?} but exists as {:?}", var.shape());
+            }
+            return Ok(var.as_tensor().clone());
+        }
+        let values = draw(&shape, &init, &mut Rng::derived(self.seed, &[hash_str(name)]));
+        let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
+        let var = Var::from_tensor(&tensor)?;
+        vars.insert(name.to_string(), var.clone());
+        Ok(var.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _device: &Device) -> Result<Tensor> {
+        match self.store.get(name) {
+            Some(var) => Ok(var.as_tensor().clone()),
+            None => candle_core::bail!("parameter `{name}` has not been created"),
+        }
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.store.get(name).is_some()
+    }
+}
+
+fn draw(shape: &Shape, init: &Init, rng: &mut Rng) -> Vec<f32> {
+    let n = shape.elem_count();
+    match *init {
+        Init::Const(c) => vec![c as f32; n],
+        Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect(),
+        Init::Uniform { lo, up } => (0..n).map(|_| (lo + (up - lo) * rng.uniform()) as f32).collect(),
+        Init::Kaiming { .. } => {
+            // taper's modules never ask for Kaiming; treat it as PyTorch's Linear default.
+            let fan_in = shape.dims().last().copied().unwrap_or(1).max(1) as f64;
+            let bound = 1.0 / fan_in.sqrt();
+            (0..n).map(|_| (-bound + 2.0 * bound * rng.uniform()) as f32).collect()
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Position information: learned table, fixed sinusoids (added to the embeddings), or rotary
+//! embeddings (applied to queries and keys inside attention).
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// The fixed sinusoidal table of Vaswani et al.: (positions, dim).
+pub fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let mut values = vec![0f32; positions * dim];
+    for pos in 0..positions {
+        for i in 0..dim / 2 {
+            let angle = pos as f64 / 10_000f64.powf(2.0 * i as f64 / dim as f64);
+            values[pos * dim + 2 * i] = angle.sin() as f32;
+            values[pos * dim + 2 * i + 1] = angle.cos() as f32;
+        }
+        if dim % 2 == 1 {
+            values[pos * dim + dim - 1] = 0.0;
+        }
+    }
+    Tensor::from_vec(values, (positions, dim), device)
+}
+
+/// Rotary position embedding (RoPE, GPT-NeoX layout: the two halves of each head rotate
+/// together), written with differentiable ops: candle-nn's fused `rope` has no backward.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    pub fn new(positions: usize, head_dim: usize, theta: f64, device: &Device) -> Result<Self> {
+        let half = head_dim / 2;
+        let mut cos = vec![0f32; positions * half];
+        let mut sin = vec![0f32; positions * half];
+        for pos in 0..positions {
+            for i in 0..half {
+                let freq = theta.powf(-2.0 * i as f64 / head_dim as f64);
+                let angle = pos as f64 * freq;
+                cos[pos * half + i] = angle.cos() as f32;
+                sin[pos * half + i] = angle.sin() as f32;
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (positions, half), device)?,
+            sin: Tensor::from_vec(sin, (positions, half), device)?,
+        })
+    }
+
+    /// x: (B, H, T, head_dim), its first position being `offset`.
+    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
+        let (_, _, t, head_dim) = x.dims4()?;
+        let half = head_dim / 2;
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.cos.dtype()
+    }
+}

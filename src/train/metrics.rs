@@ -1,0 +1,55 @@
+//! `metrics.jsonl`: one JSON object per logged step or evaluation, appended and flushed as it
+//! happens, so a crashed run keeps its curve.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending. Lines for steps after `keep_through` (written by a run that
+    /// died after its last checkpoint) are dropped, so a resumed run does not log them twice.
+    pub fn open(path: &Path, keep_through: Option<usize>) -> Result<Self> {
+        if let (Some(last), true) = (keep_through, path.exists()) {
+            let kept: Vec<String> = BufReader::new(File::open(path)?)
+                .lines()
+                .map_while(|l| l.ok())
+                .filter(|line| {
+                    let step =
+                        serde_json::from_str::<Value>(line).ok().and_then(|v| v.get("step").and_then(Value::as_u64));
+                    step.is_none_or(|s| s as usize <= last)
+                })
+                .collect();
+            let mut body = kept.join("\n");
+            if !body.is_empty() {
+                body.push('\n');
+            }
+            crate::fsutil::write_atomic(path, body.as_bytes())?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { path: path.to_path_buf(), file })
+    }
+
+    pub fn write(&mut self, record: Value) -> Result<()> {
+        writeln!(self.file, "{record}").with_context(|| format!("cannot write {}", self.path.display()))?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// Reads every record of a metrics file.
+pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    BufReader::new(file).lines().map(|l| Ok(serde_json::from_str(&l?)?)).collect()
+}

@@ -1,0 +1,53 @@
+//! The binary: bad input exits non-zero with a message, never a panic.
+
+mod common;
+
+use std::process::Command;
+
+fn taper(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_taper")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn typo_in_config_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/gpt-shakespeare-char.toml")).unwrap();
+    std::fs::write(&path, text.replace("batch_size", "batchsize")).unwrap();
+    let (ok, err) = taper(&["train", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.starts_with("error:") && err.contains("batchsize") && err.contains("typo.toml"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn missing_config_and_missing_run_are_errors() {
+    let (ok, err) = taper(&["train", "/nonexistent/config.toml"]);
+    assert!(!ok && err.contains("/nonexistent/config.toml"), "{err}");
+    let (ok, err) = taper(&["generate", "/nonexistent/run"]);
+    assert!(!ok && err.contains("/nonexistent/run") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn train_then_generate_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let config = common::tiny_config(dir.path(), &corpus, "train.steps=20");
+    let path = dir.path().join("tiny.toml");
+    std::fs::write(&path, config.to_toml_string().unwrap()).unwrap();
+    let (ok, err) = taper(&["train", path.to_str().unwrap(), "--set", "model.norm=post", "--quiet"]);
+    assert!(ok, "{err}");
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_taper"))
+        .args(["generate", run.to_str().unwrap(), "--prompt", "anna", "--max-new-tokens", "10"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("anna"));
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("norm = \"post\""), "the resolved config is saved with the override");
+    let (ok, err) = taper(&["generate", run.to_str().unwrap(), "--prompt", "§"]);
+    assert!(!ok && err.contains("prompt"), "{err}");
+}

@@ -1,0 +1,100 @@
+//! Config parsing and validation: every bad input is an error that names what is wrong.
+
+mod common;
+
+use taper::config::{Config, NormPlacement};
+
+fn base() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/gpt-shakespeare-char.toml")).unwrap()
+}
+
+fn error_of(text: &str, overrides: &[&str]) -> String {
+    let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    format!("{:#}", Config::from_toml_str(text, &overrides).unwrap_err())
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            count += 1;
+        }
+    }
+    assert!(count >= 5, "expected the default config and the GPT-2 presets");
+}
+
+#[test]
+fn typo_in_a_key_names_it_and_lists_the_valid_ones() {
+    let text = base().replace("warmup_steps = 100", "warmup_step = 100");
+    let err = error_of(&text, &[]);
+    assert!(err.contains("warmup_step"), "{err}");
+    assert!(err.contains("warmup_steps") && err.contains("min_lr"), "valid keys listed: {err}");
+}
+
+#[test]
+fn unknown_section_is_rejected() {
+    let err = error_of(&format!("{}\n[trainer]\nsteps = 3\n", base()), &[]);
+    assert!(err.contains("trainer"), "{err}");
+}
+
+#[test]
+fn load_error_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, base().replace("n_head = 4", "n_heads = 4")).unwrap();
+    let err = format!("{:#}", Config::load(&path, &[]).unwrap_err());
+    assert!(err.contains("bad.toml") && err.contains("n_heads"), "{err}");
+}
+
+#[test]
+fn overrides_set_values_of_any_type() {
+    let config = Config::from_toml_str(
+        &base(),
+        &["model.norm=post".into(), "schedule.warmup_steps=0".into(), "optim.betas=[0.9, 0.95]".into()],
+    )
+    .unwrap();
+    assert_eq!(config.model.norm, NormPlacement::Post);
+    assert_eq!(config.schedule.warmup_steps, 0);
+    assert_eq!(config.optim.betas, [0.9, 0.95]);
+}
+
+#[test]
+fn override_of_an_unknown_key_is_rejected() {
+    let err = error_of(&base(), &["model.n_layers=3"]);
+    assert!(err.contains("n_layers") && err.contains("n_layer"), "{err}");
+}
+
+#[test]
+fn bad_enum_value_lists_the_choices() {
+    let err = error_of(&base(), &["model.norm=middle"]);
+    assert!(err.contains("middle") && err.contains("pre") && err.contains("post"), "{err}");
+}
+
+#[test]
+fn heads_must_divide_width() {
+    let err = error_of(&base(), &["model.n_head=5"]);
+    assert!(err.contains("n_head") && err.contains("d_model"), "{err}");
+}
+
+#[test]
+fn warmup_longer_than_run_is_rejected() {
+    let err = error_of(&base(), &["schedule.warmup_steps=5000"]);
+    assert!(err.contains("warmup_steps") && err.contains("train.steps"), "{err}");
+}
+
+#[test]
+fn bad_device_is_rejected() {
+    let err = error_of(&base(), &["train.device=tpu"]);
+    assert!(err.contains("tpu"), "{err}");
+}
+
+#[test]
+fn resolved_config_round_trips() {
+    let config = Config::from_toml_str(&base(), &[]).unwrap();
+    let again = Config::from_toml_str(&config.to_toml_string().unwrap(), &[]).unwrap();
+    assert_eq!(config, again);
+}

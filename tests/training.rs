@@ -1,0 +1,167 @@
+//! End-to-end training through the library: loss falls, runs repeat exactly, resume equals the
+//! uninterrupted run, checkpoints refuse a model of another shape, bad corpora are clear errors.
+
+mod common;
+
+use taper::train::{train, TrainOptions};
+
+fn quiet() -> TrainOptions {
+    TrainOptions { quiet: true, ..Default::default() }
+}
+
+#[test]
+fn tiny_gpt_loss_falls_well_below_its_start_pre_and_post() {
+    for norm in ["pre", "post"] {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(600));
+        let cfg = common::tiny_config(
+            dir.path(),
+            &corpus,
+            &format!("model.norm={norm} train.steps=150 train.eval_every=150"),
+        );
+        let summary = train(cfg, &quiet()).unwrap();
+        let first = summary.losses.first().unwrap().1;
+        let last = summary.losses.last().unwrap().1;
+        // Uniform over the ~25 characters is ln(25) = 3.2; the pattern is mostly predictable.
+        assert!(first > 2.5, "{norm}: start {first}");
+        assert!(last < 1.2, "{norm}: loss only fell from {first} to {last}");
+        assert!(summary.val_loss.unwrap() < 1.3, "{norm}: val loss {:?}", summary.val_loss);
+    }
+}
+
+#[test]
+fn same_config_same_losses() {
+    let losses = |sub: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+        let _ = sub;
+        let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=12 model.dropout=0.1");
+        train(cfg, &quiet()).unwrap().losses
+    };
+    assert_eq!(losses("a"), losses("b"));
+}
+
+#[test]
+fn resume_continues_exactly_like_the_uninterrupted_run() {
+    let settings = "train.steps=30 checkpoint.every=10 model.dropout=0.1 train.grad_accum=2";
+    let dir_a = tempfile::tempdir().unwrap();
+    let corpus_a = common::write_corpus(dir_a.path(), &common::pattern_corpus(300));
+    let full = train(common::tiny_config(dir_a.path(), &corpus_a, settings), &quiet()).unwrap();
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let corpus_b = common::write_corpus(dir_b.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir_b.path(), &corpus_b, settings);
+    // "Killed" after step 17: the last checkpoint is step 10, steps 11-17 are lost.
+    train(cfg.clone(), &TrainOptions { quiet: true, stop_after: Some(17), ..Default::default() }).unwrap();
+    let resumed = train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+
+    let tail: Vec<_> = full.losses.iter().filter(|(s, _)| *s > 10).collect();
+    assert_eq!(resumed.losses.len(), tail.len());
+    for ((s1, l1), (s2, l2)) in resumed.losses.iter().zip(tail) {
+        assert_eq!(s1, s2);
+        assert!((l1 - l2).abs() <= 1e-5, "step {s1}: resumed {l1} vs uninterrupted {l2}");
+    }
+    // metrics.jsonl holds each step once: the lines of the lost steps 11-17 were dropped.
+    let records = taper::train::metrics::read_metrics(&dir_b.path().join("run/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> =
+        records.iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=30).collect::<Vec<_>>());
+}
+
+#[test]
+fn checkpoints_keep_the_last_k_and_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=20 checkpoint.every=5 checkpoint.keep_last=2");
+    train(cfg, &quiet()).unwrap();
+    let run = dir.path().join("run");
+    let steps: Vec<usize> = taper::checkpoint::list_checkpoints(&run).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(steps, vec![15, 20]);
+    let trained = taper::run_dir::TrainedGpt::load(&run, "latest", "cpu").unwrap();
+    let saved =
+        taper::checkpoint::load_tensors(&trained.checkpoint.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(saved.contains_key("tok_emb.weight") && saved.contains_key("blocks.1.mlp.fc2.weight"));
+    // No temporary files are left behind.
+    for entry in std::fs::read_dir(run.join("checkpoints")).unwrap() {
+        assert!(!entry.unwrap().file_name().to_string_lossy().ends_with(".tmp"));
+    }
+}
+
+#[test]
+fn resume_with_another_shape_names_the_tensor_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=5");
+    train(cfg, &quiet()).unwrap();
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=10 model.d_model=48");
+    let err =
+        format!("{:#}", train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap_err());
+    assert!(err.contains("blocks.0.attn.k_proj.bias") && err.contains("[32]") && err.contains("[48]"), "{err}");
+}
+
+#[test]
+fn a_fresh_run_refuses_to_overwrite_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=6");
+    train(cfg.clone(), &quiet()).unwrap();
+    let err = format!("{:#}", train(cfg, &quiet()).unwrap_err());
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn bad_corpora_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.txt");
+    let err = format!("{:#}", train(common::tiny_config(dir.path(), &missing, ""), &quiet()).unwrap_err());
+    assert!(err.contains("nope.txt") && err.contains("does not exist"), "{err}");
+
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "  \n").unwrap();
+    let err = format!("{:#}", train(common::tiny_config(dir.path(), &empty, ""), &quiet()).unwrap_err());
+    assert!(err.contains("empty.txt") && err.contains("empty"), "{err}");
+
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "to be or not to be, that is the question").unwrap();
+    let err = format!("{:#}", train(common::tiny_config(dir.path(), &short, ""), &quiet()).unwrap_err());
+    assert!(err.contains("short.txt") && err.contains("block_size"), "{err}");
+}
+
+#[test]
+fn nan_loss_stops_the_run_and_keeps_earlier_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=5 checkpoint.every=2");
+    train(cfg, &quiet()).unwrap();
+    // An absurd learning rate without clipping blows the weights up.
+    let cfg = common::tiny_config(
+        dir.path(),
+        &corpus,
+        "train.steps=40 checkpoint.every=2 optim.lr=1e12 schedule.min_lr=0 optim.grad_clip=0",
+    );
+    let err =
+        format!("{:#}", train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap_err());
+    assert!(err.contains("diverged"), "{err}");
+    let steps = taper::checkpoint::list_checkpoints(&dir.path().join("run")).unwrap();
+    assert!(!steps.is_empty(), "earlier checkpoints survive");
+    taper::run_dir::TrainedGpt::load(&dir.path().join("run"), "latest", "cpu").unwrap();
+}
+
+#[test]
+fn bf16_compute_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=40 train.dtype=bf16");
+    let summary = train(cfg, &quiet()).unwrap();
+    let first = summary.losses.first().unwrap().1;
+    let last = summary.losses.last().unwrap().1;
+    assert!(last.is_finite() && last < first - 0.5, "bf16: {first} -> {last}");
+    // Master weights stay f32.
+    let saved = taper::checkpoint::load_tensors(
+        &taper::checkpoint::resolve_checkpoint(&dir.path().join("run"), "latest").unwrap().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(saved["tok_emb.weight"].dtype(), candle_core::DType::F32);
+}
