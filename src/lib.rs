@@ -3,7 +3,6 @@
 //! Layers, top to bottom: `cli` -> `train` / `generate` -> `model` / `data` / `optim` /
 //! `checkpoint` -> candle.
 
-pub mod alloc;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -15,4 +14,5 @@ pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod run_dir;
+pub mod runtime;
 pub mod train;

@@ -1,5 +1,5 @@
 fn main() -> std::process::ExitCode {
-    taper::alloc::keep_freed_memory();
+    taper::runtime::tune_process();
     match taper::cli::run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

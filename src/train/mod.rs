@@ -154,6 +154,8 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     let mut timed_from: Option<(Instant, usize)> = None;
     let mut window = (Instant::now(), 0u64);
     let mut last_loss = None;
+    // Evaluation and checkpoint time, left out of the throughput figure.
+    let mut side_work = std::time::Duration::ZERO;
     for step in start_step..cfg.train.steps {
         if step == start_step + UNTIMED_STEPS.min(cfg.train.steps - start_step - 1) {
             timed_from = Some((Instant::now(), step));
@@ -196,6 +198,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             losses.push((state.step, loss));
             last_loss = Some(loss);
         }
+        let side_started = Instant::now();
         if cfg.train.eval_every > 0 && (state.step.is_multiple_of(cfg.train.eval_every) || done) {
             let val_loss = evaluate(cfg, &params, tokenizer.vocab_size(), dtype, &device, &data, &mut buffers)?;
             metrics.write(json!({"step": state.step, "val_loss": val_loss}))?;
@@ -211,6 +214,9 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             let tensors = params.detached();
             checkpoint::save(run.path(), &tensors, &moments, &state, cfg.checkpoint.keep_last)?;
         }
+        if timed_from.is_some() {
+            side_work += side_started.elapsed();
+        }
         progress.inc(1);
         if options.stop_after == Some(state.step) {
             break;
@@ -221,7 +227,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     let elapsed = started.elapsed().as_secs_f64();
     let (timed_start, timed_step) = timed_from.unwrap_or((started, start_step));
     let timed_steps = (state.step - timed_step).max(1);
-    let timed_secs = timed_start.elapsed().as_secs_f64();
+    let timed_secs = (timed_start.elapsed() - side_work.min(timed_start.elapsed())).as_secs_f64();
     let summary = RunSummary {
         run_dir: run.path().to_path_buf(),
         steps: state.step,
