@@ -58,6 +58,16 @@ pub enum Positions {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
+pub enum Kernels {
+    /// taper's fused CPU kernels (LayerNorm, GELU, bias add, causal softmax, cross-entropy)
+    /// where they apply (CPU, f32/f64); candle's composed ops elsewhere.
+    Fused,
+    /// candle's composed ops everywhere (what CUDA and Metal always use).
+    Composed,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
 pub enum InitScheme {
     /// Normal(0, init_std) for every matrix and embedding (GPT-2).
     Normal,
@@ -101,6 +111,8 @@ pub struct ModelConfig {
     /// Base of the rotary frequencies when `positions = "rope"`.
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    #[serde(default = "default_kernels")]
+    pub kernels: Kernels,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +258,9 @@ fn one() -> usize {
 }
 fn default_ln_eps() -> f64 {
     1e-5
+}
+fn default_kernels() -> Kernels {
+    Kernels::Fused
 }
 fn default_init() -> InitScheme {
     InitScheme::Normal

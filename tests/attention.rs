@@ -4,8 +4,9 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use taper::config::Kernels;
 use taper::config::{NormPlacement, Positions};
-use taper::model::attention::{causal_mask, padding_mask, Attention};
+use taper::model::attention::{causal_mask, padding_mask, Attention, Mask};
 use taper::model::gpt::init_policy;
 use taper::model::{Gpt, Mode, ParamStore};
 
@@ -13,9 +14,14 @@ const D: usize = 8;
 const H: usize = 2;
 
 fn attention(params: &ParamStore) -> Attention {
+    attention_with(params, Kernels::Fused)
+}
+
+fn attention_with(params: &ParamStore, kernels: Kernels) -> Attention {
     let cfg = common::tiny_config(std::path::Path::new("/tmp"), std::path::Path::new("/tmp/c.txt"), "");
     // Bias on, so the reference must add it.
-    Attention::new(D, H, true, 0.0, &init_policy(&cfg.model), params.var_builder(7, &Device::Cpu).pp("attn")).unwrap()
+    Attention::new(D, H, true, 0.0, &init_policy(&cfg.model), kernels, params.var_builder(7, &Device::Cpu).pp("attn"))
+        .unwrap()
 }
 
 fn weights(params: &ParamStore, name: &str) -> Vec<f64> {
@@ -93,13 +99,16 @@ fn assert_close(got: &Tensor, want: &[Vec<Vec<f64>>], rows: impl Fn(usize, usize
 
 #[test]
 fn causal_attention_matches_reference() {
-    let params = ParamStore::new();
-    let attn = attention(&params);
-    let x = input(2, 5);
-    let mask = causal_mask(5, 0, &Device::Cpu).unwrap();
-    let got = attn.forward(&to_tensor(&x), None, Some(&mask), None, None, &mut Mode::eval()).unwrap();
-    let want: Vec<_> = x.iter().map(|seq| reference(&params, seq, |i, j| j <= i)).collect();
-    assert_close(&got, &want, |_, _| true);
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        let params = ParamStore::new();
+        let attn = attention_with(&params, kernels);
+        let x = input(2, 5);
+        let bias = causal_mask(5, 0, &Device::Cpu).unwrap();
+        let mask = Mask::Causal { offset: 0, bias: &bias };
+        let got = attn.forward(&to_tensor(&x), None, mask, None, None, &mut Mode::eval()).unwrap();
+        let want: Vec<_> = x.iter().map(|seq| reference(&params, seq, |i, j| j <= i)).collect();
+        assert_close(&got, &want, |_, _| true);
+    }
 }
 
 #[test]
@@ -111,8 +120,8 @@ fn non_contiguous_input_gives_the_same_result() {
     let contiguous = to_tensor(&x);
     let strided = contiguous.transpose(0, 1).unwrap().contiguous().unwrap().transpose(0, 1).unwrap();
     assert!(!strided.is_contiguous());
-    let a = attn.forward(&contiguous, None, None, None, None, &mut Mode::eval()).unwrap();
-    let b = attn.forward(&strided, None, None, None, None, &mut Mode::eval()).unwrap();
+    let a = attn.forward(&contiguous, None, Mask::None, None, None, &mut Mode::eval()).unwrap();
+    let b = attn.forward(&strided, None, Mask::None, None, None, &mut Mode::eval()).unwrap();
     let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff < 1e-6, "{diff}");
 }
@@ -125,7 +134,7 @@ fn padding_mask_hides_padded_keys() {
     let keep: Vec<u32> = lengths.iter().flat_map(|&l| (0..5).map(move |j| (j < l) as u32)).collect();
     let mask = padding_mask(&Tensor::from_vec(keep, (2, 5), &Device::Cpu).unwrap()).unwrap();
     let x = input(2, 5);
-    let got = attn.forward(&to_tensor(&x), None, Some(&mask), None, None, &mut Mode::eval()).unwrap();
+    let got = attn.forward(&to_tensor(&x), None, Mask::Additive(&mask), None, None, &mut Mode::eval()).unwrap();
     let want: Vec<_> = x.iter().zip(lengths).map(|(seq, l)| reference(&params, seq, |_, j| j < l)).collect();
     assert_close(&got, &want, |b, i| i < lengths[b]);
 
@@ -134,7 +143,7 @@ fn padding_mask_hides_padded_keys() {
     for row in &mut changed[1][3..] {
         row.iter_mut().for_each(|v| *v = 100.0);
     }
-    let again = attn.forward(&to_tensor(&changed), None, Some(&mask), None, None, &mut Mode::eval()).unwrap();
+    let again = attn.forward(&to_tensor(&changed), None, Mask::Additive(&mask), None, None, &mut Mode::eval()).unwrap();
     assert_close(&again, &want, |b, i| i < lengths[b]);
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use taper::config::{NormPlacement, Positions};
+use taper::config::{Kernels, NormPlacement, Positions};
 use taper::model::{Gpt, Mode, ParamStore};
 use taper::train::accumulate_gradients;
 
@@ -19,12 +19,13 @@ fn batch(b: usize, t: usize, offset: u32) -> (Tensor, Tensor) {
 fn every_parameter_gets_a_gradient() {
     for norm in [NormPlacement::Pre, NormPlacement::Post] {
         for positions in [Positions::Learned, Positions::Sinusoidal, Positions::Rope] {
-            for tie in [true, false] {
+            for (tie, kernels) in [(true, Kernels::Fused), (false, Kernels::Fused), (true, Kernels::Composed)] {
                 let mut cfg =
                     common::tiny_config(std::path::Path::new("/tmp"), std::path::Path::new("/tmp/c.txt"), "").model;
                 cfg.norm = norm;
                 cfg.positions = positions;
                 cfg.tie_embeddings = tie;
+                cfg.kernels = kernels;
                 cfg.dropout = 0.1;
                 let params = ParamStore::new();
                 let model = Gpt::new(&cfg, 20, DType::F32, params.var_builder(1, &Device::Cpu)).unwrap();
@@ -36,7 +37,10 @@ fn every_parameter_gets_a_gradient() {
                         .get(var.as_tensor())
                         .unwrap_or_else(|| panic!("{norm:?}/{positions:?}: no gradient for {name}"));
                     let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                    assert!(n > 0.0 && n.is_finite(), "{norm:?}/{positions:?}/tie={tie}: gradient of {name} is {n}");
+                    assert!(
+                        n > 0.0 && n.is_finite(),
+                        "{norm:?}/{positions:?}/tie={tie}/{kernels:?}: gradient of {name} is {n}"
+                    );
                 }
             }
         }

@@ -4,8 +4,10 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::fused;
 use super::layers::{dropout, matmul, softmax_last_dim, InitPolicy, Linear, Mode};
 use super::positions::Rope;
+use crate::config::Kernels;
 
 /// Large enough to zero a softmax weight, small enough for f16/bf16 and to keep a fully masked
 /// row finite (it then attends uniformly instead of producing NaN).
@@ -25,6 +27,18 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Which keys each query may attend to.
+#[derive(Debug, Clone, Copy)]
+pub enum Mask<'a> {
+    /// Every key.
+    None,
+    /// Query i, at position `offset + i`, sees keys 0..=offset+i. `bias` is the same mask as an
+    /// additive (T_q, T_k) tensor, for the composed path; the fused softmax needs only `offset`.
+    Causal { offset: usize, bias: &'a Tensor },
+    /// An additive mask (0 or MASKED), broadcastable to (B, H, T_q, T_k): key padding.
+    Additive(&'a Tensor),
 }
 
 /// The additive mask for causal self-attention: (q_len, offset + q_len), 0 where query
@@ -53,6 +67,7 @@ pub struct Attention {
     n_head: usize,
     head_dim: usize,
     dropout: f64,
+    kernels: Kernels,
 }
 
 impl Attention {
@@ -62,10 +77,12 @@ impl Attention {
         bias: bool,
         dropout: f64,
         init: &InitPolicy,
+        kernels: Kernels,
         vb: VarBuilder,
     ) -> Result<Self> {
         let proj = |name: &str, residual_output: bool| {
-            Linear::new(d_model, d_model, bias, init.matrix(d_model, d_model, residual_output), vb.pp(name))
+            let init = init.matrix(d_model, d_model, residual_output);
+            Linear::new(d_model, d_model, bias, init, kernels, vb.pp(name))
         };
         Ok(Self {
             q_proj: proj("q_proj", false)?,
@@ -75,6 +92,7 @@ impl Attention {
             n_head,
             head_dim: d_model / n_head,
             dropout,
+            kernels,
         })
     }
 
@@ -85,7 +103,7 @@ impl Attention {
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
-    /// (None: self-attention over `x`). `mask`: additive, broadcastable to (B, H, T_q, T_k).
+    /// (None: self-attention over `x`). `mask`: which keys each query sees.
     /// `rope`: rotary table and the position of x's first token. `cache`: for self-attention,
     /// keys/values of earlier positions, extended here; for cross-attention, the memory's
     /// keys/values, computed on first use and reused.
@@ -93,7 +111,7 @@ impl Attention {
         &self,
         x: &Tensor,
         memory: Option<&Tensor>,
-        mask: Option<&Tensor>,
+        mask: Mask,
         rope: Option<(&Rope, usize)>,
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
@@ -136,11 +154,17 @@ impl Attention {
             q = rope.apply(&q, offset)?;
         }
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (matmul(&q, &k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(&mask.to_dtype(scores.dtype())?)?;
-        }
-        let weights = dropout(&softmax_last_dim(&scores)?, self.dropout, mode)?;
+        let scores = matmul(&q, &k.t()?)?;
+        let fused = self.kernels == Kernels::Fused && fused::applies(&scores);
+        let weights = match mask {
+            Mask::None if fused => fused::scaled_softmax(&scores, scale, None)?,
+            Mask::Causal { offset, .. } if fused => fused::scaled_softmax(&scores, scale, Some(offset))?,
+            Mask::None => softmax_last_dim(&(scores * scale)?)?,
+            Mask::Causal { bias, .. } | Mask::Additive(bias) => {
+                softmax_last_dim(&(scores * scale)?.broadcast_add(&bias.to_dtype(q.dtype())?)?)?
+            }
+        };
+        let weights = dropout(&weights, self.dropout, mode)?;
         let context = matmul(&weights, &v)?; // (B, H, T_q, head_dim)
         let context = context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d))?;
         self.out_proj.forward(&context)

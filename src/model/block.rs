@@ -5,10 +5,10 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::{Attention, KvCache};
+use super::attention::{Attention, KvCache, Mask};
 use super::layers::{activate, dropout, InitPolicy, LayerNorm, Linear, Mode};
 use super::positions::Rope;
-use crate::config::{Activation, NormPlacement};
+use crate::config::{Activation, Kernels, NormPlacement};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BlockConfig {
@@ -21,6 +21,7 @@ pub struct BlockConfig {
     pub bias: bool,
     pub layer_norm_eps: f64,
     pub cross_attention: bool,
+    pub kernels: Kernels,
 }
 
 /// Position-wise feed-forward network: fc1 -> activation -> fc2.
@@ -29,21 +30,24 @@ pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
     activation: Activation,
+    kernels: Kernels,
 }
 
 impl Mlp {
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
         Ok(Self {
-            fc1: Linear::new(cfg.d_model, cfg.d_ff, cfg.bias, init.matrix(cfg.d_model, cfg.d_ff, false), vb.pp("fc1"))?,
-            fc2: Linear::new(cfg.d_ff, cfg.d_model, cfg.bias, init.matrix(cfg.d_ff, cfg.d_model, true), vb.pp("fc2"))?,
+            fc1: Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), cfg.kernels, vb.pp("fc1"))?,
+            fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), cfg.kernels, vb.pp("fc2"))?,
             activation: cfg.activation,
+            kernels: cfg.kernels,
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&activate(&self.fc1.forward(x)?, self.activation)?)
+        self.fc2.forward(&activate(&self.fc1.forward(x)?, self.activation, self.kernels)?)
     }
 }
 
@@ -57,9 +61,9 @@ pub struct BlockCache {
 /// Everything a block reads besides its input.
 pub struct BlockInputs<'a> {
     /// Additive self-attention mask (causal and/or key padding).
-    pub self_mask: Option<&'a Tensor>,
+    pub self_mask: Mask<'a>,
     /// Encoder output and its additive padding mask, for cross-attention.
-    pub memory: Option<(&'a Tensor, Option<&'a Tensor>)>,
+    pub memory: Option<(&'a Tensor, Mask<'a>)>,
     /// Rotary table and the position of the input's first token.
     pub rope: Option<(&'a Rope, usize)>,
 }
@@ -77,17 +81,15 @@ pub struct Block {
 
 impl Block {
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
-        let attention = |name: &str| Attention::new(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, init, vb.pp(name));
-        let cross = if cfg.cross_attention {
-            Some((LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_cross"))?, attention("cross_attn")?))
-        } else {
-            None
-        };
+        let attention =
+            |name: &str| Attention::new(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, init, cfg.kernels, vb.pp(name));
+        let norm = |name: &str| LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, cfg.kernels, vb.pp(name));
+        let cross = if cfg.cross_attention { Some((norm("ln_cross")?, attention("cross_attn")?)) } else { None };
         Ok(Self {
-            ln_1: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_1"))?,
+            ln_1: norm("ln_1")?,
             attn: attention("attn")?,
             cross,
-            ln_2: LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_2"))?,
+            ln_2: norm("ln_2")?,
             mlp: Mlp::new(cfg, init, vb.pp("mlp"))?,
             norm: cfg.norm,
             dropout: cfg.dropout,

@@ -4,11 +4,11 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::causal_mask;
+use super::attention::{causal_mask, Mask};
 use super::block::{Block, BlockCache, BlockConfig, BlockInputs};
-use super::layers::{cross_entropy_sum, dropout, Embedding, InitPolicy, LayerNorm, Linear, Mode};
+use super::layers::{add_broadcast, cross_entropy_sum, dropout, Embedding, InitPolicy, LayerNorm, Linear, Mode};
 use super::positions::{sinusoidal_table, Rope};
-use crate::config::{ModelConfig, NormPlacement, Positions};
+use crate::config::{Kernels, ModelConfig, NormPlacement, Positions};
 
 #[derive(Debug, Clone)]
 enum PositionEncoding {
@@ -29,6 +29,7 @@ pub struct Gpt {
     block_size: usize,
     vocab_size: usize,
     dtype: DType,
+    kernels: Kernels,
 }
 
 pub fn init_policy(cfg: &ModelConfig) -> InitPolicy {
@@ -71,18 +72,20 @@ impl Gpt {
             bias: cfg.bias,
             layer_norm_eps: cfg.layer_norm_eps,
             cross_attention: false,
+            kernels: cfg.kernels,
         };
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(&block_cfg, &init, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = match cfg.norm {
-            NormPlacement::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_f"))?),
+            NormPlacement::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, cfg.kernels, vb.pp("ln_f"))?),
             NormPlacement::Post => None,
         };
         let lm_head = if cfg.tie_embeddings {
-            Linear::from_weight(tok_emb.weight.clone(), None)
+            Linear::from_weight(tok_emb.weight.clone(), None, cfg.kernels)
         } else {
-            Linear::new(cfg.d_model, vocab_size, false, init.matrix(cfg.d_model, vocab_size, false), vb.pp("lm_head"))?
+            let init = init.matrix(cfg.d_model, vocab_size, false);
+            Linear::new(cfg.d_model, vocab_size, false, init, cfg.kernels, vb.pp("lm_head"))?
         };
         Ok(Self {
             tok_emb,
@@ -95,6 +98,7 @@ impl Gpt {
             block_size: cfg.block_size,
             vocab_size,
             dtype,
+            kernels: cfg.kernels,
         })
     }
 
@@ -129,17 +133,21 @@ impl Gpt {
         match &self.positions {
             PositionEncoding::Learned(table) => {
                 let pos = table.weight.narrow(0, offset, t)?.to_dtype(self.dtype)?;
-                x = x.broadcast_add(&pos)?;
+                x = add_broadcast(&x, &pos, self.kernels)?;
             }
             PositionEncoding::Sinusoidal(table) => {
-                x = x.broadcast_add(&table.narrow(0, offset, t)?.to_dtype(self.dtype)?)?;
+                x = add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(self.dtype)?, self.kernels)?;
             }
             PositionEncoding::Rope(r) => rope = Some((r, offset)),
         }
         let mut x = dropout(&x, self.dropout, mode)?;
         // A single new token may see every cached one: no mask needed.
-        let mask = if t > 1 { Some(self.causal.narrow(0, offset, t)?.narrow(1, 0, offset + t)?) } else { None };
-        let inputs = BlockInputs { self_mask: mask.as_ref(), memory: None, rope };
+        let bias = if t > 1 { Some(self.causal.narrow(0, offset, t)?.narrow(1, 0, offset + t)?) } else { None };
+        let self_mask = match &bias {
+            Some(bias) => Mask::Causal { offset, bias },
+            None => Mask::None,
+        };
+        let inputs = BlockInputs { self_mask, memory: None, rope };
         match caches {
             Some(caches) => {
                 for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
@@ -167,7 +175,7 @@ impl Gpt {
     pub fn loss_sum(&self, ids: &Tensor, targets: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.forward(ids, mode)?;
         let (b, t, v) = logits.dims3()?;
-        cross_entropy_sum(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
+        cross_entropy_sum(&logits.reshape((b * t, v))?, &targets.flatten_all()?, self.kernels)
     }
 
     /// Fresh, empty caches for incremental decoding.

@@ -7,7 +7,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{Activation, InitScheme};
+use super::fused;
+use crate::config::{Activation, InitScheme, Kernels};
 use crate::rng::Rng;
 
 /// How a model's weights are initialised, from `[model]` init settings.
@@ -92,17 +93,36 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    kernels: Kernels,
 }
 
 impl Linear {
-    pub fn new(fan_in: usize, fan_out: usize, bias: bool, init: Init, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        fan_in: usize,
+        fan_out: usize,
+        bias: bool,
+        init: Init,
+        kernels: Kernels,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let weight = vb.get_with_hints((fan_out, fan_in), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(fan_out, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, kernels })
     }
 
-    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+    pub fn from_weight(weight: Tensor, bias: Option<Tensor>, kernels: Kernels) -> Self {
+        Self { weight, bias, kernels }
+    }
+}
+
+/// `x + b`, with `b`'s shape a suffix of `x`'s (bias over rows, positions over the batch).
+/// The fused form's backward sums `b`'s gradient in one pass instead of candle's generic
+/// strided reduction.
+pub fn add_broadcast(x: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    if kernels == Kernels::Fused && fused::applies(x) && b.dtype() == x.dtype() {
+        fused::add_row_vector(x, b)
+    } else {
+        x.broadcast_add(b)
     }
 }
 
@@ -116,7 +136,7 @@ impl Module for Linear {
         let w = self.weight.to_dtype(x.dtype())?;
         let mut y = matmul(&x2, &w.t()?)?;
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+            y = add_broadcast(&y, &b.to_dtype(x.dtype())?, self.kernels)?;
         }
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
@@ -130,18 +150,22 @@ pub struct LayerNorm {
     pub weight: Tensor,
     pub bias: Tensor,
     pub eps: f64,
+    kernels: Kernels,
 }
 
 impl LayerNorm {
-    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, eps: f64, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
         let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
-        Ok(Self { weight, bias, eps })
+        Ok(Self { weight, bias, eps, kernels })
     }
 }
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kernels == Kernels::Fused && fused::applies(x) && self.weight.dtype() == x.dtype() {
+            return fused::layer_norm(x, &self.weight, &self.bias, self.eps);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -174,14 +198,18 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Sum over rows of -log p(target). `logits` is (N, V), `targets` (N,) u32.
-pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor, kernels: Kernels) -> Result<Tensor> {
+    if kernels == Kernels::Fused && fused::applies(logits) {
+        return fused::cross_entropy_sum(logits, targets);
+    }
     let log_probs = log_softmax_last_dim(logits)?;
     log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()
 }
 
-pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
+pub fn activate(x: &Tensor, activation: Activation, kernels: Kernels) -> Result<Tensor> {
     match activation {
         Activation::Relu => x.relu(),
+        Activation::Gelu if kernels == Kernels::Fused && fused::applies(x) => fused::gelu(x),
         Activation::Gelu => x.gelu_erf(),
     }
 }

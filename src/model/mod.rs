@@ -2,6 +2,7 @@
 
 pub mod attention;
 pub mod block;
+pub mod fused;
 pub mod gpt;
 pub mod layers;
 pub mod params;

@@ -1,0 +1,554 @@
+//! Fused CPU kernels with hand-written backward passes, for the ops where candle's composed
+//! form is slow on the CPU: LayerNorm, GELU, bias (and position) add, causal softmax, and
+//! cross-entropy. Each replaces several full passes over memory (and several autograd nodes,
+//! each of which allocates a zeroed gradient) by one pass forward and one backward.
+//!
+//! Only f32 and f64 CPU tensors take these paths; `layers.rs` falls back to the composed ops
+//! for other dtypes and devices, so CUDA and Metal run the same model through candle's kernels.
+//! `tests/fused_ops.rs` checks every forward and gradient against the composed form in f64.
+//!
+//! A backward pass must return tensors, so each backward is itself a (forward-only) CustomOp.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+/// Elements below which a kernel runs on the calling thread (a task costs a few microseconds).
+const PARALLEL_MIN: usize = 1 << 14;
+
+/// The float arithmetic the kernels need, for f32 (training) and f64 (gradient checks).
+pub trait Real:
+    WithDType
+    + Copy
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::Neg<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::MulAssign
+    + PartialOrd
+{
+    fn of(v: f64) -> Self;
+    fn exp_(self) -> Self;
+    fn sqrt_(self) -> Self;
+    fn ln_(self) -> Self;
+}
+
+impl Real for f32 {
+    fn of(v: f64) -> Self {
+        v as f32
+    }
+    fn exp_(self) -> Self {
+        fast_exp(self)
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+}
+
+impl Real for f64 {
+    fn of(v: f64) -> Self {
+        v
+    }
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+    fn sqrt_(self) -> Self {
+        self.sqrt()
+    }
+    fn ln_(self) -> Self {
+        self.ln()
+    }
+}
+
+/// e^x for f32 in plain arithmetic (no libm call), so loops over it vectorise. Range reduction
+/// to r in [-ln2/2, ln2/2], a degree-6 polynomial, and the exponent set through the bits.
+/// Relative error below 3e-7 over the whole range; flushes to 0 below -87.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = x.clamp(-87.0, 88.0);
+    let shifted = x * LOG2E + MAGIC;
+    let n = shifted - MAGIC;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let exponent = (shifted.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) as u32;
+    p * f32::from_bits(exponent << 23)
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), in plain arithmetic.
+#[inline(always)]
+fn erf<T: Real>(x: T) -> T {
+    let sign = if x < T::of(0.0) { T::of(-1.0) } else { T::of(1.0) };
+    let a = x * sign;
+    let t = T::of(1.0) / (T::of(1.0) + T::of(0.327_591_1) * a);
+    let poly = t
+        * (T::of(0.254_829_592)
+            + t * (T::of(-0.284_496_736)
+                + t * (T::of(1.421_413_741) + t * (T::of(-1.453_152_027) + t * T::of(1.061_405_429)))));
+    sign * (T::of(1.0) - poly * (-(a * a)).exp_())
+}
+
+fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused op needs contiguous input"),
+    }
+}
+
+/// Runs `f(first_row, rows)` over `out` in blocks of whole rows, in parallel when large.
+fn for_row_blocks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let rows = out.len() / row_len.max(1);
+    let threads = rayon::current_num_threads().max(1);
+    if out.len() < PARALLEL_MIN || threads == 1 || rows < 2 {
+        f(0, out);
+        return;
+    }
+    let rows_per_block = rows.div_ceil(threads * 4).max(PARALLEL_MIN / row_len.max(1) / 4).max(1);
+    out.par_chunks_mut(rows_per_block * row_len).enumerate().for_each(|(i, block)| f(i * rows_per_block, block));
+}
+
+macro_rules! dispatch {
+    ($storage:expr, $name:expr, |$t:ident| $body:expr) => {
+        match $storage {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            _ => candle_core::bail!("{}: only f32 and f64 are supported", $name),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// x + b, b broadcast over the rows of x (biases, position embeddings).
+
+struct AddRowVector;
+struct SumRows;
+
+impl CustomOp2 for AddRowVector {
+    fn name(&self) -> &'static str {
+        "taper-add-row-vector"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s1, self.name(), |T| {
+            let x = contiguous::<T>(s1, l1)?;
+            let b = contiguous::<T>(s2, l2)?;
+            let mut out = x.to_vec();
+            for_row_blocks(&mut out, b.len(), |_, block| {
+                for row in block.chunks_exact_mut(b.len()) {
+                    row.iter_mut().zip(b).for_each(|(o, &v)| *o += v);
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+    fn bwd(&self, _x: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let rows = grad.elem_count() / b.elem_count();
+        let grad_b = grad.contiguous()?.reshape((rows, b.elem_count()))?.apply_op1_no_bwd(&SumRows)?;
+        Ok((Some(grad.clone()), Some(grad_b.reshape(b.shape())?)))
+    }
+}
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "taper-sum-rows"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, cols) = l.shape().dims2()?;
+        dispatch!(s, self.name(), |T| {
+            let x = contiguous::<T>(s, l)?;
+            let mut sum = vec![T::of(0.0); cols];
+            for row in x.chunks_exact(cols) {
+                sum.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+            Ok((T::to_cpu_storage_owned(sum), Shape::from(cols)))
+        })
+    }
+}
+
+/// `x + b` where `b`'s shape is a suffix of `x`'s (x: (.., F), b: (F); or x: (B, T, D), b: (T, D)).
+pub fn add_row_vector(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&b.contiguous()?, AddRowVector)
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the last dimension.
+
+struct LayerNormOp {
+    eps: f64,
+}
+struct LayerNormGrad {
+    eps: f64,
+}
+
+/// Mean and 1/std of one row.
+#[inline(always)]
+fn row_stats<T: Real>(row: &[T], eps: f64) -> (T, T) {
+    let n = T::of(row.len() as f64);
+    let mean = row.iter().fold(T::of(0.0), |a, &v| a + v) / n;
+    let var = row.iter().fold(T::of(0.0), |a, &v| a + (v - mean) * (v - mean)) / n;
+    (mean, T::of(1.0) / (var + T::of(eps)).sqrt_())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "taper-layer-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s1, self.name(), |T| {
+            let x = contiguous::<T>(s1, l1)?;
+            let w = contiguous::<T>(s2, l2)?;
+            let b = contiguous::<T>(s3, l3)?;
+            let d = w.len();
+            let mut out = vec![T::of(0.0); x.len()];
+            for_row_blocks(&mut out, d, |first, block| {
+                for (i, out_row) in block.chunks_exact_mut(d).enumerate() {
+                    let row = &x[(first + i) * d..(first + i + 1) * d];
+                    let (mean, rstd) = row_stats(row, self.eps);
+                    for j in 0..d {
+                        out_row[j] = (row[j] - mean) * rstd * w[j] + b[j];
+                    }
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let rows = x.elem_count() / d;
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let grad_x = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        Ok((Some(grad_x), Some(packed.get(rows)?), Some(packed.get(rows + 1)?)))
+    }
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "taper-layer-norm-grad"
+    }
+    /// Output (rows + 2, d): dx, then dw, then db.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s1, self.name(), |T| {
+            let x = contiguous::<T>(s1, l1)?;
+            let w = contiguous::<T>(s2, l2)?;
+            let dy = contiguous::<T>(s3, l3)?;
+            let d = w.len();
+            let rows = x.len() / d;
+            let mut out = vec![T::of(0.0); (rows + 2) * d];
+            let (dx, dwdb) = out.split_at_mut(rows * d);
+            let block_rows =
+                if x.len() < PARALLEL_MIN { rows } else { rows.div_ceil(rayon::current_num_threads() * 2) };
+            let partials: Vec<Vec<T>> = dx
+                .par_chunks_mut(block_rows.max(1) * d)
+                .enumerate()
+                .map(|(bi, block)| {
+                    let mut acc = vec![T::of(0.0); 2 * d];
+                    let mut xhat = vec![T::of(0.0); d];
+                    for (i, dx_row) in block.chunks_exact_mut(d).enumerate() {
+                        let r = bi * block_rows + i;
+                        let row = &x[r * d..(r + 1) * d];
+                        let g = &dy[r * d..(r + 1) * d];
+                        let (mean, rstd) = row_stats(row, self.eps);
+                        let mut sum_gw = T::of(0.0);
+                        let mut sum_gw_xhat = T::of(0.0);
+                        for j in 0..d {
+                            xhat[j] = (row[j] - mean) * rstd;
+                            let gw = g[j] * w[j];
+                            sum_gw += gw;
+                            sum_gw_xhat += gw * xhat[j];
+                            acc[j] += g[j] * xhat[j];
+                            acc[d + j] += g[j];
+                        }
+                        let n = T::of(d as f64);
+                        for j in 0..d {
+                            dx_row[j] = rstd * (g[j] * w[j] - (sum_gw + xhat[j] * sum_gw_xhat) / n);
+                        }
+                    }
+                    acc
+                })
+                .collect();
+            for part in partials {
+                dwdb.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+            }
+            Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 2, d))))
+        })
+    }
+}
+
+/// LayerNorm over the last dimension of `x` with gain `w` and bias `b`.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps })
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU (exact form: x * Phi(x)).
+
+struct Gelu;
+struct GeluGrad;
+
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// 1 / sqrt(2 pi)
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "taper-gelu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s, self.name(), |T| {
+            let x = contiguous::<T>(s, l)?;
+            let mut out = x.to_vec();
+            for_row_blocks(&mut out, 1, |_, block| {
+                for v in block.iter_mut() {
+                    *v = T::of(0.5) * *v * (T::of(1.0) + erf(*v * T::of(FRAC_1_SQRT_2)));
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
+        })
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluGrad)?))
+    }
+}
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "taper-gelu-grad"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch!(s1, self.name(), |T| {
+            let x = contiguous::<T>(s1, l1)?;
+            let dy = contiguous::<T>(s2, l2)?;
+            let mut out = dy.to_vec();
+            for_row_blocks(&mut out, 1, |first, block| {
+                for (i, g) in block.iter_mut().enumerate() {
+                    let v = x[first + i];
+                    let cdf = T::of(0.5) * (T::of(1.0) + erf(v * T::of(FRAC_1_SQRT_2)));
+                    let pdf = T::of(INV_SQRT_2PI) * (T::of(-0.5) * v * v).exp_();
+                    *g *= cdf + v * pdf;
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+}
+
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Gelu)
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax(scale * x) over the last dimension, optionally causal: in row i of each (T_q, T_k)
+// matrix only keys j <= offset + i are visible, the others get probability 0.
+
+#[derive(Clone, Copy)]
+struct ScaledSoftmax {
+    scale: f64,
+    causal_offset: Option<usize>,
+}
+struct SoftmaxGrad {
+    scale: f64,
+}
+
+impl CustomOp1 for ScaledSoftmax {
+    fn name(&self) -> &'static str {
+        "taper-scaled-softmax"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims();
+        let t_k = *dims.last().unwrap_or(&1);
+        let t_q = if dims.len() >= 2 { dims[dims.len() - 2] } else { 1 };
+        dispatch!(s, self.name(), |T| {
+            let x = contiguous::<T>(s, l)?;
+            let mut out = vec![T::of(0.0); x.len()];
+            let scale = T::of(self.scale);
+            for_row_blocks(&mut out, t_k, |first, block| {
+                for (i, out_row) in block.chunks_exact_mut(t_k).enumerate() {
+                    let r = first + i;
+                    let visible = match self.causal_offset {
+                        Some(offset) => (offset + r % t_q + 1).min(t_k),
+                        None => t_k,
+                    };
+                    let row = &x[r * t_k..r * t_k + visible];
+                    let max = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
+                    let mut sum = T::of(0.0);
+                    for (o, &v) in out_row[..visible].iter_mut().zip(row) {
+                        *o = ((v - max) * scale).exp_();
+                        sum += *o;
+                    }
+                    let inv = T::of(1.0) / sum;
+                    out_row[..visible].iter_mut().for_each(|o| *o *= inv);
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l.shape().clone()))
+        })
+    }
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?))
+    }
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "taper-softmax-grad"
+    }
+    /// dx = scale * y * (dy - sum(dy * y)); masked entries have y = 0 and get 0.
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let t_k = *l1.shape().dims().last().unwrap_or(&1);
+        dispatch!(s1, self.name(), |T| {
+            let y = contiguous::<T>(s1, l1)?;
+            let dy = contiguous::<T>(s2, l2)?;
+            let mut out = vec![T::of(0.0); y.len()];
+            let scale = T::of(self.scale);
+            for_row_blocks(&mut out, t_k, |first, block| {
+                for (i, out_row) in block.chunks_exact_mut(t_k).enumerate() {
+                    let r = first + i;
+                    let (y_row, g_row) = (&y[r * t_k..(r + 1) * t_k], &dy[r * t_k..(r + 1) * t_k]);
+                    let dot = y_row.iter().zip(g_row).fold(T::of(0.0), |a, (&p, &g)| a + p * g);
+                    for j in 0..t_k {
+                        out_row[j] = scale * y_row[j] * (g_row[j] - dot);
+                    }
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+}
+
+/// softmax(scale * x) over the last dimension; with `causal_offset = Some(o)`, query row i of
+/// each (T_q, T_k) matrix sees keys 0..=o+i only.
+pub fn scaled_softmax(x: &Tensor, scale: f64, causal_offset: Option<usize>) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(ScaledSoftmax { scale, causal_offset })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy, summed over rows: sum_i -log softmax(logits_i)[target_i].
+
+struct CrossEntropySum;
+struct CrossEntropyGrad;
+
+impl CustomOp2 for CrossEntropySum {
+    fn name(&self) -> &'static str {
+        "taper-cross-entropy-sum"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, vocab) = l1.shape().dims2()?;
+        let targets = contiguous::<u32>(s2, l2)?;
+        dispatch!(s1, self.name(), |T| {
+            let logits = contiguous::<T>(s1, l1)?;
+            let mut total = 0f64;
+            for (row, &target) in logits.chunks_exact(vocab).zip(targets) {
+                let target = target as usize;
+                if target >= vocab {
+                    candle_core::bail!("target id {target} is outside the vocabulary of {vocab}");
+                }
+                let max = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
+                let sum = row.iter().fold(T::of(0.0), |a, &v| a + (v - max).exp_());
+                total += ((max + sum.ln_()) - row[target]).to_f64();
+            }
+            Ok((T::to_cpu_storage_owned(vec![T::of(total)]), Shape::from(())))
+        })
+    }
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let scale = grad.to_dtype(logits.dtype())?.reshape(1)?;
+        Ok((Some(logits.apply_op3_no_bwd(targets, &scale, &CrossEntropyGrad)?), None))
+    }
+}
+
+impl CustomOp3 for CrossEntropyGrad {
+    fn name(&self) -> &'static str {
+        "taper-cross-entropy-grad"
+    }
+    /// d/dlogits = g * (softmax(logits) - onehot(target)).
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, vocab) = l1.shape().dims2()?;
+        let targets = contiguous::<u32>(s2, l2)?;
+        dispatch!(s1, self.name(), |T| {
+            let logits = contiguous::<T>(s1, l1)?;
+            let g = contiguous::<T>(s3, l3)?[0];
+            let mut out = vec![T::of(0.0); logits.len()];
+            for_row_blocks(&mut out, vocab, |first, block| {
+                for (i, out_row) in block.chunks_exact_mut(vocab).enumerate() {
+                    let r = first + i;
+                    let row = &logits[r * vocab..(r + 1) * vocab];
+                    let max = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
+                    let mut sum = T::of(0.0);
+                    for (o, &v) in out_row.iter_mut().zip(row) {
+                        *o = (v - max).exp_();
+                        sum += *o;
+                    }
+                    let k = g / sum;
+                    out_row.iter_mut().for_each(|o| *o *= k);
+                    let t = targets[r] as usize;
+                    out_row[t] -= g;
+                }
+            });
+            Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
+        })
+    }
+}
+
+/// Sum over rows of -log softmax(logits)[target]; `logits` (N, V), `targets` (N,) u32.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropySum)
+}
+
+/// Whether the fused kernels apply to `t`: CPU, f32 or f64.
+pub fn applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}

@@ -1,0 +1,194 @@
+//! The fused CPU kernels against candle's composed ops, in f64 on random inputs: forward
+//! values and the gradients of a random projection of the output, masked rows included.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use taper::model::attention::causal_mask;
+use taper::model::fused;
+use taper::rng::Rng;
+
+fn random(shape: &[usize], seed: u64, scale: f64) -> Var {
+    let mut rng = Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let values: Vec<f64> = (0..n).map(|_| rng.normal() * scale).collect();
+    Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// Compares f(inputs) computed fused and composed: outputs, and the gradients of
+/// sum(output * probe) with respect to every input.
+fn check(
+    name: &str,
+    inputs: &[Var],
+    fused_fn: impl Fn(&[Tensor]) -> Tensor,
+    composed_fn: impl Fn(&[Tensor]) -> Tensor,
+    tol: f64,
+) {
+    let xs: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let (a, b) = (fused_fn(&xs), composed_fn(&xs));
+    assert_eq!(a.dims(), b.dims(), "{name}: shapes");
+    let d = max_diff(&a, &b);
+    assert!(d < tol, "{name}: forward differs by {d}");
+    let probe = random(a.dims(), 99, 1.0);
+    let ga = (a * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let gb = (b * probe.as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in inputs.iter().enumerate() {
+        let (x, y) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
+        let d = max_diff(x, y);
+        assert!(d < tol, "{name}: gradient of input {i} differs by {d}");
+    }
+}
+
+#[test]
+fn layer_norm() {
+    // Rows of 48 and 2 * 7 * 48 > the parallel threshold, to cover both code paths.
+    for rows in [3usize, 400] {
+        let x = random(&[rows, 48], 1, 3.0);
+        let w = random(&[48], 2, 1.0);
+        let b = random(&[48], 3, 1.0);
+        check(
+            "layer_norm",
+            &[x, w, b],
+            |t| fused::layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap(),
+            |t| {
+                let mean = t[0].mean_keepdim(D::Minus1).unwrap();
+                let c = t[0].broadcast_sub(&mean).unwrap();
+                let var = c.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                let n = c.broadcast_div(&(var + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+                n.broadcast_mul(&t[1]).unwrap().broadcast_add(&t[2]).unwrap()
+            },
+            1e-10,
+        );
+    }
+}
+
+#[test]
+fn gelu() {
+    // A&S erf is accurate to 1.5e-7 absolute.
+    let x = random(&[50, 400], 4, 3.0);
+    check("gelu", &[x], |t| fused::gelu(&t[0]).unwrap(), |t| t[0].gelu_erf().unwrap(), 1e-6);
+}
+
+#[test]
+fn add_row_vector() {
+    let x = random(&[4, 6, 8], 5, 1.0);
+    let bias = random(&[8], 6, 1.0);
+    check(
+        "bias",
+        &[x.clone(), bias],
+        |t| fused::add_row_vector(&t[0], &t[1]).unwrap(),
+        |t| t[0].broadcast_add(&t[1]).unwrap(),
+        1e-12,
+    );
+    let pos = random(&[6, 8], 7, 1.0);
+    check(
+        "positions",
+        &[x, pos],
+        |t| fused::add_row_vector(&t[0], &t[1]).unwrap(),
+        |t| t[0].broadcast_add(&t[1]).unwrap(),
+        1e-12,
+    );
+}
+
+#[test]
+fn causal_softmax_with_offset_and_masked_entries() {
+    let scale = 0.35;
+    for (t_q, offset) in [(6usize, 0usize), (3, 4), (1, 7)] {
+        let x = random(&[2, 3, t_q, offset + t_q], 8, 2.0);
+        let bias = causal_mask(t_q, offset, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        check(
+            "causal softmax",
+            &[x],
+            |t| fused::scaled_softmax(&t[0], scale, Some(offset)).unwrap(),
+            |t| {
+                let s = (&t[0] * scale).unwrap().broadcast_add(&bias).unwrap();
+                let e = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+                e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+            },
+            1e-4, // the composed form leaves e^-1e4-sized weights where the fused one has 0
+        );
+    }
+    // Big enough for the parallel path, and unmasked.
+    let x = random(&[4, 4, 32, 32], 9, 2.0);
+    check(
+        "softmax",
+        &[x],
+        |t| fused::scaled_softmax(&t[0], scale, None).unwrap(),
+        |t| {
+            let s = (&t[0] * scale).unwrap();
+            let e = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+            e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+        },
+        1e-12,
+    );
+}
+
+#[test]
+fn masked_entries_get_exactly_zero_weight_and_gradient() {
+    let x = random(&[1, 1, 4, 4], 10, 1.0);
+    let y = fused::scaled_softmax(x.as_tensor(), 1.0, Some(0)).unwrap();
+    let rows: Vec<Vec<f64>> = y.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    for (i, row) in rows.iter().enumerate() {
+        assert!(row[i + 1..].iter().all(|&p| p == 0.0), "row {i}: {row:?}");
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+    let g = (y * random(&[1, 1, 4, 4], 11, 1.0).as_tensor()).unwrap().sum_all().unwrap().backward().unwrap();
+    let g: Vec<Vec<f64>> = g.get(x.as_tensor()).unwrap().squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    for (i, row) in g.iter().enumerate() {
+        assert!(row[i + 1..].iter().all(|&v| v == 0.0), "the future gets no gradient: row {i}: {row:?}");
+    }
+}
+
+#[test]
+fn cross_entropy() {
+    let logits = random(&[30, 11], 12, 3.0);
+    let targets = Tensor::from_vec((0..30u32).map(|i| (i * 7) % 11).collect::<Vec<_>>(), 30, &Device::Cpu).unwrap();
+    let composed = |t: &[Tensor]| {
+        let l = &t[0];
+        let m = l.max_keepdim(D::Minus1).unwrap();
+        let s = l.broadcast_sub(&m).unwrap();
+        let lsm = s.broadcast_sub(&s.exp().unwrap().sum_keepdim(D::Minus1).unwrap().log().unwrap()).unwrap();
+        lsm.gather(&targets.unsqueeze(1).unwrap(), 1).unwrap().sum_all().unwrap().neg().unwrap()
+    };
+    check("cross_entropy", &[logits], |t| fused::cross_entropy_sum(&t[0], &targets).unwrap(), composed, 1e-10);
+    let bad = Tensor::from_vec(vec![11u32; 30], 30, &Device::Cpu).unwrap();
+    let err = fused::cross_entropy_sum(&random(&[30, 11], 1, 1.0).as_tensor().clone(), &bad).unwrap_err().to_string();
+    assert!(err.contains("outside the vocabulary"), "{err}");
+}
+
+#[test]
+fn fast_exp_is_accurate() {
+    let mut worst = 0f64;
+    let mut x = -80f32;
+    while x < 80.0 {
+        let rel = ((fused::fast_exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+        worst = worst.max(rel);
+        x += 0.0137;
+    }
+    assert!(worst < 5e-7, "worst relative error {worst}");
+    assert_eq!(fused::fast_exp(-200.0), fused::fast_exp(-87.0));
+}
+
+#[test]
+fn fused_and_composed_models_train_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, "the quick brown fox jumps over the lazy dog.\n".repeat(60)).unwrap();
+    let run = |kernels: &str| {
+        let text = format!(
+            "[model]\nn_layer = 2\nn_head = 2\nd_model = 32\nblock_size = 16\nkernels = \"{kernels}\"\n\
+             [data]\npath = \"{}\"\n[train]\nsteps = 15\nbatch_size = 4\nlog_every = 1\neval_every = 0\ndevice = \"cpu\"\n\
+             [checkpoint]\ndir = \"{}\"\nevery = 0\n",
+            corpus.display(),
+            dir.path().join(kernels).display()
+        );
+        let cfg = taper::config::Config::from_toml_str(&text, &[]).unwrap();
+        taper::train::train(cfg, &taper::train::TrainOptions { quiet: true, ..Default::default() }).unwrap().losses
+    };
+    let (fused, composed) = (run("fused"), run("composed"));
+    for ((step, a), (_, b)) in fused.iter().zip(&composed) {
+        assert!((a - b).abs() < 1e-4, "step {step}: fused {a} vs composed {b}");
+    }
+}
