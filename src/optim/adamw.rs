@@ -1,18 +1,21 @@
 //! AdamW with decoupled weight decay. taper's own because candle-nn's AdamW keeps its moments
-//! private, and a run must checkpoint them to resume exactly.
+//! private, and a run must checkpoint them to resume exactly. On the CPU (f32) an update is two
+//! in-place passes over memory (moments, then weights), with the gradient-clipping factor
+//! folded in; elsewhere it is the same arithmetic in composed tensor ops.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
 use crate::config::OptimConfig;
+use crate::model::fused::contiguous;
 
 struct ParamState {
     name: String,
     var: Var,
-    m: Tensor,
-    v: Tensor,
+    /// (2, numel): first moment, then second moment, in f32.
+    moments: Tensor,
     decay: bool,
 }
 
@@ -33,16 +36,80 @@ pub fn decays(name: &str, rank: usize, decay_embeddings: bool) -> bool {
     rank >= 2 && (decay_embeddings || !is_embedding)
 }
 
+/// m = b1 m + (1 - b1) g s; v = b2 v + (1 - b2) (g s)^2, with s the clipping factor.
+struct UpdateMoments {
+    beta1: f32,
+    beta2: f32,
+}
+
+/// p = p (1 - lr wd) - lr (m / c1) / (sqrt(v / c2) + eps)
+struct UpdateWeights {
+    lr: f32,
+    decay_factor: f32,
+    correction1: f32,
+    correction2: f32,
+    eps: f32,
+}
+
+fn mutable_slice<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(data), Some((start, end))) => Ok(&mut data[start..end]),
+        _ => candle_core::bail!("in-place AdamW needs contiguous f32 storage"),
+    }
+}
+
+impl InplaceOp3 for UpdateMoments {
+    fn name(&self) -> &'static str {
+        "taper-adamw-moments"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let moments = mutable_slice(s1, l1)?;
+        let grad = contiguous::<f32>(s2, l2)?;
+        let scale = contiguous::<f32>(s3, l3)?[0];
+        let (m, v) = moments.split_at_mut(grad.len());
+        let (b1, b2) = (self.beta1, self.beta2);
+        for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(grad) {
+            let g = g * scale;
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp2 for UpdateWeights {
+    fn name(&self) -> &'static str {
+        "taper-adamw-weights"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let weights = mutable_slice(s1, l1)?;
+        let moments = contiguous::<f32>(s2, l2)?;
+        let (m, v) = moments.split_at(weights.len());
+        let (inv_c1, inv_c2) = (1.0 / self.correction1, 1.0 / self.correction2);
+        for ((w, &m), &v) in weights.iter_mut().zip(m).zip(v) {
+            *w = *w * self.decay_factor - self.lr * (m * inv_c1) / ((v * inv_c2).sqrt() + self.eps);
+        }
+        Ok(())
+    }
+}
+
 impl AdamW {
     /// `params`: (name, var) in a fixed order (the param store sorts by name).
     pub fn new(params: Vec<(String, Var)>, cfg: &OptimConfig) -> Result<Self> {
         let params = params
             .into_iter()
             .map(|(name, var)| {
-                let m = var.zeros_like()?.to_dtype(DType::F32)?;
-                let v = m.clone();
+                let moments = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
                 let decay = decays(&name, var.rank(), cfg.decay_embeddings);
-                Ok(ParamState { name, var, m, v, decay })
+                Ok(ParamState { name, var, moments, decay })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -63,8 +130,10 @@ impl AdamW {
         self.params.iter().map(|p| p.name.as_str())
     }
 
-    /// Applies one update. `grads[i]` belongs to the i-th parameter (None: no gradient, no move).
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+    /// Applies one update. `grads[i]` belongs to the i-th parameter (None: no gradient, no
+    /// move). `grad_scale`: a scalar tensor the gradients are multiplied by (clipping), kept on
+    /// the device.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: Option<&Tensor>) -> Result<()> {
         if grads.len() != self.params.len() {
             bail!("optimizer got {} gradients for {} parameters", grads.len(), self.params.len());
         }
@@ -74,50 +143,73 @@ impl AdamW {
         let correction2 = 1.0 - self.beta2.powi(t);
         for (p, grad) in self.params.iter_mut().zip(grads) {
             let Some(grad) = grad else { continue };
-            let grad = grad.to_dtype(DType::F32)?;
-            p.m = ((&p.m * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
-            p.v = ((&p.v * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
-            let m_hat = (&p.m / correction1)?;
-            let v_hat = (&p.v / correction2)?;
-            let update = (m_hat / (v_hat.sqrt()? + self.eps)?)?;
-            let mut weight = p.var.as_tensor().to_dtype(DType::F32)?;
-            if p.decay && self.weight_decay > 0.0 {
-                weight = (weight * (1.0 - lr * self.weight_decay))?;
+            let decay_factor = if p.decay { 1.0 - lr * self.weight_decay } else { 1.0 };
+            let grad = grad.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
+            let scale = match grad_scale {
+                Some(s) => s.to_dtype(DType::F32)?.reshape(1)?,
+                None => Tensor::ones(1, DType::F32, grad.device())?,
+            };
+            let in_place = p.var.device().is_cpu() && p.var.dtype() == DType::F32 && p.var.is_contiguous();
+            if in_place {
+                p.moments.inplace_op3(
+                    &grad,
+                    &scale,
+                    &UpdateMoments { beta1: self.beta1 as f32, beta2: self.beta2 as f32 },
+                )?;
+                p.var.as_tensor().inplace_op2(
+                    &p.moments,
+                    &UpdateWeights {
+                        lr: lr as f32,
+                        decay_factor: decay_factor as f32,
+                        correction1: correction1 as f32,
+                        correction2: correction2 as f32,
+                        eps: self.eps as f32,
+                    },
+                )?;
+                continue;
             }
-            let next = (weight - (update * lr)?)?;
+            let grad = grad.broadcast_mul(&scale)?;
+            let m = ((p.moments.get(0)? * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
+            let v = ((p.moments.get(1)? * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
+            let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?;
+            let weight = (p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()? * decay_factor)?;
+            let next = (weight - (update * lr)?)?.reshape(p.var.shape())?;
             p.var.set(&next.to_dtype(p.var.dtype())?)?;
+            p.moments = Tensor::stack(&[m, v], 0)?;
         }
         Ok(())
     }
 
-    /// Moments as named tensors (`m.<param>`, `v.<param>`), for the checkpoint.
-    pub fn state_tensors(&self) -> HashMap<String, Tensor> {
+    /// Moments as named tensors (`m.<param>`, `v.<param>`, shaped like the parameter).
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for p in &self.params {
-            out.insert(format!("m.{}", p.name), p.m.clone());
-            out.insert(format!("v.{}", p.name), p.v.clone());
+            out.insert(format!("m.{}", p.name), p.moments.get(0)?.reshape(p.var.shape())?);
+            out.insert(format!("v.{}", p.name), p.moments.get(1)?.reshape(p.var.shape())?);
         }
-        out
+        Ok(out)
     }
 
     /// Restores moments saved by [`Self::state_tensors`]; every parameter must be present with
     /// its own shape.
     pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, steps: usize) -> Result<()> {
         for p in &mut self.params {
-            for (kind, slot) in [("m", &mut p.m), ("v", &mut p.v)] {
+            let mut halves = Vec::with_capacity(2);
+            for kind in ["m", "v"] {
                 let key = format!("{kind}.{}", p.name);
                 let Some(t) = tensors.remove(&key) else {
                     bail!("optimizer checkpoint has no `{key}`");
                 };
-                if t.shape() != slot.shape() {
+                if t.dims() != p.var.dims() {
                     bail!(
                         "optimizer checkpoint tensor `{key}` has shape {:?}, the model needs {:?}",
                         t.dims(),
-                        slot.dims()
+                        p.var.dims()
                     );
                 }
-                *slot = t.to_dtype(DType::F32)?.to_device(slot.device())?;
+                halves.push(t.to_dtype(DType::F32)?.to_device(p.var.device())?.flatten_all()?);
             }
+            p.moments = Tensor::stack(&halves, 0)?.contiguous()?;
         }
         if let Some(extra) = tensors.keys().next() {
             bail!("optimizer checkpoint has `{extra}`, which matches no parameter of this model");

@@ -24,12 +24,8 @@ pub fn global_norm(grads: &[Option<Tensor>]) -> Result<Tensor> {
     }
 }
 
-/// Scales gradients so their global norm is at most `max_norm`, without reading the norm back
-/// to the host (the factor is computed on the device).
-pub fn clip_by_global_norm(grads: &mut [Option<Tensor>], norm: &Tensor, max_norm: f64) -> Result<()> {
-    let factor = (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)?;
-    for g in grads.iter_mut().flatten() {
-        *g = g.broadcast_mul(&factor.to_dtype(g.dtype())?)?;
-    }
-    Ok(())
+/// The factor that scales gradients to a global norm of at most `max_norm`, as PyTorch's
+/// `clip_grad_norm_` computes it, as a scalar tensor on the device (no host round trip).
+pub fn clip_factor(norm: &Tensor, max_norm: f64) -> Result<Tensor> {
+    (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)
 }

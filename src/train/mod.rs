@@ -17,7 +17,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, TextTokenizer, TokenDataset};
 use crate::model::{Gpt, Mode, ParamStore};
-use crate::optim::{clip_by_global_norm, global_norm, AdamW, Schedule};
+use crate::optim::{clip_factor, global_norm, AdamW, Schedule};
 use crate::rng::{hash_str, Rng};
 use crate::run_dir::RunDir;
 use metrics::MetricsLog;
@@ -166,12 +166,13 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             let mode = Mode::train(Rng::derived(cfg.train.seed, &[DROPOUT_STREAM, step as u64, micro as u64]));
             Ok((inputs, targets, mode))
         });
-        let (mut grads, step_loss) = accumulate_gradients(&model, &vars, micro_batches, tokens_per_step as usize)?;
+        let (grads, step_loss) = accumulate_gradients(&model, &vars, micro_batches, tokens_per_step as usize)?;
         let grad_norm = global_norm(&grads)?;
-        if let Some(max_norm) = cfg.optim.grad_clip.filter(|c| *c > 0.0) {
-            clip_by_global_norm(&mut grads, &grad_norm, max_norm)?;
-        }
-        optimizer.step(&grads, lr)?;
+        let clip = match cfg.optim.grad_clip.filter(|c| *c > 0.0) {
+            Some(max_norm) => Some(clip_factor(&grad_norm, max_norm)?),
+            None => None,
+        };
+        optimizer.step(&grads, lr, clip.as_ref())?;
         state.step = step + 1;
         state.tokens_seen += tokens_per_step;
         window.1 += tokens_per_step;
@@ -210,7 +211,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             say(format!("step {:>6}: val loss {val_loss:.4}", state.step));
         }
         if done || (cfg.checkpoint.every > 0 && state.step.is_multiple_of(cfg.checkpoint.every)) {
-            let moments = optimizer.state_tensors();
+            let moments = optimizer.state_tensors()?;
             let tensors = params.detached();
             checkpoint::save(run.path(), &tensors, &moments, &state, cfg.checkpoint.keep_last)?;
         }
