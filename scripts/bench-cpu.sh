@@ -28,9 +28,11 @@ cargo build --release --quiet
 corpus=data/shakespeare.txt
 config=configs/gpt-shakespeare-char.toml
 
-set_args=(--set train.steps="$steps" --set train.eval_every="$steps" --set train.log_every=50
+# The shipped warmup (100 steps), or half the run if that is shorter; the same on both sides.
+warmup=$(( steps < 200 ? steps / 2 : 100 ))
+set_args=(--set train.steps="$steps" --set schedule.warmup_steps="$warmup" --set train.eval_every="$steps" --set train.log_every=50
           --set checkpoint.every=0 --set train.device=cpu)
-torch_args=(--corpus "$corpus" --steps "$steps")
+torch_args=(--corpus "$corpus" --steps "$steps" --warmup-steps "$warmup")
 if [ "$wide" = 1 ]; then
   set_args+=(--set model.n_layer=6 --set model.n_head=6 --set model.d_model=384
              --set model.block_size=256 --set train.batch_size=8)
@@ -50,7 +52,8 @@ for i in $(seq 1 "$pairs"); do
   run="$work/taper-$i"
   "${env_prefix[@]}" ./target/release/taper train "$config" "${set_args[@]}" --set checkpoint.dir="$run" --quiet
   taper_json=$(cat "$run/summary.json")
-  torch_json=$("$py" "$shared/bench/torch_gpt.py" "${torch_args[@]}" | tail -1)
+  # CPU against CPU: keep PyTorch off any GPU it might find.
+  torch_json=$(CUDA_VISIBLE_DEVICES= "$py" "$shared/bench/torch_gpt.py" "${torch_args[@]}" | tail -1)
   python3 - "$taper_json" "$torch_json" "$i" >> "$work/pairs.tsv" <<'PY'
 import json, sys
 t, p, i = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
