@@ -24,6 +24,9 @@ pub struct TrainState {
     pub best_val_loss: Option<f64>,
     pub best_step: Option<usize>,
     pub last_val_loss: Option<f64>,
+    /// The first logged training loss (divergence is measured against it).
+    #[serde(default)]
+    pub initial_loss: Option<f64>,
     /// Hash of the resolved config (to spot a resume under different settings).
     pub config_hash: String,
     pub taper_version: String,

@@ -34,6 +34,47 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train a grid of settings (and seeds), one run directory each; resumes and skips finished runs.
+    Sweep {
+        /// The base config.
+        config: PathBuf,
+        /// An axis of the grid: --grid model.norm=pre,post --grid schedule.warmup_steps=0,100
+        #[arg(long = "grid", value_name = "SECTION.KEY=V1,V2,...")]
+        grid: Vec<String>,
+        /// Seeds to run every setting with: --seeds 1,2,3
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// Overrides for every run.
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Parent directory of the runs (default: runs/<config name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Compare runs: loss curves and per-layer plots (SVG) and a table (console and Markdown).
+    Compare {
+        /// Run directories, e.g. runs/ln-study/*
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Where to write report.md and the plots.
+        #[arg(long, default_value = "reports/compare")]
+        out: PathBuf,
+        /// Val loss for the "steps to reach" column (default: the worst group's best val loss).
+        #[arg(long)]
+        target_loss: Option<f64>,
+    },
+    /// Gradient norms by layer at initialisation, pre-LN and post-LN, at several depths.
+    InspectInit {
+        config: PathBuf,
+        #[arg(long, value_delimiter = ',', default_values_t = vec![6usize, 12, 24])]
+        depths: Vec<usize>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        #[arg(long, default_value = "reports/inspect-init")]
+        out: PathBuf,
+    },
     /// Sample text from a trained run.
     Generate {
         /// The run directory, e.g. runs/gpt-shakespeare-char.
@@ -74,6 +115,35 @@ pub fn run() -> Result<()> {
                 _ => bail!("give a config file, or --resume RUN_DIR"),
             };
             train(config, &TrainOptions { resume, quiet, stop_after: None })?;
+            Ok(())
+        }
+        Command::Sweep { config, grid, seeds, overrides, out, quiet } => {
+            let runs = crate::sweep::expand(&grid, &seeds)?;
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("runs")
+                    .join(config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+            });
+            let outcomes = crate::sweep::run_sweep(&config, &overrides, &runs, &out, quiet)?;
+            for o in &outcomes {
+                println!("{:<50} {}", o.name, o.status);
+            }
+            Ok(())
+        }
+        Command::Compare { runs, out, target_loss } => {
+            let table = crate::compare::compare(&runs, &out, target_loss)?;
+            println!("{table}");
+            println!("report and plots: {}", out.join("report.md").display());
+            Ok(())
+        }
+        Command::InspectInit { config, depths, overrides, out } => {
+            if depths.is_empty() || depths.contains(&0) {
+                bail!("--depths needs positive layer counts, e.g. --depths 6,12,24");
+            }
+            let config = Config::load(&config, &overrides)?;
+            let profiles = crate::inspect::inspect_init(&config, &depths)?;
+            println!("{}", crate::inspect::markdown(&profiles));
+            crate::inspect::write_report(&profiles, &out)?;
+            println!("plot: {}", out.join("inspect-init.svg").display());
             Ok(())
         }
         Command::Generate {

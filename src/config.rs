@@ -223,6 +223,13 @@ pub struct TrainConfig {
     pub eval_every: usize,
     #[serde(default = "default_eval_batches")]
     pub eval_batches: usize,
+    /// Write per-layer diagnostics (gradient norms, update/weight ratios, residual RMS) every N
+    /// steps, step 0 included; 0 turns them off and costs nothing.
+    #[serde(default)]
+    pub diagnostics_every: usize,
+    /// Stop the run as diverged when the loss exceeds this factor times its first logged value
+    /// (a NaN or infinite loss always stops it).
+    pub divergence_factor: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -480,6 +487,11 @@ impl Config {
         if let Some(c) = o.grad_clip {
             if c < 0.0 {
                 bail!("`optim.grad_clip` must be positive (or 0 / absent for no clipping), got {c}");
+            }
+        }
+        if let Some(f) = self.train.divergence_factor {
+            if f <= 1.0 {
+                bail!("`train.divergence_factor` must exceed 1 (the loss's multiple of its start), got {f}");
             }
         }
         let s = &self.schedule;

@@ -5,14 +5,18 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod fsutil;
 pub mod generate;
+pub mod inspect;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod run_dir;
 pub mod runtime;
+pub mod sweep;
 pub mod train;

@@ -80,6 +80,15 @@ pub struct Block {
 }
 
 impl Block {
+    /// Names of this block's LayerNorms in the order they run.
+    pub fn norm_names(&self) -> Vec<&'static str> {
+        if self.cross.is_some() {
+            vec!["ln_1", "ln_cross", "ln_2"]
+        } else {
+            vec!["ln_1", "ln_2"]
+        }
+    }
+
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let attention =
             |name: &str| Attention::new(cfg.d_model, cfg.n_head, cfg.bias, cfg.dropout, init, cfg.kernels, vb.pp(name));
@@ -106,12 +115,15 @@ impl Block {
     ) -> Result<Tensor> {
         match self.norm {
             NormPlacement::Pre => {
+                mode.record_norm_input(x)?;
                 let out = branch(&norm.forward(x)?, mode)?;
                 x + dropout(&out, self.dropout, mode)?
             }
             NormPlacement::Post => {
                 let out = branch(x, mode)?;
-                norm.forward(&(x + dropout(&out, self.dropout, mode)?)?)
+                let sum = (x + dropout(&out, self.dropout, mode)?)?;
+                mode.record_norm_input(&sum)?;
+                norm.forward(&sum)
             }
         }
     }

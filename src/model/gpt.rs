@@ -161,9 +161,26 @@ impl Gpt {
             }
         }
         match &self.ln_f {
-            Some(ln) => ln.forward(&x),
+            Some(ln) => {
+                mode.record_norm_input(&x)?;
+                ln.forward(&x)
+            }
             None => Ok(x),
         }
+    }
+
+    /// RMS of the input of every LayerNorm (the residual stream), by name, for one batch.
+    pub fn norm_input_rms(&self, ids: &Tensor) -> Result<Vec<(String, f64)>> {
+        let mut mode = Mode::probing();
+        self.hidden(ids, 0, None, &mut mode)?;
+        let mut names: Vec<String> = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            names.extend(block.norm_names().iter().map(|n| format!("blocks.{i}.{n}")));
+        }
+        if self.ln_f.is_some() {
+            names.push("ln_f".into());
+        }
+        Ok(names.into_iter().zip(mode.take_probe()?).collect())
     }
 
     /// Logits (B, T, vocab) for every position.

@@ -44,15 +44,33 @@ impl InitPolicy {
 pub struct Mode {
     pub train: bool,
     rng: Rng,
+    /// When set, the RMS of every LayerNorm's input, in forward order (diagnostics).
+    probe: Option<Vec<Tensor>>,
 }
 
 impl Mode {
     pub fn eval() -> Self {
-        Self { train: false, rng: Rng::new(0) }
+        Self { train: false, rng: Rng::new(0), probe: None }
     }
     /// Training mode; dropout masks come from `rng`, so a step's masks are a function of it.
     pub fn train(rng: Rng) -> Self {
-        Self { train: true, rng }
+        Self { train: true, rng, probe: None }
+    }
+    /// Evaluation mode that records the RMS of each LayerNorm's input.
+    pub fn probing() -> Self {
+        Self { train: false, rng: Rng::new(0), probe: Some(Vec::new()) }
+    }
+    /// Records `x` as a LayerNorm input, if probing (costs nothing otherwise).
+    pub fn record_norm_input(&mut self, x: &Tensor) -> Result<()> {
+        if let Some(probe) = &mut self.probe {
+            probe.push(x.detach().to_dtype(DType::F32)?.sqr()?.mean_all()?.sqrt()?);
+        }
+        Ok(())
+    }
+    /// The recorded RMS values.
+    pub fn take_probe(&mut self) -> Result<Vec<f64>> {
+        let probe = self.probe.take().unwrap_or_default();
+        probe.iter().map(|t| Ok(t.to_scalar::<f32>()? as f64)).collect()
     }
 }
 

@@ -22,9 +22,11 @@ impl MetricsLog {
                 .lines()
                 .map_while(|l| l.ok())
                 .filter(|line| {
-                    let step =
-                        serde_json::from_str::<Value>(line).ok().and_then(|v| v.get("step").and_then(Value::as_u64));
-                    step.is_none_or(|s| s as usize <= last)
+                    let record = serde_json::from_str::<Value>(line).ok();
+                    let step = record.as_ref().and_then(|v| v.get("step").and_then(Value::as_u64));
+                    // Diagnostics at step N are taken during step N + 1, after checkpoint N.
+                    let diagnostics = record.as_ref().is_some_and(|v| v.get("diagnostics").is_some());
+                    step.is_none_or(|s| (s as usize) < last || (s as usize == last && !diagnostics))
                 })
                 .collect();
             let mut body = kept.join("\n");

@@ -1,6 +1,7 @@
 //! The training recipe: data -> model -> optimizer -> loop of (forward, backward, clip, step),
 //! with evaluation, metrics, progress and checkpoints along the way.
 
+pub mod diagnostics;
 pub mod metrics;
 
 use std::path::PathBuf;
@@ -48,10 +49,37 @@ pub struct RunSummary {
     pub peak_rss_mb: f64,
     pub final_train_loss: Option<f64>,
     pub val_loss: Option<f64>,
+    /// "finished", "stopped" (ended early on request) or "diverged".
+    pub status: String,
     /// (step, train loss) for every logged step of this invocation.
     #[serde(skip)]
     pub losses: Vec<(usize, f64)>,
 }
+
+/// The error a diverged run ends with: its loss became NaN/infinite, or grew past
+/// `train.divergence_factor` times its start. `summary.json` and `metrics.jsonl` say so too.
+#[derive(Debug, Clone)]
+pub struct Diverged {
+    pub step: usize,
+    pub loss: f64,
+    pub reason: String,
+    pub run_dir: PathBuf,
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "training diverged at step {}: {}; checkpoints saved before it are kept in {}. \
+             Try a lower `optim.lr`, more `schedule.warmup_steps`, or `optim.grad_clip`",
+            self.step,
+            self.reason,
+            checkpoint::checkpoints_dir(&self.run_dir).display()
+        )
+    }
+}
+
+impl std::error::Error for Diverged {}
 
 pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     let cfg = &config;
@@ -104,6 +132,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         best_val_loss: None,
         best_step: None,
         last_val_loss: None,
+        initial_loss: None,
         config_hash: format!("{:016x}", hash_str(&config_text)),
         taper_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -127,6 +156,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     let mut metrics = MetricsLog::open(&run.metrics(), Some(state.step))?;
 
     let vars: Vec<Var> = optimizer.vars().cloned().collect();
+    let names: Vec<String> = optimizer.names().map(String::from).collect();
     let (batch, block, accum) = (cfg.train.batch_size, cfg.model.block_size, cfg.train.grad_accum);
     let tokens_per_step = (batch * block * accum) as u64;
     let progress = progress_bar(cfg.train.steps, state.step, options.quiet);
@@ -168,11 +198,23 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         });
         let (grads, step_loss) = accumulate_gradients(&model, &vars, micro_batches, tokens_per_step as usize)?;
         let grad_norm = global_norm(&grads)?;
+        let diagnose = cfg.train.diagnostics_every > 0 && step.is_multiple_of(cfg.train.diagnostics_every);
+        let before_update = if diagnose {
+            let (inputs, _) = data.train_batch(cfg.train.seed, step, 0, batch, &device, &mut buffers)?;
+            let norms = diagnostics::grad_norms(&names, &grads)?;
+            let rms = diagnostics::residual_rms(&model, &inputs)?;
+            Some((norms, rms, diagnostics::WeightSnapshot::take(&names, &vars)?))
+        } else {
+            None
+        };
         let clip = match cfg.optim.grad_clip.filter(|c| *c > 0.0) {
             Some(max_norm) => Some(clip_factor(&grad_norm, max_norm)?),
             None => None,
         };
         optimizer.step(&grads, lr, clip.as_ref())?;
+        if let Some((norms, rms, snapshot)) = before_update {
+            metrics.write(diagnostics::record(step, norms, snapshot.update_ratios()?, rms)?)?;
+        }
         state.step = step + 1;
         state.tokens_seen += tokens_per_step;
         window.1 += tokens_per_step;
@@ -182,13 +224,26 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             // The only host reads of the step, and only on logged steps.
             let loss = step_loss.to_scalar::<f32>()? as f64;
             let norm = grad_norm.to_scalar::<f32>()? as f64;
-            if !loss.is_finite() {
-                bail!(
-                    "training diverged: the loss is {loss} at step {}; checkpoints saved before it are kept in {}. \
-                     Try a lower `optim.lr`, more `schedule.warmup_steps`, or `optim.grad_clip`",
-                    state.step,
-                    checkpoint::checkpoints_dir(run.path()).display()
-                );
+            let initial = *state.initial_loss.get_or_insert(loss);
+            let reason = if !loss.is_finite() {
+                Some(format!("the loss is {loss}"))
+            } else {
+                cfg.train
+                    .divergence_factor
+                    .filter(|f| loss > f * initial)
+                    .map(|f| format!("the loss {loss:.4} exceeds {f} x its start {initial:.4}"))
+            };
+            if let Some(reason) = reason {
+                progress.finish_and_clear();
+                let record = json!({"step": state.step, "diverged": true, "loss": loss, "reason": reason});
+                metrics.write(record)?;
+                let summary =
+                    json!({"run_dir": run.path(), "steps": state.step, "status": "diverged", "reason": reason});
+                crate::fsutil::write_atomic(
+                    &run.path().join("summary.json"),
+                    serde_json::to_string_pretty(&summary)?.as_bytes(),
+                )?;
+                return Err(Diverged { step: state.step, loss, reason, run_dir: run.path().to_path_buf() }.into());
             }
             let tokens_per_s = window.1 as f64 / window.0.elapsed().as_secs_f64().max(1e-9);
             window = (Instant::now(), 0);
@@ -239,6 +294,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         peak_rss_mb: peak_rss_mb(),
         final_train_loss: last_loss,
         val_loss: state.last_val_loss,
+        status: if state.step == cfg.train.steps { "finished".into() } else { "stopped".into() },
         losses,
     };
     crate::fsutil::write_atomic(&run.path().join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;

@@ -1,0 +1,90 @@
+//! Per-layer training diagnostics, written to `metrics.jsonl` every `train.diagnostics_every`
+//! steps: gradient norm per layer and sublayer (before clipping), update/weight ratio per
+//! layer, and the RMS of the residual stream entering each LayerNorm. Nothing here runs on
+//! steps without diagnostics.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use candle_core::{DType, Tensor, Var};
+use serde_json::{json, Value};
+
+use crate::model::Gpt;
+
+/// The layer a parameter belongs to (`blocks.3`, or `tok_emb`, `ln_f`, ...) and its sublayer
+/// (`blocks.3.attn`, `blocks.3.mlp`, `blocks.3.ln_1`, ...).
+pub fn layer_of(name: &str) -> (String, String) {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() >= 3 && parts[0] == "blocks" {
+        (format!("blocks.{}", parts[1]), format!("blocks.{}.{}", parts[1], parts[2]))
+    } else {
+        (parts[0].to_string(), parts[0].to_string())
+    }
+}
+
+fn sum_squares(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64)
+}
+
+/// L2 norm of the gradient of each layer and each sublayer.
+pub fn grad_norms(names: &[String], grads: &[Option<Tensor>]) -> Result<BTreeMap<String, f64>> {
+    let mut squares: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, grad) in names.iter().zip(grads) {
+        let Some(grad) = grad else { continue };
+        let sq = sum_squares(grad)?;
+        let (layer, sublayer) = layer_of(name);
+        *squares.entry(layer.clone()).or_default() += sq;
+        if sublayer != layer {
+            *squares.entry(sublayer).or_default() += sq;
+        }
+    }
+    Ok(squares.into_iter().map(|(k, v)| (k, v.sqrt())).collect())
+}
+
+/// Copies of the weights, grouped by layer, taken before an update.
+pub struct WeightSnapshot {
+    layers: Vec<(String, Vec<(Var, Tensor)>)>,
+}
+
+impl WeightSnapshot {
+    pub fn take(names: &[String], vars: &[Var]) -> Result<Self> {
+        let mut layers: BTreeMap<String, Vec<(Var, Tensor)>> = BTreeMap::new();
+        for (name, var) in names.iter().zip(vars) {
+            layers.entry(layer_of(name).0).or_default().push((var.clone(), var.as_tensor().copy()?));
+        }
+        Ok(Self { layers: layers.into_iter().collect() })
+    }
+
+    /// ||w_after - w_before|| / ||w_before|| per layer.
+    pub fn update_ratios(&self) -> Result<BTreeMap<String, f64>> {
+        let mut out = BTreeMap::new();
+        for (layer, pairs) in &self.layers {
+            let (mut delta, mut weight) = (0.0, 0.0);
+            for (var, before) in pairs {
+                delta += sum_squares(&(var.as_tensor() - before)?)?;
+                weight += sum_squares(before)?;
+            }
+            out.insert(layer.clone(), (delta / weight.max(1e-30)).sqrt());
+        }
+        Ok(out)
+    }
+}
+
+/// RMS of the residual stream entering each LayerNorm, on `inputs`, with the current weights.
+pub fn residual_rms(model: &Gpt, inputs: &Tensor) -> Result<BTreeMap<String, f64>> {
+    Ok(model.norm_input_rms(inputs)?.into_iter().collect())
+}
+
+/// The metrics record of one diagnostics step: gradient norms and residual RMS measured
+/// before the step's update, update ratios after it.
+pub fn record(
+    step: usize,
+    grad_norms: BTreeMap<String, f64>,
+    update_ratios: BTreeMap<String, f64>,
+    rms: BTreeMap<String, f64>,
+) -> Result<Value> {
+    Ok(json!({
+        "step": step,
+        "diagnostics": {"grad_norm": grad_norms, "update_ratio": update_ratios, "residual_rms": rms}
+    }))
+}
