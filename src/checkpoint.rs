@@ -147,31 +147,57 @@ pub fn load_tensors(file: &Path, device: &Device) -> Result<HashMap<String, Tens
 
 /// Copies `tensors` into the model's parameters. Every parameter must be present with its
 /// shape, and nothing else may be in the file: a mismatch names the tensor and both shapes.
-pub fn load_into(params: &ParamStore, mut tensors: HashMap<String, Tensor>, source: &Path) -> Result<()> {
+pub fn load_into(params: &ParamStore, tensors: HashMap<String, Tensor>, source: &Path) -> Result<()> {
+    load_matching(params, tensors, source, &|_| false, &|_| false).map(|_| ())
+}
+
+/// What [`load_matching`] did besides loading.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Parameters the file lacks that were allowed to keep their fresh initialisation.
+    pub fresh: Vec<String>,
+    /// Tensors of the file that the model does not use, and was allowed to ignore.
+    pub ignored: Vec<String>,
+}
+
+/// Copies `tensors` into `params` by name. Parameters missing from the file are an error unless
+/// `may_start_fresh` allows them; tensors the model lacks are an error unless `may_ignore`
+/// allows them; every error lists the names (and, for a shape mismatch, both shapes).
+pub fn load_matching(
+    params: &ParamStore,
+    mut tensors: HashMap<String, Tensor>,
+    source: &Path,
+    may_start_fresh: &dyn Fn(&str) -> bool,
+    may_ignore: &dyn Fn(&str) -> bool,
+) -> Result<LoadReport> {
+    let mut report = LoadReport::default();
     let mut missing = Vec::new();
     for (name, var) in params.named_vars() {
         match tensors.remove(&name) {
+            None if may_start_fresh(&name) => report.fresh.push(name),
             None => missing.push(name),
             Some(t) => {
                 if t.dims() != var.dims() {
                     bail!(
-                        "checkpoint {}: tensor `{name}` has shape {:?}, but the model built from the config needs {:?}",
+                        "{}: tensor `{name}` has shape {:?}, but the model built from the config needs {:?}",
                         source.display(),
                         t.dims(),
                         var.dims()
                     );
                 }
-                var.set(&t.to_dtype(var.dtype())?)?;
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
             }
         }
     }
     if !missing.is_empty() {
-        bail!("checkpoint {} lacks tensors the model needs: {}", source.display(), missing.join(", "));
+        bail!("{} lacks tensors the model needs: {}", source.display(), missing.join(", "));
     }
-    if !tensors.is_empty() {
-        let mut extra: Vec<_> = tensors.into_keys().collect();
-        extra.sort();
-        bail!("checkpoint {} has tensors the model does not: {}", source.display(), extra.join(", "));
+    let mut extra: Vec<String> = tensors.into_keys().collect();
+    extra.sort();
+    let (ignored, unexpected): (Vec<String>, Vec<String>) = extra.into_iter().partition(|n| may_ignore(n));
+    if !unexpected.is_empty() {
+        bail!("{} has tensors the model does not: {}", source.display(), unexpected.join(", "));
     }
-    Ok(())
+    report.ignored = ignored;
+    Ok(report)
 }

@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod pretrained;
 pub mod rng;
 pub mod run_dir;
 pub mod runtime;

@@ -5,8 +5,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use taper::config::Kernels;
-use taper::config::{NormPlacement, Positions};
+use taper::config::{Activation, NormPlacement, Positions};
 use taper::model::attention::{causal_mask, padding_mask, Attention, Mask};
+use taper::model::block::BlockConfig;
 use taper::model::gpt::init_policy;
 use taper::model::{Gpt, Mode, ParamStore};
 
@@ -20,8 +21,20 @@ fn attention(params: &ParamStore) -> Attention {
 fn attention_with(params: &ParamStore, kernels: Kernels) -> Attention {
     let cfg = common::tiny_config(std::path::Path::new("/tmp"), std::path::Path::new("/tmp/c.txt"), "");
     // Bias on, so the reference must add it.
-    Attention::new(D, H, true, 0.0, &init_policy(&cfg.model), kernels, params.var_builder(7, &Device::Cpu).pp("attn"))
-        .unwrap()
+    let names = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"];
+    let block = BlockConfig {
+        d_model: D,
+        n_head: H,
+        d_ff: 4 * D,
+        activation: Activation::Gelu,
+        norm: NormPlacement::Pre,
+        dropout: 0.0,
+        bias: true,
+        layer_norm_eps: 1e-5,
+        cross_attention: false,
+        kernels,
+    };
+    Attention::new(&block, &init_policy(&cfg.model), names, params.var_builder(7, &Device::Cpu)).unwrap()
 }
 
 fn weights(params: &ParamStore, name: &str) -> Vec<f64> {

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::block::BlockConfig;
 use super::fused;
 use super::layers::{dropout, matmul, softmax_last_dim, InitPolicy, Linear, Mode};
 use super::positions::Rope;
@@ -71,24 +72,20 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(
-        d_model: usize,
-        n_head: usize,
-        bias: bool,
-        dropout: f64,
-        init: &InitPolicy,
-        kernels: Kernels,
-        vb: VarBuilder,
-    ) -> Result<Self> {
+    // `names`: paths, under `vb`, of the query, key, value and output projections.
+    pub fn new(cfg: &BlockConfig, init: &InitPolicy, names: [&str; 4], vb: VarBuilder) -> Result<Self> {
+        let (d_model, n_head) = (cfg.d_model, cfg.n_head);
+        let (bias, dropout, kernels) = (cfg.bias, cfg.dropout, cfg.kernels);
         let proj = |name: &str, residual_output: bool| {
             let init = init.matrix(d_model, d_model, residual_output);
             Linear::new(d_model, d_model, bias, init, kernels, vb.pp(name))
         };
+        let [q, k, v, out] = names;
         Ok(Self {
-            q_proj: proj("q_proj", false)?,
-            k_proj: proj("k_proj", false)?,
-            v_proj: proj("v_proj", false)?,
-            out_proj: proj("out_proj", true)?,
+            q_proj: proj(q, false)?,
+            k_proj: proj(k, false)?,
+            v_proj: proj(v, false)?,
+            out_proj: proj(out, true)?,
             n_head,
             head_dim: d_model / n_head,
             dropout,

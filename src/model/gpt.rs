@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{causal_mask, Mask};
-use super::block::{Block, BlockCache, BlockConfig, BlockInputs};
+use super::block::{Block, BlockCache, BlockConfig, BlockInputs, BlockNames};
 use super::layers::{add_broadcast, cross_entropy_sum, dropout, Embedding, InitPolicy, LayerNorm, Linear, Mode};
 use super::positions::{sinusoidal_table, Rope};
 use crate::config::{Kernels, ModelConfig, NormPlacement, Positions};
@@ -75,7 +75,7 @@ impl Gpt {
             kernels: cfg.kernels,
         };
         let blocks = (0..cfg.n_layer)
-            .map(|i| Block::new(&block_cfg, &init, vb.pp(format!("blocks.{i}"))))
+            .map(|i| Block::new(&block_cfg, &init, &BlockNames::TAPER, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let ln_f = match cfg.norm {
             NormPlacement::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, cfg.kernels, vb.pp("ln_f"))?),

@@ -1,6 +1,7 @@
 //! The Transformer: parameters, layers, attention, the shared block, and the models built from it.
 
 pub mod attention;
+pub mod bert;
 pub mod block;
 pub mod fused;
 pub mod gpt;

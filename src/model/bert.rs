@@ -1,0 +1,183 @@
+//! BERT-style encoder: token + position + token-type embeddings, then LayerNorm and dropout,
+//! then a stack of bidirectional blocks (the same `Block` as the GPT, under Hugging Face's
+//! parameter names) with a key-padding mask. Post-LN as BERT has it; `NormPlacement::Pre`
+//! moves every LayerNorm into its branch and adds a final one (`encoder.final_layer_norm`).
+//! The architecture is read from a checkpoint's `config.json`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::Deserialize;
+
+use super::attention::{padding_mask, Mask};
+use super::block::{Block, BlockConfig, BlockInputs, BlockNames};
+use super::layers::{dropout, Embedding, InitPolicy, LayerNorm, Mode};
+use crate::config::{Activation, InitScheme, Kernels, NormPlacement};
+
+fn default_max_positions() -> usize {
+    512
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_bert_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_init_range() -> f64 {
+    0.02
+}
+
+/// The fields of a Hugging Face BERT `config.json` that shape the model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub hidden_act: String,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_bert_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_init_range")]
+    pub initializer_range: f64,
+    pub model_type: Option<String>,
+    pub position_embedding_type: Option<String>,
+}
+
+impl BertConfig {
+    /// Reads `dir/config.json`, refusing what this encoder cannot reproduce exactly.
+    pub fn from_dir(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            bail!("{} has no config.json: not a Hugging Face model directory", dir.display());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let cfg: Self =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a BERT config", path.display()))?;
+        match cfg.model_type.as_deref() {
+            Some("bert") | None => {}
+            Some(other) => bail!(
+                "{}: model_type `{other}` is not supported; taper loads BERT (`bert`) checkpoints",
+                path.display()
+            ),
+        }
+        if let Some(p) = cfg.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+            bail!("{}: position_embedding_type `{p}` is not supported (only `absolute`)", path.display());
+        }
+        cfg.activation().with_context(|| format!("in {}", path.display()))?;
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+            bail!("{}: num_attention_heads must divide hidden_size", path.display());
+        }
+        Ok(cfg)
+    }
+
+    pub fn activation(&self) -> anyhow::Result<Activation> {
+        match self.hidden_act.as_str() {
+            "gelu" => Ok(Activation::Gelu),
+            "relu" => Ok(Activation::Relu),
+            other => bail!("hidden_act `{other}` is not supported (gelu, relu)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BertEncoder {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    embeddings_norm: LayerNorm,
+    blocks: Vec<Block>,
+    final_norm: Option<LayerNorm>,
+    dropout: f64,
+    dtype: DType,
+}
+
+impl BertEncoder {
+    /// Builds the encoder over `vb` with Hugging Face's names (`embeddings.word_embeddings`,
+    /// `encoder.layer.0.attention.self.query`, ...).
+    pub fn new(cfg: &BertConfig, norm: NormPlacement, kernels: Kernels, dtype: DType, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let init = InitPolicy { scheme: InitScheme::Normal, std: cfg.initializer_range, residual_scale: 1.0 };
+        let activation = cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let emb = vb.pp("embeddings");
+        let embedding = |count: usize, name: &str| Embedding::new(count, d, init.embedding(d), emb.pp(name));
+        let block_cfg = BlockConfig {
+            d_model: d,
+            n_head: cfg.num_attention_heads,
+            d_ff: cfg.intermediate_size,
+            activation,
+            norm,
+            dropout: cfg.hidden_dropout_prob,
+            bias: true,
+            layer_norm_eps: cfg.layer_norm_eps,
+            cross_attention: false,
+            kernels,
+        };
+        let blocks = (0..cfg.num_hidden_layers)
+            .map(|i| Block::new(&block_cfg, &init, &BlockNames::BERT, vb.pp(format!("encoder.layer.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let final_norm = match norm {
+            NormPlacement::Pre => {
+                Some(LayerNorm::new(d, cfg.layer_norm_eps, kernels, vb.pp("encoder.final_layer_norm"))?)
+            }
+            NormPlacement::Post => None,
+        };
+        Ok(Self {
+            word_embeddings: embedding(cfg.vocab_size, "word_embeddings")?,
+            position_embeddings: embedding(cfg.max_position_embeddings, "position_embeddings")?,
+            token_type_embeddings: embedding(cfg.type_vocab_size, "token_type_embeddings")?,
+            embeddings_norm: LayerNorm::new(d, cfg.layer_norm_eps, kernels, emb.pp("LayerNorm"))?,
+            blocks,
+            final_norm,
+            dropout: cfg.hidden_dropout_prob,
+            dtype,
+        })
+    }
+
+    /// Last hidden states (B, T, D). `input_ids` (B, T) u32; `token_type_ids` (B, T) u32 or
+    /// None (all 0); `attention_mask` (B, T), 1 for real tokens and 0 for padding, or None.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let (_, t) = input_ids.dims2()?;
+        let max_positions = self.position_embeddings.weight.dim(0)?;
+        if t > max_positions {
+            candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {max_positions}");
+        }
+        let types = match token_type_ids {
+            Some(types) => types.clone(),
+            None => input_ids.zeros_like()?,
+        };
+        let positions = self.position_embeddings.weight.narrow(0, 0, t)?.to_dtype(self.dtype)?;
+        let x = self.word_embeddings.forward(input_ids, self.dtype)?;
+        let x = (x + self.token_type_embeddings.forward(&types, self.dtype)?)?.broadcast_add(&positions)?;
+        let mut x = dropout(&self.embeddings_norm.forward(&x)?, self.dropout, mode)?;
+        let bias = attention_mask.map(padding_mask).transpose()?;
+        let self_mask = bias.as_ref().map_or(Mask::None, Mask::Additive);
+        let inputs = BlockInputs { self_mask, memory: None, rope: None };
+        for block in &self.blocks {
+            x = block.forward(&x, &inputs, None, mode)?;
+        }
+        match &self.final_norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
+    }
+}
