@@ -1,15 +1,71 @@
 //! Pretrained Hugging Face checkpoints: a directory with `config.json`, `model.safetensors` and
 //! `tokenizer.json`, loaded into taper's modules by the checkpoint's own tensor names.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
 use crate::checkpoint::{load_matching, load_tensors, LoadReport};
 use crate::config::{Kernels, NormPlacement};
 use crate::model::bert::{BertConfig, BertEncoder};
 use crate::model::ParamStore;
+
+/// The files a pretrained model directory must hold.
+pub const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+/// Where a pretrained model's files are. `spec` is a local directory, or a Hub id
+/// (`org/name`) fetched with hf-hub into its cache (`HF_HOME`, default ~/.cache/huggingface);
+/// with `HF_HUB_OFFLINE=1` only that cache is read.
+pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.exists() {
+        bail!("{spec} is a file; give the directory that holds {}", MODEL_FILES.join(", "));
+    }
+    let looks_like_id = !spec.starts_with(['.', '/', '~']) && spec.split('/').count() <= 2 && !spec.is_empty();
+    if !looks_like_id {
+        bail!("model directory {spec} does not exist");
+    }
+    let mut files = Vec::new();
+    if offline() {
+        let cache = hf_hub::Cache::from_env();
+        let repo = cache.model(spec.to_string());
+        for file in MODEL_FILES {
+            files.push(repo.get(file).with_context(|| {
+                format!(
+                    "HF_HUB_OFFLINE is set and `{file}` of {spec} is not in the Hugging Face cache {}; \
+                     give a local directory instead",
+                    cache.path().display()
+                )
+            })?);
+        }
+    } else {
+        let api =
+            hf_hub::api::sync::ApiBuilder::from_env().build().context("cannot set up the Hugging Face Hub client")?;
+        let repo = api.model(spec.to_string());
+        for file in MODEL_FILES {
+            files.push(repo.get(file).with_context(|| {
+                format!(
+                    "cannot fetch `{file}` of {spec} from the Hugging Face Hub (no directory of that name exists \
+                     either); give a local directory, or set HF_HUB_OFFLINE=1 to read the cache only"
+                )
+            })?);
+        }
+    }
+    let dir = files[0].parent().context("cached file without a directory")?.to_path_buf();
+    if files.iter().any(|f| f.parent() != Some(dir.as_path())) {
+        bail!("the cached files of {spec} are from different revisions");
+    }
+    Ok(dir)
+}
 
 /// A BERT encoder with trainable parameters initialised from `dir`.
 pub struct PretrainedBert {

@@ -141,3 +141,26 @@ fn bad_model_directories_are_clear_errors() {
         format!("{:#}", load_bert(dir.path(), NormPlacement::Post, Kernels::Fused, &Device::Cpu, 0).err().unwrap());
     assert!(err.contains("intermediate.dense") && err.contains("1536") && err.contains("1024"), "{err}");
 }
+
+#[test]
+fn a_hub_id_resolves_through_the_offline_cache() {
+    // The layout hf-hub writes: <HF_HOME>/hub/models--org--name/{refs/main, snapshots/<rev>/...}.
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+    let snapshot = repo.join("snapshots/abc123");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for file in taper::pretrained::MODEL_FILES {
+        std::os::unix::fs::symlink(minilm().join(file), snapshot.join(file)).unwrap();
+    }
+    std::env::set_var("HF_HOME", home.path());
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let dir = taper::pretrained::resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2").unwrap();
+    assert_eq!(dir, snapshot);
+    load_bert(&dir, NormPlacement::Post, Kernels::Fused, &Device::Cpu, 0).unwrap();
+    let err = format!("{:#}", taper::pretrained::resolve_model_dir("nobody/nothing").unwrap_err());
+    assert!(err.contains("HF_HUB_OFFLINE") && err.contains("config.json"), "{err}");
+    let err = format!("{:#}", taper::pretrained::resolve_model_dir("./no/such/dir").unwrap_err());
+    assert!(err.contains("does not exist"), "{err}");
+}
