@@ -1,6 +1,7 @@
 //! Text in, token-id batches out.
 
 pub mod dataset;
+pub mod labelled;
 pub mod tokenizer;
 
 pub use dataset::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};
