@@ -154,10 +154,15 @@ pub struct Row {
     pub tokens_per_s: Option<f64>,
 }
 
-/// A run is stuck when its last train loss is still above 90 % of its first.
+/// A run is stuck when its last val loss is within 3 % of its first (or, with fewer than two
+/// evaluations, its last train loss within 10 % of its first): it trained without learning.
 fn is_stuck(run: &RunRecord) -> bool {
-    match (run.train_loss.first(), run.train_loss.last()) {
-        (Some(first), Some(last)) => run.status != "diverged" && last.1 > 0.9 * first.1,
+    if run.status == "diverged" {
+        return false;
+    }
+    let (curve, tolerance) = if run.val_loss.len() >= 2 { (&run.val_loss, 0.97) } else { (&run.train_loss, 0.9) };
+    match (curve.first(), curve.last()) {
+        (Some(first), Some(last)) => last.1 > tolerance * first.1,
         _ => false,
     }
 }
@@ -287,9 +292,19 @@ pub fn compare(dirs: &[PathBuf], out: &Path, target_loss: Option<f64>) -> Result
     }
     let runs: Vec<RunRecord> = dirs.iter().map(|d| load_run(d)).collect::<Result<_>>()?;
     let groups = group(runs);
-    // Default target: the level every group that trained reached (the worst group's best).
+    // Default target: the level every group that learned reached (the worst best val loss
+    // among groups where at least one run neither diverged nor got stuck).
     let target = target_loss.unwrap_or_else(|| {
-        table(&groups, f64::NEG_INFINITY).iter().filter_map(|r| r.best_val.map(|b| b.0)).fold(f64::NAN, f64::max)
+        let rows = table(&groups, f64::NEG_INFINITY);
+        let worst_best = |rows: &mut dyn Iterator<Item = &Row>| {
+            rows.filter_map(|r| r.best_val.map(|b| b.0)).fold(f64::NAN, f64::max)
+        };
+        let learned = worst_best(&mut rows.iter().filter(|r| r.diverged + r.stuck < r.runs));
+        if learned.is_nan() {
+            worst_best(&mut rows.iter())
+        } else {
+            learned
+        }
     });
     let rows = table(&groups, target);
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
