@@ -285,6 +285,45 @@ fn layer_chart(groups: &[Group], kind: &str, last: bool, title: &str, y_label: &
     (!chart.series.is_empty()).then_some(chart)
 }
 
+/// Gradient norm of the first and the last block against step, for each group (mean over
+/// seeds): how the per-layer gradients evolve.
+fn grad_norm_over_time(groups: &[Group]) -> Option<Chart> {
+    let mut chart = Chart {
+        title: "gradient norm of the first (solid) and last (dashed) block".into(),
+        x_label: "step".into(),
+        y_label: "grad norm".into(),
+        log_y: true,
+        ..Default::default()
+    };
+    let block_norm = |d: &Value, i: usize| d.get("grad_norm")?.get(format!("blocks.{i}"))?.as_f64();
+    for (gi, g) in groups.iter().enumerate() {
+        let color = PALETTE[gi % PALETTE.len()];
+        let last_block = g
+            .runs
+            .iter()
+            .flat_map(|r| r.diagnostics.iter())
+            .flat_map(|(_, d)| d.get("grad_norm").and_then(Value::as_object).into_iter().flat_map(|m| m.keys()))
+            .filter_map(|k| k.strip_prefix("blocks.").and_then(|rest| rest.parse::<usize>().ok()))
+            .max();
+        let Some(last_block) = last_block else { continue };
+        for (block, dashed) in [(0, false), (last_block, true)] {
+            let mut by_step: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+            for run in &g.runs {
+                for (step, d) in &run.diagnostics {
+                    if let Some(v) = block_norm(d, block) {
+                        by_step.entry(*step).or_default().push(v);
+                    }
+                }
+            }
+            let points = by_step.into_iter().map(|(s, v)| (s as f64, v.iter().sum::<f64>() / v.len() as f64)).collect();
+            let label = format!("{}, block {block}", g.label);
+            let series = Series::new(Some(label), color, points);
+            chart.series.push(if dashed { series.dashed() } else { series });
+        }
+    }
+    (!chart.series.is_empty()).then_some(chart)
+}
+
 /// Writes the report for `dirs` into `out`: plots and `report.md`; returns the Markdown table.
 pub fn compare(dirs: &[PathBuf], out: &Path, target_loss: Option<f64>) -> Result<String> {
     if dirs.is_empty() {
@@ -322,6 +361,9 @@ pub fn compare(dirs: &[PathBuf], out: &Path, target_loss: Option<f64>) -> Result
         ("update_ratio", true, "update / weight by block, last diagnostics step", "ratio", "update_ratio_last.svg"),
         ("residual_rms", true, "RMS of the residual stream entering each block", "RMS", "residual_rms_last.svg"),
     ];
+    if let Some(chart) = grad_norm_over_time(&groups) {
+        save(chart, "grad_norm_over_time.svg")?;
+    }
     for (kind, last, title, y, file) in layer_charts {
         if let Some(chart) = layer_chart(&groups, kind, last, title, y) {
             save(chart, file)?;

@@ -174,7 +174,9 @@ fn compare_computes_the_table_and_writes_plots() {
     assert!(pre.contains("1.5000 ± 0.5000") && pre.contains("20 (2/2)"), "{pre}");
     // post: one diverged run; the other ends at 2.8, never reaching 2.5.
     assert!(post.contains("| 2.8000 |") && post.contains("never (0/2)") && post.contains("| 1 |"), "{post}");
-    for svg in ["train_loss.svg", "val_loss.svg", "grad_norm_init.svg", "residual_rms_last.svg"] {
+    for svg in
+        ["train_loss.svg", "val_loss.svg", "grad_norm_init.svg", "residual_rms_last.svg", "grad_norm_over_time.svg"]
+    {
         let text = std::fs::read_to_string(out.join(svg)).unwrap();
         assert!(text.starts_with("<svg") && text.contains("<polyline"), "{svg}");
     }
