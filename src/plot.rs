@@ -1,6 +1,7 @@
 //! Line charts as standalone SVG files: axes with round-number ticks, optional log-scale y,
 //! a legend, thin and thick and dashed lines. Enough for loss curves and per-layer profiles,
-//! and opens in any browser.
+//! and opens in any browser. Written here rather than with plotters: its PNG backend needs a
+//! system font stack (font-kit, fontconfig, freetype) to draw any text.
 
 use std::fmt::Write;
 
