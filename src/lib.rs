@@ -3,6 +3,7 @@
 //! Layers, top to bottom: `cli` -> `train` / `generate` -> `model` / `data` / `optim` /
 //! `checkpoint` -> candle.
 
+pub mod bleu;
 pub mod checkpoint;
 pub mod cli;
 pub mod compare;
