@@ -5,6 +5,7 @@
 
 pub mod bleu;
 pub mod checkpoint;
+pub mod classification_metrics;
 pub mod cli;
 pub mod compare;
 pub mod config;
