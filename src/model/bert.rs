@@ -181,3 +181,72 @@ impl BertEncoder {
         }
     }
 }
+
+/// How a sequence becomes one vector for classification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Hugging Face's head: `pooler.dense` + tanh on the first ([CLS]) token.
+    Cls,
+    /// Mean of the real (unpadded) tokens' hidden states.
+    Mean,
+}
+
+/// Hugging Face's sequence-classification model: the encoder, pooling, dropout, and a linear
+/// `classifier`, under the checkpoint's names (the pooler loads from a BERT checkpoint that has
+/// one; the classifier starts fresh).
+#[derive(Debug, Clone)]
+pub struct SequenceClassifier {
+    pub encoder: BertEncoder,
+    pooler: Option<super::layers::Linear>,
+    classifier: super::layers::Linear,
+    pooling: Pooling,
+    dropout: f64,
+}
+
+impl SequenceClassifier {
+    pub fn new(
+        cfg: &BertConfig,
+        num_labels: usize,
+        pooling: Pooling,
+        norm: NormPlacement,
+        kernels: Kernels,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
+        let pooler = match pooling {
+            Pooling::Cls => Some(super::layers::Linear::new(d, d, true, init, kernels, vb.pp("pooler.dense"))?),
+            Pooling::Mean => None,
+        };
+        Ok(Self {
+            encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, vb.clone())?,
+            pooler,
+            classifier: super::layers::Linear::new(d, num_labels, true, init, kernels, vb.pp("classifier"))?,
+            pooling,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// Logits (B, num_labels); arguments as for [`BertEncoder::forward`].
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let hidden = self.encoder.forward(input_ids, token_type_ids, attention_mask, mode)?;
+        let pooled = match (self.pooling, &self.pooler) {
+            (Pooling::Cls, Some(dense)) => dense.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?,
+            (Pooling::Mean, _) => match attention_mask {
+                Some(mask) => {
+                    let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?; // (B, T, 1)
+                    hidden.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&mask.sum(1)?)?
+                }
+                None => hidden.mean(1)?,
+            },
+            (Pooling::Cls, None) => candle_core::bail!("CLS pooling without a pooler"),
+        };
+        self.classifier.forward(&dropout(&pooled, self.dropout, mode)?)
+    }
+}
