@@ -65,10 +65,6 @@ impl TokenDataset {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.train.is_empty()
-    }
-
     /// Fills `inputs` and `targets` (batch * block_size each) with blocks drawn by `rng`.
     fn fill(&self, split: Split, batch_size: usize, rng: &mut Rng, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
         let src = match split {

@@ -27,7 +27,6 @@ pub struct Gpt {
     causal: Tensor,
     dropout: f64,
     block_size: usize,
-    vocab_size: usize,
     dtype: DType,
     kernels: Kernels,
 }
@@ -96,7 +95,6 @@ impl Gpt {
             causal: causal_mask(cfg.block_size, 0, &device)?,
             dropout: cfg.dropout,
             block_size: cfg.block_size,
-            vocab_size,
             dtype,
             kernels: cfg.kernels,
         })
@@ -104,12 +102,6 @@ impl Gpt {
 
     pub fn block_size(&self) -> usize {
         self.block_size
-    }
-    pub fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-    pub fn n_layer(&self) -> usize {
-        self.blocks.len()
     }
     pub fn device(&self) -> &Device {
         self.tok_emb.weight.device()

@@ -34,14 +34,6 @@ impl ParamStore {
         self.vars.lock().expect("param store lock poisoned").get(name).cloned()
     }
 
-    pub fn len(&self) -> usize {
-        self.vars.lock().expect("param store lock poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     pub fn num_elements(&self) -> usize {
         self.named_vars().iter().map(|(_, v)| v.elem_count()).sum()
     }

@@ -1,7 +1,7 @@
 //! Position information: learned table, fixed sinusoids (added to the embeddings), or rotary
 //! embeddings (applied to queries and keys inside attention).
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor, D};
 
 /// The fixed sinusoidal table of Vaswani et al.: (positions, dim).
 pub fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {
@@ -57,9 +57,5 @@ impl Rope {
         let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
         let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
         Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.cos.dtype()
     }
 }

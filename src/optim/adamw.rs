@@ -141,14 +141,16 @@ impl AdamW {
         let t = self.steps as i32;
         let correction1 = 1.0 - self.beta1.powi(t);
         let correction2 = 1.0 - self.beta2.powi(t);
+        // The clipping factor (1 without clipping), once per step, on the parameters' device.
+        let Some(first) = self.params.first() else { return Ok(()) };
+        let scale = match grad_scale {
+            Some(s) => s.to_dtype(DType::F32)?.reshape(1)?,
+            None => Tensor::ones(1, DType::F32, first.var.device())?,
+        };
         for (p, grad) in self.params.iter_mut().zip(grads) {
             let Some(grad) = grad else { continue };
             let decay_factor = if p.decay { 1.0 - lr * self.weight_decay } else { 1.0 };
             let grad = grad.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
-            let scale = match grad_scale {
-                Some(s) => s.to_dtype(DType::F32)?.reshape(1)?,
-                None => Tensor::ones(1, DType::F32, grad.device())?,
-            };
             let in_place = p.var.device().is_cpu() && p.var.dtype() == DType::F32 && p.var.is_contiguous();
             if in_place {
                 p.moments.inplace_op3(
