@@ -1,7 +1,7 @@
 //! Checkpoints: `<run>/checkpoints/step-NNNNNNNN/` holds `model.safetensors` (names are the
 //! module paths), `optimizer.safetensors` (AdamW moments) and `state.json`. Each is written into
 //! a `.tmp` directory, fsynced, then renamed: a kill at any moment leaves the previous
-//! checkpoints loadable. The newest `keep_last` are kept, and the best by val loss.
+//! checkpoints loadable. The newest `keep_last` are kept, and the best by `checkpoint.best_metric`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,7 +22,10 @@ pub struct TrainState {
     /// Batches are drawn by Rng::derived(seed, [stream, step, micro]): the data position is `step`.
     pub tokens_seen: u64,
     pub best_val_loss: Option<f64>,
+    /// The step whose evaluation scored best on `checkpoint.best_metric`, and that score.
     pub best_step: Option<usize>,
+    #[serde(default)]
+    pub best_score: Option<f64>,
     pub last_val_loss: Option<f64>,
     /// The first logged training loss (divergence is measured against it).
     #[serde(default)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::classify::TrainedClassifier;
 use crate::config::Config;
 use crate::generate::{generate, SamplingOptions};
 use crate::run_dir::{RunDir, TrainedGpt};
@@ -104,6 +105,50 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Score a classification run on a labelled file: loss, accuracy, macro-F1.
+    Eval {
+        run_dir: PathBuf,
+        /// Labelled .csv/.tsv/.jsonl file (default: the run's `data.val_path`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Which checkpoint: best, latest or step-N.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Label every input of a file with a classification run; one JSON line per input.
+    Predict {
+        run_dir: PathBuf,
+        /// .csv/.tsv/.jsonl with the run's text column(s); a label column is optional.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the predictions (JSON lines; default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Write a run's checkpoint in another format: `hf` = a Hugging Face model directory.
+    Export {
+        run_dir: PathBuf,
+        #[arg(long, default_value = "hf")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
+    },
+}
+
+/// The device a command on a run uses: the one asked for, else the run's own.
+fn run_device(run_dir: &std::path::Path, device: Option<String>) -> Result<String> {
+    match device {
+        Some(d) => Ok(d),
+        None => Ok(RunDir::new(run_dir).load_config(&[])?.train.device),
+    }
 }
 
 pub fn run() -> Result<()> {
@@ -158,10 +203,7 @@ pub fn run() -> Result<()> {
             no_cache,
             device,
         } => {
-            let device = match device {
-                Some(d) => d,
-                None => RunDir::new(&run_dir).load_config(&[])?.train.device,
-            };
+            let device = run_device(&run_dir, device)?;
             let trained = TrainedGpt::load(&run_dir, &checkpoint, &device)?;
             let prompt_ids = trained.tokenizer.encode(&prompt).context("cannot tokenize the prompt")?;
             let opts = SamplingOptions {
@@ -176,6 +218,44 @@ pub fn run() -> Result<()> {
             let mut all = prompt_ids;
             all.extend(&new_ids);
             println!("{}", trained.tokenizer.decode(&all)?);
+            Ok(())
+        }
+        Command::Eval { run_dir, file, checkpoint, device } => {
+            let classifier = TrainedClassifier::load(&run_dir, &checkpoint, &run_device(&run_dir, device)?)?;
+            let file = match file {
+                Some(f) => f,
+                None => crate::classify::default_eval_file(&classifier.config)?,
+            };
+            let metrics = classifier.evaluate(&file)?;
+            println!("{} on {} ({}):", run_dir.display(), file.display(), classifier.checkpoint.display());
+            for (name, value) in &metrics {
+                println!("  {name:<10} {value:.4}");
+            }
+            Ok(())
+        }
+        Command::Predict { run_dir, input, output, checkpoint, device } => {
+            let classifier = TrainedClassifier::load(&run_dir, &checkpoint, &run_device(&run_dir, device)?)?;
+            let records = classifier.predict(&input)?;
+            let mut text = String::new();
+            for record in &records {
+                text.push_str(&serde_json::to_string(record)?);
+                text.push('\n');
+            }
+            match output {
+                Some(path) => {
+                    crate::fsutil::write_atomic(&path, text.as_bytes())?;
+                    eprintln!("{} predictions written to {}", records.len(), path.display());
+                }
+                None => print!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Export { run_dir, format, out, checkpoint } => {
+            if format != "hf" {
+                bail!("--format `{format}` is not known; valid: hf");
+            }
+            crate::export::export_hf(&run_dir, &checkpoint, &out)?;
+            println!("exported {} to {}", run_dir.display(), out.display());
             Ok(())
         }
     }

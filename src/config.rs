@@ -23,6 +23,8 @@ pub struct Config {
     pub train: TrainConfig,
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub task: TaskConfig,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +32,8 @@ pub struct Config {
 pub enum Architecture {
     /// GPT-style: causal self-attention, next-token prediction.
     DecoderOnly,
+    /// BERT-style: bidirectional self-attention with a key-padding mask, token-type embeddings.
+    EncoderOnly,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,12 +84,21 @@ pub enum InitScheme {
 pub struct ModelConfig {
     #[serde(default = "default_arch")]
     pub arch: Architecture,
+    /// A pretrained BERT-family checkpoint to start from (encoder-only): a local directory with
+    /// config.json, model.safetensors and tokenizer.json, or a Hugging Face Hub id. Its
+    /// config.json sets the shape; shape keys given here must agree with it.
+    pub init_from: Option<String>,
+    // The four shape keys are required unless `init_from` supplies them (0 = not given).
+    #[serde(default)]
     pub n_layer: usize,
+    #[serde(default)]
     pub n_head: usize,
+    #[serde(default)]
     pub d_model: usize,
     /// Width of the feed-forward hidden layer; 4 * d_model when absent.
     pub d_ff: Option<usize>,
-    /// Context length in tokens.
+    /// Context length in tokens (an encoder's maximum positions).
+    #[serde(default)]
     pub block_size: usize,
     #[serde(default = "default_norm")]
     pub norm: NormPlacement,
@@ -118,8 +131,12 @@ pub struct ModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Plain-text corpus, UTF-8. Relative paths are relative to the working directory.
+    /// Training data, relative to the working directory: a plain UTF-8 corpus (language
+    /// models), or a labelled .csv/.tsv/.jsonl file (sequence classification).
     pub path: PathBuf,
+    /// A separate validation file (sequence classification); without it, `val_fraction` of
+    /// the training data is held out.
+    pub val_path: Option<PathBuf>,
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
 }
@@ -243,6 +260,54 @@ pub struct CheckpointConfig {
     /// How many of the newest checkpoints to keep (the best by val loss is always kept too).
     #[serde(default = "default_keep_last")]
     pub keep_last: usize,
+    /// The evaluation metric that picks the best checkpoint: `val_loss` (lowest), or
+    /// `accuracy` / `macro_f1` (classification) / `masked_accuracy` (masked-lm), highest.
+    #[serde(default = "default_best_metric")]
+    pub best_metric: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Next-token prediction on a plain corpus (decoder-only).
+    CausalLm,
+    /// One label per text (or text pair), from a labelled file (encoder-only).
+    SequenceClassification,
+    /// BERT's masked-language modelling on a plain corpus (encoder-only).
+    MaskedLm,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolingName {
+    /// Hugging Face's head: `pooler.dense` + tanh on the [CLS] token.
+    Cls,
+    /// Mean of the real tokens' hidden states.
+    Mean,
+}
+
+/// What the model is trained to do, and how the data's columns feed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    #[serde(default = "default_task_kind")]
+    pub kind: TaskKind,
+    /// Column (CSV/TSV header, or JSONL key) of the text, for sequence classification.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Column of an optional second text (sentence pairs), encoded as [CLS] a [SEP] b [SEP].
+    pub text_pair_column: Option<String>,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Truncate encoded inputs to this many tokens (sequence classification); the model's
+    /// maximum positions when absent. Batches are padded to their longest input.
+    pub max_len: Option<usize>,
+    #[serde(default = "default_pooling")]
+    pub pooling: PoolingName,
+    /// Share of tokens selected for masked-lm (of which 80 % become [MASK], 10 % a random
+    /// token, 10 % stay).
+    #[serde(default = "default_mask_prob")]
+    pub mask_prob: f64,
 }
 
 fn default_arch() -> Architecture {
@@ -320,6 +385,54 @@ fn default_ckpt_every() -> usize {
 fn default_keep_last() -> usize {
     2
 }
+fn default_best_metric() -> String {
+    "val_loss".into()
+}
+fn default_task_kind() -> TaskKind {
+    TaskKind::CausalLm
+}
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+fn default_pooling() -> PoolingName {
+    PoolingName::Cls
+}
+fn default_mask_prob() -> f64 {
+    0.15
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_task_kind(),
+            text_column: default_text_column(),
+            text_pair_column: None,
+            label_column: default_label_column(),
+            max_len: None,
+            pooling: default_pooling(),
+            mask_prob: default_mask_prob(),
+        }
+    }
+}
+
+impl TaskKind {
+    /// The metrics an evaluation of this task reports, any of which may pick the best checkpoint.
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            TaskKind::CausalLm => &["val_loss"],
+            TaskKind::SequenceClassification => &["val_loss", "accuracy", "macro_f1"],
+            TaskKind::MaskedLm => &["val_loss", "masked_accuracy"],
+        }
+    }
+}
+
+/// Whether a higher value of `metric` is better (losses are lower-is-better).
+pub fn higher_is_better(metric: &str) -> bool {
+    !metric.ends_with("loss")
+}
 
 impl Default for TokenizerConfig {
     fn default() -> Self {
@@ -348,7 +461,12 @@ impl Default for ScheduleConfig {
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
-        Self { dir: None, every: default_ckpt_every(), keep_last: default_keep_last() }
+        Self {
+            dir: None,
+            every: default_ckpt_every(),
+            keep_last: default_keep_last(),
+            best_metric: default_best_metric(),
+        }
     }
 }
 
@@ -388,13 +506,14 @@ impl Config {
 
     pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Self> {
         // Without overrides, parse the text itself so errors point at its line and column.
-        let config: Config = if overrides.is_empty() {
+        let mut table: toml::Table = toml::from_str(text)?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let default_norm = encoder_norm_default(&mut table);
+        let config: Config = if overrides.is_empty() && !default_norm {
             toml::from_str(text)?
         } else {
-            let mut table: toml::Table = toml::from_str(text)?;
-            for item in overrides {
-                apply_override(&mut table, item)?;
-            }
             toml::Value::Table(table).try_into()?
         };
         config.validate()?;
@@ -412,12 +531,19 @@ impl Config {
     /// Checks values that serde cannot: ranges and relations between keys.
     pub fn validate(&self) -> Result<()> {
         let m = &self.model;
-        let positive = [
+        self.validate_task()?;
+        let shape = [
             ("model.n_layer", m.n_layer),
             ("model.n_head", m.n_head),
             ("model.d_model", m.d_model),
             ("model.block_size", m.block_size),
-            ("model.d_ff", m.d_ff()),
+        ];
+        for (key, value) in shape {
+            if value == 0 && m.init_from.is_none() {
+                bail!("`{key}` is missing (or 0): the model's shape needs it unless `model.init_from` gives a pretrained one");
+            }
+        }
+        let positive = [
             ("train.steps", self.train.steps),
             ("train.batch_size", self.train.batch_size),
             ("train.grad_accum", self.train.grad_accum),
@@ -429,14 +555,68 @@ impl Config {
                 bail!("`{key}` must be at least 1");
             }
         }
-        if !m.d_model.is_multiple_of(m.n_head) {
+        if m.d_ff == Some(0) {
+            bail!("`model.d_ff` must be at least 1");
+        }
+        self.validate_rest()
+    }
+
+    /// Which task goes with which architecture, and the task's own keys.
+    fn validate_task(&self) -> Result<()> {
+        let (m, task) = (&self.model, &self.task);
+        match (m.arch, task.kind) {
+            (Architecture::DecoderOnly, TaskKind::CausalLm) => {}
+            (Architecture::EncoderOnly, TaskKind::SequenceClassification | TaskKind::MaskedLm) => {}
+            (arch, kind) => bail!(
+                "`task.kind = \"{}\"` does not go with `model.arch = \"{}\"`: causal-lm needs decoder-only; \
+                 sequence-classification and masked-lm need encoder-only",
+                kebab(&kind),
+                kebab(&arch)
+            ),
+        }
+        if m.init_from.is_some() && m.arch != Architecture::EncoderOnly {
+            bail!("`model.init_from` loads BERT-family checkpoints and needs `model.arch = \"encoder-only\"`");
+        }
+        if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
+            bail!(
+                "an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\""
+            );
+        }
+        if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {
+            bail!("with `model.init_from` the tokenizer is the checkpoint's tokenizer.json; remove the [tokenizer] section");
+        }
+        if task.kind != TaskKind::SequenceClassification && self.data.val_path.is_some() {
+            bail!("`data.val_path` applies to sequence-classification; language models hold out `data.val_fraction`");
+        }
+        if !(0.0..1.0).contains(&task.mask_prob) || task.mask_prob == 0.0 {
+            bail!("`task.mask_prob` must be in (0, 1), got {}", task.mask_prob);
+        }
+        if task.max_len.is_some_and(|n| n < 3) {
+            bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
+        }
+        let metrics = task.kind.metrics();
+        if !metrics.contains(&self.checkpoint.best_metric.as_str()) {
+            bail!(
+                "`checkpoint.best_metric = \"{}\"` is not a metric of task {}; valid: {}",
+                self.checkpoint.best_metric,
+                kebab(&task.kind),
+                metrics.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_rest(&self) -> Result<()> {
+        let m = &self.model;
+        // Shape keys left 0 with `init_from` are filled from its config.json, then checked again.
+        if m.n_head > 0 && !m.d_model.is_multiple_of(m.n_head) {
             bail!(
                 "`model.n_head` ({}) must divide `model.d_model` ({}): each head gets d_model / n_head dimensions",
                 m.n_head,
                 m.d_model
             );
         }
-        if m.positions == Positions::Rope && !m.head_dim().is_multiple_of(2) {
+        if m.positions == Positions::Rope && m.n_head > 0 && !m.head_dim().is_multiple_of(2) {
             bail!("`model.positions = \"rope\"` needs an even head dimension, got {}", m.head_dim());
         }
         if !(0.0..1.0).contains(&m.dropout) {
@@ -458,6 +638,9 @@ impl Config {
             TokenizerKind::File => {
                 if t.path.is_none() {
                     bail!("`tokenizer.kind = \"file\"` needs `tokenizer.path` (a tokenizer.json)");
+                }
+                if t.vocab_size.is_some() {
+                    bail!("`tokenizer.vocab_size` does not apply to `kind = \"file\"` (the file fixes the vocabulary); remove it");
                 }
             }
             _ => match t.vocab_size {
@@ -516,6 +699,23 @@ impl Config {
         crate::device::parse_device_spec(&self.train.device).context("invalid `train.device`")?;
         Ok(())
     }
+}
+
+/// An encoder's `model.norm` defaults to BERT's post-LN (a decoder's to GPT-2's pre-LN), so a
+/// pretrained BERT is never silently rebuilt pre-LN. Returns whether it filled the key in.
+fn encoder_norm_default(table: &mut toml::Table) -> bool {
+    let Some(model) = table.get_mut("model").and_then(|m| m.as_table_mut()) else { return false };
+    let encoder = model.get("arch").and_then(|a| a.as_str()) == Some("encoder-only");
+    if encoder && !model.contains_key("norm") {
+        model.insert("norm".into(), toml::Value::String("post".into()));
+        return true;
+    }
+    false
+}
+
+/// A config enum's name as written in TOML (`encoder-only`).
+fn kebab<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// Applies one `section.key=value` override. The value is parsed as TOML (`0.1`, `true`,

@@ -6,11 +6,13 @@
 pub mod bleu;
 pub mod checkpoint;
 pub mod classification_metrics;
+pub mod classify;
 pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod export;
 pub mod fsutil;
 pub mod generate;
 pub mod inspect;

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
 use crate::checkpoint::{load_matching, load_tensors, LoadReport};
-use crate::config::{Kernels, NormPlacement};
+use crate::config::{Kernels, ModelConfig, NormPlacement};
 use crate::model::bert::{BertConfig, BertEncoder};
 use crate::model::ParamStore;
 
@@ -100,4 +100,59 @@ pub fn load_bert(
             name == "embeddings.position_ids" || name.starts_with("pooler.")
         })?;
     Ok(PretrainedBert { config, encoder, params, report })
+}
+
+/// Loads the pretrained tensors of `dir` into a task model whose encoder lives under `bert.`
+/// (Hugging Face's task-model names). A bare `BertModel` file (no `bert.` prefix, as
+/// all-MiniLM-L6-v2) is mapped by adding the prefix. Parameters `may_start_fresh` allows
+/// (the task's head) keep their initialisation; tensors `may_ignore` allows (another task's
+/// head, buffers) are skipped; anything else missing or left over is an error naming it.
+pub fn load_task_weights(
+    params: &ParamStore,
+    dir: &Path,
+    device: &Device,
+    may_start_fresh: &dyn Fn(&str) -> bool,
+    may_ignore: &dyn Fn(&str) -> bool,
+) -> Result<LoadReport> {
+    let file = dir.join("model.safetensors");
+    let mut tensors = load_tensors(&file, device)?;
+    let is_head = |k: &str| k.starts_with("cls.") || k.starts_with("classifier.");
+    if !tensors.keys().any(|k| k.starts_with("bert.")) {
+        tensors =
+            tensors.into_iter().map(|(k, v)| if is_head(&k) { (k, v) } else { (format!("bert.{k}"), v) }).collect();
+    }
+    load_matching(params, tensors, &file, may_start_fresh, may_ignore)
+}
+
+/// Makes `model`'s shape keys agree with a pretrained `bert` config: keys left out are filled
+/// in, keys given must match (an error names both values).
+pub fn adopt_shape(model: &mut ModelConfig, bert: &BertConfig, source: &Path) -> Result<()> {
+    let pairs = [
+        ("n_layer", &mut model.n_layer, bert.num_hidden_layers, "num_hidden_layers"),
+        ("n_head", &mut model.n_head, bert.num_attention_heads, "num_attention_heads"),
+        ("d_model", &mut model.d_model, bert.hidden_size, "hidden_size"),
+        ("block_size", &mut model.block_size, bert.max_position_embeddings, "max_position_embeddings"),
+    ];
+    for (key, ours, theirs, their_key) in pairs {
+        if *ours != 0 && *ours != theirs {
+            bail!(
+                "`model.{key}` = {ours} disagrees with {}/config.json's {their_key} = {theirs}; remove the key \
+                 (`model.init_from` sets the architecture)",
+                source.display()
+            );
+        }
+        *ours = theirs;
+    }
+    if model.d_ff.is_some_and(|d| d != bert.intermediate_size) {
+        bail!(
+            "`model.d_ff` disagrees with {}/config.json's intermediate_size = {}; remove the key",
+            source.display(),
+            bert.intermediate_size
+        );
+    }
+    model.d_ff = Some(bert.intermediate_size);
+    model.activation = bert.activation()?;
+    model.layer_norm_eps = bert.layer_norm_eps;
+    model.init_std = bert.initializer_range;
+    Ok(())
 }

@@ -30,6 +30,14 @@ impl RunDir {
     pub fn metrics(&self) -> PathBuf {
         self.path.join("metrics.jsonl")
     }
+    /// An encoder run's architecture, as a Hugging Face BERT config.json.
+    pub fn bert_config(&self) -> PathBuf {
+        self.path.join("bert_config.json")
+    }
+    /// A classifier's labels, in output order.
+    pub fn labels(&self) -> PathBuf {
+        self.path.join("labels.json")
+    }
 
     pub fn load_config(&self, overrides: &[String]) -> Result<Config> {
         let path = self.config();

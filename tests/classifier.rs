@@ -89,12 +89,11 @@ fn the_head_loads_from_a_bert_checkpoint_with_a_fresh_classifier() {
         params.var_builder(0, &Device::Cpu),
     )
     .unwrap();
-    let file = dir.join("model.safetensors");
-    let tensors = taper::checkpoint::load_tensors(&file, &Device::Cpu).unwrap();
-    let report = taper::checkpoint::load_matching(&params, tensors, &file, &|n| n.starts_with("classifier."), &|n| {
-        n == "embeddings.position_ids"
-    })
-    .unwrap();
+    let report =
+        taper::pretrained::load_task_weights(&params, &dir, &Device::Cpu, &|n| n.starts_with("classifier."), &|n| {
+            n.ends_with("position_ids")
+        })
+        .unwrap();
     assert_eq!(report.fresh, vec!["classifier.bias", "classifier.weight"]);
     let ids = Tensor::new(&[[101u32, 7592, 102]], &Device::Cpu).unwrap();
     let logits = model.forward(&ids, None, None, &mut Mode::eval()).unwrap();

@@ -57,10 +57,11 @@ fn four_micro_batches_of_one_equal_one_batch_of_four() {
     let vars: Vec<_> = params.named_vars().into_iter().map(|(_, v)| v).collect();
     let (x, y) = batch(4, 12, 3);
     let tokens = 4 * 12;
-    let whole = std::iter::once(Ok((x.clone(), y.clone(), Mode::eval())));
-    let (g_whole, loss_whole) = accumulate_gradients(&model, &vars, whole, tokens).unwrap();
-    let micro = (0..4).map(|i| Ok((x.narrow(0, i, 1).unwrap(), y.narrow(0, i, 1).unwrap(), Mode::eval())));
-    let (g_micro, loss_micro) = accumulate_gradients(&model, &vars, micro, tokens).unwrap();
+    // Each micro-batch's summed loss, divided by the step's total target tokens.
+    let loss = |x: &Tensor, y: &Tensor| Ok((model.loss_sum(x, y, &mut Mode::eval())? / tokens as f64)?);
+    let (g_whole, loss_whole) = accumulate_gradients(&vars, std::iter::once(loss(&x, &y))).unwrap();
+    let micro = (0..4).map(|i| loss(&x.narrow(0, i, 1).unwrap(), &y.narrow(0, i, 1).unwrap()));
+    let (g_micro, loss_micro) = accumulate_gradients(&vars, micro).unwrap();
 
     let l1 = loss_whole.to_scalar::<f32>().unwrap();
     let l2 = loss_micro.to_scalar::<f32>().unwrap();

@@ -58,6 +58,10 @@ impl TokenDataset {
         Ok(Self { train, val, block_size })
     }
 
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
     pub fn len(&self, split: Split) -> usize {
         match split {
             Split::Train => self.train.len(),
@@ -79,6 +83,24 @@ impl TokenDataset {
             inputs.extend_from_slice(&src[start..start + t]);
             targets.extend_from_slice(&src[start + 1..start + 1 + t]);
         }
+    }
+
+    /// The inputs of [`Self::train_batch`] (or, with `Split::Val` and `index` for `step`,
+    /// [`Self::eval_batch`]) on the host, for tasks that corrupt them there (masked-lm).
+    pub fn windows(
+        &self,
+        split: Split,
+        seed: u64,
+        step: usize,
+        micro: usize,
+        batch_size: usize,
+        buf: &mut BatchBuffers,
+    ) {
+        let mut rng = match split {
+            Split::Train => Rng::derived(seed, &[TRAIN_STREAM, step as u64, micro as u64]),
+            Split::Val => Rng::derived(seed, &[EVAL_STREAM, step as u64]),
+        };
+        self.fill(split, batch_size, &mut rng, &mut buf.inputs, &mut buf.targets);
     }
 
     /// The training batch for (step, micro-batch) as (inputs, targets), each (B, T) u32.
@@ -119,6 +141,11 @@ pub struct BatchBuffers {
 }
 
 impl BatchBuffers {
+    /// The input windows of the last fill, batch * block_size ids.
+    pub fn inputs(&self) -> &[u32] {
+        &self.inputs
+    }
+
     fn to_tensors(&self, b: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         Ok((Tensor::from_slice(&self.inputs, (b, t), device)?, Tensor::from_slice(&self.targets, (b, t), device)?))
     }

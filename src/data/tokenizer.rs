@@ -18,6 +18,7 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::config::{TokenizerConfig, TokenizerKind};
@@ -43,8 +44,11 @@ impl TextTokenizer {
                 let metaspace = Metaspace::new('▁', PrependScheme::Always, true);
                 tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
                 tokenizer.with_decoder(Some(metaspace));
-                let trainer =
-                    BpeTrainerBuilder::new().vocab_size(vocab_size).special_tokens(special(&["<unk>"])).build();
+                let trainer = BpeTrainerBuilder::new()
+                    .show_progress(false)
+                    .vocab_size(vocab_size)
+                    .special_tokens(special(&["<unk>"]))
+                    .build();
                 train(tokenizer, TrainerWrapper::from(trainer), corpus)?
             }
             TokenizerKind::ByteLevelBpe => {
@@ -52,6 +56,7 @@ impl TextTokenizer {
                 tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
                 tokenizer.with_decoder(Some(ByteLevelDecoder::new(false, true, true)));
                 let trainer = BpeTrainerBuilder::new()
+                    .show_progress(false)
                     .vocab_size(vocab_size)
                     .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
                     .special_tokens(special(&["<|endoftext|>"]))
@@ -64,10 +69,23 @@ impl TextTokenizer {
                 tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
                 tokenizer.with_decoder(Some(WordPieceDecoder::default()));
                 let trainer = WordPieceTrainerBuilder::new()
+                    .show_progress(false)
                     .vocab_size(vocab_size)
                     .special_tokens(special(&["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
                     .build();
-                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+                let mut tokenizer = train(tokenizer, TrainerWrapper::from(trainer), corpus)?;
+                // BERT's input template, applied when encoding with special tokens (classifier
+                // inputs); corpus encoding for language models leaves it out.
+                let id = |name: &str| tokenizer.token_to_id(name).context("trained WordPiece lacks a special token");
+                let template = TemplateProcessing::builder()
+                    .try_single("[CLS] $A [SEP]")
+                    .and_then(|t| t.try_pair("[CLS] $A [SEP] $B:1 [SEP]:1"))
+                    .map_err(anyhow::Error::msg)?
+                    .special_tokens(vec![("[CLS]", id("[CLS]")?), ("[SEP]", id("[SEP]")?)])
+                    .build()
+                    .map_err(anyhow::Error::msg)?;
+                tokenizer.with_post_processor(Some(template));
+                tokenizer
             }
             TokenizerKind::Unigram => {
                 let mut tokenizer = Tokenizer::new(Unigram::default());
@@ -75,6 +93,7 @@ impl TextTokenizer {
                 tokenizer.with_pre_tokenizer(Some(metaspace.clone()));
                 tokenizer.with_decoder(Some(metaspace));
                 let trainer = UnigramTrainerBuilder::default()
+                    .show_progress(false)
                     .vocab_size(vocab_size as u32)
                     .special_tokens(special(&["<unk>"]))
                     .unk_token(Some("<unk>".into()))
@@ -109,9 +128,14 @@ impl TextTokenizer {
         if !path.is_file() {
             bail!("tokenizer file {} does not exist", path.display());
         }
-        let inner = Tokenizer::from_file(path)
+        let mut inner = Tokenizer::from_file(path)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("cannot load tokenizer {}", path.display()))?;
+        // taper truncates and pads itself (to the longest in a batch); a file's own settings,
+        // such as sentence-transformers' fixed padding to 128, would pad every input and mark
+        // the padding as real tokens.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(anyhow::Error::msg)?;
         Ok(Self { inner })
     }
 
@@ -159,6 +183,13 @@ impl TextTokenizer {
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, false).map_err(|e| anyhow::anyhow!("cannot decode tokens: {e}"))
+    }
+
+    /// The id of a special token such as `[MASK]`, or an error that says which tokenizer lacks it.
+    pub fn special_id(&self, token: &str, what: &str) -> Result<u32> {
+        self.inner.token_to_id(token).with_context(|| {
+            format!("the tokenizer has no `{token}` token, which {what} needs (use `tokenizer.kind = \"wordpiece\"` or a BERT tokenizer.json)")
+        })
     }
 
     pub fn inner(&self) -> &Tokenizer {

@@ -9,12 +9,12 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::attention::{padding_mask, Mask};
 use super::block::{Block, BlockConfig, BlockInputs, BlockNames};
 use super::layers::{dropout, Embedding, InitPolicy, LayerNorm, Mode};
-use crate::config::{Activation, InitScheme, Kernels, NormPlacement};
+use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormPlacement};
 
 fn default_max_positions() -> usize {
     512
@@ -33,7 +33,7 @@ fn default_init_range() -> f64 {
 }
 
 /// The fields of a Hugging Face BERT `config.json` that shape the model.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -82,6 +82,29 @@ impl BertConfig {
             bail!("{}: num_attention_heads must divide hidden_size", path.display());
         }
         Ok(cfg)
+    }
+
+    /// The config of an encoder trained from scratch with `model` (positions learned, two token types).
+    pub fn from_model_config(model: &ModelConfig, vocab_size: usize) -> Self {
+        Self {
+            vocab_size,
+            hidden_size: model.d_model,
+            num_hidden_layers: model.n_layer,
+            num_attention_heads: model.n_head,
+            intermediate_size: model.d_ff(),
+            hidden_act: match model.activation {
+                Activation::Gelu => "gelu".into(),
+                Activation::Relu => "relu".into(),
+            },
+            max_position_embeddings: model.block_size,
+            type_vocab_size: default_type_vocab(),
+            layer_norm_eps: model.layer_norm_eps,
+            hidden_dropout_prob: model.dropout,
+            attention_probs_dropout_prob: model.dropout,
+            initializer_range: model.init_std,
+            model_type: Some("bert".into()),
+            position_embedding_type: Some("absolute".into()),
+        }
     }
 
     pub fn activation(&self) -> anyhow::Result<Activation> {
@@ -147,6 +170,11 @@ impl BertEncoder {
         })
     }
 
+    /// The token-embedding matrix (vocab, D), which a masked-LM decoder shares.
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word_embeddings.weight
+    }
+
     /// Last hidden states (B, T, D). `input_ids` (B, T) u32; `token_type_ids` (B, T) u32 or
     /// None (all 0); `attention_mask` (B, T), 1 for real tokens and 0 for padding, or None.
     pub fn forward(
@@ -191,9 +219,9 @@ pub enum Pooling {
     Mean,
 }
 
-/// Hugging Face's sequence-classification model: the encoder, pooling, dropout, and a linear
-/// `classifier`, under the checkpoint's names (the pooler loads from a BERT checkpoint that has
-/// one; the classifier starts fresh).
+/// Hugging Face's `BertForSequenceClassification`: the encoder and pooler under `bert.`,
+/// dropout, and a linear `classifier` (the pooler loads from a BERT checkpoint that has one;
+/// the classifier starts fresh).
 #[derive(Debug, Clone)]
 pub struct SequenceClassifier {
     pub encoder: BertEncoder,
@@ -214,12 +242,13 @@ impl SequenceClassifier {
     ) -> Result<Self> {
         let d = cfg.hidden_size;
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
+        let bert = vb.pp("bert");
         let pooler = match pooling {
-            Pooling::Cls => Some(super::layers::Linear::new(d, d, true, init, kernels, vb.pp("pooler.dense"))?),
+            Pooling::Cls => Some(super::layers::Linear::new(d, d, true, init, kernels, bert.pp("pooler.dense"))?),
             Pooling::Mean => None,
         };
         Ok(Self {
-            encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, vb.clone())?,
+            encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, bert)?,
             pooler,
             classifier: super::layers::Linear::new(d, num_labels, true, init, kernels, vb.pp("classifier"))?,
             pooling,
@@ -248,5 +277,47 @@ impl SequenceClassifier {
             (Pooling::Cls, None) => candle_core::bail!("CLS pooling without a pooler"),
         };
         self.classifier.forward(&dropout(&pooled, self.dropout, mode)?)
+    }
+}
+
+/// Hugging Face's `BertForMaskedLM`: the encoder under `bert.`, then
+/// `cls.predictions.transform` (dense, activation, LayerNorm) and a decoder that shares the
+/// token embeddings, plus an output bias `cls.predictions.bias`.
+#[derive(Debug, Clone)]
+pub struct MaskedLm {
+    pub encoder: BertEncoder,
+    transform: super::layers::Linear,
+    transform_norm: LayerNorm,
+    decoder: super::layers::Linear,
+    activation: Activation,
+    kernels: Kernels,
+}
+
+impl MaskedLm {
+    pub fn new(cfg: &BertConfig, norm: NormPlacement, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
+        let encoder = BertEncoder::new(cfg, norm, kernels, DType::F32, vb.pp("bert"))?;
+        let head = vb.pp("cls.predictions");
+        let bias = head.get_with_hints(cfg.vocab_size, "bias", candle_nn::Init::Const(0.0))?;
+        let decoder = super::layers::Linear::from_weight(encoder.word_embeddings().clone(), Some(bias), kernels);
+        Ok(Self {
+            transform: super::layers::Linear::new(d, d, true, init, kernels, head.pp("transform.dense"))?,
+            transform_norm: LayerNorm::new(d, cfg.layer_norm_eps, kernels, head.pp("transform.LayerNorm"))?,
+            decoder,
+            encoder,
+            activation: cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            kernels,
+        })
+    }
+
+    /// Vocabulary logits (N, vocab) at the flat positions `positions` (N) u32 of the batch
+    /// (B * T positions): only the selected tokens go through the head.
+    pub fn logits_at(&self, input_ids: &Tensor, positions: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let hidden = self.encoder.forward(input_ids, None, None, mode)?;
+        let (b, t, d) = hidden.dims3()?;
+        let selected = hidden.reshape((b * t, d))?.index_select(positions, 0)?;
+        let x = super::layers::activate(&self.transform.forward(&selected)?, self.activation, self.kernels)?;
+        self.decoder.forward(&self.transform_norm.forward(&x)?)
     }
 }

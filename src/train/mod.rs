@@ -1,27 +1,34 @@
 //! The training recipe: data -> model -> optimizer -> loop of (forward, backward, clip, step),
 //! with evaluation, metrics, progress and checkpoints along the way.
 
+pub mod causal_lm;
+pub mod classification;
 pub mod diagnostics;
+pub mod encoder;
+pub mod masked_lm;
 pub mod metrics;
+pub mod task;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::Config;
-use crate::data::{read_corpus, tokenize_cached, BatchBuffers, TextTokenizer, TokenDataset};
-use crate::model::{Gpt, Mode, ParamStore};
+use crate::config::{higher_is_better, Config, TaskKind};
+use crate::model::{Mode, ParamStore};
 use crate::optim::{clip_factor, global_norm, AdamW, Schedule};
 use crate::rng::{hash_str, Rng};
 use crate::run_dir::RunDir;
+use causal_lm::CausalLm;
+use classification::Classification;
+use masked_lm::MaskedLm;
 use metrics::MetricsLog;
+use task::Task;
 
 const DROPOUT_STREAM: u64 = 3;
 /// Steps left out of the throughput figure in `summary.json` (start-up, as the reference does).
@@ -89,8 +96,6 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         // Device-side dropout draws from the device RNG; seed it so GPU runs repeat too.
         device.set_seed(cfg.train.seed)?;
     }
-    let dtype = cfg.train.dtype.to_dtype();
-
     let existing = checkpoint::list_checkpoints(run.path())?;
     let resume_from = match (options.resume, existing.last()) {
         (true, Some((_, path))) => Some(path.clone()),
@@ -106,23 +111,38 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     std::fs::create_dir_all(run.path())
         .with_context(|| format!("cannot create run directory {}", run.path().display()))?;
 
-    // Data and tokenizer.
-    let text = read_corpus(&cfg.data.path)?;
-    let tokenizer = if resume_from.is_some() {
-        TextTokenizer::load(&run.tokenizer())?
-    } else {
-        let tokenizer = TextTokenizer::from_config(&cfg.tokenizer, &cfg.data.path, &text)?;
-        tokenizer.save(&run.tokenizer())?;
-        tokenizer
-    };
-    let ids = tokenize_cached(&tokenizer, &text, &run.path().join("tokens.bin"))?;
-    let data = TokenDataset::new(ids, cfg.data.val_fraction, cfg.model.block_size, &cfg.data.path)?;
+    let params = ParamStore::new();
+    let resuming = resume_from.is_some();
+    match cfg.task.kind {
+        TaskKind::CausalLm => {
+            let task = CausalLm::new(cfg, &run, resuming, &params, &device)?;
+            run_task(cfg, &run, &task, &params, resume_from, &device, options)
+        }
+        TaskKind::SequenceClassification => {
+            let (task, cfg) = Classification::new(cfg, &run, resuming, &params, &device, options.quiet)?;
+            run_task(&cfg, &run, &task, &params, resume_from, &device, options)
+        }
+        TaskKind::MaskedLm => {
+            let (task, cfg) = MaskedLm::new(cfg, &run, resuming, &params, &device)?;
+            run_task(&cfg, &run, &task, &params, resume_from, &device, options)
+        }
+    }
+}
+
+/// The recipe, the same for every task: optimizer and schedule over the task's parameters,
+/// then per step: micro-batches -> accumulated gradients -> clip -> AdamW; logging,
+/// evaluation and checkpoints on their schedules.
+fn run_task<T: Task>(
+    cfg: &Config,
+    run: &RunDir,
+    task: &T,
+    params: &ParamStore,
+    resume_from: Option<PathBuf>,
+    device: &Device,
+    options: &TrainOptions,
+) -> Result<RunSummary> {
     let config_text = cfg.to_toml_string()?;
     crate::fsutil::write_atomic(&run.config(), config_text.as_bytes())?;
-
-    // Model and optimizer.
-    let params = ParamStore::new();
-    let model = Gpt::new(&cfg.model, tokenizer.vocab_size(), dtype, params.var_builder(cfg.train.seed, &device))?;
     let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim)?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
     let mut state = TrainState {
@@ -131,15 +151,16 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         tokens_seen: 0,
         best_val_loss: None,
         best_step: None,
+        best_score: None,
         last_val_loss: None,
         initial_loss: None,
         config_hash: format!("{:016x}", hash_str(&config_text)),
         taper_version: env!("CARGO_PKG_VERSION").into(),
     };
     if let Some(ckpt) = &resume_from {
-        checkpoint::load_into(&params, checkpoint::load_tensors(&ckpt.join("model.safetensors"), &device)?, ckpt)?;
+        checkpoint::load_into(params, checkpoint::load_tensors(&ckpt.join("model.safetensors"), device)?, ckpt)?;
         state = checkpoint::read_state(ckpt)?;
-        let moments = checkpoint::load_tensors(&ckpt.join("optimizer.safetensors"), &device)?;
+        let moments = checkpoint::load_tensors(&ckpt.join("optimizer.safetensors"), device)?;
         optimizer
             .load_state(moments, state.step)
             .with_context(|| format!("cannot restore optimizer from {}", ckpt.display()))?;
@@ -157,8 +178,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
 
     let vars: Vec<Var> = optimizer.vars().cloned().collect();
     let names: Vec<String> = optimizer.names().map(String::from).collect();
-    let (batch, block, accum) = (cfg.train.batch_size, cfg.model.block_size, cfg.train.grad_accum);
-    let tokens_per_step = (batch * block * accum) as u64;
+    let accum = cfg.train.grad_accum;
     let progress = progress_bar(cfg.train.steps, state.step, options.quiet);
     let say = |line: String| {
         if options.quiet {
@@ -169,40 +189,39 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         }
     };
     say(format!(
-        "taper: {} parameters on {}, {} train / {} val tokens, run dir {}",
+        "taper: {} parameters on {}, {}, run dir {}",
         params.num_elements(),
-        crate::device::describe(&device),
-        data.len(crate::data::Split::Train),
-        data.len(crate::data::Split::Val),
+        crate::device::describe(device),
+        task.describe(),
         run.path().display()
     ));
 
-    let mut buffers = BatchBuffers::default();
     let mut losses = Vec::new();
     let start_step = state.step;
     let started = Instant::now();
-    let mut timed_from: Option<(Instant, usize)> = None;
+    let mut timed_from: Option<(Instant, usize, u64)> = None;
     let mut window = (Instant::now(), 0u64);
     let mut last_loss = None;
     // Evaluation and checkpoint time, left out of the throughput figure.
     let mut side_work = std::time::Duration::ZERO;
     for step in start_step..cfg.train.steps {
         if step == start_step + UNTIMED_STEPS.min(cfg.train.steps - start_step - 1) {
-            timed_from = Some((Instant::now(), step));
+            timed_from = Some((Instant::now(), step, state.tokens_seen));
         }
         let lr = schedule.lr(step);
-        let micro_batches = (0..accum).map(|micro| {
-            let (inputs, targets) = data.train_batch(cfg.train.seed, step, micro, batch, &device, &mut buffers)?;
-            let mode = Mode::train(Rng::derived(cfg.train.seed, &[DROPOUT_STREAM, step as u64, micro as u64]));
-            Ok((inputs, targets, mode))
+        let batches = (0..accum).map(|micro| task.train_batch(step, micro)).collect::<Result<Vec<_>>>()?;
+        let targets: usize = batches.iter().map(|b| task.targets(b)).sum();
+        let step_tokens: u64 = batches.iter().map(|b| task.tokens(b) as u64).sum();
+        let micro_losses = batches.iter().enumerate().map(|(micro, batch)| {
+            let mut mode = Mode::train(Rng::derived(cfg.train.seed, &[DROPOUT_STREAM, step as u64, micro as u64]));
+            Ok((task.loss_sum(batch, &mut mode)? / targets.max(1) as f64)?)
         });
-        let (grads, step_loss) = accumulate_gradients(&model, &vars, micro_batches, tokens_per_step as usize)?;
+        let (grads, step_loss) = accumulate_gradients(&vars, micro_losses)?;
         let grad_norm = global_norm(&grads)?;
         let diagnose = cfg.train.diagnostics_every > 0 && step.is_multiple_of(cfg.train.diagnostics_every);
         let before_update = if diagnose {
-            let (inputs, _) = data.train_batch(cfg.train.seed, step, 0, batch, &device, &mut buffers)?;
             let norms = diagnostics::grad_norms(&names, &grads)?;
-            let rms = diagnostics::residual_rms(&model, &inputs)?;
+            let rms = task.residual_rms(&batches[0])?;
             Some((norms, rms, diagnostics::WeightSnapshot::take(&names, &vars)?))
         } else {
             None
@@ -216,8 +235,8 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             metrics.write(diagnostics::record(step, norms, snapshot.update_ratios()?, rms)?)?;
         }
         state.step = step + 1;
-        state.tokens_seen += tokens_per_step;
-        window.1 += tokens_per_step;
+        state.tokens_seen += step_tokens;
+        window.1 += step_tokens;
         let done = state.step == cfg.train.steps;
 
         if state.step.is_multiple_of(cfg.train.log_every) || done {
@@ -255,17 +274,33 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             last_loss = Some(loss);
         }
         let side_started = Instant::now();
+        let mut new_best = false;
         if cfg.train.eval_every > 0 && (state.step.is_multiple_of(cfg.train.eval_every) || done) {
-            let val_loss = evaluate(cfg, &params, tokenizer.vocab_size(), dtype, &device, &data, &mut buffers)?;
-            metrics.write(json!({"step": state.step, "val_loss": val_loss}))?;
-            state.last_val_loss = Some(val_loss);
-            if state.best_val_loss.is_none_or(|best| val_loss < best) {
-                state.best_val_loss = Some(val_loss);
-                state.best_step = Some(state.step);
+            let evaluation = task.evaluate(params)?;
+            let mut record = json!({"step": state.step});
+            for (name, value) in &evaluation {
+                record[name] = json!(value);
             }
-            say(format!("step {:>6}: val loss {val_loss:.4}", state.step));
+            metrics.write(record)?;
+            if let Some(&val_loss) = evaluation.get("val_loss") {
+                state.last_val_loss = Some(val_loss);
+                if state.best_val_loss.is_none_or(|best| val_loss < best) {
+                    state.best_val_loss = Some(val_loss);
+                }
+            }
+            let metric = &cfg.checkpoint.best_metric;
+            let score = *evaluation.get(metric).with_context(|| format!("the evaluation did not report `{metric}`"))?;
+            let better = |best: f64| if higher_is_better(metric) { score > best } else { score < best };
+            if state.best_score.is_none_or(better) {
+                state.best_score = Some(score);
+                state.best_step = Some(state.step);
+                new_best = true;
+            }
+            let shown: Vec<String> = evaluation.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            say(format!("step {:>6}: {}", state.step, shown.join(", ")));
         }
-        if done || (cfg.checkpoint.every > 0 && state.step.is_multiple_of(cfg.checkpoint.every)) {
+        // A new best is saved whatever the schedule, so `--checkpoint best` always exists.
+        if done || new_best || (cfg.checkpoint.every > 0 && state.step.is_multiple_of(cfg.checkpoint.every)) {
             let moments = optimizer.state_tensors()?;
             let tensors = params.detached();
             checkpoint::save(run.path(), &tensors, &moments, &state, cfg.checkpoint.keep_last)?;
@@ -281,7 +316,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     progress.finish_and_clear();
 
     let elapsed = started.elapsed().as_secs_f64();
-    let (timed_start, timed_step) = timed_from.unwrap_or((started, start_step));
+    let (timed_start, timed_step, timed_tokens) = timed_from.unwrap_or((started, start_step, 0));
     let timed_steps = (state.step - timed_step).max(1);
     let timed_secs = (timed_start.elapsed() - side_work.min(timed_start.elapsed())).as_secs_f64();
     let summary = RunSummary {
@@ -289,7 +324,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         steps: state.step,
         params: params.num_elements(),
         elapsed_s: elapsed,
-        tokens_per_s: (timed_steps as u64 * tokens_per_step) as f64 / timed_secs,
+        tokens_per_s: (state.tokens_seen - timed_tokens) as f64 / timed_secs,
         ms_per_step: 1000.0 * timed_secs / timed_steps as f64,
         peak_rss_mb: peak_rss_mb(),
         final_train_loss: last_loss,
@@ -309,21 +344,18 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-/// Forward and backward over each micro-batch, summing gradients. Each loss is the sum over
-/// its target tokens divided by `total_tokens` (all target tokens of the step), so k
-/// micro-batches of n sequences give the same gradient as one batch of k * n. Returns the
+/// Backward over each micro-batch's loss (already divided by the step's total target count,
+/// so k micro-batches of n sequences give the gradient of one batch of k * n), summing
+/// gradients. The iterator is lazy: each graph is freed before the next forward. Returns the
 /// gradients (aligned with `vars`) and the step's loss, both still on the device.
 pub fn accumulate_gradients(
-    model: &Gpt,
     vars: &[Var],
-    micro_batches: impl Iterator<Item = Result<(Tensor, Tensor, Mode)>>,
-    total_tokens: usize,
+    micro_losses: impl Iterator<Item = Result<Tensor>>,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut step_loss: Option<Tensor> = None;
-    for item in micro_batches {
-        let (inputs, targets, mut mode) = item?;
-        let loss = (model.loss_sum(&inputs, &targets, &mut mode)? / total_tokens as f64)?;
+    for loss in micro_losses {
+        let loss = loss?;
         let store = loss.backward()?;
         for (slot, var) in grads.iter_mut().zip(vars) {
             if let Some(g) = store.get(var.as_tensor()) {
@@ -339,28 +371,6 @@ pub fn accumulate_gradients(
         });
     }
     Ok((grads, step_loss.context("a step needs at least one micro-batch")?))
-}
-
-/// Mean next-token loss over the fixed val batches, with a model over detached weights (no
-/// graph is recorded).
-fn evaluate(
-    cfg: &Config,
-    params: &ParamStore,
-    vocab_size: usize,
-    dtype: DType,
-    device: &Device,
-    data: &TokenDataset,
-    buffers: &mut BatchBuffers,
-) -> Result<f64> {
-    let vb = VarBuilder::from_tensors(params.detached(), DType::F32, device);
-    let model = Gpt::new(&cfg.model, vocab_size, dtype, vb)?;
-    let batch = cfg.train.batch_size;
-    let mut total = 0f64;
-    for index in 0..cfg.train.eval_batches {
-        let (inputs, targets) = data.eval_batch(cfg.train.seed, index, batch, device, buffers)?;
-        total += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
-    }
-    Ok(total / (cfg.train.eval_batches.max(1) * batch * cfg.model.block_size) as f64)
 }
 
 fn progress_bar(total: usize, done: usize, quiet: bool) -> ProgressBar {

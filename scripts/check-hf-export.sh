@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Checks that a classification run's Hugging Face export predicts what taper predicts:
+# exports RUN_DIR, runs `taper predict` on INPUT, and loads the export with transformers'
+# AutoModelForSequenceClassification (scripts/check-hf-export.py) to compare probabilities.
+# Needs PyTorch and transformers (a few GB; not part of CI): set HF_PYTHON to a python that has
+# them, or let the script make a virtual environment in .cache/hf-venv.
+# Usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run=${1:?usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]}
+input=${2:?usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]}
+max_len=${3:-$(sed -n 's/^max_len = \([0-9]*\)/\1/p' "$run/config.toml")}
+max_len=${max_len:-512}
+python=${HF_PYTHON:-.cache/hf-venv/bin/python}
+if ! "$python" -c "import torch, transformers" 2>/dev/null; then
+  python3 -m venv .cache/hf-venv
+  .cache/hf-venv/bin/pip install --quiet torch transformers
+  python=.cache/hf-venv/bin/python
+fi
+cargo build --release --quiet
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+./target/release/taper export "$run" --format hf --out "$out/export"
+./target/release/taper predict "$run" --input "$input" --output "$out/predictions.jsonl"
+"$python" scripts/check-hf-export.py "$out/export" "$out/predictions.jsonl" "$max_len"

@@ -1,0 +1,63 @@
+//! `taper export --format hf`: a run's checkpoint as a Hugging Face model directory
+//! (config.json, model.safetensors, tokenizer.json) that transformers' Auto classes and
+//! candle-transformers' `BertModel` load. taper's parameter names already are Hugging Face's,
+//! so the weights are written as they are.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::classify::read_bert_config;
+use crate::config::{NormPlacement, PoolingName, TaskKind};
+use crate::run_dir::RunDir;
+use crate::train::classification::read_labels;
+
+/// Writes the export into `out` (created if needed); every file goes to a temporary name
+/// first, so an interrupted export never leaves a half-written file under its final name.
+pub fn export_hf(run_dir: &Path, which: &str, out: &Path) -> Result<()> {
+    let run = RunDir::new(run_dir);
+    let config = run.load_config(&[])?;
+    if config.model.norm != NormPlacement::Post {
+        bail!("{}: Hugging Face's BERT is post-LN; a pre-LN encoder has no equivalent there", run_dir.display());
+    }
+    let bert = read_bert_config(&run)?;
+    let mut hf = serde_json::to_value(&bert)?;
+    let architecture = match config.task.kind {
+        TaskKind::SequenceClassification => {
+            if config.task.pooling != PoolingName::Cls {
+                bail!(
+                    "{}: mean pooling has no Hugging Face BertForSequenceClassification equivalent",
+                    run_dir.display()
+                );
+            }
+            let labels = read_labels(&run.labels())?;
+            let id2label: serde_json::Map<String, Value> =
+                labels.names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+            let label2id: serde_json::Map<String, Value> =
+                labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+            hf["id2label"] = Value::Object(id2label);
+            hf["label2id"] = Value::Object(label2id);
+            "BertForSequenceClassification"
+        }
+        TaskKind::MaskedLm => "BertForMaskedLM",
+        TaskKind::CausalLm => bail!("{}: `export --format hf` writes BERT-family encoders", run_dir.display()),
+    };
+    hf["architectures"] = json!([architecture]);
+    hf["model_type"] = json!("bert");
+    hf["torch_dtype"] = json!("float32");
+    let tokenizer = crate::data::TextTokenizer::load(&run.tokenizer())?;
+    if let Some(pad) = tokenizer.inner().token_to_id("[PAD]") {
+        hf["pad_token_id"] = json!(pad);
+    }
+
+    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let weights = checkpoint.join("model.safetensors");
+    let tmp = out.join("model.safetensors.tmp");
+    std::fs::copy(&weights, &tmp).with_context(|| format!("cannot copy {}", weights.display()))?;
+    std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
+    tokenizer.save(&out.join("tokenizer.json"))?;
+    Ok(())
+}

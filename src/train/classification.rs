@@ -1,0 +1,290 @@
+//! Sequence classification: labelled texts (or text pairs) -> padded batches -> the
+//! `BertForSequenceClassification` model -> cross-entropy; evaluated by loss, accuracy and
+//! macro-F1 on the validation file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::encoder;
+use super::task::{Evaluation, Task};
+use crate::classification_metrics::classification_scores;
+use crate::config::{Config, PoolingName};
+use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
+use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
+use crate::data::TextTokenizer;
+use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
+use crate::model::layers::cross_entropy_sum;
+use crate::model::{Mode, ParamStore};
+use crate::pretrained::load_task_weights;
+use crate::rng::Rng;
+use crate::run_dir::RunDir;
+
+const TRAIN_STREAM: u64 = 1;
+const SPLIT_STREAM: u64 = 4;
+/// Examples per forward pass when evaluating or predicting.
+pub const EVAL_BATCH: usize = 32;
+
+pub struct Classification {
+    cfg: Config,
+    model: SequenceClassifier,
+    bert: BertConfig,
+    labels: LabelSet,
+    train: Vec<(Encoded, u32)>,
+    val: Vec<(Encoded, u32)>,
+    pad_id: u32,
+    device: Device,
+}
+
+pub fn columns(cfg: &Config) -> Columns {
+    Columns {
+        text: cfg.task.text_column.clone(),
+        text_pair: cfg.task.text_pair_column.clone(),
+        label: cfg.task.label_column.clone(),
+    }
+}
+
+pub fn pooling(cfg: &Config) -> Pooling {
+    match cfg.task.pooling {
+        PoolingName::Cls => Pooling::Cls,
+        PoolingName::Mean => Pooling::Mean,
+    }
+}
+
+/// The longest input the model takes: `task.max_len`, at most the model's positions.
+pub fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
+    let positions = bert.max_position_embeddings;
+    match cfg.task.max_len {
+        Some(n) if n > positions => {
+            bail!("`task.max_len` = {n} exceeds the model's max_position_embeddings = {positions}")
+        }
+        Some(n) => Ok(n),
+        None => Ok(positions),
+    }
+}
+
+/// Encodes `examples` and maps their labels to ids; a label outside `labels` is an error
+/// naming the file and line.
+pub fn encode_labelled(
+    tokenizer: &TextTokenizer,
+    examples: &[Example],
+    labels: &LabelSet,
+    max_len: usize,
+    source: &Path,
+) -> Result<Vec<(Encoded, u32)>> {
+    let encoded = encode_examples(tokenizer, examples, max_len, source)?;
+    examples
+        .iter()
+        .zip(encoded)
+        .map(|(example, encoded)| {
+            let label =
+                example.label.as_deref().with_context(|| format!("{}:{}: no label", source.display(), example.line))?;
+            Ok((encoded, labels.id(label, source, example.line)?))
+        })
+        .collect()
+}
+
+impl Classification {
+    /// Reads the labelled files, sets up the encoder (pretrained or resumed), and builds the
+    /// model over `params`, loading the pretrained weights on a fresh run. Returns the task
+    /// and the config with the model's shape filled in.
+    pub fn new(
+        cfg: &Config,
+        run: &RunDir,
+        resuming: bool,
+        params: &ParamStore,
+        device: &Device,
+        quiet: bool,
+    ) -> Result<(Self, Config)> {
+        let setup = encoder::setup(cfg, run, resuming, None)?;
+        let columns = columns(cfg);
+        let mut train_examples = read_labelled(&cfg.data.path, &columns, true)?;
+        let (bert, tokenizer, config) = (setup.bert, setup.tokenizer, setup.config);
+        let labels = if resuming {
+            read_labels(&run.labels())?
+        } else {
+            let labels =
+                LabelSet::from_examples(&train_examples).with_context(|| format!("in {}", cfg.data.path.display()))?;
+            crate::fsutil::write_atomic(&run.labels(), serde_json::to_string_pretty(&labels.names)?.as_bytes())?;
+            labels
+        };
+        let max_len = max_len(&config, &bert)?;
+        let (val_examples, val_source) = match &cfg.data.val_path {
+            Some(path) => (read_labelled(path, &columns, true)?, path.clone()),
+            None => (
+                hold_out(&mut train_examples, cfg.data.val_fraction, cfg.train.seed, &cfg.data.path)?,
+                cfg.data.path.clone(),
+            ),
+        };
+        let train = encode_labelled(&tokenizer, &train_examples, &labels, max_len, &cfg.data.path)?;
+        let val = encode_labelled(&tokenizer, &val_examples, &labels, max_len, &val_source)?;
+        let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
+
+        let model = build_model(&config, &bert, labels.names.len(), params.var_builder(cfg.train.seed, device))?;
+        if let Some(dir) = &setup.pretrained {
+            let report = load_task_weights(
+                params,
+                dir,
+                device,
+                &|n| {
+                    n.starts_with("classifier.")
+                        || n.starts_with("bert.pooler.")
+                        || n.starts_with("bert.encoder.final_layer_norm.")
+                },
+                &|n| n.ends_with("position_ids") || n.starts_with("cls.") || n.starts_with("bert.pooler."),
+            )?;
+            if !quiet {
+                eprintln!(
+                    "taper: loaded {} from {}; starting fresh: {}{}",
+                    config.model.init_from.as_deref().unwrap_or_default(),
+                    dir.display(),
+                    report.fresh.join(", "),
+                    if report.ignored.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; unused: {}", report.ignored.join(", "))
+                    }
+                );
+            }
+        }
+        let task = Self { cfg: config.clone(), model, bert, labels, train, val, pad_id, device: device.clone() };
+        Ok((task, config))
+    }
+}
+
+/// The classifier a run's config describes, over `vb`.
+pub fn build_model(cfg: &Config, bert: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
+    Ok(SequenceClassifier::new(bert, num_labels, pooling(cfg), cfg.model.norm, cfg.model.kernels, vb)?)
+}
+
+pub fn read_labels(path: &Path) -> Result<LabelSet> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let names: Vec<String> = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+    Ok(LabelSet { names })
+}
+
+/// Moves a seeded random `fraction` of `examples` (at least one) out, as the validation set.
+fn hold_out(examples: &mut Vec<Example>, fraction: f64, seed: u64, source: &Path) -> Result<Vec<Example>> {
+    let n = examples.len();
+    let count = ((fraction * n as f64).round() as usize).max(1);
+    if count >= n {
+        bail!("{} has {n} examples: too few to hold out a validation share; add `data.val_path`", source.display());
+    }
+    let order = permutation(n, &mut Rng::derived(seed, &[SPLIT_STREAM]));
+    let mut held: Vec<usize> = order[..count].to_vec();
+    held.sort_unstable();
+    let mut val = Vec::with_capacity(count);
+    for &i in held.iter().rev() {
+        val.push(examples.remove(i));
+    }
+    val.reverse();
+    Ok(val)
+}
+
+fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
+/// Logits (one row per input) of `model` on `rows`, in batches, without a graph.
+pub fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device: &Device) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(EVAL_BATCH) {
+        let batch = pad_batch(chunk.iter().copied(), pad_id, device)?;
+        let logits = model.forward(&batch.ids, Some(&batch.type_ids), Some(&batch.mask), &mut Mode::eval())?;
+        out.extend(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// Softmax of each row, computed in f64.
+pub fn probabilities(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / total).collect()
+}
+
+/// Loss, accuracy and macro-F1 of `model` on labelled rows.
+pub fn score(
+    model: &SequenceClassifier,
+    rows: &[(Encoded, u32)],
+    num_labels: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Evaluation> {
+    let inputs: Vec<&Encoded> = rows.iter().map(|(e, _)| e).collect();
+    let all = logits(model, &inputs, pad_id, device)?;
+    let mut loss = 0.0;
+    let mut predicted = Vec::with_capacity(rows.len());
+    for (row, (_, label)) in all.iter().zip(rows) {
+        let p = probabilities(row);
+        loss -= p[*label as usize].max(1e-300).ln();
+        let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+        predicted.push(best as u32);
+    }
+    let labels: Vec<u32> = rows.iter().map(|(_, l)| *l).collect();
+    let scores = classification_scores(&predicted, &labels, num_labels)?;
+    Ok(BTreeMap::from([
+        ("val_loss".to_string(), loss / rows.len().max(1) as f64),
+        ("accuracy".to_string(), scores.accuracy),
+        ("macro_f1".to_string(), scores.macro_f1),
+    ]))
+}
+
+impl Task for Classification {
+    /// The padded inputs and the label ids (B) u32.
+    type Batch = (PaddedBatch, Tensor);
+
+    fn describe(&self) -> String {
+        format!("{} train / {} val examples, labels {}", self.train.len(), self.val.len(), self.labels.names.join(", "))
+    }
+
+    /// Each epoch visits every example once, in an order drawn from (seed, epoch).
+    fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
+        let (batch, n) = (self.cfg.train.batch_size, self.train.len());
+        let first = (step * self.cfg.train.grad_accum + micro) * batch;
+        let mut order: Option<(usize, Vec<usize>)> = None;
+        let mut rows = Vec::with_capacity(batch);
+        let mut labels = Vec::with_capacity(batch);
+        for global in first..first + batch {
+            let epoch = global / n;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                order = Some((
+                    epoch,
+                    permutation(n, &mut Rng::derived(self.cfg.train.seed, &[TRAIN_STREAM, epoch as u64])),
+                ));
+            }
+            let index = order.as_ref().expect("set above").1[global % n];
+            rows.push(&self.train[index].0);
+            labels.push(self.train[index].1);
+        }
+        let padded = pad_batch(rows.into_iter(), self.pad_id, &self.device)?;
+        Ok((padded, Tensor::from_vec(labels, batch, &self.device)?))
+    }
+
+    fn targets(&self, batch: &Self::Batch) -> usize {
+        batch.1.elem_count()
+    }
+
+    fn tokens(&self, batch: &Self::Batch) -> usize {
+        batch.0.tokens
+    }
+
+    fn loss_sum(&self, (inputs, labels): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
+        let logits = self.model.forward(&inputs.ids, Some(&inputs.type_ids), Some(&inputs.mask), mode)?;
+        Ok(cross_entropy_sum(&logits, labels, self.cfg.model.kernels)?)
+    }
+
+    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
+        let model = build_model(&self.cfg, &self.bert, self.labels.names.len(), vb)?;
+        score(&model, &self.val, self.labels.names.len(), self.pad_id, &self.device)
+    }
+}

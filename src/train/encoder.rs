@@ -1,0 +1,63 @@
+//! What every encoder run (classification, masked-lm) starts from: the architecture (a
+//! pretrained checkpoint's config.json, or the [model] section) and the tokenizer (the
+//! checkpoint's, or one trained on the corpus), saved into the run so that resume, eval,
+//! predict and export need nothing else.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::data::TextTokenizer;
+use crate::model::bert::BertConfig;
+use crate::pretrained::{adopt_shape, resolve_model_dir};
+use crate::run_dir::RunDir;
+
+pub struct EncoderSetup {
+    pub bert: BertConfig,
+    pub tokenizer: TextTokenizer,
+    /// The config with the shape keys filled in from the architecture.
+    pub config: Config,
+    /// The pretrained directory to load weights from (fresh runs with `model.init_from`).
+    pub pretrained: Option<PathBuf>,
+}
+
+/// `corpus`: the text a tokenizer is trained on when there is no pretrained one.
+pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -> Result<EncoderSetup> {
+    let mut config = cfg.clone();
+    if resuming {
+        let path = run.bert_config();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bert: BertConfig = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        let tokenizer = TextTokenizer::load(&run.tokenizer())?;
+        return Ok(EncoderSetup { bert, tokenizer, config, pretrained: None });
+    }
+    let (bert, tokenizer, pretrained) = match &cfg.model.init_from {
+        Some(spec) => {
+            let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
+            let mut bert = BertConfig::from_dir(&dir)?;
+            adopt_shape(&mut config.model, &bert, &dir)?;
+            // Dropout is a training choice: the [model] value wins when given.
+            if cfg.model.dropout > 0.0 {
+                bert.hidden_dropout_prob = cfg.model.dropout;
+                bert.attention_probs_dropout_prob = cfg.model.dropout;
+            }
+            config.model.dropout = bert.hidden_dropout_prob;
+            let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
+                .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
+            (bert, tokenizer, Some(dir))
+        }
+        None => {
+            let corpus = corpus.with_context(|| {
+                "sequence-classification starts from a pretrained encoder: set `model.init_from` (a Hugging Face \
+                 BERT directory or hub id, or the `taper export` of your own masked-lm run)"
+            })?;
+            let tokenizer = TextTokenizer::from_config(&cfg.tokenizer, &cfg.data.path, corpus)?;
+            (BertConfig::from_model_config(&cfg.model, tokenizer.vocab_size()), tokenizer, None)
+        }
+    };
+    config.validate()?;
+    tokenizer.save(&run.tokenizer())?;
+    crate::fsutil::write_atomic(&run.bert_config(), serde_json::to_string_pretty(&bert)?.as_bytes())?;
+    Ok(EncoderSetup { bert, tokenizer, config, pretrained })
+}

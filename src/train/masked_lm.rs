@@ -1,0 +1,173 @@
+//! Masked-language modelling (BERT pretraining) on a plain corpus: windows of
+//! `block_size - 2` tokens framed as [CLS] window [SEP], corrupted by [`MaskingRule`], and a
+//! loss on the selected tokens only. Evaluation reports the loss and the masked-token accuracy
+//! on fixed validation windows with a fixed corruption.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::encoder;
+use super::task::{Evaluation, Task};
+use crate::config::Config;
+use crate::data::masking::MaskingRule;
+use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};
+use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
+use crate::model::layers::cross_entropy_sum;
+use crate::model::{Mode, ParamStore};
+use crate::pretrained::load_task_weights;
+use crate::rng::Rng;
+use crate::run_dir::RunDir;
+
+const MASK_STREAM: u64 = 5;
+const EVAL_MASK_STREAM: u64 = 6;
+
+pub struct MaskedLm {
+    cfg: Config,
+    bert: BertConfig,
+    model: MaskedLmModel,
+    data: TokenDataset,
+    rule: MaskingRule,
+    cls_id: u32,
+    sep_id: u32,
+    device: Device,
+    buffers: RefCell<BatchBuffers>,
+}
+
+/// One corrupted batch: inputs (B, T), the selected flat positions (N) and their ids (N).
+pub struct MaskedBatch {
+    pub inputs: Tensor,
+    pub positions: Tensor,
+    pub labels: Tensor,
+}
+
+impl MaskedLm {
+    pub fn new(
+        cfg: &Config,
+        run: &RunDir,
+        resuming: bool,
+        params: &ParamStore,
+        device: &Device,
+    ) -> Result<(Self, Config)> {
+        let text = read_corpus(&cfg.data.path)?;
+        let setup = encoder::setup(cfg, run, resuming, Some(&text))?;
+        let (bert, tokenizer, config) = (setup.bert, setup.tokenizer, setup.config);
+        let what = "masked-lm";
+        let (cls_id, sep_id) = (tokenizer.special_id("[CLS]", what)?, tokenizer.special_id("[SEP]", what)?);
+        let special_ids = vec![cls_id, sep_id, tokenizer.special_id("[PAD]", what)?];
+        let rule = MaskingRule {
+            mask_prob: config.task.mask_prob,
+            mask_id: tokenizer.special_id("[MASK]", what)?,
+            vocab_size: bert.vocab_size,
+            special_ids,
+        };
+        let ids = tokenize_cached(&tokenizer, &text, &run.path().join("tokens.bin"))?;
+        let window = bert.max_position_embeddings.min(config.model.block_size) - 2;
+        let data = TokenDataset::new(ids, config.data.val_fraction, window, &config.data.path)?;
+        let model = MaskedLmModel::new(
+            &bert,
+            config.model.norm,
+            config.model.kernels,
+            params.var_builder(cfg.train.seed, device),
+        )?;
+        if let Some(dir) = &setup.pretrained {
+            load_task_weights(
+                params,
+                dir,
+                device,
+                &|n| n.starts_with("cls.") || n.starts_with("bert.encoder.final_layer_norm."),
+                &|n| {
+                    n.ends_with("position_ids")
+                        || n.starts_with("bert.pooler.")
+                        || n.starts_with("classifier.")
+                        || n.starts_with("cls.seq_relationship")
+                },
+            )?;
+        }
+        let task = Self {
+            cfg: config.clone(),
+            bert,
+            model,
+            data,
+            rule,
+            cls_id,
+            sep_id,
+            device: device.clone(),
+            buffers: Default::default(),
+        };
+        Ok((task, config))
+    }
+
+    /// Frames and corrupts the windows of the last fill of `buffers`.
+    fn corrupt(&self, buffers: &BatchBuffers, rng: &mut Rng) -> Result<MaskedBatch> {
+        let window = self.data.block_size();
+        let batch = buffers.inputs().len() / window;
+        let mut ids = Vec::with_capacity(batch * (window + 2));
+        for row in buffers.inputs().chunks(window) {
+            ids.push(self.cls_id);
+            ids.extend_from_slice(row);
+            ids.push(self.sep_id);
+        }
+        let masked = self.rule.apply(&mut ids, rng);
+        let n = masked.positions.len();
+        Ok(MaskedBatch {
+            inputs: Tensor::from_vec(ids, (batch, window + 2), &self.device)?,
+            positions: Tensor::from_vec(masked.positions, n, &self.device)?,
+            labels: Tensor::from_vec(masked.labels, n, &self.device)?,
+        })
+    }
+}
+
+impl Task for MaskedLm {
+    type Batch = MaskedBatch;
+
+    fn describe(&self) -> String {
+        format!("{} train / {} val tokens", self.data.len(Split::Train), self.data.len(Split::Val))
+    }
+
+    fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
+        let buffers = &mut self.buffers.borrow_mut();
+        let seed = self.cfg.train.seed;
+        self.data.windows(Split::Train, seed, step, micro, self.cfg.train.batch_size, buffers);
+        self.corrupt(buffers, &mut Rng::derived(seed, &[MASK_STREAM, step as u64, micro as u64]))
+    }
+
+    fn targets(&self, batch: &Self::Batch) -> usize {
+        batch.labels.elem_count()
+    }
+
+    fn tokens(&self, batch: &Self::Batch) -> usize {
+        batch.inputs.elem_count()
+    }
+
+    fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
+        let logits = self.model.logits_at(&batch.inputs, &batch.positions, mode)?;
+        Ok(cross_entropy_sum(&logits, &batch.labels, self.cfg.model.kernels)?)
+    }
+
+    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+        let cfg = &self.cfg;
+        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
+        let model = MaskedLmModel::new(&self.bert, cfg.model.norm, cfg.model.kernels, vb)?;
+        let buffers = &mut self.buffers.borrow_mut();
+        let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
+        for index in 0..cfg.train.eval_batches.max(1) {
+            self.data.windows(Split::Val, cfg.train.seed, index, 0, cfg.train.batch_size, buffers);
+            let batch = self.corrupt(buffers, &mut Rng::derived(cfg.train.seed, &[EVAL_MASK_STREAM, index as u64]))?;
+            let logits = model.logits_at(&batch.inputs, &batch.positions, &mut Mode::eval())?;
+            loss += cross_entropy_sum(&logits, &batch.labels, cfg.model.kernels)?.to_scalar::<f32>()? as f64;
+            let predicted: Vec<u32> = logits.argmax(1)?.to_vec1()?;
+            let labels: Vec<u32> = batch.labels.to_vec1()?;
+            correct += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
+            count += labels.len();
+        }
+        let count = count.max(1) as f64;
+        Ok(BTreeMap::from([
+            ("val_loss".to_string(), loss / count),
+            ("masked_accuracy".to_string(), correct as f64 / count),
+        ]))
+    }
+}

@@ -1,0 +1,42 @@
+//! What the training loop trains: a task owns its data and model and turns a (step,
+//! micro-batch) into a loss; the loop (in `mod.rs`) owns everything else.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use crate::model::{Mode, ParamStore};
+
+/// Metrics of one evaluation, by name (`val_loss`, `accuracy`, ...).
+pub type Evaluation = BTreeMap<String, f64>;
+
+pub trait Task {
+    type Batch;
+
+    /// One line on the data, for the start-up message.
+    fn describe(&self) -> String;
+
+    /// Micro-batch `micro` of optimizer step `step`: a pure function of (seed, step, micro),
+    /// so a resumed run sees the batches the uninterrupted run saw.
+    fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch>;
+
+    /// How many targets the batch's loss sums over (known on the host): the step's loss is
+    /// normalised by the total over its micro-batches.
+    fn targets(&self, batch: &Self::Batch) -> usize;
+
+    /// Input tokens in the batch, for the throughput figure.
+    fn tokens(&self, batch: &Self::Batch) -> usize;
+
+    /// Summed loss over the batch's targets, recording a graph.
+    fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor>;
+
+    /// Metrics on the validation data, computed over detached `params` (no graph).
+    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation>;
+
+    /// RMS of the residual stream entering each LayerNorm on `batch` (diagnostics), where the
+    /// model exposes it.
+    fn residual_rms(&self, _batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
+        Ok(BTreeMap::new())
+    }
+}
