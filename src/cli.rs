@@ -6,10 +6,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::classify::TrainedClassifier;
-use crate::config::Config;
+use crate::config::{Config, TaskKind};
+use crate::decode::BeamOptions;
 use crate::generate::{generate, SamplingOptions};
 use crate::run_dir::{RunDir, TrainedGpt};
 use crate::train::{train, TrainOptions};
+use crate::translate::TrainedSeq2Seq;
 
 #[derive(Parser)]
 #[command(name = "taper", version, about = "Train Transformers from one TOML file, on candle")]
@@ -76,12 +78,28 @@ enum Command {
         #[arg(long, default_value = "reports/inspect-init")]
         out: PathBuf,
     },
-    /// Sample text from a trained run.
+    /// Sample text from a trained GPT run, or decode inputs with a seq2seq run.
     Generate {
         /// The run directory, e.g. runs/gpt-shakespeare-char.
         run_dir: PathBuf,
+        /// GPT runs: the text to continue.
         #[arg(long, default_value = "\n")]
         prompt: String,
+        /// Seq2seq runs: one source text to decode.
+        #[arg(long, conflicts_with = "input_file")]
+        input: Option<String>,
+        /// Seq2seq runs: a file with one source text per line; outputs are printed one per line.
+        #[arg(long)]
+        input_file: Option<PathBuf>,
+        /// Seq2seq runs: beams for beam search (1: greedy decoding).
+        #[arg(long, default_value_t = 1)]
+        beam_size: usize,
+        /// Seq2seq runs: rank finished beams by log p / length^PENALTY.
+        #[arg(long, default_value_t = 1.0)]
+        length_penalty: f64,
+        /// Seq2seq runs: the most output tokens (default: the run's task.max_target_len).
+        #[arg(long)]
+        max_len: Option<usize>,
         #[arg(long, default_value_t = 200)]
         max_new_tokens: usize,
         /// Softmax temperature; 0 is greedy decoding.
@@ -105,10 +123,11 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
-    /// Score a classification run on a labelled file: loss, accuracy, macro-F1.
+    /// Score a run on a file: classification (loss, accuracy, macro-F1) or seq2seq (loss, token
+    /// accuracy, exact match, BLEU).
     Eval {
         run_dir: PathBuf,
-        /// Labelled .csv/.tsv/.jsonl file (default: the run's `data.val_path`).
+        /// Labelled (or source/target) .csv/.tsv/.jsonl file (default: the run's `data.val_path`).
         #[arg(long)]
         file: Option<PathBuf>,
         /// Which checkpoint: best, latest or step-N.
@@ -194,6 +213,11 @@ pub fn run() -> Result<()> {
         Command::Generate {
             run_dir,
             prompt,
+            input,
+            input_file,
+            beam_size,
+            length_penalty,
+            max_len,
             max_new_tokens,
             temperature,
             top_k,
@@ -204,6 +228,29 @@ pub fn run() -> Result<()> {
             device,
         } => {
             let device = run_device(&run_dir, device)?;
+            if RunDir::new(&run_dir).load_config(&[])?.task.kind == TaskKind::Seq2seq {
+                let inputs = match (input, input_file) {
+                    (Some(text), None) => vec![text],
+                    (None, Some(file)) => std::fs::read_to_string(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?
+                        .lines()
+                        .map(String::from)
+                        .collect(),
+                    _ => bail!("a seq2seq run decodes --input TEXT or --input-file FILE"),
+                };
+                if beam_size == 0 {
+                    bail!("--beam-size must be at least 1");
+                }
+                let trained = TrainedSeq2Seq::load(&run_dir, &checkpoint, &device)?;
+                let beam = BeamOptions { beam_size, length_penalty };
+                for output in trained.translate(&inputs, beam, max_len)? {
+                    println!("{output}");
+                }
+                return Ok(());
+            }
+            if input.is_some() || input_file.is_some() {
+                bail!("--input and --input-file are for seq2seq runs; a GPT run continues --prompt");
+            }
             let trained = TrainedGpt::load(&run_dir, &checkpoint, &device)?;
             let prompt_ids = trained.tokenizer.encode(&prompt).context("cannot tokenize the prompt")?;
             let opts = SamplingOptions {
@@ -221,13 +268,26 @@ pub fn run() -> Result<()> {
             Ok(())
         }
         Command::Eval { run_dir, file, checkpoint, device } => {
-            let classifier = TrainedClassifier::load(&run_dir, &checkpoint, &run_device(&run_dir, device)?)?;
+            let config = RunDir::new(&run_dir).load_config(&[])?;
+            let device = run_device(&run_dir, device)?;
             let file = match file {
                 Some(f) => f,
-                None => crate::classify::default_eval_file(&classifier.config)?,
+                None => crate::classify::default_eval_file(&config)?,
             };
-            let metrics = classifier.evaluate(&file)?;
-            println!("{} on {} ({}):", run_dir.display(), file.display(), classifier.checkpoint.display());
+            let (metrics, used) = match config.task.kind {
+                TaskKind::SequenceClassification => {
+                    let classifier = TrainedClassifier::load(&run_dir, &checkpoint, &device)?;
+                    (classifier.evaluate(&file)?, classifier.checkpoint)
+                }
+                TaskKind::Seq2seq => {
+                    let model = TrainedSeq2Seq::load(&run_dir, &checkpoint, &device)?;
+                    (model.evaluate(&file)?, model.checkpoint)
+                }
+                other => bail!(
+                    "`taper eval` scores sequence-classification and seq2seq runs; a {other:?} run's val loss is in its metrics.jsonl"
+                ),
+            };
+            println!("{} on {} ({}):", run_dir.display(), file.display(), used.display());
             for (name, value) in &metrics {
                 println!("  {name:<10} {value:.4}");
             }

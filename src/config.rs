@@ -34,6 +34,9 @@ pub enum Architecture {
     DecoderOnly,
     /// BERT-style: bidirectional self-attention with a key-padding mask, token-type embeddings.
     EncoderOnly,
+    /// The original Transformer (T5/BART-style): an encoder, and a decoder with masked
+    /// self-attention and cross-attention over the encoder's output.
+    EncoderDecoder,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +94,15 @@ pub struct ModelConfig {
     // The four shape keys are required unless `init_from` supplies them (0 = not given).
     #[serde(default)]
     pub n_layer: usize,
+    /// Decoder blocks of an encoder-decoder; `n_layer` when absent (`n_layer` counts the encoder's).
+    pub n_decoder_layer: Option<usize>,
+    /// Encoder-decoder: one vocabulary and embedding table for source and target (true), or a
+    /// tokenizer and table for each side (false).
+    #[serde(default = "yes")]
+    pub share_embeddings: bool,
+    /// Encoder-decoder: multiply token embeddings by sqrt(d_model) (Vaswani et al.).
+    #[serde(default)]
+    pub scale_embeddings: bool,
     #[serde(default)]
     pub n_head: usize,
     #[serde(default)]
@@ -275,6 +287,8 @@ pub enum TaskKind {
     SequenceClassification,
     /// BERT's masked-language modelling on a plain corpus (encoder-only).
     MaskedLm,
+    /// Source -> target pairs with teacher forcing (encoder-decoder).
+    Seq2seq,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -308,6 +322,17 @@ pub struct TaskConfig {
     /// token, 10 % stay).
     #[serde(default = "default_mask_prob")]
     pub mask_prob: f64,
+    /// Seq2seq: the columns (TSV header, or JSONL keys) of the source and target texts.
+    #[serde(default = "default_source_column")]
+    pub source_column: String,
+    #[serde(default = "default_target_column")]
+    pub target_column: String,
+    /// Seq2seq: truncate targets to this many tokens (BOS/EOS included); also the longest
+    /// output decoding produces. `model.block_size` when absent.
+    pub max_target_len: Option<usize>,
+    /// Seq2seq: the smoothed target puts this much mass uniformly over the vocabulary.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 fn default_arch() -> Architecture {
@@ -403,6 +428,12 @@ fn default_pooling() -> PoolingName {
 fn default_mask_prob() -> f64 {
     0.15
 }
+fn default_source_column() -> String {
+    "source".into()
+}
+fn default_target_column() -> String {
+    "target".into()
+}
 
 impl Default for TaskConfig {
     fn default() -> Self {
@@ -414,6 +445,10 @@ impl Default for TaskConfig {
             max_len: None,
             pooling: default_pooling(),
             mask_prob: default_mask_prob(),
+            source_column: default_source_column(),
+            target_column: default_target_column(),
+            max_target_len: None,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -425,6 +460,7 @@ impl TaskKind {
             TaskKind::CausalLm => &["val_loss"],
             TaskKind::SequenceClassification => &["val_loss", "accuracy", "macro_f1"],
             TaskKind::MaskedLm => &["val_loss", "masked_accuracy"],
+            TaskKind::Seq2seq => &["val_loss", "token_accuracy", "exact_match", "bleu"],
         }
     }
 }
@@ -567,9 +603,10 @@ impl Config {
         match (m.arch, task.kind) {
             (Architecture::DecoderOnly, TaskKind::CausalLm) => {}
             (Architecture::EncoderOnly, TaskKind::SequenceClassification | TaskKind::MaskedLm) => {}
+            (Architecture::EncoderDecoder, TaskKind::Seq2seq) => {}
             (arch, kind) => bail!(
                 "`task.kind = \"{}\"` does not go with `model.arch = \"{}\"`: causal-lm needs decoder-only; \
-                 sequence-classification and masked-lm need encoder-only",
+                 sequence-classification and masked-lm need encoder-only; seq2seq needs encoder-decoder",
                 kebab(&kind),
                 kebab(&arch)
             ),
@@ -585,8 +622,26 @@ impl Config {
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {
             bail!("with `model.init_from` the tokenizer is the checkpoint's tokenizer.json; remove the [tokenizer] section");
         }
-        if task.kind != TaskKind::SequenceClassification && self.data.val_path.is_some() {
-            bail!("`data.val_path` applies to sequence-classification; language models hold out `data.val_fraction`");
+        if !matches!(task.kind, TaskKind::SequenceClassification | TaskKind::Seq2seq) && self.data.val_path.is_some() {
+            bail!("`data.val_path` applies to sequence-classification and seq2seq; language models hold out `data.val_fraction`");
+        }
+        if m.arch != Architecture::EncoderDecoder
+            && (m.n_decoder_layer.is_some() || !m.share_embeddings || m.scale_embeddings)
+        {
+            bail!("`model.n_decoder_layer`, `model.share_embeddings` and `model.scale_embeddings` apply to `arch = \"encoder-decoder\"`");
+        }
+        if m.n_decoder_layer == Some(0) {
+            bail!("`model.n_decoder_layer` must be at least 1");
+        }
+        if !(0.0..1.0).contains(&task.label_smoothing) {
+            bail!("`task.label_smoothing` must be in [0, 1), got {}", task.label_smoothing);
+        }
+        if task.kind == TaskKind::Seq2seq {
+            for (key, value) in [("task.max_len", task.max_len), ("task.max_target_len", task.max_target_len)] {
+                if let Some(n) = value.filter(|&n| n < 2 || n > m.block_size) {
+                    bail!("`{key}` = {n} must be in [2, model.block_size = {}]", m.block_size);
+                }
+            }
         }
         if !(0.0..1.0).contains(&task.mask_prob) || task.mask_prob == 0.0 {
             bail!("`task.mask_prob` must be in (0, 1), got {}", task.mask_prob);

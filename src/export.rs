@@ -41,7 +41,9 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path) -> Result<()> {
             "BertForSequenceClassification"
         }
         TaskKind::MaskedLm => "BertForMaskedLM",
-        TaskKind::CausalLm => bail!("{}: `export --format hf` writes BERT-family encoders", run_dir.display()),
+        TaskKind::CausalLm | TaskKind::Seq2seq => {
+            bail!("{}: `export --format hf` writes BERT-family encoders", run_dir.display())
+        }
     };
     hf["architectures"] = json!([architecture]);
     hf["model_type"] = json!("bert");

@@ -116,7 +116,7 @@ pub fn read_labelled(path: &Path, columns: &Columns, require_label: bool) -> Res
                 let get = |i: usize| fields.get(i).cloned();
                 let text = need(get(text_at), "text", &columns.text, path, *line)?;
                 let text_pair = match (pair_at, &columns.text_pair) {
-                    (Some(i), Some(name)) => Some(need(get(i), "text_pair", name, path, *line)?),
+                    (Some(i), Some(name)) => Some(need(get(i), "second text", name, path, *line)?),
                     _ => None,
                 };
                 let label = match label_at {
@@ -142,7 +142,7 @@ pub fn read_labelled(path: &Path, columns: &Columns, require_label: bool) -> Res
                 };
                 let text = need(field(&columns.text), "text", &columns.text, path, line)?;
                 let text_pair =
-                    columns.text_pair.as_deref().map(|n| need(field(n), "text_pair", n, path, line)).transpose()?;
+                    columns.text_pair.as_deref().map(|n| need(field(n), "second text", n, path, line)).transpose()?;
                 let label = if require_label {
                     Some(need(field(&columns.label), "label", &columns.label, path, line)?)
                 } else {

@@ -4,6 +4,7 @@ pub mod dataset;
 pub mod labelled;
 pub mod masking;
 pub mod padded;
+pub mod pairs;
 pub mod tokenizer;
 
 pub use dataset::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};

@@ -23,6 +23,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::config::{TokenizerConfig, TokenizerKind};
 
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
 }

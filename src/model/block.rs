@@ -24,6 +24,47 @@ pub struct BlockConfig {
     pub kernels: Kernels,
 }
 
+impl BlockConfig {
+    /// The block a taper model config describes (with or without cross-attention).
+    pub fn from_model(cfg: &crate::config::ModelConfig, cross_attention: bool) -> Self {
+        Self {
+            d_model: cfg.d_model,
+            n_head: cfg.n_head,
+            d_ff: cfg.d_ff(),
+            activation: cfg.activation,
+            norm: cfg.norm,
+            dropout: cfg.dropout,
+            bias: cfg.bias,
+            layer_norm_eps: cfg.layer_norm_eps,
+            cross_attention,
+            kernels: cfg.kernels,
+        }
+    }
+}
+
+/// Runs `x` through `blocks` in order, each with its cache when `caches` is given.
+pub fn run_blocks(
+    blocks: &[Block],
+    mut x: Tensor,
+    inputs: &BlockInputs,
+    caches: Option<&mut [BlockCache]>,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    match caches {
+        Some(caches) => {
+            for (block, cache) in blocks.iter().zip(caches.iter_mut()) {
+                x = block.forward(&x, inputs, Some(cache), mode)?;
+            }
+        }
+        None => {
+            for block in blocks {
+                x = block.forward(&x, inputs, None, mode)?;
+            }
+        }
+    }
+    Ok(x)
+}
+
 /// Where a block's parameters live, relative to the block: taper's own names, or a
 /// checkpoint's (BERT), so that pretrained weights load by path, without a conversion table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,17 +5,10 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{causal_mask, Mask};
-use super::block::{Block, BlockCache, BlockConfig, BlockInputs, BlockNames};
-use super::layers::{add_broadcast, cross_entropy_sum, dropout, Embedding, InitPolicy, LayerNorm, Linear, Mode};
-use super::positions::{sinusoidal_table, Rope};
-use crate::config::{Kernels, ModelConfig, NormPlacement, Positions};
-
-#[derive(Debug, Clone)]
-enum PositionEncoding {
-    Learned(Embedding),
-    Sinusoidal(Tensor),
-    Rope(Rope),
-}
+use super::block::{run_blocks, Block, BlockCache, BlockConfig, BlockInputs, BlockNames};
+use super::layers::{cross_entropy_sum, dropout, Embedding, InitPolicy, LayerNorm, Linear, Mode};
+use super::positions::PositionEncoding;
+use crate::config::{Kernels, ModelConfig, NormPlacement};
 
 #[derive(Debug, Clone)]
 pub struct Gpt {
@@ -47,32 +40,8 @@ impl Gpt {
         let init = init_policy(cfg);
         let device = vb.device().clone();
         let tok_emb = Embedding::new(vocab_size, cfg.d_model, init.embedding(cfg.d_model), vb.pp("tok_emb"))?;
-        let positions = match cfg.positions {
-            Positions::Learned => PositionEncoding::Learned(Embedding::new(
-                cfg.block_size,
-                cfg.d_model,
-                init.embedding(cfg.d_model),
-                vb.pp("pos_emb"),
-            )?),
-            Positions::Sinusoidal => {
-                PositionEncoding::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.d_model, &device)?)
-            }
-            Positions::Rope => {
-                PositionEncoding::Rope(Rope::new(cfg.block_size, cfg.head_dim(), cfg.rope_theta, &device)?)
-            }
-        };
-        let block_cfg = BlockConfig {
-            d_model: cfg.d_model,
-            n_head: cfg.n_head,
-            d_ff: cfg.d_ff(),
-            activation: cfg.activation,
-            norm: cfg.norm,
-            dropout: cfg.dropout,
-            bias: cfg.bias,
-            layer_norm_eps: cfg.layer_norm_eps,
-            cross_attention: false,
-            kernels: cfg.kernels,
-        };
+        let positions = PositionEncoding::new(cfg, &init, vb.pp("pos_emb"))?;
+        let block_cfg = BlockConfig::from_model(cfg, false);
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(&block_cfg, &init, &BlockNames::TAPER, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
@@ -120,19 +89,9 @@ impl Gpt {
         if offset + t > self.block_size {
             candle_core::bail!("sequence of {} tokens exceeds the model's block_size {}", offset + t, self.block_size);
         }
-        let mut x = self.tok_emb.forward(ids, self.dtype)?;
-        let mut rope = None;
-        match &self.positions {
-            PositionEncoding::Learned(table) => {
-                let pos = table.weight.narrow(0, offset, t)?.to_dtype(self.dtype)?;
-                x = add_broadcast(&x, &pos, self.kernels)?;
-            }
-            PositionEncoding::Sinusoidal(table) => {
-                x = add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(self.dtype)?, self.kernels)?;
-            }
-            PositionEncoding::Rope(r) => rope = Some((r, offset)),
-        }
-        let mut x = dropout(&x, self.dropout, mode)?;
+        let x = self.tok_emb.forward(ids, self.dtype)?;
+        let (x, rope) = self.positions.apply(x, offset, self.kernels)?;
+        let x = dropout(&x, self.dropout, mode)?;
         // A single new token may see every cached one: no mask needed.
         let bias = if t > 1 { Some(self.causal.narrow(0, offset, t)?.narrow(1, 0, offset + t)?) } else { None };
         let self_mask = match &bias {
@@ -140,18 +99,7 @@ impl Gpt {
             None => Mask::None,
         };
         let inputs = BlockInputs { self_mask, memory: None, rope };
-        match caches {
-            Some(caches) => {
-                for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-                    x = block.forward(&x, &inputs, Some(cache), mode)?;
-                }
-            }
-            None => {
-                for block in &self.blocks {
-                    x = block.forward(&x, &inputs, None, mode)?;
-                }
-            }
-        }
+        let x = run_blocks(&self.blocks, x, &inputs, caches, mode)?;
         match &self.ln_f {
             Some(ln) => {
                 mode.record_norm_input(&x)?;

@@ -8,6 +8,7 @@ pub mod gpt;
 pub mod layers;
 pub mod params;
 pub mod positions;
+pub mod seq2seq;
 
 pub use gpt::Gpt;
 pub use layers::Mode;

@@ -1,7 +1,52 @@
 //! Position information: learned table, fixed sinusoids (added to the embeddings), or rotary
 //! embeddings (applied to queries and keys inside attention).
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::layers::{add_broadcast, Embedding, InitPolicy};
+use crate::config::{Kernels, ModelConfig, Positions};
+
+/// How a stack learns where its tokens are, as `model.positions` chooses.
+#[derive(Debug, Clone)]
+pub enum PositionEncoding {
+    /// A learned (block_size, d_model) table under `vb` (`weight`), added to the embeddings.
+    Learned(Embedding),
+    /// The fixed sinusoids, added to the embeddings.
+    Sinusoidal(Tensor),
+    /// Rotary embeddings, applied to queries and keys inside self-attention.
+    Rope(Rope),
+}
+
+impl PositionEncoding {
+    pub fn new(cfg: &ModelConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
+        let device = vb.device().clone();
+        Ok(match cfg.positions {
+            Positions::Learned => {
+                Self::Learned(Embedding::new(cfg.block_size, cfg.d_model, init.embedding(cfg.d_model), vb)?)
+            }
+            Positions::Sinusoidal => Self::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.d_model, &device)?),
+            Positions::Rope => Self::Rope(Rope::new(cfg.block_size, cfg.head_dim(), cfg.rope_theta, &device)?),
+        })
+    }
+
+    /// Adds the positions `offset..offset + T` to `x` (B, T, D), or leaves `x` as it is and
+    /// returns the rotary table for the blocks.
+    pub fn apply(&self, x: Tensor, offset: usize, kernels: Kernels) -> Result<(Tensor, Option<(&Rope, usize)>)> {
+        let (_, t, _) = x.dims3()?;
+        let dtype: DType = x.dtype();
+        match self {
+            Self::Learned(table) => {
+                let pos = table.weight.narrow(0, offset, t)?.to_dtype(dtype)?;
+                Ok((add_broadcast(&x, &pos, kernels)?, None))
+            }
+            Self::Sinusoidal(table) => {
+                Ok((add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(dtype)?, kernels)?, None))
+            }
+            Self::Rope(rope) => Ok((x, Some((rope, offset)))),
+        }
+    }
+}
 
 /// The fixed sinusoidal table of Vaswani et al.: (positions, dim).
 pub fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result<Tensor> {

@@ -7,6 +7,7 @@ pub mod diagnostics;
 pub mod encoder;
 pub mod masked_lm;
 pub mod metrics;
+pub mod seq2seq;
 pub mod task;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use causal_lm::CausalLm;
 use classification::Classification;
 use masked_lm::MaskedLm;
 use metrics::MetricsLog;
+use seq2seq::Seq2SeqTask;
 use task::Task;
 
 const DROPOUT_STREAM: u64 = 3;
@@ -125,6 +127,10 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         TaskKind::MaskedLm => {
             let (task, cfg) = MaskedLm::new(cfg, &run, resuming, &params, &device)?;
             run_task(&cfg, &run, &task, &params, resume_from, &device, options)
+        }
+        TaskKind::Seq2seq => {
+            let task = Seq2SeqTask::new(cfg, &run, resuming, &params, &device)?;
+            run_task(cfg, &run, &task, &params, resume_from, &device, options)
         }
     }
 }

@@ -1,0 +1,263 @@
+//! Sequence-to-sequence: source/target pairs -> padded teacher-forcing batches -> the
+//! encoder-decoder -> cross-entropy (optionally label-smoothed) on the real target tokens.
+//! Evaluated by loss and token accuracy (teacher forcing), and exact match and corpus BLEU of
+//! greedy decoding, on the validation file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::task::{Evaluation, Task};
+use crate::config::Config;
+use crate::data::pairs::{encode_pairs, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
+use crate::data::TextTokenizer;
+use crate::decode::{greedy, DecodeLimits};
+use crate::model::seq2seq::Seq2Seq;
+use crate::model::{Mode, ParamStore};
+use crate::rng::Rng;
+use crate::run_dir::RunDir;
+
+const TRAIN_STREAM: u64 = 1;
+const SPLIT_STREAM: u64 = 4;
+/// Pairs per forward pass when evaluating.
+const EVAL_BATCH: usize = 64;
+
+/// The two sides' tokenizers (the same one when embeddings are shared) and special ids.
+#[derive(Clone)]
+pub struct Vocabularies {
+    pub source: TextTokenizer,
+    pub target: TextTokenizer,
+    pub source_specials: Specials,
+    pub target_specials: Specials,
+}
+
+impl Vocabularies {
+    pub fn source_size(&self) -> usize {
+        self.source.vocab_size() + Specials::COUNT
+    }
+    pub fn target_size(&self) -> usize {
+        self.target.vocab_size() + Specials::COUNT
+    }
+
+    fn new(source: TextTokenizer, target: TextTokenizer) -> Self {
+        let (source_specials, target_specials) = (Specials::after(&source), Specials::after(&target));
+        Self { source, target, source_specials, target_specials }
+    }
+
+    /// The run's saved tokenizers.
+    pub fn load(run: &RunDir, shared: bool) -> Result<Self> {
+        let source = TextTokenizer::load(&run.tokenizer())?;
+        let target = if shared { source.clone() } else { TextTokenizer::load(&target_tokenizer_path(run))? };
+        Ok(Self::new(source, target))
+    }
+
+    /// Trains the tokenizer(s) on the training pairs (both sides when shared) and saves them.
+    fn train(cfg: &Config, run: &RunDir, pairs: &[Pair]) -> Result<Self> {
+        let make = |texts: Vec<&str>, name: &str| -> Result<TextTokenizer> {
+            let text = texts.join("\n");
+            // The trained kinds read a file; char reads the text.
+            let corpus = run.path().join(format!("{name}.tmp"));
+            std::fs::write(&corpus, &text).with_context(|| format!("cannot write {}", corpus.display()))?;
+            let tokenizer = TextTokenizer::from_config(&cfg.tokenizer, &corpus, &text);
+            std::fs::remove_file(&corpus).ok();
+            tokenizer
+        };
+        let sources = pairs.iter().map(|p| p.source.as_str());
+        let targets = pairs.iter().map(|p| p.target.as_str());
+        let vocabularies = if cfg.model.share_embeddings {
+            let shared = make(sources.chain(targets).collect(), "tokenizer-corpus")?;
+            Self::new(shared.clone(), shared)
+        } else {
+            Self::new(make(sources.collect(), "source-corpus")?, make(targets.collect(), "target-corpus")?)
+        };
+        vocabularies.source.save(&run.tokenizer())?;
+        if !cfg.model.share_embeddings {
+            vocabularies.target.save(&target_tokenizer_path(run))?;
+        }
+        Ok(vocabularies)
+    }
+
+    pub fn limits(&self, cfg: &Config) -> DecodeLimits {
+        DecodeLimits { bos: self.target_specials.bos, eos: self.target_specials.eos, max_len: max_target_len(cfg) }
+    }
+
+    /// A decoded output as text (ids past the tokenizer's vocabulary, the specials, dropped).
+    pub fn target_text(&self, ids: &[u32]) -> Result<String> {
+        let vocab = self.target.vocab_size() as u32;
+        let ids: Vec<u32> = ids.iter().copied().filter(|&id| id < vocab).collect();
+        self.target.decode(&ids)
+    }
+}
+
+/// Where a run with separate vocabularies keeps its target tokenizer.
+pub fn target_tokenizer_path(run: &RunDir) -> PathBuf {
+    run.path().join("target_tokenizer.json")
+}
+
+pub fn max_len(cfg: &Config) -> usize {
+    cfg.task.max_len.unwrap_or(cfg.model.block_size)
+}
+
+pub fn max_target_len(cfg: &Config) -> usize {
+    cfg.task.max_target_len.unwrap_or(cfg.model.block_size)
+}
+
+pub fn build_model(cfg: &Config, vocab: &Vocabularies, vb: VarBuilder) -> Result<Seq2Seq> {
+    Ok(Seq2Seq::new(&cfg.model, vocab.source_size(), vocab.target_size(), cfg.train.dtype.to_dtype(), vb)?)
+}
+
+pub fn encode(cfg: &Config, vocab: &Vocabularies, pairs: &[Pair], path: &Path) -> Result<Vec<EncodedPair>> {
+    let eos = vocab.source_specials.eos;
+    encode_pairs(pairs, &vocab.source, &vocab.target, eos, max_len(cfg), max_target_len(cfg), path)
+}
+
+pub struct Seq2SeqTask {
+    cfg: Config,
+    vocab: Vocabularies,
+    model: Seq2Seq,
+    train: Vec<EncodedPair>,
+    val: Vec<EncodedPair>,
+    /// The validation targets as text, for exact match and BLEU.
+    val_targets: Vec<String>,
+    device: Device,
+}
+
+impl Seq2SeqTask {
+    pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
+        let (source, target) = (&cfg.task.source_column, &cfg.task.target_column);
+        let mut train_pairs = read_pairs(&cfg.data.path, source, target)?;
+        let (val_pairs, val_path) = match &cfg.data.val_path {
+            Some(path) => (read_pairs(path, source, target)?, path.clone()),
+            None => (hold_out(&mut train_pairs, cfg, &cfg.data.path)?, cfg.data.path.clone()),
+        };
+        let vocab = if resuming {
+            Vocabularies::load(run, cfg.model.share_embeddings)?
+        } else {
+            Vocabularies::train(cfg, run, &train_pairs)?
+        };
+        let train = encode(cfg, &vocab, &train_pairs, &cfg.data.path)?;
+        let val = encode(cfg, &vocab, &val_pairs, &val_path)?;
+        let val_targets = val_pairs.into_iter().map(|p| p.target).collect();
+        let model = build_model(cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
+        Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, device: device.clone() })
+    }
+}
+
+/// Moves a seeded random `data.val_fraction` of the pairs (at least one) out, as validation.
+fn hold_out(pairs: &mut Vec<Pair>, cfg: &Config, source: &Path) -> Result<Vec<Pair>> {
+    let n = pairs.len();
+    let count = ((cfg.data.val_fraction * n as f64).round() as usize).max(1);
+    if count >= n {
+        bail!("{} has {n} pairs: too few to hold out a validation share; add `data.val_path`", source.display());
+    }
+    let mut rng = Rng::derived(cfg.train.seed, &[SPLIT_STREAM]);
+    let mut held: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        held.swap(i, rng.below(i + 1));
+    }
+    let mut held: Vec<usize> = held[..count].to_vec();
+    held.sort_unstable();
+    let mut val: Vec<Pair> = held.iter().rev().map(|&i| pairs.remove(i)).collect();
+    val.reverse();
+    Ok(val)
+}
+
+/// Teacher-forced loss (plain NLL) and token accuracy, then greedy decoding: exact match and
+/// corpus BLEU against `references`.
+pub fn score(
+    model: &Seq2Seq,
+    vocab: &Vocabularies,
+    pairs: &[EncodedPair],
+    references: &[String],
+    limits: DecodeLimits,
+    device: &Device,
+) -> Result<Evaluation> {
+    let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
+    let mut hypotheses = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(EVAL_BATCH) {
+        let batch = pad_pairs(chunk.iter(), vocab.source_specials.pad, vocab.target_specials, device)?;
+        let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut Mode::eval())?;
+        let logits = model.forward(&batch.target_in, &memory, &mut Mode::eval())?;
+        loss += model.loss_sum(&logits, &batch.positions, &batch.target_out, 0.0)?.to_scalar::<f32>()? as f64;
+        let (b, t, v) = logits.dims3()?;
+        let predicted: Vec<u32> =
+            logits.reshape((b * t, v))?.index_select(&batch.positions, 0)?.argmax(1)?.to_vec1()?;
+        let wanted: Vec<u32> = batch.target_out.to_vec1()?;
+        correct += predicted.iter().zip(&wanted).filter(|(p, w)| p == w).count();
+        count += wanted.len();
+        for output in greedy(model, &memory, limits, true)? {
+            hypotheses.push(vocab.target_text(&output)?);
+        }
+    }
+    let exact = hypotheses
+        .iter()
+        .zip(pairs)
+        .filter(|(hyp, pair)| vocab.target_text(&pair.target).is_ok_and(|reference| reference.trim() == hyp.trim()))
+        .count();
+    let bleu = crate::bleu::corpus_bleu(&hypotheses, references)?;
+    let count = count.max(1) as f64;
+    Ok(BTreeMap::from([
+        ("val_loss".to_string(), loss / count),
+        ("token_accuracy".to_string(), correct as f64 / count),
+        ("exact_match".to_string(), exact as f64 / pairs.len().max(1) as f64),
+        ("bleu".to_string(), bleu.score),
+    ]))
+}
+
+impl Task for Seq2SeqTask {
+    type Batch = PairBatch;
+
+    fn describe(&self) -> String {
+        format!(
+            "{} train / {} val pairs, vocabularies {} / {}",
+            self.train.len(),
+            self.val.len(),
+            self.vocab.source_size(),
+            self.vocab.target_size()
+        )
+    }
+
+    /// Each epoch visits every pair once, in an order drawn from (seed, epoch).
+    fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
+        let (batch, n) = (self.cfg.train.batch_size, self.train.len());
+        let first = (step * self.cfg.train.grad_accum + micro) * batch;
+        let mut order: Option<(usize, Vec<usize>)> = None;
+        let mut rows = Vec::with_capacity(batch);
+        for global in first..first + batch {
+            let epoch = global / n;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                let mut rng = Rng::derived(self.cfg.train.seed, &[TRAIN_STREAM, epoch as u64]);
+                let mut perm: Vec<usize> = (0..n).collect();
+                for i in (1..n).rev() {
+                    perm.swap(i, rng.below(i + 1));
+                }
+                order = Some((epoch, perm));
+            }
+            rows.push(&self.train[order.as_ref().expect("set above").1[global % n]]);
+        }
+        pad_pairs(rows.into_iter(), self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)
+    }
+
+    fn targets(&self, batch: &Self::Batch) -> usize {
+        batch.target_out.elem_count()
+    }
+
+    fn tokens(&self, batch: &Self::Batch) -> usize {
+        batch.tokens
+    }
+
+    fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
+        let memory = self.model.encode(&batch.source, Some(&batch.source_keep), mode)?;
+        let logits = self.model.forward(&batch.target_in, &memory, mode)?;
+        Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.cfg.task.label_smoothing)?)
+    }
+
+    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
+        let model = build_model(&self.cfg, &self.vocab, vb)?;
+        score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg), &self.device)
+    }
+}
