@@ -289,7 +289,7 @@ pub fn run() -> Result<()> {
             };
             println!("{} on {} ({}):", run_dir.display(), file.display(), used.display());
             for (name, value) in &metrics {
-                println!("  {name:<10} {value:.4}");
+                println!("  {name:<15} {value:.4}");
             }
             Ok(())
         }

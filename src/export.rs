@@ -18,6 +18,12 @@ use crate::train::classification::read_labels;
 pub fn export_hf(run_dir: &Path, which: &str, out: &Path) -> Result<()> {
     let run = RunDir::new(run_dir);
     let config = run.load_config(&[])?;
+    if !matches!(config.task.kind, TaskKind::SequenceClassification | TaskKind::MaskedLm) {
+        bail!(
+            "{}: `export --format hf` writes BERT-family encoders (classification and masked-lm runs)",
+            run_dir.display()
+        );
+    }
     if config.model.norm != NormPlacement::Post {
         bail!("{}: Hugging Face's BERT is post-LN; a pre-LN encoder has no equivalent there", run_dir.display());
     }
@@ -41,9 +47,7 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path) -> Result<()> {
             "BertForSequenceClassification"
         }
         TaskKind::MaskedLm => "BertForMaskedLM",
-        TaskKind::CausalLm | TaskKind::Seq2seq => {
-            bail!("{}: `export --format hf` writes BERT-family encoders", run_dir.display())
-        }
+        TaskKind::CausalLm | TaskKind::Seq2seq => bail!("{}: not an encoder run", run_dir.display()),
     };
     hf["architectures"] = json!([architecture]);
     hf["model_type"] = json!("bert");

@@ -50,4 +50,16 @@ fn train_then_generate_from_the_command_line() {
     assert!(saved.contains("norm = \"post\""), "the resolved config is saved with the override");
     let (ok, err) = taper(&["generate", run.to_str().unwrap(), "--prompt", "§"]);
     assert!(!ok && err.contains("prompt"), "{err}");
+    // Commands for other kinds of run say what they need instead of failing obscurely.
+    let run = run.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["generate", run, "--input", "x"], "seq2seq"),
+        (vec!["eval", run, "--file", "x.csv"], "sequence-classification and seq2seq"),
+        (vec!["predict", run, "--input", "x.csv"], "not a sequence-classification run"),
+        (vec!["export", run, "--out", "x", "--checkpoint", "latest"], "BERT-family"),
+        (vec!["export", run, "--out", "x", "--format", "onnx"], "valid: hf"),
+    ] {
+        let (ok, err) = taper(&args);
+        assert!(!ok && err.contains(expected) && !err.contains("panicked"), "{args:?}: {err}");
+    }
 }
