@@ -159,3 +159,65 @@ fn the_bert_base_preset_has_bert_base_parameters() {
     taper::model::bert::MaskedLm::new(&bert, cfg.model.norm, cfg.model.kernels, vb).unwrap();
     assert_eq!(params.num_elements(), 109_514_298);
 }
+
+/// Writes a labelled CSV whose label is whether the line names "anna".
+fn write_labelled(path: &Path, lines: usize) {
+    let corpus = common::pattern_corpus(lines);
+    let mut text = String::from("text,label\n");
+    for line in corpus.lines() {
+        text.push_str(&format!("{line},{}\n", if line.contains("anna") { "yes" } else { "no" }));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn an_exported_mlm_run_fine_tunes_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &repeated_names(500));
+    train(mlm_config(dir.path(), &corpus, "train.steps=20 train.eval_every=20"), &quiet()).unwrap();
+    let export = dir.path().join("export");
+    taper::export::export_hf(&dir.path().join("run"), "best", &export).unwrap();
+    write_labelled(&dir.path().join("train.csv"), 200);
+    let text = format!(
+        r#"
+[model]
+arch = "encoder-only"
+init_from = "{export}"
+dropout = 0.1
+[task]
+kind = "sequence-classification"
+[data]
+path = "{dir}/train.csv"
+val_fraction = 0.2
+[optim]
+lr = 1e-3
+[train]
+steps = 24
+batch_size = 8
+log_every = 1
+eval_every = 8
+device = "cpu"
+[checkpoint]
+every = 8
+keep_last = 5
+best_metric = "macro_f1"
+"#,
+        export = export.display(),
+        dir = dir.path().display()
+    );
+    let config = |run: &str| {
+        let mut cfg = Config::from_toml_str(&text, &[]).unwrap();
+        cfg.checkpoint.dir = Some(dir.path().join(run));
+        cfg
+    };
+    let whole = train(config("a"), &quiet()).unwrap();
+    train(config("b"), &TrainOptions { quiet: true, stop_after: Some(12), ..Default::default() }).unwrap();
+    let resumed = train(config("b"), &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 9, "resumed from the step-8 checkpoint");
+    for (step, loss) in &resumed.losses {
+        let want = whole.losses.iter().find(|(s, _)| s == step).unwrap().1;
+        assert!((loss - want).abs() < 1e-5, "step {step}: resumed {loss} vs uninterrupted {want}");
+    }
+    let labels = std::fs::read_to_string(dir.path().join("a/labels.json")).unwrap();
+    assert!(labels.contains("\"no\"") && labels.contains("\"yes\""), "{labels}");
+}

@@ -123,9 +123,8 @@ fn label_smoothing_is_the_formula() {
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
 }
 
-#[test]
-fn a_tiny_model_learns_to_copy() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes a copy task (train.tsv, val.tsv) into `dir` and returns its config, run in `dir/run`.
+fn copy_task(dir: &std::path::Path, extra: &[&str]) -> Config {
     let mut rng = taper::rng::Rng::new(5);
     // Four or five one-letter "words" from a-h, "a c h b": enough words for BLEU's 4-grams.
     let mut word = || -> String {
@@ -135,7 +134,7 @@ fn a_tiny_model_learns_to_copy() {
     };
     let mut write = |name: &str, n: usize| {
         let rows: String = (0..n).map(|_| word()).map(|w| format!("{w}\t{w}\n")).collect();
-        std::fs::write(dir.path().join(name), format!("source\ttarget\n{rows}")).unwrap();
+        std::fs::write(dir.join(name), format!("source\ttarget\n{rows}")).unwrap();
     };
     write("train.tsv", 2000);
     write("val.tsv", 100);
@@ -169,10 +168,16 @@ dir = "{dir}/run"
 every = 0
 best_metric = "exact_match"
 "#,
-        dir = dir.path().display()
+        dir = dir.display()
     );
-    let summary =
-        train(Config::from_toml_str(&text, &[]).unwrap(), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    Config::from_toml_str(&text, &extra).unwrap()
+}
+
+#[test]
+fn a_tiny_model_learns_to_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = train(copy_task(dir.path(), &[]), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
     let last: serde_json::Value =
         serde_json::from_str(metrics.lines().rev().find(|l| l.contains("exact_match")).unwrap()).unwrap();
@@ -201,5 +206,28 @@ fn seq2seq_config_errors_name_the_key() {
     ] {
         let err = format!("{:#}", Config::from_toml_str(&base, &[set.to_string()]).unwrap_err());
         assert!(err.contains(expected), "--set {set}: {err}");
+    }
+}
+
+#[test]
+fn a_resumed_seq2seq_run_equals_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = [
+        "train.steps=16",
+        "schedule.warmup_steps=4",
+        "train.log_every=1",
+        "train.eval_every=8",
+        "checkpoint.every=8",
+        "model.dropout=0.1",
+    ];
+    let whole = train(copy_task(dir.path(), &extra), &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let mut cfg = copy_task(dir.path(), &extra);
+    cfg.checkpoint.dir = Some(dir.path().join("b"));
+    train(cfg.clone(), &TrainOptions { quiet: true, stop_after: Some(12), ..Default::default() }).unwrap();
+    let resumed = train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    assert_eq!(resumed.losses.first().unwrap().0, 9, "resumed from the step-8 checkpoint");
+    for (step, loss) in &resumed.losses {
+        let want = whole.losses.iter().find(|(s, _)| s == step).unwrap().1;
+        assert!((loss - want).abs() < 1e-5, "step {step}: resumed {loss} vs uninterrupted {want}");
     }
 }
