@@ -5,6 +5,7 @@ pub mod labelled;
 pub mod masking;
 pub mod padded;
 pub mod pairs;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use dataset::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};

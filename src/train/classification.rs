@@ -15,16 +15,14 @@ use crate::classification_metrics::classification_scores;
 use crate::config::{Config, PoolingName};
 use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
 use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
+use crate::data::sampling::{epoch_batch, hold_out};
 use crate::data::TextTokenizer;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use crate::model::layers::cross_entropy_sum;
 use crate::model::{Mode, ParamStore};
 use crate::pretrained::load_task_weights;
-use crate::rng::Rng;
 use crate::run_dir::RunDir;
 
-const TRAIN_STREAM: u64 = 1;
-const SPLIT_STREAM: u64 = 4;
 /// Examples per forward pass when evaluating or predicting.
 pub const EVAL_BATCH: usize = 32;
 
@@ -114,10 +112,10 @@ impl Classification {
         let max_len = max_len(&config, &bert)?;
         let (val_examples, val_source) = match &cfg.data.val_path {
             Some(path) => (read_labelled(path, &columns, true)?, path.clone()),
-            None => (
-                hold_out(&mut train_examples, cfg.data.val_fraction, cfg.train.seed, &cfg.data.path)?,
-                cfg.data.path.clone(),
-            ),
+            None => {
+                let (fraction, seed) = (cfg.data.val_fraction, cfg.train.seed);
+                (hold_out(&mut train_examples, fraction, seed, "examples", &cfg.data.path)?, cfg.data.path.clone())
+            }
         };
         let train = encode_labelled(&tokenizer, &train_examples, &labels, max_len, &cfg.data.path)?;
         let val = encode_labelled(&tokenizer, &val_examples, &labels, max_len, &val_source)?;
@@ -164,32 +162,6 @@ pub fn read_labels(path: &Path) -> Result<LabelSet> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let names: Vec<String> = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
     Ok(LabelSet { names })
-}
-
-/// Moves a seeded random `fraction` of `examples` (at least one) out, as the validation set.
-fn hold_out(examples: &mut Vec<Example>, fraction: f64, seed: u64, source: &Path) -> Result<Vec<Example>> {
-    let n = examples.len();
-    let count = ((fraction * n as f64).round() as usize).max(1);
-    if count >= n {
-        bail!("{} has {n} examples: too few to hold out a validation share; add `data.val_path`", source.display());
-    }
-    let order = permutation(n, &mut Rng::derived(seed, &[SPLIT_STREAM]));
-    let mut held: Vec<usize> = order[..count].to_vec();
-    held.sort_unstable();
-    let mut val = Vec::with_capacity(count);
-    for &i in held.iter().rev() {
-        val.push(examples.remove(i));
-    }
-    val.reverse();
-    Ok(val)
-}
-
-fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, rng.below(i + 1));
-    }
-    order
 }
 
 /// Logits (one row per input) of `model` on `rows`, in batches, without a graph.
@@ -246,27 +218,13 @@ impl Task for Classification {
         format!("{} train / {} val examples, labels {}", self.train.len(), self.val.len(), self.labels.names.join(", "))
     }
 
-    /// Each epoch visits every example once, in an order drawn from (seed, epoch).
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
-        let (batch, n) = (self.cfg.train.batch_size, self.train.len());
-        let first = (step * self.cfg.train.grad_accum + micro) * batch;
-        let mut order: Option<(usize, Vec<usize>)> = None;
-        let mut rows = Vec::with_capacity(batch);
-        let mut labels = Vec::with_capacity(batch);
-        for global in first..first + batch {
-            let epoch = global / n;
-            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                order = Some((
-                    epoch,
-                    permutation(n, &mut Rng::derived(self.cfg.train.seed, &[TRAIN_STREAM, epoch as u64])),
-                ));
-            }
-            let index = order.as_ref().expect("set above").1[global % n];
-            rows.push(&self.train[index].0);
-            labels.push(self.train[index].1);
-        }
+        let train = &self.cfg.train;
+        let indices = epoch_batch(train.seed, step, micro, train.grad_accum, train.batch_size, self.train.len());
+        let rows: Vec<&Encoded> = indices.iter().map(|&i| &self.train[i].0).collect();
+        let labels: Vec<u32> = indices.iter().map(|&i| self.train[i].1).collect();
         let padded = pad_batch(rows.into_iter(), self.pad_id, &self.device)?;
-        Ok((padded, Tensor::from_vec(labels, batch, &self.device)?))
+        Ok((padded, Tensor::from_vec(labels, indices.len(), &self.device)?))
     }
 
     fn targets(&self, batch: &Self::Batch) -> usize {

@@ -65,7 +65,11 @@ impl MaskedLm {
             special_ids,
         };
         let ids = tokenize_cached(&tokenizer, &text, &run.path().join("tokens.bin"))?;
-        let window = bert.max_position_embeddings.min(config.model.block_size) - 2;
+        let positions = bert.max_position_embeddings.min(config.model.block_size);
+        if positions < 3 {
+            anyhow::bail!("masked-lm frames windows as [CLS] tokens [SEP]: `model.block_size` must be at least 3, got {positions}");
+        }
+        let window = positions - 2;
         let data = TokenDataset::new(ids, config.data.val_fraction, window, &config.data.path)?;
         let model = MaskedLmModel::new(
             &bert,

@@ -6,22 +6,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
 use crate::config::Config;
 use crate::data::pairs::{encode_pairs, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
+use crate::data::sampling::{epoch_batch, hold_out};
 use crate::data::TextTokenizer;
 use crate::decode::{greedy, DecodeLimits};
 use crate::model::seq2seq::Seq2Seq;
 use crate::model::{Mode, ParamStore};
-use crate::rng::Rng;
 use crate::run_dir::RunDir;
 
-const TRAIN_STREAM: u64 = 1;
-const SPLIT_STREAM: u64 = 4;
 /// Pairs per forward pass when evaluating.
 const EVAL_BATCH: usize = 64;
 
@@ -131,7 +129,10 @@ impl Seq2SeqTask {
         let mut train_pairs = read_pairs(&cfg.data.path, source, target)?;
         let (val_pairs, val_path) = match &cfg.data.val_path {
             Some(path) => (read_pairs(path, source, target)?, path.clone()),
-            None => (hold_out(&mut train_pairs, cfg, &cfg.data.path)?, cfg.data.path.clone()),
+            None => {
+                let (fraction, seed) = (cfg.data.val_fraction, cfg.train.seed);
+                (hold_out(&mut train_pairs, fraction, seed, "pairs", &cfg.data.path)?, cfg.data.path.clone())
+            }
         };
         let vocab = if resuming {
             Vocabularies::load(run, cfg.model.share_embeddings)?
@@ -144,25 +145,6 @@ impl Seq2SeqTask {
         let model = build_model(cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
         Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, device: device.clone() })
     }
-}
-
-/// Moves a seeded random `data.val_fraction` of the pairs (at least one) out, as validation.
-fn hold_out(pairs: &mut Vec<Pair>, cfg: &Config, source: &Path) -> Result<Vec<Pair>> {
-    let n = pairs.len();
-    let count = ((cfg.data.val_fraction * n as f64).round() as usize).max(1);
-    if count >= n {
-        bail!("{} has {n} pairs: too few to hold out a validation share; add `data.val_path`", source.display());
-    }
-    let mut rng = Rng::derived(cfg.train.seed, &[SPLIT_STREAM]);
-    let mut held: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        held.swap(i, rng.below(i + 1));
-    }
-    let mut held: Vec<usize> = held[..count].to_vec();
-    held.sort_unstable();
-    let mut val: Vec<Pair> = held.iter().rev().map(|&i| pairs.remove(i)).collect();
-    val.reverse();
-    Ok(val)
 }
 
 /// Teacher-forced loss (plain NLL) and token accuracy, then greedy decoding: exact match and
@@ -220,25 +202,11 @@ impl Task for Seq2SeqTask {
         )
     }
 
-    /// Each epoch visits every pair once, in an order drawn from (seed, epoch).
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
-        let (batch, n) = (self.cfg.train.batch_size, self.train.len());
-        let first = (step * self.cfg.train.grad_accum + micro) * batch;
-        let mut order: Option<(usize, Vec<usize>)> = None;
-        let mut rows = Vec::with_capacity(batch);
-        for global in first..first + batch {
-            let epoch = global / n;
-            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                let mut rng = Rng::derived(self.cfg.train.seed, &[TRAIN_STREAM, epoch as u64]);
-                let mut perm: Vec<usize> = (0..n).collect();
-                for i in (1..n).rev() {
-                    perm.swap(i, rng.below(i + 1));
-                }
-                order = Some((epoch, perm));
-            }
-            rows.push(&self.train[order.as_ref().expect("set above").1[global % n]]);
-        }
-        pad_pairs(rows.into_iter(), self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)
+        let train = &self.cfg.train;
+        let indices = epoch_batch(train.seed, step, micro, train.grad_accum, train.batch_size, self.train.len());
+        let rows = indices.iter().map(|&i| &self.train[i]);
+        pad_pairs(rows, self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)
     }
 
     fn targets(&self, batch: &Self::Batch) -> usize {

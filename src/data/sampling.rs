@@ -1,0 +1,65 @@
+//! How example-based tasks (classification, seq2seq) draw their data: a seeded validation
+//! hold-out, and epochs that visit every training example once in a seeded order. Both are pure
+//! functions of the seed, so a resumed run sees what the uninterrupted run saw.
+
+use anyhow::{bail, Result};
+
+use crate::rng::Rng;
+
+const TRAIN_STREAM: u64 = 1;
+const SPLIT_STREAM: u64 = 4;
+
+/// A uniformly random permutation of 0..n (Fisher-Yates).
+pub fn permutation(n: usize, rng: &mut Rng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
+/// Moves a seeded random `fraction` of `items` (at least one) out, keeping both parts in file
+/// order. `what` and `source` name them in the error when too few are left to train on.
+pub fn hold_out<T>(
+    items: &mut Vec<T>,
+    fraction: f64,
+    seed: u64,
+    what: &str,
+    source: &std::path::Path,
+) -> Result<Vec<T>> {
+    let n = items.len();
+    let count = ((fraction * n as f64).round() as usize).max(1);
+    if count >= n {
+        bail!("{} has {n} {what}: too few to hold out a validation share; add `data.val_path`", source.display());
+    }
+    let mut held = vec![false; n];
+    for &i in &permutation(n, &mut Rng::derived(seed, &[SPLIT_STREAM]))[..count] {
+        held[i] = true;
+    }
+    let (mut kept, mut val) = (Vec::with_capacity(n - count), Vec::with_capacity(count));
+    for (item, held) in std::mem::take(items).into_iter().zip(held) {
+        if held {
+            val.push(item);
+        } else {
+            kept.push(item);
+        }
+    }
+    *items = kept;
+    Ok(val)
+}
+
+/// Indices of the `batch` training examples (of `n`) that micro-batch `micro` of step `step`
+/// sees: epoch e visits all n in an order drawn from (seed, e).
+pub fn epoch_batch(seed: u64, step: usize, micro: usize, grad_accum: usize, batch: usize, n: usize) -> Vec<usize> {
+    let first = (step * grad_accum + micro) * batch;
+    let mut order: Option<(usize, Vec<usize>)> = None;
+    (first..first + batch)
+        .map(|global| {
+            let epoch = global / n;
+            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                order = Some((epoch, permutation(n, &mut Rng::derived(seed, &[TRAIN_STREAM, epoch as u64]))));
+            }
+            order.as_ref().expect("set above").1[global % n]
+        })
+        .collect()
+}

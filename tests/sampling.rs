@@ -1,0 +1,37 @@
+//! Example-based data draws: a hold-out that is disjoint, seeded and order-keeping, and epochs
+//! that visit every example exactly once.
+
+use taper::data::sampling::{epoch_batch, hold_out};
+
+#[test]
+fn hold_out_is_disjoint_seeded_and_keeps_file_order() {
+    let path = std::path::Path::new("data.tsv");
+    let mut a: Vec<u32> = (0..100).collect();
+    let val = hold_out(&mut a, 0.2, 7, "pairs", path).unwrap();
+    assert_eq!((a.len(), val.len()), (80, 20));
+    assert!(a.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1]));
+    assert!(val.iter().all(|v| !a.contains(v)));
+    let mut b: Vec<u32> = (0..100).collect();
+    assert_eq!(hold_out(&mut b, 0.2, 7, "pairs", path).unwrap(), val, "same seed, same split");
+    let mut c: Vec<u32> = (0..100).collect();
+    assert_ne!(hold_out(&mut c, 0.2, 8, "pairs", path).unwrap(), val);
+    let err = hold_out(&mut vec![1u32], 0.5, 7, "pairs", path).unwrap_err().to_string();
+    assert!(err.contains("data.tsv has 1 pairs") && err.contains("data.val_path"), "{err}");
+}
+
+#[test]
+fn an_epoch_visits_every_example_once() {
+    // 10 examples, batches of 4 over 2 micro-batches: steps 0-4 cover epochs 0-3 exactly.
+    let mut seen = Vec::new();
+    for step in 0..5 {
+        for micro in 0..2 {
+            seen.extend(epoch_batch(3, step, micro, 2, 4, 10));
+        }
+    }
+    for epoch in seen.chunks(10) {
+        let mut sorted = epoch.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+    }
+    assert_ne!(seen[..10], seen[10..20], "each epoch has its own order");
+}
