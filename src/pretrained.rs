@@ -124,8 +124,8 @@ pub fn load_task_weights(
     load_matching(params, tensors, &file, may_start_fresh, may_ignore)
 }
 
-/// Makes `model`'s shape keys agree with a pretrained `bert` config: keys left out are filled
-/// in, keys given must match (an error names both values).
+/// Makes `model`'s shape keys agree with a pretrained `bert` config (read from the file
+/// `source`): keys left out are filled in, keys given must match (an error names both values).
 pub fn adopt_shape(model: &mut ModelConfig, bert: &BertConfig, source: &Path) -> Result<()> {
     let pairs = [
         ("n_layer", &mut model.n_layer, bert.num_hidden_layers, "num_hidden_layers"),
@@ -136,7 +136,7 @@ pub fn adopt_shape(model: &mut ModelConfig, bert: &BertConfig, source: &Path) ->
     for (key, ours, theirs, their_key) in pairs {
         if *ours != 0 && *ours != theirs {
             bail!(
-                "`model.{key}` = {ours} disagrees with {}/config.json's {their_key} = {theirs}; remove the key \
+                "`model.{key}` = {ours} disagrees with {}'s {their_key} = {theirs}; remove the key \
                  (`model.init_from` sets the architecture)",
                 source.display()
             );
@@ -145,7 +145,7 @@ pub fn adopt_shape(model: &mut ModelConfig, bert: &BertConfig, source: &Path) ->
     }
     if model.d_ff.is_some_and(|d| d != bert.intermediate_size) {
         bail!(
-            "`model.d_ff` disagrees with {}/config.json's intermediate_size = {}; remove the key",
+            "`model.d_ff` disagrees with {}'s intermediate_size = {}; remove the key",
             source.display(),
             bert.intermediate_size
         );

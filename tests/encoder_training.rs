@@ -218,6 +218,8 @@ best_metric = "macro_f1"
         let want = whole.losses.iter().find(|(s, _)| s == step).unwrap().1;
         assert!((loss - want).abs() < 1e-5, "step {step}: resumed {loss} vs uninterrupted {want}");
     }
+    let resolved = std::fs::read_to_string(dir.path().join("b/config.toml")).unwrap();
+    assert!(resolved.contains("n_layer = 2") && resolved.contains("d_model = 32"), "after resume:\n{resolved}");
     let labels = std::fs::read_to_string(dir.path().join("a/labels.json")).unwrap();
     assert!(labels.contains("\"no\"") && labels.contains("\"yes\""), "{labels}");
 }

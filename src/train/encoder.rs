@@ -29,6 +29,9 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
         let path = run.bert_config();
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let bert: BertConfig = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        // The saved architecture fills the shape keys, as on the fresh run.
+        adopt_shape(&mut config.model, &bert, &path)?;
+        config.model.dropout = bert.hidden_dropout_prob;
         let tokenizer = TextTokenizer::load(&run.tokenizer())?;
         return Ok(EncoderSetup { bert, tokenizer, config, pretrained: None });
     }
@@ -36,7 +39,7 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
         Some(spec) => {
             let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
             let mut bert = BertConfig::from_dir(&dir)?;
-            adopt_shape(&mut config.model, &bert, &dir)?;
+            adopt_shape(&mut config.model, &bert, &dir.join("config.json"))?;
             // Dropout is a training choice: the [model] value wins when given.
             if cfg.model.dropout > 0.0 {
                 bert.hidden_dropout_prob = cfg.model.dropout;
