@@ -2,6 +2,8 @@
 //! hold-out, and epochs that visit every training example once in a seeded order. Both are pure
 //! functions of the seed, so a resumed run sees what the uninterrupted run saw.
 
+use std::cell::RefCell;
+
 use anyhow::{bail, Result};
 
 use crate::rng::Rng;
@@ -48,18 +50,32 @@ pub fn hold_out<T>(
     Ok(val)
 }
 
-/// Indices of the `batch` training examples (of `n`) that micro-batch `micro` of step `step`
-/// sees: epoch e visits all n in an order drawn from (seed, e).
-pub fn epoch_batch(seed: u64, step: usize, micro: usize, grad_accum: usize, batch: usize, n: usize) -> Vec<usize> {
-    let first = (step * grad_accum + micro) * batch;
-    let mut order: Option<(usize, Vec<usize>)> = None;
-    (first..first + batch)
-        .map(|global| {
-            let epoch = global / n;
-            if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                order = Some((epoch, permutation(n, &mut Rng::derived(seed, &[TRAIN_STREAM, epoch as u64]))));
-            }
-            order.as_ref().expect("set above").1[global % n]
-        })
-        .collect()
+/// Which training examples each micro-batch sees: epoch e visits all n examples in an order
+/// drawn from (seed, e). The current epoch's order is kept, so a step costs O(batch), not O(n).
+pub struct EpochSampler {
+    seed: u64,
+    n: usize,
+    order: RefCell<Option<(usize, Vec<usize>)>>,
+}
+
+impl EpochSampler {
+    pub fn new(seed: u64, n: usize) -> Self {
+        Self { seed, n, order: RefCell::new(None) }
+    }
+
+    /// Indices of the `batch` examples of micro-batch `micro` of step `step`.
+    pub fn batch(&self, step: usize, micro: usize, grad_accum: usize, batch: usize) -> Vec<usize> {
+        let first = (step * grad_accum + micro) * batch;
+        let mut order = self.order.borrow_mut();
+        (first..first + batch)
+            .map(|global| {
+                let epoch = global / self.n;
+                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let mut rng = Rng::derived(self.seed, &[TRAIN_STREAM, epoch as u64]);
+                    *order = Some((epoch, permutation(self.n, &mut rng)));
+                }
+                order.as_ref().expect("set above").1[global % self.n]
+            })
+            .collect()
+    }
 }

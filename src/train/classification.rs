@@ -15,7 +15,7 @@ use crate::classification_metrics::classification_scores;
 use crate::config::{Config, PoolingName};
 use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
 use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
-use crate::data::sampling::{epoch_batch, hold_out};
+use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use crate::model::layers::cross_entropy_sum;
@@ -34,6 +34,7 @@ pub struct Classification {
     train: Vec<(Encoded, u32)>,
     val: Vec<(Encoded, u32)>,
     pad_id: u32,
+    sampler: EpochSampler,
     device: Device,
 }
 
@@ -148,7 +149,9 @@ impl Classification {
                 );
             }
         }
-        let task = Self { cfg: config.clone(), model, bert, labels, train, val, pad_id, device: device.clone() };
+        let sampler = EpochSampler::new(cfg.train.seed, train.len());
+        let task =
+            Self { cfg: config.clone(), model, bert, labels, train, val, pad_id, sampler, device: device.clone() };
         Ok((task, config))
     }
 }
@@ -220,7 +223,7 @@ impl Task for Classification {
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
         let train = &self.cfg.train;
-        let indices = epoch_batch(train.seed, step, micro, train.grad_accum, train.batch_size, self.train.len());
+        let indices = self.sampler.batch(step, micro, train.grad_accum, train.batch_size);
         let rows: Vec<&Encoded> = indices.iter().map(|&i| &self.train[i].0).collect();
         let labels: Vec<u32> = indices.iter().map(|&i| self.train[i].1).collect();
         let padded = pad_batch(rows.into_iter(), self.pad_id, &self.device)?;

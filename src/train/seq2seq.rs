@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use super::task::{Evaluation, Task};
 use crate::config::Config;
 use crate::data::pairs::{encode_pairs, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
-use crate::data::sampling::{epoch_batch, hold_out};
+use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
 use crate::decode::{greedy, DecodeLimits};
 use crate::model::seq2seq::Seq2Seq;
@@ -120,6 +120,7 @@ pub struct Seq2SeqTask {
     val: Vec<EncodedPair>,
     /// The validation targets as text, for exact match and BLEU.
     val_targets: Vec<String>,
+    sampler: EpochSampler,
     device: Device,
 }
 
@@ -143,7 +144,8 @@ impl Seq2SeqTask {
         let val = encode(cfg, &vocab, &val_pairs, &val_path)?;
         let val_targets = val_pairs.into_iter().map(|p| p.target).collect();
         let model = build_model(cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
-        Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, device: device.clone() })
+        let sampler = EpochSampler::new(cfg.train.seed, train.len());
+        Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, sampler, device: device.clone() })
     }
 }
 
@@ -204,7 +206,7 @@ impl Task for Seq2SeqTask {
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
         let train = &self.cfg.train;
-        let indices = epoch_batch(train.seed, step, micro, train.grad_accum, train.batch_size, self.train.len());
+        let indices = self.sampler.batch(step, micro, train.grad_accum, train.batch_size);
         let rows = indices.iter().map(|&i| &self.train[i]);
         pad_pairs(rows, self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)
     }
