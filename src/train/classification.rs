@@ -167,13 +167,18 @@ pub fn read_labels(path: &Path) -> Result<LabelSet> {
     Ok(LabelSet { names })
 }
 
-/// Logits (one row per input) of `model` on `rows`, in batches, without a graph.
+/// Logits (one row per input, in input order) of `model` on `rows`, without a graph. Inputs
+/// are batched by length so that little of each batch is padding.
 pub fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device: &Device) -> Result<Vec<Vec<f32>>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(EVAL_BATCH) {
-        let batch = pad_batch(chunk.iter().copied(), pad_id, device)?;
+    let mut by_length: Vec<usize> = (0..rows.len()).collect();
+    by_length.sort_by_key(|&i| rows[i].ids.len());
+    let mut out = vec![Vec::new(); rows.len()];
+    for chunk in by_length.chunks(EVAL_BATCH) {
+        let batch = pad_batch(chunk.iter().map(|&i| rows[i]), pad_id, device)?;
         let logits = model.forward(&batch.ids, Some(&batch.type_ids), Some(&batch.mask), &mut Mode::eval())?;
-        out.extend(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+        for (&i, row) in chunk.iter().zip(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?) {
+            out[i] = row;
+        }
     }
     Ok(out)
 }
