@@ -98,12 +98,3 @@ impl TrainedClassifier {
             .collect())
     }
 }
-
-/// The file `eval` scores when none is given: the run's `data.val_path`.
-pub fn default_eval_file(config: &Config) -> Result<PathBuf> {
-    config
-        .data
-        .val_path
-        .clone()
-        .context("the run has no `data.val_path` (its validation share was held out of the training file); give --file")
-}

@@ -272,7 +272,7 @@ pub fn run() -> Result<()> {
             let device = run_device(&run_dir, device)?;
             let file = match file {
                 Some(f) => f,
-                None => crate::classify::default_eval_file(&config)?,
+                None => config.val_file()?,
             };
             let (metrics, used) = match config.task.kind {
                 TaskKind::SequenceClassification => {

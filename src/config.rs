@@ -560,6 +560,13 @@ impl Config {
         Ok(toml::to_string_pretty(self)?)
     }
 
+    /// The file `taper eval` scores when none is given: `data.val_path`.
+    pub fn val_file(&self) -> Result<PathBuf> {
+        self.data.val_path.clone().context(
+            "the run has no `data.val_path` (its validation share was held out of the training file); give --file",
+        )
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.checkpoint.dir.clone().unwrap_or_else(|| PathBuf::from("runs/run"))
     }

@@ -47,6 +47,10 @@ impl Task for CausalLm {
     /// (inputs, targets), each (B, T) u32.
     type Batch = (Tensor, Tensor);
 
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     fn describe(&self) -> String {
         format!("{} train / {} val tokens", self.data.len(Split::Train), self.data.len(Split::Val))
     }

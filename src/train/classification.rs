@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::encoder;
+use super::encoder::{self, with_loaded};
 use super::task::{Evaluation, Task};
 use crate::classification_metrics::classification_scores;
 use crate::config::{Config, PoolingName};
@@ -20,7 +20,6 @@ use crate::data::TextTokenizer;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use crate::model::layers::cross_entropy_sum;
 use crate::model::{Mode, ParamStore};
-use crate::pretrained::load_task_weights;
 use crate::run_dir::RunDir;
 
 /// Examples per forward pass when evaluating or predicting.
@@ -35,6 +34,8 @@ pub struct Classification {
     val: Vec<(Encoded, u32)>,
     pad_id: u32,
     sampler: EpochSampler,
+    /// What loading the pretrained weights did (fresh runs with `model.init_from`).
+    loaded: Option<String>,
     device: Device,
 }
 
@@ -88,20 +89,12 @@ pub fn encode_labelled(
 
 impl Classification {
     /// Reads the labelled files, sets up the encoder (pretrained or resumed), and builds the
-    /// model over `params`, loading the pretrained weights on a fresh run. Returns the task
-    /// and the config with the model's shape filled in.
-    pub fn new(
-        cfg: &Config,
-        run: &RunDir,
-        resuming: bool,
-        params: &ParamStore,
-        device: &Device,
-        quiet: bool,
-    ) -> Result<(Self, Config)> {
+    /// model over `params`, loading the pretrained weights on a fresh run.
+    pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let setup = encoder::setup(cfg, run, resuming, None)?;
         let columns = columns(cfg);
         let mut train_examples = read_labelled(&cfg.data.path, &columns, true)?;
-        let (bert, tokenizer, config) = (setup.bert, setup.tokenizer, setup.config);
+        let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
         let labels = if resuming {
             read_labels(&run.labels())?
         } else {
@@ -110,7 +103,7 @@ impl Classification {
             crate::fsutil::write_atomic(&run.labels(), serde_json::to_string_pretty(&labels.names)?.as_bytes())?;
             labels
         };
-        let max_len = max_len(&config, &bert)?;
+        let max_len = max_len(config, &bert)?;
         let (val_examples, val_source) = match &cfg.data.val_path {
             Some(path) => (read_labelled(path, &columns, true)?, path.clone()),
             None => {
@@ -118,41 +111,20 @@ impl Classification {
                 (hold_out(&mut train_examples, fraction, seed, "examples", &cfg.data.path)?, cfg.data.path.clone())
             }
         };
-        let train = encode_labelled(&tokenizer, &train_examples, &labels, max_len, &cfg.data.path)?;
-        let val = encode_labelled(&tokenizer, &val_examples, &labels, max_len, &val_source)?;
+        let train = encode_labelled(tokenizer, &train_examples, &labels, max_len, &cfg.data.path)?;
+        let val = encode_labelled(tokenizer, &val_examples, &labels, max_len, &val_source)?;
         let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
 
-        let model = build_model(&config, &bert, labels.names.len(), params.var_builder(cfg.train.seed, device))?;
-        if let Some(dir) = &setup.pretrained {
-            let report = load_task_weights(
-                params,
-                dir,
-                device,
-                &|n| {
-                    n.starts_with("classifier.")
-                        || n.starts_with("bert.pooler.")
-                        || n.starts_with("bert.encoder.final_layer_norm.")
-                },
-                &|n| n.ends_with("position_ids") || n.starts_with("cls.") || n.starts_with("bert.pooler."),
-            )?;
-            if !quiet {
-                eprintln!(
-                    "taper: loaded {} from {}; starting fresh: {}{}",
-                    config.model.init_from.as_deref().unwrap_or_default(),
-                    dir.display(),
-                    report.fresh.join(", "),
-                    if report.ignored.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; unused: {}", report.ignored.join(", "))
-                    }
-                );
-            }
-        }
+        let model = build_model(config, &bert, labels.names.len(), params.var_builder(cfg.train.seed, device))?;
+        let loaded = encoder::load_pretrained(
+            &setup,
+            params,
+            device,
+            &["classifier.", "bert.pooler."],
+            &["cls.", "bert.pooler."],
+        )?;
         let sampler = EpochSampler::new(cfg.train.seed, train.len());
-        let task =
-            Self { cfg: config.clone(), model, bert, labels, train, val, pad_id, sampler, device: device.clone() };
-        Ok((task, config))
+        Ok(Self { cfg: setup.config, model, bert, labels, train, val, pad_id, sampler, loaded, device: device.clone() })
     }
 }
 
@@ -223,7 +195,17 @@ impl Task for Classification {
     type Batch = (PaddedBatch, Tensor);
 
     fn describe(&self) -> String {
-        format!("{} train / {} val examples, labels {}", self.train.len(), self.val.len(), self.labels.names.join(", "))
+        let data = format!(
+            "{} train / {} val examples, labels {}",
+            self.train.len(),
+            self.val.len(),
+            self.labels.names.join(", ")
+        );
+        with_loaded(data, &self.loaded)
+    }
+
+    fn config(&self) -> &Config {
+        &self.cfg
     }
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {

@@ -6,11 +6,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use candle_core::Device;
 
 use crate::config::Config;
 use crate::data::TextTokenizer;
 use crate::model::bert::BertConfig;
-use crate::pretrained::{adopt_shape, resolve_model_dir};
+use crate::model::ParamStore;
+use crate::pretrained::{adopt_shape, load_task_weights, resolve_model_dir};
 use crate::run_dir::RunDir;
 
 pub struct EncoderSetup {
@@ -63,4 +65,37 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
     tokenizer.save(&run.tokenizer())?;
     crate::fsutil::write_atomic(&run.bert_config(), serde_json::to_string_pretty(&bert)?.as_bytes())?;
     Ok(EncoderSetup { bert, tokenizer, config, pretrained })
+}
+
+/// Loads `setup`'s pretrained weights (fresh runs with `model.init_from`) into a task model.
+/// Parameters under the task's `head` prefixes (and the final LayerNorm of a pre-LN rebuild)
+/// may start fresh; tensors under `other_heads` (another task's head) are skipped. Returns the
+/// line that says so, for the start-up message.
+pub fn load_pretrained(
+    setup: &EncoderSetup,
+    params: &ParamStore,
+    device: &Device,
+    head: &[&str],
+    other_heads: &[&str],
+) -> Result<Option<String>> {
+    let Some(dir) = &setup.pretrained else { return Ok(None) };
+    let report = load_task_weights(
+        params,
+        dir,
+        device,
+        &|n| n.starts_with("bert.encoder.final_layer_norm.") || head.iter().any(|h| n.starts_with(h)),
+        &|n| n.ends_with("position_ids") || other_heads.iter().any(|h| n.starts_with(h)),
+    )?;
+    let fresh = if report.fresh.is_empty() { "nothing".to_string() } else { report.fresh.join(", ") };
+    let unused =
+        if report.ignored.is_empty() { String::new() } else { format!("; unused: {}", report.ignored.join(", ")) };
+    Ok(Some(format!("loaded {}; starting fresh: {fresh}{unused}", dir.display())))
+}
+
+/// The start-up description of an encoder task, with what loading did.
+pub fn with_loaded(data: String, loaded: &Option<String>) -> String {
+    match loaded {
+        Some(line) => format!("{data}; {line}"),
+        None => data,
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::encoder;
+use super::encoder::{self, with_loaded};
 use super::task::{Evaluation, Task};
 use crate::config::Config;
 use crate::data::masking::MaskingRule;
@@ -18,7 +18,6 @@ use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDatase
 use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
 use crate::model::layers::cross_entropy_sum;
 use crate::model::{Mode, ParamStore};
-use crate::pretrained::load_task_weights;
 use crate::rng::Rng;
 use crate::run_dir::RunDir;
 
@@ -33,6 +32,8 @@ pub struct MaskedLm {
     rule: MaskingRule,
     cls_id: u32,
     sep_id: u32,
+    /// What loading the pretrained weights did (fresh runs with `model.init_from`).
+    loaded: Option<String>,
     device: Device,
     buffers: RefCell<BatchBuffers>,
 }
@@ -45,16 +46,10 @@ pub struct MaskedBatch {
 }
 
 impl MaskedLm {
-    pub fn new(
-        cfg: &Config,
-        run: &RunDir,
-        resuming: bool,
-        params: &ParamStore,
-        device: &Device,
-    ) -> Result<(Self, Config)> {
+    pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let text = read_corpus(&cfg.data.path)?;
         let setup = encoder::setup(cfg, run, resuming, Some(&text))?;
-        let (bert, tokenizer, config) = (setup.bert, setup.tokenizer, setup.config);
+        let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
         let what = "masked-lm";
         let (cls_id, sep_id) = (tokenizer.special_id("[CLS]", what)?, tokenizer.special_id("[SEP]", what)?);
         let special_ids = vec![cls_id, sep_id, tokenizer.special_id("[PAD]", what)?];
@@ -64,7 +59,7 @@ impl MaskedLm {
             vocab_size: bert.vocab_size,
             special_ids,
         };
-        let ids = tokenize_cached(&tokenizer, &text, &run.path().join("tokens.bin"))?;
+        let ids = tokenize_cached(tokenizer, &text, &run.path().join("tokens.bin"))?;
         let positions = bert.max_position_embeddings.min(config.model.block_size);
         if positions < 3 {
             anyhow::bail!("masked-lm frames windows as [CLS] tokens [SEP]: `model.block_size` must be at least 3, got {positions}");
@@ -77,22 +72,17 @@ impl MaskedLm {
             config.model.kernels,
             params.var_builder(cfg.train.seed, device),
         )?;
-        if let Some(dir) = &setup.pretrained {
-            load_task_weights(
-                params,
-                dir,
-                device,
-                &|n| n.starts_with("cls.") || n.starts_with("bert.encoder.final_layer_norm."),
-                &|n| {
-                    n.ends_with("position_ids")
-                        || n.starts_with("bert.pooler.")
-                        || n.starts_with("classifier.")
-                        || n.starts_with("cls.seq_relationship")
-                },
-            )?;
-        }
+        // `cls.seq_relationship` is BertForPreTraining's next-sentence head.
+        let loaded = encoder::load_pretrained(
+            &setup,
+            params,
+            device,
+            &["cls."],
+            &["bert.pooler.", "classifier.", "cls.seq_relationship"],
+        )?;
         let task = Self {
-            cfg: config.clone(),
+            cfg: setup.config.clone(),
+            loaded,
             bert,
             model,
             data,
@@ -102,7 +92,7 @@ impl MaskedLm {
             device: device.clone(),
             buffers: Default::default(),
         };
-        Ok((task, config))
+        Ok(task)
     }
 
     /// Frames and corrupts the windows of the last fill of `buffers`.
@@ -129,7 +119,12 @@ impl Task for MaskedLm {
     type Batch = MaskedBatch;
 
     fn describe(&self) -> String {
-        format!("{} train / {} val tokens", self.data.len(Split::Train), self.data.len(Split::Val))
+        let data = format!("{} train / {} val tokens", self.data.len(Split::Train), self.data.len(Split::Val));
+        with_loaded(data, &self.loaded)
+    }
+
+    fn config(&self) -> &Config {
+        &self.cfg
     }
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {

@@ -115,22 +115,21 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
 
     let params = ParamStore::new();
     let resuming = resume_from.is_some();
+    let (run, device) = (&run, &device);
     match cfg.task.kind {
         TaskKind::CausalLm => {
-            let task = CausalLm::new(cfg, &run, resuming, &params, &device)?;
-            run_task(cfg, &run, &task, &params, resume_from, &device, options)
+            run_task(&CausalLm::new(cfg, run, resuming, &params, device)?, run, &params, device, resume_from, options)
         }
         TaskKind::SequenceClassification => {
-            let (task, cfg) = Classification::new(cfg, &run, resuming, &params, &device, options.quiet)?;
-            run_task(&cfg, &run, &task, &params, resume_from, &device, options)
+            let task = Classification::new(cfg, run, resuming, &params, device)?;
+            run_task(&task, run, &params, device, resume_from, options)
         }
         TaskKind::MaskedLm => {
-            let (task, cfg) = MaskedLm::new(cfg, &run, resuming, &params, &device)?;
-            run_task(&cfg, &run, &task, &params, resume_from, &device, options)
+            run_task(&MaskedLm::new(cfg, run, resuming, &params, device)?, run, &params, device, resume_from, options)
         }
         TaskKind::Seq2seq => {
-            let task = Seq2SeqTask::new(cfg, &run, resuming, &params, &device)?;
-            run_task(cfg, &run, &task, &params, resume_from, &device, options)
+            let task = Seq2SeqTask::new(cfg, run, resuming, &params, device)?;
+            run_task(&task, run, &params, device, resume_from, options)
         }
     }
 }
@@ -139,14 +138,14 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
 /// then per step: micro-batches -> accumulated gradients -> clip -> AdamW; logging,
 /// evaluation and checkpoints on their schedules.
 fn run_task<T: Task>(
-    cfg: &Config,
-    run: &RunDir,
     task: &T,
+    run: &RunDir,
     params: &ParamStore,
-    resume_from: Option<PathBuf>,
     device: &Device,
+    resume_from: Option<PathBuf>,
     options: &TrainOptions,
 ) -> Result<RunSummary> {
+    let cfg = task.config();
     let config_text = cfg.to_toml_string()?;
     crate::fsutil::write_atomic(&run.config(), config_text.as_bytes())?;
     let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim)?;

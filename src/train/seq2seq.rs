@@ -194,6 +194,10 @@ pub fn score(
 impl Task for Seq2SeqTask {
     type Batch = PairBatch;
 
+    fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} train / {} val pairs, vocabularies {} / {}",

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use candle_core::Tensor;
 
+use crate::config::Config;
 use crate::model::{Mode, ParamStore};
 
 /// Metrics of one evaluation, by name (`val_loss`, `accuracy`, ...).
@@ -14,8 +15,12 @@ pub type Evaluation = BTreeMap<String, f64>;
 pub trait Task {
     type Batch;
 
-    /// One line on the data, for the start-up message.
+    /// One line on the data (and pretrained weights), for the start-up message.
     fn describe(&self) -> String;
+
+    /// The run's config as the task resolved it (an encoder's shape filled in from its
+    /// checkpoint): what the loop trains with and saves as `config.toml`.
+    fn config(&self) -> &Config;
 
     /// Micro-batch `micro` of optimizer step `step`: a pure function of (seed, step, micro),
     /// so a resumed run sees the batches the uninterrupted run saw.
