@@ -142,6 +142,114 @@ fn masked_entries_get_exactly_zero_weight_and_gradient() {
 }
 
 #[test]
+fn linear_with_and_without_bias() {
+    // 3 x 5 rows stay on one thread; 400 x 64 x 48 takes the row-block parallel path.
+    for (shape, out) in [(vec![3usize, 5, 7], 6usize), (vec![400, 64], 48)] {
+        let fan_in = *shape.last().unwrap();
+        let x = random(&shape, 20, 1.0);
+        let w = random(&[out, fan_in], 21, 0.5);
+        let b = random(&[out], 22, 1.0);
+        let composed = |x: &Tensor, w: &Tensor| x.broadcast_matmul(&w.t().unwrap()).unwrap();
+        check(
+            "linear",
+            &[x.clone(), w.clone(), b],
+            |t| fused::linear(&t[0], &t[1], Some(&t[2])).unwrap(),
+            |t| composed(&t[0], &t[1]).broadcast_add(&t[2]).unwrap(),
+            1e-10,
+        );
+        check(
+            "linear without bias",
+            &[x, w],
+            |t| fused::linear(&t[0], &t[1], None).unwrap(),
+            |t| composed(&t[0], &t[1]),
+            1e-10,
+        );
+    }
+}
+
+/// Attention from composed candle ops: heads split out, (B, H, T, hd) products, additive mask,
+/// softmax, dropout multipliers, heads merged.
+fn composed_attention(t: &[Tensor], n_head: usize, bias: Option<&Tensor>, dropout: Option<&Tensor>) -> Tensor {
+    let split = |x: &Tensor| {
+        let (b, s, d) = x.dims3().unwrap();
+        x.reshape((b, s, n_head, d / n_head)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+    };
+    let (q, k, v) = (split(&t[0]), split(&t[1]), split(&t[2]));
+    let scale = 1.0 / (q.dim(3).unwrap() as f64).sqrt();
+    let mut s = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+    if let Some(bias) = bias {
+        s = s.broadcast_add(bias).unwrap();
+    }
+    let e = s.broadcast_sub(&s.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+    let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+    if let Some(mask) = dropout {
+        p = (p * mask).unwrap();
+    }
+    let (b, t_q, d) = t[0].dims3().unwrap();
+    p.matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((b, t_q, d)).unwrap()
+}
+
+#[test]
+fn attention_causal_with_offset_cross_and_parallel() {
+    // (batch, query length, key length, width, heads, causal offset)
+    let cases = [
+        (2usize, 6usize, 6usize, 8usize, 2usize, Some(0usize)),
+        (2, 3, 7, 8, 2, Some(4)),
+        (3, 5, 7, 12, 3, None),
+        (4, 32, 32, 32, 4, Some(0)),
+    ];
+    for (case, &(b, t_q, t_k, d, n_head, offset)) in cases.iter().enumerate() {
+        let seed = 30 + 3 * case as u64;
+        let inputs =
+            [random(&[b, t_q, d], seed, 1.0), random(&[b, t_k, d], seed + 1, 1.0), random(&[b, t_k, d], seed + 2, 1.0)];
+        let bias = offset.map(|o| causal_mask(t_q, o, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap());
+        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None };
+        check(
+            &format!("attention case {case}"),
+            &inputs,
+            |t| fused::attention(&t[0], &t[1], &t[2], n_head, mask.clone(), None).unwrap(),
+            |t| composed_attention(t, n_head, bias.as_ref(), None),
+            1e-10,
+        );
+    }
+}
+
+#[test]
+fn attention_key_padding_and_dropout() {
+    let (b, t_q, t_k, d, n_head) = (3usize, 4usize, 5usize, 8usize, 2usize);
+    let inputs = [random(&[b, t_q, d], 40, 1.0), random(&[b, t_k, d], 41, 1.0), random(&[b, t_k, d], 42, 1.0)];
+    // Row 0 keeps every key, row 1 its first two, row 2 none (it then attends uniformly).
+    let keep: Vec<f32> = (0..b * t_k).map(|i| if i < t_k || i % t_k < 2 && i < 2 * t_k { 1.0 } else { 0.0 }).collect();
+    let keep = Tensor::from_vec(keep, (b, t_k), &Device::Cpu).unwrap();
+    let bias = taper::model::attention::padding_mask(&keep).unwrap();
+    let key_bias = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut rng = Rng::new(43);
+    let multipliers: Vec<f32> =
+        (0..b * n_head * t_q * t_k).map(|_| if rng.uniform() < 0.7 { 1.0 / 0.7 } else { 0.0 }).collect();
+    let dropout = Tensor::from_vec(multipliers.clone(), (b, n_head, t_q, t_k), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let mask = fused::AttentionMask { causal_offset: None, key_bias: Some(key_bias) };
+    let bias = bias.to_dtype(DType::F64).unwrap();
+    check(
+        "attention with key padding and dropout",
+        &inputs,
+        |t| fused::attention(&t[0], &t[1], &t[2], n_head, mask.clone(), Some(multipliers.clone())).unwrap(),
+        |t| composed_attention(t, n_head, Some(&bias), Some(&dropout)),
+        1e-10,
+    );
+    // The hidden keys really are hidden: changing their values moves nothing in row 1.
+    let out = |v: &Tensor| {
+        fused::attention(inputs[0].as_tensor(), inputs[1].as_tensor(), v, n_head, mask.clone(), None).unwrap()
+    };
+    let noise = random(&[1, t_k - 2, d], 44, 5.0);
+    let v2 = inputs[2].as_tensor().slice_assign(&[1..2, 2..t_k, 0..d], noise.as_tensor()).unwrap();
+    let moved = max_diff(&out(inputs[2].as_tensor()).get(1).unwrap(), &out(&v2).get(1).unwrap());
+    assert!(moved < 1e-12, "padding keys leaked into attention: {moved}");
+}
+
+#[test]
 fn cross_entropy() {
     let logits = random(&[30, 11], 12, 3.0);
     let targets = Tensor::from_vec((0..30u32).map(|i| (i * 7) % 11).collect::<Vec<_>>(), 30, &Device::Cpu).unwrap();
@@ -176,19 +284,22 @@ fn fused_and_composed_models_train_alike() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "the quick brown fox jumps over the lazy dog.\n".repeat(60)).unwrap();
-    let run = |kernels: &str| {
+    // With dropout too: both paths draw the same masks from the run's RNG, in the same order.
+    let run = |kernels: &str, dropout: f64| {
         let text = format!(
-            "[model]\nn_layer = 2\nn_head = 2\nd_model = 32\nblock_size = 16\nkernels = \"{kernels}\"\n\
+            "[model]\nn_layer = 2\nn_head = 2\nd_model = 32\nblock_size = 16\nkernels = \"{kernels}\"\ndropout = {dropout}\n\
              [data]\npath = \"{}\"\n[train]\nsteps = 15\nbatch_size = 4\nlog_every = 1\neval_every = 0\ndevice = \"cpu\"\n\
              [checkpoint]\ndir = \"{}\"\nevery = 0\n",
             corpus.display(),
-            dir.path().join(kernels).display()
+            dir.path().join(format!("{kernels}-{dropout}")).display()
         );
         let cfg = taper::config::Config::from_toml_str(&text, &[]).unwrap();
         taper::train::train(cfg, &taper::train::TrainOptions { quiet: true, ..Default::default() }).unwrap().losses
     };
-    let (fused, composed) = (run("fused"), run("composed"));
-    for ((step, a), (_, b)) in fused.iter().zip(&composed) {
-        assert!((a - b).abs() < 1e-4, "step {step}: fused {a} vs composed {b}");
+    for dropout in [0.0, 0.2] {
+        let (fused, composed) = (run("fused", dropout), run("composed", dropout));
+        for ((step, a), (_, b)) in fused.iter().zip(&composed) {
+            assert!((a - b).abs() < 1e-4, "dropout {dropout}, step {step}: fused {a} vs composed {b}");
+        }
     }
 }

@@ -99,6 +99,25 @@ impl Attention {
         x.reshape((b, t, self.n_head, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
+    /// The fused kernel's form of `mask`, when the fused kernel applies (CPU f32/f64, and a mask
+    /// it knows: none, causal, or additive key padding of shape (B, 1, 1, T_k)).
+    fn fused_mask(&self, x: &Tensor, mask: Mask) -> Result<Option<fused::AttentionMask>> {
+        if self.kernels != Kernels::Fused || !fused::applies(x) {
+            return Ok(None);
+        }
+        Ok(match mask {
+            Mask::None => Some(fused::AttentionMask::default()),
+            Mask::Causal { offset, .. } => Some(fused::AttentionMask { causal_offset: Some(offset), key_bias: None }),
+            Mask::Additive(bias) => match bias.dims() {
+                &[_, 1, 1, _] => Some(fused::AttentionMask {
+                    causal_offset: None,
+                    key_bias: Some(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+                }),
+                _ => None,
+            },
+        })
+    }
+
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
     /// (None: self-attention over `x`). `mask`: which keys each query sees.
     /// `rope`: rotary table and the position of x's first token. `cache`: for self-attention,
@@ -114,6 +133,18 @@ impl Attention {
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let (b, t_q, d) = x.dims3()?;
+        if cache.is_none() && rope.is_none() {
+            if let Some(mask) = self.fused_mask(x, mask)? {
+                let q = self.q_proj.forward(x)?;
+                let source = memory.unwrap_or(x);
+                let (k, v) = (self.k_proj.forward(source)?, self.v_proj.forward(source)?);
+                let t_k = source.dim(1)?;
+                let dropout = (mode.train && self.dropout > 0.0)
+                    .then(|| mode.dropout_mask(b * self.n_head * t_q * t_k, self.dropout));
+                let context = fused::attention(&q, &k, &v, self.n_head, mask, dropout)?;
+                return self.out_proj.forward(&context);
+            }
+        }
         let mut q = self.split_heads(&self.q_proj.forward(x)?)?;
         // Rotary positions apply to self-attention only: memory positions are not the queries'.
         let self_rope = if memory.is_none() { rope } else { None };

@@ -60,6 +60,12 @@ impl Mode {
     pub fn probing() -> Self {
         Self { train: false, rng: Rng::new(0), probe: Some(Vec::new()) }
     }
+    /// `len` inverted-dropout multipliers from the run's RNG: 0 with probability `p`, else 1/(1-p).
+    pub fn dropout_mask(&mut self, len: usize, p: f64) -> Vec<f32> {
+        let keep = 1.0 - p;
+        let scale = (1.0 / keep) as f32;
+        (0..len).map(|_| if self.rng.uniform() < keep { scale } else { 0.0 }).collect()
+    }
     /// Records `x` as a LayerNorm input, if probing (costs nothing otherwise).
     pub fn record_norm_input(&mut self, x: &Tensor) -> Result<()> {
         if let Some(probe) = &mut self.probe {
@@ -80,17 +86,13 @@ pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     if !mode.train || p == 0.0 {
         return Ok(x.clone());
     }
-    let keep = 1.0 - p;
     let mask = match x.device() {
         Device::Cpu => {
-            let scale = (1.0 / keep) as f32;
-            let values: Vec<f32> =
-                (0..x.elem_count()).map(|_| if mode.rng.uniform() < keep { scale } else { 0.0 }).collect();
-            Tensor::from_vec(values, x.shape(), x.device())?.to_dtype(x.dtype())?
+            Tensor::from_vec(mode.dropout_mask(x.elem_count(), p), x.shape(), x.device())?.to_dtype(x.dtype())?
         }
         device => {
             let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
-            (uniform.ge(p)?.to_dtype(DType::F32)? / keep)?.to_dtype(x.dtype())?
+            (uniform.ge(p)?.to_dtype(DType::F32)? / (1.0 - p))?.to_dtype(x.dtype())?
         }
     };
     x.mul(&mask)
@@ -146,6 +148,9 @@ pub fn add_broadcast(x: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor>
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kernels == Kernels::Fused && fused::applies(x) && self.weight.dtype() == x.dtype() {
+            return fused::linear(x, &self.weight, self.bias.as_ref());
+        }
         let dims = x.dims();
         let fan_in = dims[dims.len() - 1];
         let rows = x.elem_count() / fan_in;

@@ -1,6 +1,6 @@
 //! Fused CPU kernels with hand-written backward passes, for the ops where candle's composed
-//! form is slow on the CPU: LayerNorm, GELU, bias (and position) add, causal softmax, and
-//! cross-entropy. Each replaces several full passes over memory (and several autograd nodes,
+//! form is slow on the CPU: linear layers and attention (`linear.rs`, `attention.rs`, on
+//! `gemm.rs`), LayerNorm, GELU, bias (and position) add, causal softmax, and cross-entropy. Each replaces several full passes over memory (and several autograd nodes,
 //! each of which allocates a zeroed gradient) by one pass forward and one backward.
 //!
 //! Only f32 and f64 CPU tensors take these paths; `layers.rs` falls back to the composed ops
@@ -154,6 +154,13 @@ macro_rules! dispatch {
         }
     };
 }
+
+// Declared after `dispatch!`, which they use.
+mod attention;
+mod gemm;
+mod linear;
+pub use attention::{attention, AttentionMask};
+pub use linear::linear;
 
 // ---------------------------------------------------------------------------------------------
 // x + b, b broadcast over the rows of x (biases, position embeddings).

@@ -1,0 +1,158 @@
+//! y = x W^T + b as one autograd node: the bias is the product's starting value (no separate
+//! pass, no broadcast-add node), input of any rank needs no reshape nodes, and the backward
+//! computes dX = dY W and dW = dY^T X side by side, with db as dY's column sums.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+
+use super::gemm::{product_parallel, MatRef};
+use super::{contiguous, Real};
+
+/// (x, W) or (x, W, b) -> x W^T (+ b).
+struct LinearOp;
+/// (x, W, dY) -> [dX | dW | db] flattened, db present when `bias`.
+struct LinearGrad {
+    bias: bool,
+}
+
+/// Rows of x, its width (= W's columns), and W's rows.
+fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
+    let (out_features, in_features) = w.shape().dims2()?;
+    let width = *x.shape().dims().last().unwrap_or(&0);
+    if width != in_features {
+        candle_core::bail!("linear: input width {width} does not match the weight's {in_features} columns");
+    }
+    Ok((x.shape().elem_count() / in_features.max(1), in_features, out_features))
+}
+
+fn output_shape(x: &Layout, out_features: usize) -> Shape {
+    let mut dims = x.shape().dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out_features;
+    }
+    Shape::from(dims)
+}
+
+fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, k, m): (usize, usize, usize)) -> Vec<T> {
+    let mut y = match bias {
+        Some(b) => b.repeat(rows),
+        None => vec![T::of(0.0); rows * m],
+    };
+    // SAFETY: x is rows x k and W is m x k (checked by `dims`), so W^T is k x m.
+    unsafe {
+        product_parallel((rows, m, k), &mut y, bias.is_some(), MatRef::rows(x, 0, k), MatRef::transposed(w, 0, k))
+    };
+    y
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "taper-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = dims(l1, l2)?;
+        dispatch!(s1, "taper-linear", |T| {
+            let y = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, None, dims);
+            Ok((T::to_cpu_storage_owned(y), output_shape(l1, dims.2)))
+        })
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = unpack(x, w, false, grad)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "taper-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims(l1, l2)?;
+        if l3.shape().elem_count() != dims.2 {
+            candle_core::bail!("linear: bias of {} values for {} outputs", l3.shape().elem_count(), dims.2);
+        }
+        dispatch!(s1, "taper-linear", |T| {
+            let y = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, Some(contiguous(s3, l3)?), dims);
+            Ok((T::to_cpu_storage_owned(y), output_shape(l1, dims.2)))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = unpack(x, w, true, grad)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+/// dX, dW and (with `bias`) db, as views of one packed gradient buffer.
+fn unpack(x: &Tensor, w: &Tensor, bias: bool, grad: &Tensor) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LinearGrad { bias })?;
+    let (x_len, w_len) = (x.elem_count(), w.elem_count());
+    let dx = packed.narrow(0, 0, x_len)?.reshape(x.shape())?;
+    let dw = packed.narrow(0, x_len, w_len)?.reshape(w.shape())?;
+    let db = if bias { Some(packed.narrow(0, x_len + w_len, w.dim(0)?)?) } else { None };
+    Ok((dx, dw, db))
+}
+
+impl CustomOp3 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "taper-linear-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, k, m) = dims(l1, l2)?;
+        dispatch!(s1, self.name(), |T| {
+            let (x, w, dy) = (contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, contiguous::<T>(s3, l3)?);
+            if dy.len() != rows * m {
+                candle_core::bail!("linear backward: gradient of {} values for {rows}x{m} outputs", dy.len());
+            }
+            let mut out = vec![T::of(0.0); rows * k + m * k + if self.bias { m } else { 0 }];
+            let (dx, rest) = out.split_at_mut(rows * k);
+            let (dw, db) = rest.split_at_mut(m * k);
+            rayon::join(
+                // SAFETY: dY is rows x m and W is m x k.
+                || unsafe { product_parallel((rows, k, m), dx, false, MatRef::rows(dy, 0, m), MatRef::rows(w, 0, k)) },
+                || {
+                    // SAFETY: dY^T is m x rows and x is rows x k.
+                    unsafe {
+                        product_parallel((m, k, rows), dw, false, MatRef::transposed(dy, 0, m), MatRef::rows(x, 0, k))
+                    };
+                    if self.bias {
+                        for row in dy.chunks_exact(m) {
+                            db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+                        }
+                    }
+                },
+            );
+            Ok((T::to_cpu_storage_owned(out), Shape::from(rows * k + m * k + if self.bias { m } else { 0 })))
+        })
+    }
+}
+
+/// x W^T + b over the last dimension of `x` (any rank), as one node.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match b {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
+        None => x.apply_op2(&w, LinearOp),
+    }
+}
