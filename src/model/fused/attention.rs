@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage,
 use rayon::prelude::*;
 
 use super::gemm::{product, MatMut, MatRef};
-use super::{contiguous, Real};
+use super::{contiguous, exp_shifted_in_place, lane_dot, lane_max, Real};
 
 /// Which keys each query may see.
 #[derive(Debug, Clone, Default)]
@@ -87,16 +87,11 @@ impl AttentionOp {
         for (i, row) in scores.chunks_exact_mut(g.t_k).enumerate() {
             let visible = self.mask.causal_offset.map_or(g.t_k, |offset| (offset + i + 1).min(g.t_k));
             let (seen, hidden) = row.split_at_mut(visible);
-            for (j, s) in seen.iter_mut().enumerate() {
-                *s = *s * scale + key_bias.map_or(T::of(0.0), |bias| T::of(bias[j] as f64));
+            match key_bias {
+                Some(bias) => seen.iter_mut().zip(bias).for_each(|(s, &b)| *s = *s * scale + T::of(b as f64)),
+                None => seen.iter_mut().for_each(|s| *s *= scale),
             }
-            let max = seen.iter().fold(seen[0], |m, &v| if v > m { v } else { m });
-            let mut sum = T::of(0.0);
-            for s in seen.iter_mut() {
-                *s = (*s - max).exp_();
-                sum += *s;
-            }
-            let inv = T::of(1.0) / sum;
+            let inv = T::of(1.0) / exp_shifted_in_place(seen, lane_max(seen));
             seen.iter_mut().for_each(|s| *s *= inv);
             hidden.iter_mut().for_each(|s| *s = T::of(0.0));
         }
@@ -173,7 +168,7 @@ impl AttentionOp {
                     dscores.iter_mut().zip(mask).for_each(|(g, &m)| *g *= T::of(m as f64));
                 }
                 for (g_row, w_row) in dscores.chunks_exact_mut(g.t_k).zip(w.chunks_exact(g.t_k)) {
-                    let dot = g_row.iter().zip(w_row).fold(T::of(0.0), |a, (&x, &p)| a + x * p);
+                    let dot = lane_dot(g_row, w_row);
                     g_row.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot));
                 }
                 // SAFETY: as above.

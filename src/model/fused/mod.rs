@@ -119,6 +119,69 @@ fn normal_cdf_pdf<T: Real>(x: T) -> (T, T) {
     (T::of(0.5) * (T::of(1.0) + erf), T::of(INV_SQRT_2PI) * e)
 }
 
+/// Independent accumulators in the reductions below: a plain fold is one dependent chain
+/// (floating-point addition may not be reordered), which keeps the loop scalar.
+const LANES: usize = 8;
+
+/// The sum of f(x) over `xs`, in `LANES` independent partial sums, so the loop vectorises.
+#[inline(always)]
+pub(crate) fn lane_sum<T: Real>(xs: &[T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::of(0.0); LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let mut total = chunks.remainder().iter().fold(T::of(0.0), |a, &v| a + f(v));
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a += f(v);
+        }
+    }
+    for a in acc {
+        total += a;
+    }
+    total
+}
+
+/// The sum of x_i * y_i, in `LANES` independent partial sums.
+#[inline(always)]
+pub(crate) fn lane_dot<T: Real>(xs: &[T], ys: &[T]) -> T {
+    let mut acc = [T::of(0.0); LANES];
+    let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let mut total = xc.remainder().iter().zip(yc.remainder()).fold(T::of(0.0), |a, (&x, &y)| a + x * y);
+    for (x, y) in xc.zip(yc) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for a in acc {
+        total += a;
+    }
+    total
+}
+
+/// The largest element of a non-empty `xs`, in `LANES` independent running maxima.
+#[inline(always)]
+pub(crate) fn lane_max<T: Real>(xs: &[T]) -> T {
+    let pick = |m: T, v: T| if v > m { v } else { m };
+    let mut acc = [xs[0]; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let mut best = chunks.remainder().iter().fold(xs[0], |m, &v| pick(m, v));
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = pick(*a, v);
+        }
+    }
+    for a in acc {
+        best = pick(best, a);
+    }
+    best
+}
+
+/// Replaces each x by e^(x - max) and returns their sum (max: the largest x).
+#[inline(always)]
+pub(crate) fn exp_shifted_in_place<T: Real>(xs: &mut [T], max: T) -> T {
+    xs.iter_mut().for_each(|v| *v = (*v - max).exp_());
+    lane_sum(xs, |v| v)
+}
+
 pub(crate) fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
     let data = storage.as_slice::<T>()?;
     match layout.contiguous_offsets() {
@@ -228,8 +291,8 @@ struct LayerNormGrad {
 #[inline(always)]
 fn row_stats<T: Real>(row: &[T], eps: f64) -> (T, T) {
     let n = T::of(row.len() as f64);
-    let mean = row.iter().fold(T::of(0.0), |a, &v| a + v) / n;
-    let var = row.iter().fold(T::of(0.0), |a, &v| a + (v - mean) * (v - mean)) / n;
+    let mean = lane_sum(row, |v| v) / n;
+    let var = lane_sum(row, |v| (v - mean) * (v - mean)) / n;
     (mean, T::of(1.0) / (var + T::of(eps)).sqrt_())
 }
 
@@ -310,24 +373,22 @@ impl CustomOp3 for LayerNormGrad {
                 .map(|(bi, block)| {
                     let mut acc = vec![T::of(0.0); 2 * d];
                     let mut xhat = vec![T::of(0.0); d];
+                    let mut gw = vec![T::of(0.0); d];
                     for (i, dx_row) in block.chunks_exact_mut(d).enumerate() {
                         let r = bi * block_rows + i;
                         let row = &x[r * d..(r + 1) * d];
                         let g = &dy[r * d..(r + 1) * d];
                         let (mean, rstd) = row_stats(row, self.eps);
-                        let mut sum_gw = T::of(0.0);
-                        let mut sum_gw_xhat = T::of(0.0);
                         for j in 0..d {
                             xhat[j] = (row[j] - mean) * rstd;
-                            let gw = g[j] * w[j];
-                            sum_gw += gw;
-                            sum_gw_xhat += gw * xhat[j];
+                            gw[j] = g[j] * w[j];
                             acc[j] += g[j] * xhat[j];
                             acc[d + j] += g[j];
                         }
+                        let (sum_gw, sum_gw_xhat) = (lane_sum(&gw, |v| v), lane_dot(&gw, &xhat));
                         let n = T::of(d as f64);
                         for j in 0..d {
-                            dx_row[j] = rstd * (g[j] * w[j] - (sum_gw + xhat[j] * sum_gw_xhat) / n);
+                            dx_row[j] = rstd * (gw[j] - (sum_gw + xhat[j] * sum_gw_xhat) / n);
                         }
                     }
                     acc
@@ -435,13 +496,9 @@ impl CustomOp1 for ScaledSoftmax {
                         None => t_k,
                     };
                     let row = &x[r * t_k..r * t_k + visible];
-                    let max = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
-                    let mut sum = T::of(0.0);
-                    for (o, &v) in out_row[..visible].iter_mut().zip(row) {
-                        *o = ((v - max) * scale).exp_();
-                        sum += *o;
-                    }
-                    let inv = T::of(1.0) / sum;
+                    let seen = &mut out_row[..visible];
+                    seen.iter_mut().zip(row).for_each(|(o, &v)| *o = v * scale);
+                    let inv = T::of(1.0) / exp_shifted_in_place(seen, lane_max(seen));
                     out_row[..visible].iter_mut().for_each(|o| *o *= inv);
                 }
             });
@@ -469,7 +526,7 @@ impl CustomOp2 for SoftmaxGrad {
                 for (i, out_row) in block.chunks_exact_mut(t_k).enumerate() {
                     let r = first + i;
                     let (y_row, g_row) = (&y[r * t_k..(r + 1) * t_k], &dy[r * t_k..(r + 1) * t_k]);
-                    let dot = y_row.iter().zip(g_row).fold(T::of(0.0), |a, (&p, &g)| a + p * g);
+                    let dot = lane_dot(y_row, g_row);
                     for j in 0..t_k {
                         out_row[j] = scale * y_row[j] * (g_row[j] - dot);
                     }
@@ -507,8 +564,8 @@ impl CustomOp2 for CrossEntropySum {
                 if target >= vocab {
                     candle_core::bail!("target id {target} is outside the vocabulary of {vocab}");
                 }
-                let max = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
-                let sum = row.iter().fold(T::of(0.0), |a, &v| a + (v - max).exp_());
+                let max = lane_max(row);
+                let sum = lane_sum(row, |v| (v - max).exp_());
                 total += ((max + sum.ln_()) - row[target]).to_f64();
             }
             Ok((T::to_cpu_storage_owned(vec![T::of(total)]), Shape::from(())))
@@ -550,12 +607,8 @@ impl CustomOp3 for CrossEntropyGrad {
                 for (i, out_row) in block.chunks_exact_mut(vocab).enumerate() {
                     let r = first + i;
                     let row = &logits[r * vocab..(r + 1) * vocab];
-                    let max = row.iter().fold(row[0], |m, &v| if v > m { v } else { m });
-                    let mut sum = T::of(0.0);
-                    for (o, &v) in out_row.iter_mut().zip(row) {
-                        *o = (v - max).exp_();
-                        sum += *o;
-                    }
+                    out_row.copy_from_slice(row);
+                    let sum = exp_shifted_in_place(out_row, lane_max(row));
                     let k = g / sum;
                     out_row.iter_mut().for_each(|o| *o *= k);
                     let t = targets[r] as usize;
