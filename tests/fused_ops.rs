@@ -215,6 +215,33 @@ fn attention_causal_with_offset_cross_and_parallel() {
 }
 
 #[test]
+fn packed_self_attention() {
+    // Q, K and V side by side in one (B, T, 3D), as the stacked projection makes them.
+    for (t, offset, dropout) in [(6usize, Some(0usize), false), (5, None, true), (32, Some(0), true)] {
+        let (b, d, n_head) = (3usize, 12usize, 3usize);
+        let qkv = random(&[b, t, 3 * d], 50 + t as u64, 1.0);
+        let bias = offset.map(|o| causal_mask(t, o, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap());
+        let mut rng = Rng::new(51);
+        let multipliers: Vec<f32> =
+            (0..b * n_head * t * t).map(|_| if rng.uniform() < 0.8 { 1.25 } else { 0.0 }).collect();
+        let dropout_tensor = Tensor::from_vec(multipliers.clone(), (b, n_head, t, t), &Device::Cpu).unwrap();
+        let dropout_tensor = dropout_tensor.to_dtype(DType::F64).unwrap();
+        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None };
+        check(
+            &format!("packed attention, length {t}"),
+            &[qkv],
+            |t| fused::attention_packed(&t[0], n_head, mask.clone(), dropout.then(|| multipliers.clone())).unwrap(),
+            |t| {
+                let part = |i: usize| t[0].narrow(2, i * d, d).unwrap();
+                let dropout = dropout.then_some(&dropout_tensor);
+                composed_attention(&[part(0), part(1), part(2)], n_head, bias.as_ref(), dropout)
+            },
+            1e-10,
+        );
+    }
+}
+
+#[test]
 fn attention_key_padding_and_dropout() {
     let (b, t_q, t_k, d, n_head) = (3usize, 4usize, 5usize, 8usize, 2usize);
     let inputs = [random(&[b, t_q, d], 40, 1.0), random(&[b, t_k, d], 41, 1.0), random(&[b, t_k, d], 42, 1.0)];

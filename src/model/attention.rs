@@ -118,6 +118,17 @@ impl Attention {
         })
     }
 
+    /// [Q | K | V] = x [Wq | Wk | Wv]^T + [bq | bk | bv], (B, T, 3D), in one fused product.
+    fn packed_projection(&self, x: &Tensor) -> Result<Tensor> {
+        let projections = [&self.q_proj, &self.k_proj, &self.v_proj];
+        let weight = Tensor::cat(&projections.map(|p| &p.weight), 0)?.to_dtype(x.dtype())?;
+        let bias = match projections.map(|p| p.bias.as_ref()) {
+            [Some(q), Some(k), Some(v)] => Some(Tensor::cat(&[q, k, v], 0)?.to_dtype(x.dtype())?),
+            _ => None,
+        };
+        fused::linear(x, &weight, bias.as_ref())
+    }
+
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
     /// (None: self-attention over `x`). `mask`: which keys each query sees.
     /// `rope`: rotary table and the position of x's first token. `cache`: for self-attention,
@@ -135,13 +146,19 @@ impl Attention {
         let (b, t_q, d) = x.dims3()?;
         if cache.is_none() && rope.is_none() {
             if let Some(mask) = self.fused_mask(x, mask)? {
-                let q = self.q_proj.forward(x)?;
-                let source = memory.unwrap_or(x);
-                let (k, v) = (self.k_proj.forward(source)?, self.v_proj.forward(source)?);
-                let t_k = source.dim(1)?;
+                let t_k = memory.unwrap_or(x).dim(1)?;
                 let dropout = (mode.train && self.dropout > 0.0)
                     .then(|| mode.dropout_mask(b * self.n_head * t_q * t_k, self.dropout));
-                let context = fused::attention(&q, &k, &v, self.n_head, mask, dropout)?;
+                let context = match memory {
+                    // One product for all three projections (weights stacked: a 3x wider GEMM
+                    // and one gradient for x instead of three).
+                    None => fused::attention_packed(&self.packed_projection(x)?, self.n_head, mask, dropout)?,
+                    Some(memory) => {
+                        let q = self.q_proj.forward(x)?;
+                        let (k, v) = (self.k_proj.forward(memory)?, self.v_proj.forward(memory)?);
+                        fused::attention(&q, &k, &v, self.n_head, mask, dropout)?
+                    }
+                };
                 return self.out_proj.forward(&context);
             }
         }

@@ -9,7 +9,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{product, MatMut, MatRef};
@@ -42,20 +42,59 @@ struct Geometry {
     t_k: usize,
     n_head: usize,
     head_dim: usize,
+    /// Row strides of Q and of K/V, and the columns where K and V start: (D, D, 0, 0) for
+    /// three (B, T, D) tensors, (3D, 3D, D, 2D) for one packed (B, T, 3D).
+    q_row: usize,
+    kv_row: usize,
+    k_col: usize,
+    v_col: usize,
+}
+
+/// Where head h of batch row b starts in Q, K, V and the (B, T_q, D) output.
+struct PairOffsets {
+    q: usize,
+    k: usize,
+    v: usize,
+    out: usize,
 }
 
 impl Geometry {
     fn width(&self) -> usize {
         self.n_head * self.head_dim
     }
-    /// Offsets of head `h` of batch row `b` in Q (and the output) and in K/V.
-    fn offsets(&self, pair: usize) -> (usize, usize) {
+    fn offsets(&self, pair: usize) -> PairOffsets {
         let (b, h) = (pair / self.n_head, pair % self.n_head);
-        (b * self.t_q * self.width() + h * self.head_dim, b * self.t_k * self.width() + h * self.head_dim)
+        let head = h * self.head_dim;
+        let kv = b * self.t_k * self.kv_row + head;
+        PairOffsets {
+            q: b * self.t_q * self.q_row + head,
+            k: kv + self.k_col,
+            v: kv + self.v_col,
+            out: b * self.t_q * self.width() + head,
+        }
     }
 }
 
 impl AttentionOp {
+    fn check(&self, g: Geometry) -> Result<Geometry> {
+        let Geometry { batch, t_q, t_k, .. } = g;
+        if self.mask.key_bias.as_ref().is_some_and(|bias| bias.len() != batch * t_k) {
+            candle_core::bail!("attention: the key mask does not have {batch} x {t_k} entries");
+        }
+        if self.dropout.as_ref().is_some_and(|d| d.len() != batch * self.n_head * t_q * t_k) {
+            candle_core::bail!("attention: the dropout mask does not match the weights' shape");
+        }
+        Ok(g)
+    }
+
+    fn head_dim(&self, width: usize) -> Result<usize> {
+        if self.n_head == 0 || width % self.n_head != 0 {
+            candle_core::bail!("attention: width {width} is not a multiple of {} heads", self.n_head);
+        }
+        Ok(width / self.n_head)
+    }
+
+    /// Q (B, T_q, D), K and V (B, T_k, D).
     fn geometry(&self, q: &Layout, k: &Layout, v: &Layout) -> Result<Geometry> {
         let (batch, t_q, width) = q.shape().dims3()?;
         let (k_batch, t_k, k_width) = k.shape().dims3()?;
@@ -67,17 +106,21 @@ impl AttentionOp {
                 v.shape()
             );
         }
-        if width % self.n_head != 0 {
-            candle_core::bail!("attention: width {width} is not a multiple of {} heads", self.n_head);
+        let head_dim = self.head_dim(width)?;
+        let (q_row, kv_row) = (width, width);
+        self.check(Geometry { batch, t_q, t_k, n_head: self.n_head, head_dim, q_row, kv_row, k_col: 0, v_col: 0 })
+    }
+
+    /// Q, K and V side by side in one (B, T, 3D).
+    fn packed_geometry(&self, qkv: &Layout) -> Result<Geometry> {
+        let (batch, t, packed) = qkv.shape().dims3()?;
+        if packed % 3 != 0 {
+            candle_core::bail!("attention: packed queries/keys/values of width {packed}, not a multiple of 3");
         }
-        let g = Geometry { batch, t_q, t_k, n_head: self.n_head, head_dim: width / self.n_head };
-        if self.mask.key_bias.as_ref().is_some_and(|bias| bias.len() != batch * t_k) {
-            candle_core::bail!("attention: the key mask does not have {batch} x {t_k} entries");
-        }
-        if self.dropout.as_ref().is_some_and(|d| d.len() != batch * self.n_head * t_q * t_k) {
-            candle_core::bail!("attention: the dropout mask does not match the weights' shape");
-        }
-        Ok(g)
+        let width = packed / 3;
+        let head_dim = self.head_dim(width)?;
+        let (q_row, kv_row, k_col, v_col) = (packed, packed, width, 2 * width);
+        self.check(Geometry { batch, t_q: t, t_k: t, n_head: self.n_head, head_dim, q_row, kv_row, k_col, v_col })
     }
 
     /// Softmax in place over each row of one (T_q, T_k) score matrix of batch row `b`.
@@ -116,51 +159,52 @@ impl AttentionOp {
         let mut weights = vec![T::of(0.0); g.batch * g.n_head * g.t_q * g.t_k];
         let out_ptr = MatMut::rows(&mut out, 0, d);
         weights.par_chunks_mut((g.t_q * g.t_k).max(1)).enumerate().for_each_init(Vec::new, |scratch, (pair, w)| {
-            let (q_at, kv_at) = g.offsets(pair);
-            // SAFETY: Q/K/V are (B, T, D) and every (batch, head) pair writes its own
-            // columns h*head_dim.. of its own batch rows of `out`.
+            let at = g.offsets(pair);
+            // SAFETY: Q/K/V are laid out as `g` says, and every (batch, head) pair writes its
+            // own columns h*head_dim.. of its own batch rows of `out`.
             unsafe {
                 let scores = MatMut::rows(w, 0, g.t_k);
-                product(
-                    (g.t_q, g.t_k, g.head_dim),
-                    scores,
-                    false,
-                    MatRef::rows(q, q_at, d),
-                    MatRef::transposed(k, kv_at, d),
-                );
+                let (q_rows, k_t) = (MatRef::rows(q, at.q, g.q_row), MatRef::transposed(k, at.k, g.kv_row));
+                product((g.t_q, g.t_k, g.head_dim), scores, false, q_rows, k_t);
                 self.softmax(g, pair / g.n_head, w);
                 let w = self.dropped(pair, w, scratch);
-                let dst = out_ptr.at(q_at);
-                product((g.t_q, g.head_dim, g.t_k), dst, false, MatRef::rows(w, 0, g.t_k), MatRef::rows(v, kv_at, d));
+                let (w_rows, v_rows) = (MatRef::rows(w, 0, g.t_k), MatRef::rows(v, at.v, g.kv_row));
+                product((g.t_q, g.head_dim, g.t_k), out_ptr.at(at.out), false, w_rows, v_rows);
             }
         });
         (out, weights)
     }
 
-    /// [dQ | dK | dV], flattened.
-    fn backward<T: Real>(&self, g: &Geometry, q: &[T], k: &[T], v: &[T], weights: &[T], grad: &[T]) -> Vec<T> {
+    /// The gradients with respect to Q, K and V, into `out` laid out as the inputs are: one
+    /// packed (B, T, 3D), or [dQ | dK | dV] for separate inputs (`bases`: where each starts).
+    #[allow(clippy::too_many_arguments)]
+    fn backward<T: Real>(
+        &self,
+        g: &Geometry,
+        (q, k, v): (&[T], &[T], &[T]),
+        weights: &[T],
+        grad: &[T],
+        out: &mut [T],
+        bases: [usize; 3],
+    ) {
         let d = g.width();
-        let (q_len, kv_len) = (g.batch * g.t_q * d, g.batch * g.t_k * d);
-        let mut out = vec![T::of(0.0); q_len + 2 * kv_len];
-        let (dq, rest) = out.split_at_mut(q_len);
-        let (dk, dv) = rest.split_at_mut(kv_len);
-        let (dq, dk, dv) = (MatMut::rows(dq, 0, d), MatMut::rows(dk, 0, d), MatMut::rows(dv, 0, d));
+        let dst = MatMut::rows(out, 0, 0);
         let scale = T::of(self.scale);
         let per_pair = g.t_q * g.t_k;
         (0..g.batch * g.n_head).into_par_iter().for_each_init(
             || (Vec::new(), vec![T::of(0.0); per_pair]),
             |(scratch, dscores), pair| {
-                let (q_at, kv_at) = g.offsets(pair);
+                let at = g.offsets(pair);
                 let w = &weights[pair * per_pair..(pair + 1) * per_pair];
+                let grad_at = MatRef::rows(grad, at.out, d);
                 // SAFETY: as in `forward`, each pair writes only its own head's columns of its
                 // own batch rows of dQ, dK and dV; `dscores` is this task's own.
                 unsafe {
-                    let w_dropped = self.dropped(pair, w, scratch);
-                    let dv_at = dv.at(kv_at);
-                    let (p_t, grad_at) = (MatRef::transposed(w_dropped, 0, g.t_k), MatRef::rows(grad, q_at, d));
-                    product((g.t_k, g.head_dim, g.t_q), dv_at, false, p_t, grad_at);
+                    let dv = MatMut { row_stride: g.kv_row, ..dst.at(bases[2] + at.v) };
+                    let w_t = MatRef::transposed(self.dropped(pair, w, scratch), 0, g.t_k);
+                    product((g.t_k, g.head_dim, g.t_q), dv, false, w_t, grad_at);
                     let ds = MatMut::rows(dscores, 0, g.t_k);
-                    product((g.t_q, g.t_k, g.head_dim), ds, false, grad_at, MatRef::transposed(v, kv_at, d));
+                    product((g.t_q, g.t_k, g.head_dim), ds, false, grad_at, MatRef::transposed(v, at.v, g.kv_row));
                 }
                 // Through dropout, then softmax: dS = scale * P * (dP - sum_j dP P).
                 if let Some(mask) = &self.dropout {
@@ -173,21 +217,75 @@ impl AttentionOp {
                 }
                 // SAFETY: as above.
                 unsafe {
-                    let dq_at = dq.at(q_at);
-                    let dk_at = dk.at(kv_at);
-                    product(
-                        (g.t_q, g.head_dim, g.t_k),
-                        dq_at,
-                        false,
-                        MatRef::rows(dscores, 0, g.t_k),
-                        MatRef::rows(k, kv_at, d),
-                    );
+                    let dq = MatMut { row_stride: g.q_row, ..dst.at(bases[0] + at.q) };
+                    let dk = MatMut { row_stride: g.kv_row, ..dst.at(bases[1] + at.k) };
+                    let ds = MatRef::rows(dscores, 0, g.t_k);
+                    product((g.t_q, g.head_dim, g.t_k), dq, false, ds, MatRef::rows(k, at.k, g.kv_row));
                     let ds_t = MatRef::transposed(dscores, 0, g.t_k);
-                    product((g.t_k, g.head_dim, g.t_q), dk_at, false, ds_t, MatRef::rows(q, q_at, d));
+                    product((g.t_k, g.head_dim, g.t_q), dk, false, ds_t, MatRef::rows(q, at.q, g.q_row));
                 }
             },
         );
-        out
+    }
+
+    fn saved_weights(&self) -> Result<std::sync::MutexGuard<'_, Option<CpuStorage>>> {
+        self.weights.lock().map_err(|_| candle_core::Error::Msg("attention weights lock poisoned".into()))
+    }
+
+    fn save_weights(&self, weights: CpuStorage) -> Result<()> {
+        *self.saved_weights()? = Some(weights);
+        Ok(())
+    }
+
+    /// The packed gradient for `inputs` (Q, K, V, or the one packed tensor three times).
+    fn gradient(&self, inputs: [&Tensor; 3], packed: bool, grad: &Tensor) -> Result<Tensor> {
+        let grad = grad.contiguous()?;
+        let saved = self.saved_weights()?;
+        let Some(weights) = saved.as_ref() else { candle_core::bail!("attention backward without a forward pass") };
+        let (q_storage, q_layout) = inputs[0].storage_and_layout();
+        let (k_storage, k_layout) = inputs[1].storage_and_layout();
+        let (v_storage, v_layout) = inputs[2].storage_and_layout();
+        let (grad_storage, grad_layout) = grad.storage_and_layout();
+        let (Storage::Cpu(sq), Storage::Cpu(sk), Storage::Cpu(sv), Storage::Cpu(sg)) =
+            (&*q_storage, &*k_storage, &*v_storage, &*grad_storage)
+        else {
+            candle_core::bail!("fused attention runs on the CPU only")
+        };
+        let g = if packed { self.packed_geometry(q_layout)? } else { self.geometry(q_layout, k_layout, v_layout)? };
+        let (q_len, kv_len) = (inputs[0].elem_count(), inputs[1].elem_count());
+        let (len, bases) = if packed { (q_len, [0; 3]) } else { (q_len + 2 * kv_len, [0, q_len, q_len + kv_len]) };
+        Ok(dispatch!(sq, "taper-attention", |T| {
+            let (q, k, v) =
+                (contiguous::<T>(sq, q_layout)?, contiguous::<T>(sk, k_layout)?, contiguous::<T>(sv, v_layout)?);
+            let mut out = vec![T::of(0.0); len];
+            self.backward::<T>(
+                &g,
+                (q, k, v),
+                weights.as_slice::<T>()?,
+                contiguous::<T>(sg, grad_layout)?,
+                &mut out,
+                bases,
+            );
+            Tensor::from_vec(out, len, &Device::Cpu)?
+        }))
+    }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "taper-attention-packed"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.packed_geometry(l)?;
+        dispatch!(s, "taper-attention-packed", |T| {
+            let qkv = contiguous::<T>(s, l)?;
+            let (out, weights) = self.forward::<T>(&g, qkv, qkv, qkv);
+            self.save_weights(T::to_cpu_storage_owned(weights))?;
+            Ok((T::to_cpu_storage_owned(out), Shape::from((g.batch, g.t_q, g.width()))))
+        })
+    }
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.gradient([qkv, qkv, qkv], true, grad)?.reshape(qkv.shape())?))
     }
 }
 
@@ -205,10 +303,9 @@ impl CustomOp3 for AttentionOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1, l2, l3)?;
-        dispatch!(s1, self.name(), |T| {
+        dispatch!(s1, "taper-attention", |T| {
             let (out, weights) = self.forward::<T>(&g, contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
-            *self.weights.lock().map_err(|_| candle_core::Error::Msg("attention weights lock poisoned".into()))? =
-                Some(T::to_cpu_storage_owned(weights));
+            self.save_weights(T::to_cpu_storage_owned(weights))?;
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -220,34 +317,18 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let saved =
-            self.weights.lock().map_err(|_| candle_core::Error::Msg("attention weights lock poisoned".into()))?;
-        let Some(weights) = saved.as_ref() else { candle_core::bail!("attention backward without a forward pass") };
-        let (q_storage, q_layout) = q.storage_and_layout();
-        let (k_storage, k_layout) = k.storage_and_layout();
-        let (v_storage, v_layout) = v.storage_and_layout();
-        let (grad_storage, grad_layout) = grad.storage_and_layout();
-        let (Storage::Cpu(sq), Storage::Cpu(sk), Storage::Cpu(sv), Storage::Cpu(sg)) =
-            (&*q_storage, &*k_storage, &*v_storage, &*grad_storage)
-        else {
-            candle_core::bail!("fused attention runs on the CPU only")
-        };
-        let g = self.geometry(q_layout, k_layout, v_layout)?;
-        let packed = dispatch!(sq, self.name(), |T| {
-            let (q, k, v) =
-                (contiguous::<T>(sq, q_layout)?, contiguous::<T>(sk, k_layout)?, contiguous::<T>(sv, v_layout)?);
-            let grad = contiguous::<T>(sg, grad_layout)?;
-            let packed = self.backward::<T>(&g, q, k, v, weights.as_slice::<T>()?, grad);
-            let len = packed.len();
-            Tensor::from_vec(packed, len, &Device::Cpu)?
-        });
+        let packed = self.gradient([q, k, v], false, grad)?;
         let (q_len, kv_len) = (q.elem_count(), k.elem_count());
         let dq = packed.narrow(0, 0, q_len)?.reshape(q.shape())?;
         let dk = packed.narrow(0, q_len, kv_len)?.reshape(k.shape())?;
         let dv = packed.narrow(0, q_len + kv_len, kv_len)?.reshape(v.shape())?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
+}
+
+fn op(n_head: usize, width: usize, mask: AttentionMask, dropout: Option<Vec<f32>>) -> AttentionOp {
+    let head_dim = width / n_head.max(1);
+    AttentionOp { n_head, scale: 1.0 / (head_dim as f64).sqrt(), mask, dropout, weights: Mutex::new(None) }
 }
 
 /// softmax(Q K^T / sqrt(head_dim) + mask) V over `n_head` heads, for Q (B, T_q, D) and K, V
@@ -261,7 +342,13 @@ pub fn attention(
     mask: AttentionMask,
     dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
-    let head_dim = q.dim(2)? / n_head.max(1);
-    let op = AttentionOp { n_head, scale: 1.0 / (head_dim as f64).sqrt(), mask, dropout, weights: Mutex::new(None) };
+    let op = op(n_head, q.dim(2)?, mask, dropout);
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The same for self-attention with Q, K and V packed side by side in one (B, T, 3D) tensor,
+/// as one projection with the three weight matrices stacked produces them.
+pub fn attention_packed(qkv: &Tensor, n_head: usize, mask: AttentionMask, dropout: Option<Vec<f32>>) -> Result<Tensor> {
+    let op = op(n_head, qkv.dim(2)? / 3, mask, dropout);
+    qkv.contiguous()?.apply_op1(op)
 }

@@ -222,7 +222,7 @@ macro_rules! dispatch {
 mod attention;
 mod gemm;
 mod linear;
-pub use attention::{attention, AttentionMask};
+pub use attention::{attention, attention_packed, AttentionMask};
 pub use linear::linear;
 
 // ---------------------------------------------------------------------------------------------
