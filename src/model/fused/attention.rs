@@ -88,7 +88,7 @@ impl AttentionOp {
     }
 
     fn head_dim(&self, width: usize) -> Result<usize> {
-        if self.n_head == 0 || width % self.n_head != 0 {
+        if self.n_head == 0 || !width.is_multiple_of(self.n_head) {
             candle_core::bail!("attention: width {width} is not a multiple of {} heads", self.n_head);
         }
         Ok(width / self.n_head)
@@ -114,7 +114,7 @@ impl AttentionOp {
     /// Q, K and V side by side in one (B, T, 3D).
     fn packed_geometry(&self, qkv: &Layout) -> Result<Geometry> {
         let (batch, t, packed) = qkv.shape().dims3()?;
-        if packed % 3 != 0 {
+        if !packed.is_multiple_of(3) {
             candle_core::bail!("attention: packed queries/keys/values of width {packed}, not a multiple of 3");
         }
         let width = packed / 3;
