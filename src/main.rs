@@ -1,6 +1,6 @@
 fn main() -> std::process::ExitCode {
     taper::runtime::tune_process();
-    match taper::cli::run() {
+    match taper::runtime::on_pool(taper::cli::run) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

@@ -26,3 +26,11 @@ pub fn tune_process() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
+
+/// Runs `work` on a thread of rayon's pool and waits for it. The kernels' parallel loops then
+/// run as nested jobs that the calling thread shares in; called from outside the pool, each
+/// loop would be handed over and waited for, two thread switches per kernel.
+pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    // `rayon::scope` runs its body on a pool thread when called from outside the pool.
+    rayon::scope(|_| work())
+}
