@@ -197,6 +197,9 @@ fn attention_causal_with_offset_cross_and_parallel() {
         (2, 3, 7, 8, 2, Some(4)),
         (3, 5, 7, 12, 3, None),
         (4, 32, 32, 32, 4, Some(0)),
+        // Several 64-row query blocks, each skipping the keys none of its rows sees.
+        (1, 150, 150, 8, 2, Some(0)),
+        (2, 70, 90, 8, 2, Some(20)),
     ];
     for (case, &(b, t_q, t_k, d, n_head, offset)) in cases.iter().enumerate() {
         let seed = 30 + 3 * case as u64;
@@ -217,7 +220,9 @@ fn attention_causal_with_offset_cross_and_parallel() {
 #[test]
 fn packed_self_attention() {
     // Q, K and V side by side in one (B, T, 3D), as the stacked projection makes them.
-    for (t, offset, dropout) in [(6usize, Some(0usize), false), (5, None, true), (32, Some(0), true)] {
+    for (t, offset, dropout) in
+        [(6usize, Some(0usize), false), (5, None, true), (32, Some(0), true), (130, Some(0), true)]
+    {
         let (b, d, n_head) = (3usize, 12usize, 3usize);
         let qkv = random(&[b, t, 3 * d], 50 + t as u64, 1.0);
         let bias = offset.map(|o| causal_mask(t, o, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap());

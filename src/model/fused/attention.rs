@@ -25,6 +25,9 @@ pub struct AttentionMask {
     pub key_bias: Option<Vec<f32>>,
 }
 
+/// Query rows per block of the causal products.
+const QUERY_BLOCK: usize = 64;
+
 struct AttentionOp {
     n_head: usize,
     scale: f64,
@@ -128,7 +131,7 @@ impl AttentionOp {
         let scale = T::of(self.scale);
         let key_bias = self.mask.key_bias.as_ref().map(|bias| &bias[b * g.t_k..(b + 1) * g.t_k]);
         for (i, row) in scores.chunks_exact_mut(g.t_k).enumerate() {
-            let visible = self.mask.causal_offset.map_or(g.t_k, |offset| (offset + i + 1).min(g.t_k));
+            let visible = self.visible(g, i);
             let (seen, hidden) = row.split_at_mut(visible);
             match key_bias {
                 Some(bias) => seen.iter_mut().zip(bias).for_each(|(s, &b)| *s = *s * scale + T::of(b as f64)),
@@ -153,6 +156,23 @@ impl AttentionOp {
         }
     }
 
+    /// Keys query `i` sees.
+    fn visible(&self, g: &Geometry, i: usize) -> usize {
+        self.mask.causal_offset.map_or(g.t_k, |offset| (offset + i + 1).min(g.t_k))
+    }
+
+    /// Blocks of query rows (first row, rows) with the keys the block's last row sees: under a
+    /// causal mask, the products skip the keys no row of the block sees (about 3/8 of the work
+    /// at 256 positions).
+    fn query_blocks(&self, g: &Geometry) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let block = if self.mask.causal_offset.is_some() { QUERY_BLOCK } else { g.t_q.max(1) };
+        let g = *g;
+        (0..g.t_q).step_by(block).map(move |first| {
+            let rows = block.min(g.t_q - first);
+            (first, rows, self.visible(&g, first + rows - 1))
+        })
+    }
+
     fn forward<T: Real>(&self, g: &Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
         let d = g.width();
         let mut out = vec![T::of(0.0); g.batch * g.t_q * d];
@@ -160,16 +180,23 @@ impl AttentionOp {
         let out_ptr = MatMut::rows(&mut out, 0, d);
         weights.par_chunks_mut((g.t_q * g.t_k).max(1)).enumerate().for_each_init(Vec::new, |scratch, (pair, w)| {
             let at = g.offsets(pair);
+            let k_t = MatRef::transposed(k, at.k, g.kv_row);
             // SAFETY: Q/K/V are laid out as `g` says, and every (batch, head) pair writes its
-            // own columns h*head_dim.. of its own batch rows of `out`.
+            // own columns h*head_dim.. of its own batch rows of `out`. Scores never computed
+            // (keys hidden from a whole block) stay 0, as softmax leaves every hidden key.
             unsafe {
-                let scores = MatMut::rows(w, 0, g.t_k);
-                let (q_rows, k_t) = (MatRef::rows(q, at.q, g.q_row), MatRef::transposed(k, at.k, g.kv_row));
-                product((g.t_q, g.t_k, g.head_dim), scores, false, q_rows, k_t);
+                for (first, rows, keys) in self.query_blocks(g) {
+                    let scores = MatMut::rows(w, first * g.t_k, g.t_k);
+                    let q_rows = MatRef::rows(q, at.q + first * g.q_row, g.q_row);
+                    product((rows, keys, g.head_dim), scores, false, q_rows, k_t);
+                }
                 self.softmax(g, pair / g.n_head, w);
                 let w = self.dropped(pair, w, scratch);
-                let (w_rows, v_rows) = (MatRef::rows(w, 0, g.t_k), MatRef::rows(v, at.v, g.kv_row));
-                product((g.t_q, g.head_dim, g.t_k), out_ptr.at(at.out), false, w_rows, v_rows);
+                let v_rows = MatRef::rows(v, at.v, g.kv_row);
+                for (first, rows, keys) in self.query_blocks(g) {
+                    let w_rows = MatRef::rows(w, first * g.t_k, g.t_k);
+                    product((rows, g.head_dim, keys), out_ptr.at(at.out + first * d), false, w_rows, v_rows);
+                }
             }
         });
         (out, weights)
@@ -177,6 +204,7 @@ impl AttentionOp {
 
     /// The gradients with respect to Q, K and V, into `out` laid out as the inputs are: one
     /// packed (B, T, 3D), or [dQ | dK | dV] for separate inputs (`bases`: where each starts).
+    /// `out` must be zeros: dK and dV are accumulated over query blocks.
     #[allow(clippy::too_many_arguments)]
     fn backward<T: Real>(
         &self,
@@ -196,33 +224,45 @@ impl AttentionOp {
             |(scratch, dscores), pair| {
                 let at = g.offsets(pair);
                 let w = &weights[pair * per_pair..(pair + 1) * per_pair];
-                let grad_at = MatRef::rows(grad, at.out, d);
+                let w_dropped = self.dropped(pair, w, scratch);
                 // SAFETY: as in `forward`, each pair writes only its own head's columns of its
                 // own batch rows of dQ, dK and dV; `dscores` is this task's own.
                 unsafe {
                     let dv = MatMut { row_stride: g.kv_row, ..dst.at(bases[2] + at.v) };
-                    let w_t = MatRef::transposed(self.dropped(pair, w, scratch), 0, g.t_k);
-                    product((g.t_k, g.head_dim, g.t_q), dv, false, w_t, grad_at);
-                    let ds = MatMut::rows(dscores, 0, g.t_k);
-                    product((g.t_q, g.t_k, g.head_dim), ds, false, grad_at, MatRef::transposed(v, at.v, g.kv_row));
+                    let v_t = MatRef::transposed(v, at.v, g.kv_row);
+                    for (first, rows, keys) in self.query_blocks(g) {
+                        let grad_rows = MatRef::rows(grad, at.out + first * d, d);
+                        let w_t = MatRef::transposed(w_dropped, first * g.t_k, g.t_k);
+                        product((keys, g.head_dim, rows), dv, true, w_t, grad_rows);
+                        let ds = MatMut::rows(dscores, first * g.t_k, g.t_k);
+                        product((rows, keys, g.head_dim), ds, false, grad_rows, v_t);
+                    }
                 }
-                // Through dropout, then softmax: dS = scale * P * (dP - sum_j dP P).
-                if let Some(mask) = &self.dropout {
-                    let mask = &mask[pair * per_pair..(pair + 1) * per_pair];
-                    dscores.iter_mut().zip(mask).for_each(|(g, &m)| *g *= T::of(m as f64));
-                }
-                for (g_row, w_row) in dscores.chunks_exact_mut(g.t_k).zip(w.chunks_exact(g.t_k)) {
-                    let dot = lane_dot(g_row, w_row);
-                    g_row.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot));
+                // Through dropout, then softmax: dS = scale * P * (dP - sum_j dP P), over the
+                // keys each query sees (the rest of `dscores` is stale and gets 0).
+                for (i, (g_row, w_row)) in dscores.chunks_exact_mut(g.t_k).zip(w.chunks_exact(g.t_k)).enumerate() {
+                    let visible = self.visible(g, i);
+                    let (seen, hidden) = g_row.split_at_mut(visible);
+                    if let Some(mask) = &self.dropout {
+                        let mask = &mask[pair * per_pair + i * g.t_k..][..visible];
+                        seen.iter_mut().zip(mask).for_each(|(x, &m)| *x *= T::of(m as f64));
+                    }
+                    let dot = lane_dot(seen, &w_row[..visible]);
+                    seen.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot));
+                    hidden.iter_mut().for_each(|x| *x = T::of(0.0));
                 }
                 // SAFETY: as above.
                 unsafe {
                     let dq = MatMut { row_stride: g.q_row, ..dst.at(bases[0] + at.q) };
                     let dk = MatMut { row_stride: g.kv_row, ..dst.at(bases[1] + at.k) };
-                    let ds = MatRef::rows(dscores, 0, g.t_k);
-                    product((g.t_q, g.head_dim, g.t_k), dq, false, ds, MatRef::rows(k, at.k, g.kv_row));
-                    let ds_t = MatRef::transposed(dscores, 0, g.t_k);
-                    product((g.t_k, g.head_dim, g.t_q), dk, false, ds_t, MatRef::rows(q, at.q, g.q_row));
+                    let k_rows = MatRef::rows(k, at.k, g.kv_row);
+                    for (first, rows, keys) in self.query_blocks(g) {
+                        let ds = MatRef::rows(dscores, first * g.t_k, g.t_k);
+                        product((rows, g.head_dim, keys), dq.at(first * g.q_row), false, ds, k_rows);
+                        let ds_t = MatRef::transposed(dscores, first * g.t_k, g.t_k);
+                        let q_rows = MatRef::rows(q, at.q + first * g.q_row, g.q_row);
+                        product((keys, g.head_dim, rows), dk, true, ds_t, q_rows);
+                    }
                 }
             },
         );
