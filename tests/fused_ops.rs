@@ -167,6 +167,22 @@ fn linear_with_and_without_bias() {
     }
 }
 
+#[test]
+fn linear_then_gelu_in_one_node() {
+    // A&S erf is accurate to 1.5e-7 absolute, as in `gelu`; dW sums that error over 400 rows.
+    for (shape, out) in [(vec![3usize, 5, 7], 6usize), (vec![400, 64], 48)] {
+        let fan_in = *shape.last().unwrap();
+        let inputs = [random(&shape, 23, 1.0), random(&[out, fan_in], 24, 0.5), random(&[out], 25, 1.0)];
+        check(
+            "linear + gelu",
+            &inputs,
+            |t| fused::linear_gelu(&t[0], &t[1], &t[2]).unwrap(),
+            |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap().gelu_erf().unwrap(),
+            1e-5,
+        );
+    }
+}
+
 /// Attention from composed candle ops: heads split out, (B, H, T, hd) products, additive mask,
 /// softmax, dropout multipliers, heads merged.
 fn composed_attention(t: &[Tensor], n_head: usize, bias: Option<&Tensor>, dropout: Option<&Tensor>) -> Tensor {

@@ -6,6 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{Attention, KvCache, Mask};
+use super::fused;
 use super::layers::{activate, dropout, InitPolicy, LayerNorm, Linear, Mode};
 use super::positions::Rope;
 use crate::config::{Activation, Kernels, NormPlacement};
@@ -131,7 +132,17 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&activate(&self.fc1.forward(x)?, self.activation, self.kernels)?)
+        let fc1 = &self.fc1;
+        let hidden = match (&fc1.bias, self.activation) {
+            // One node for the product, the bias and GELU.
+            (Some(bias), Activation::Gelu)
+                if self.kernels == Kernels::Fused && fused::applies(x) && fc1.weight.dtype() == x.dtype() =>
+            {
+                fused::linear_gelu(x, &fc1.weight, bias)?
+            }
+            _ => activate(&fc1.forward(x)?, self.activation, self.kernels)?,
+        };
+        self.fc2.forward(&hidden)
     }
 }
 

@@ -1,11 +1,16 @@
 //! y = x W^T + b as one autograd node: the bias is the product's starting value (no separate
 //! pass, no broadcast-add node), input of any rank needs no reshape nodes, and the backward
 //! computes dX = dY W and dW = dY^T X side by side, with db as dY's column sums.
+//! `linear_gelu` adds GELU to the same node (the FFN's first layer): the pre-activation is
+//! kept for the backward, which saves a node, its gradient buffers and a pass.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
 
 use super::gemm::{product_parallel, MatRef};
-use super::{contiguous, Real};
+use super::{contiguous, normal_cdf_pdf, Real, PARALLEL_MIN};
 
 /// (x, W) or (x, W, b) -> x W^T (+ b).
 struct LinearOp;
@@ -155,4 +160,83 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
         None => x.apply_op2(&w, LinearOp),
     }
+}
+
+/// (x, W, b) -> GELU(x W^T + b), keeping x W^T + b for the backward.
+struct LinearGeluOp {
+    pre_activation: Mutex<Option<CpuStorage>>,
+}
+
+impl LinearGeluOp {
+    fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<CpuStorage>>> {
+        self.pre_activation.lock().map_err(|_| candle_core::Error::Msg("linear-gelu lock poisoned".into()))
+    }
+}
+
+impl CustomOp3 for LinearGeluOp {
+    fn name(&self) -> &'static str {
+        "taper-linear-gelu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dims = dims(l1, l2)?;
+        if l3.shape().elem_count() != dims.2 {
+            candle_core::bail!("linear: bias of {} values for {} outputs", l3.shape().elem_count(), dims.2);
+        }
+        dispatch!(s1, "taper-linear-gelu", |T| {
+            let z = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, Some(contiguous(s3, l3)?), dims);
+            let mut y = vec![T::of(0.0); z.len()];
+            y.par_chunks_mut(PARALLEL_MIN).zip(z.par_chunks(PARALLEL_MIN)).for_each(|(y, z)| {
+                y.iter_mut().zip(z).for_each(|(y, &z)| *y = z * normal_cdf_pdf(z).0);
+            });
+            *self.saved()? = Some(T::to_cpu_storage_owned(z));
+            Ok((T::to_cpu_storage_owned(y), output_shape(l1, dims.2)))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // dZ = dY * GELU'(Z), then the linear layer's backward.
+        let grad = grad.contiguous()?;
+        let grad_z = {
+            let saved = self.saved()?;
+            let Some(z) = saved.as_ref() else { candle_core::bail!("linear-gelu backward without a forward pass") };
+            let (grad_storage, grad_layout) = grad.storage_and_layout();
+            let Storage::Cpu(grad_storage) = &*grad_storage else {
+                candle_core::bail!("fused ops run on the CPU only")
+            };
+            dispatch!(z, "taper-linear-gelu", |T| {
+                let (z, dy) = (z.as_slice::<T>()?, contiguous::<T>(grad_storage, grad_layout)?);
+                let mut dz = vec![T::of(0.0); z.len()];
+                dz.par_chunks_mut(PARALLEL_MIN).enumerate().for_each(|(i, block)| {
+                    let at = i * PARALLEL_MIN;
+                    for ((g, &z), &dy) in block.iter_mut().zip(&z[at..]).zip(&dy[at..]) {
+                        let (cdf, pdf) = normal_cdf_pdf(z);
+                        *g = dy * (cdf + z * pdf);
+                    }
+                });
+                Tensor::from_vec(dz, grad.shape(), &Device::Cpu)?
+            })
+        };
+        let (dx, dw, db) = unpack(x, w, true, &grad_z)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+/// GELU(x W^T + b) as one node (exact GELU, as `fused::gelu`).
+pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let op = LinearGeluOp { pre_activation: Mutex::new(None) };
+    x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }

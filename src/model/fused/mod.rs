@@ -13,7 +13,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use rayon::prelude::*;
 
 /// Elements below which a kernel runs on the calling thread (a task costs a few microseconds).
-const PARALLEL_MIN: usize = 1 << 14;
+pub(crate) const PARALLEL_MIN: usize = 1 << 14;
 
 /// The float arithmetic the kernels need, for f32 (training) and f64 (gradient checks).
 pub trait Real:
@@ -107,7 +107,7 @@ pub fn fast_exp(x: f32) -> f32 {
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7) needs e^(-x^2/2) too.
 /// Plain arithmetic and no branches, so loops over it vectorise.
 #[inline(always)]
-fn normal_cdf_pdf<T: Real>(x: T) -> (T, T) {
+pub(crate) fn normal_cdf_pdf<T: Real>(x: T) -> (T, T) {
     let a = x.abs_() * T::of(FRAC_1_SQRT_2);
     let t = T::of(1.0) / (T::of(1.0) + T::of(0.327_591_1) * a);
     let poly = t
@@ -223,7 +223,7 @@ mod attention;
 mod gemm;
 mod linear;
 pub use attention::{attention, attention_packed, AttentionMask};
-pub use linear::linear;
+pub use linear::{linear, linear_gelu};
 
 // ---------------------------------------------------------------------------------------------
 // x + b, b broadcast over the rows of x (biases, position embeddings).
