@@ -30,7 +30,12 @@ pub fn tune_process() {
 /// Runs `work` on a thread of rayon's pool and waits for it. The kernels' parallel loops then
 /// run as nested jobs that the calling thread shares in; called from outside the pool, each
 /// loop would be handed over and waited for, two thread switches per kernel.
+///
+/// The pool's threads get the main thread's 8 MiB stack (rayon's default is 2 MiB), since the
+/// whole command, candle's recursive graph walk included, now runs on one of them.
 pub fn on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    // Fails only if the pool already exists (a test harness, say); then it runs as it is.
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(8 << 20).build_global();
     // `rayon::scope` runs its body on a pool thread when called from outside the pool.
     rayon::scope(|_| work())
 }
