@@ -29,6 +29,15 @@ fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize)> {
     Ok((x.shape().elem_count() / in_features.max(1), in_features, out_features))
 }
 
+/// `dims`, checking that the bias has one value per output.
+fn dims_with_bias(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usize)> {
+    let dims = dims(x, w)?;
+    if b.shape().elem_count() != dims.2 {
+        candle_core::bail!("linear: bias of {} values for {} outputs", b.shape().elem_count(), dims.2);
+    }
+    Ok(dims)
+}
+
 fn output_shape(x: &Layout, out_features: usize) -> Shape {
     let mut dims = x.shape().dims().to_vec();
     if let Some(last) = dims.last_mut() {
@@ -79,10 +88,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims(l1, l2)?;
-        if l3.shape().elem_count() != dims.2 {
-            candle_core::bail!("linear: bias of {} values for {} outputs", l3.shape().elem_count(), dims.2);
-        }
+        let dims = dims_with_bias(l1, l2, l3)?;
         dispatch!(s1, "taper-linear", |T| {
             let y = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, Some(contiguous(s3, l3)?), dims);
             Ok((T::to_cpu_storage_owned(y), output_shape(l1, dims.2)))
@@ -186,10 +192,7 @@ impl CustomOp3 for LinearGeluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let dims = dims(l1, l2)?;
-        if l3.shape().elem_count() != dims.2 {
-            candle_core::bail!("linear: bias of {} values for {} outputs", l3.shape().elem_count(), dims.2);
-        }
+        let dims = dims_with_bias(l1, l2, l3)?;
         dispatch!(s1, "taper-linear-gelu", |T| {
             let z = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, Some(contiguous(s3, l3)?), dims);
             let mut y = vec![T::of(0.0); z.len()];
