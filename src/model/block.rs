@@ -135,11 +135,7 @@ impl Module for Mlp {
         let fc1 = &self.fc1;
         let hidden = match (&fc1.bias, self.activation) {
             // One node for the product, the bias and GELU.
-            (Some(bias), Activation::Gelu)
-                if self.kernels == Kernels::Fused && fused::applies(x) && fc1.weight.dtype() == x.dtype() =>
-            {
-                fused::linear_gelu(x, &fc1.weight, bias)?
-            }
+            (Some(bias), Activation::Gelu) if fc1.runs_fused(x) => fused::linear_gelu(x, &fc1.weight, bias)?,
             _ => activate(&fc1.forward(x)?, self.activation, self.kernels)?,
         };
         self.fc2.forward(&hidden)

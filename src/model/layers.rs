@@ -133,6 +133,11 @@ impl Linear {
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>, kernels: Kernels) -> Self {
         Self { weight, bias, kernels }
     }
+
+    /// Whether this layer's fused CPU kernels take input `x` (else candle's composed ops do).
+    pub fn runs_fused(&self, x: &Tensor) -> bool {
+        self.kernels == Kernels::Fused && fused::applies(x) && self.weight.dtype() == x.dtype()
+    }
 }
 
 /// `x + b`, with `b`'s shape a suffix of `x`'s (bias over rows, positions over the batch).
@@ -148,7 +153,7 @@ pub fn add_broadcast(x: &Tensor, b: &Tensor, kernels: Kernels) -> Result<Tensor>
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.kernels == Kernels::Fused && fused::applies(x) && self.weight.dtype() == x.dtype() {
+        if self.runs_fused(x) {
             return fused::linear(x, &self.weight, self.bias.as_ref());
         }
         let dims = x.dims();
