@@ -180,6 +180,13 @@ fn linear_then_gelu_in_one_node() {
             |t| t[0].broadcast_matmul(&t[1].t().unwrap()).unwrap().broadcast_add(&t[2]).unwrap().gelu_erf().unwrap(),
             1e-5,
         );
+        // Inputs that record no graph take the forward-only path (GELU' not kept): same values.
+        let tracked: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let detached: Vec<Tensor> = tracked.iter().map(Tensor::detach).collect();
+        let with_graph = fused::linear_gelu(&tracked[0], &tracked[1], &tracked[2]).unwrap();
+        let without = fused::linear_gelu(&detached[0], &detached[1], &detached[2]).unwrap();
+        assert!(!without.track_op());
+        assert_eq!(max_diff(&with_graph, &without), 0.0, "linear + gelu without a graph");
     }
 }
 

@@ -7,13 +7,14 @@
 //! one batched product whose batches execute one after another). The softmax weights are kept
 //! for the backward pass, which runs the same way.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{product, MatMut, MatRef};
-use super::{contiguous, exp_shifted_in_place, lane_dot, lane_max, Real};
+use super::{contiguous, exp_shifted_in_place, lane_dot, lane_max, written_by, Real};
 
 /// Which keys each query may see.
 #[derive(Debug, Clone, Default)]
@@ -81,6 +82,9 @@ impl Geometry {
 impl AttentionOp {
     fn check(&self, g: Geometry) -> Result<Geometry> {
         let Geometry { batch, t_q, t_k, .. } = g;
+        if t_k == 0 && t_q > 0 {
+            candle_core::bail!("attention: {t_q} queries over no keys");
+        }
         if self.mask.key_bias.as_ref().is_some_and(|bias| bias.len() != batch * t_k) {
             candle_core::bail!("attention: the key mask does not have {batch} x {t_k} entries");
         }
@@ -175,30 +179,45 @@ impl AttentionOp {
 
     fn forward<T: Real>(&self, g: &Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
         let d = g.width();
-        let mut out = vec![T::of(0.0); g.batch * g.t_q * d];
-        let mut weights = vec![T::of(0.0); g.batch * g.n_head * g.t_q * g.t_k];
-        let out_ptr = MatMut::rows(&mut out, 0, d);
-        weights.par_chunks_mut((g.t_q * g.t_k).max(1)).enumerate().for_each_init(Vec::new, |scratch, (pair, w)| {
-            let at = g.offsets(pair);
-            let k_t = MatRef::transposed(k, at.k, g.kv_row);
-            // SAFETY: Q/K/V are laid out as `g` says, and every (batch, head) pair writes its
-            // own columns h*head_dim.. of its own batch rows of `out`. Scores never computed
-            // (keys hidden from a whole block) stay 0, as softmax leaves every hidden key.
-            unsafe {
-                for (first, rows, keys) in self.query_blocks(g) {
-                    let scores = MatMut::rows(w, first * g.t_k, g.t_k);
-                    let q_rows = MatRef::rows(q, at.q + first * g.q_row, g.q_row);
-                    product((rows, keys, g.head_dim), scores, false, q_rows, k_t);
-                }
-                self.softmax(g, pair / g.n_head, w);
-                let w = self.dropped(pair, w, scratch);
-                let v_rows = MatRef::rows(v, at.v, g.kv_row);
-                for (first, rows, keys) in self.query_blocks(g) {
-                    let w_rows = MatRef::rows(w, first * g.t_k, g.t_k);
-                    product((rows, g.head_dim, keys), out_ptr.at(at.out + first * d), false, w_rows, v_rows);
-                }
-            }
-        });
+        let per_pair = (g.t_q * g.t_k).max(1);
+        let mut weights = Vec::new();
+        let fill_out = |out: &mut [MaybeUninit<T>]| {
+            let out_ptr = MatMut::uninit_rows(out, 0, d);
+            let fill_weights = |all_weights: &mut [MaybeUninit<T>]| {
+                all_weights.par_chunks_mut(per_pair).enumerate().for_each_init(Vec::new, |scratch, (pair, w)| {
+                    let at = g.offsets(pair);
+                    let k_t = MatRef::transposed(k, at.k, g.kv_row);
+                    for (first, rows, keys) in self.query_blocks(g) {
+                        // Scores never computed (keys hidden from the whole block) are set
+                        // here; softmax writes 0 over them, as over every hidden key.
+                        for row in w[first * g.t_k..(first + rows) * g.t_k].chunks_exact_mut(g.t_k) {
+                            row[keys..].iter_mut().for_each(|s| _ = s.write(T::of(0.0)));
+                        }
+                        let scores = MatMut::uninit_rows(w, first * g.t_k, g.t_k);
+                        let q_rows = MatRef::rows(q, at.q + first * g.q_row, g.q_row);
+                        // SAFETY: Q and K are laid out as `g` says; the block's scores are its own.
+                        unsafe { product((rows, keys, g.head_dim), scores, false, q_rows, k_t) };
+                    }
+                    // SAFETY: every block wrote its rows whole, by the product or above.
+                    let w = unsafe { &mut *(w as *mut [MaybeUninit<T>] as *mut [T]) };
+                    self.softmax(g, pair / g.n_head, w);
+                    let w = self.dropped(pair, w, scratch);
+                    let v_rows = MatRef::rows(v, at.v, g.kv_row);
+                    for (first, rows, keys) in self.query_blocks(g) {
+                        let w_rows = MatRef::rows(w, first * g.t_k, g.t_k);
+                        // SAFETY: every (batch, head) pair writes its own columns h*head_dim.. of
+                        // its own batch rows of `out`; V is laid out as `g` says.
+                        unsafe {
+                            product((rows, g.head_dim, keys), out_ptr.at(at.out + first * d), false, w_rows, v_rows)
+                        };
+                    }
+                });
+            };
+            // SAFETY: the pairs cover the weights, each pair's blocks cover its rows.
+            weights = unsafe { written_by(g.batch * g.n_head * g.t_q * g.t_k, fill_weights) };
+        };
+        // SAFETY: the pairs' columns and query blocks cover `out`.
+        let out = unsafe { written_by(g.batch * g.t_q * d, fill_out) };
         (out, weights)
     }
 

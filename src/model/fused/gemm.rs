@@ -4,6 +4,8 @@
 //! one core); here the destination's rows are split into one block per thread and each block is
 //! one single-threaded product, which also lets independent products run side by side.
 
+use std::mem::MaybeUninit;
+
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -49,6 +51,10 @@ unsafe impl<T: Send> Sync for MatMut<T> {}
 impl<T> MatMut<T> {
     pub fn rows(data: &mut [T], offset: usize, row_stride: usize) -> Self {
         Self { ptr: data[offset..].as_mut_ptr(), row_stride }
+    }
+    /// As `rows`, over memory not written yet (a product that does not accumulate only writes).
+    pub fn uninit_rows(data: &mut [MaybeUninit<T>], offset: usize, row_stride: usize) -> Self {
+        Self { ptr: data[offset..].as_mut_ptr().cast(), row_stride }
     }
     /// The same matrix layout starting `offset` elements further on.
     ///
@@ -105,13 +111,15 @@ const PARALLEL_MIN_WORK: usize = 1 << 19;
 const KERNEL_ROWS: usize = 16;
 
 /// dst = lhs . rhs (+ dst when `accumulate`) for a contiguous row-major dst of `m` rows, split
-/// into one row block per thread when the product is large enough.
+/// into one row block per thread when the product is large enough. Every element of dst is
+/// written; dst may be uninitialised unless `accumulate`.
 ///
 /// # Safety
-/// lhs and rhs must address valid m x k and k x n matrices.
+/// lhs and rhs must address valid m x k and k x n matrices; with `accumulate`, dst must be
+/// initialised.
 pub unsafe fn product_parallel<T: Real>(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [T],
+    dst: &mut [MaybeUninit<T>],
     accumulate: bool,
     lhs: MatRef<T>,
     rhs: MatRef<T>,
@@ -120,10 +128,10 @@ pub unsafe fn product_parallel<T: Real>(
     let threads = rayon::current_num_threads();
     let blocks = if m * n * k < PARALLEL_MIN_WORK { 1 } else { threads.min(m / KERNEL_ROWS).max(1) };
     let rows_per_block = m.div_ceil(blocks).div_ceil(KERNEL_ROWS) * KERNEL_ROWS;
-    let run = |first_row: usize, block: &mut [T]| {
+    let run = |first_row: usize, block: &mut [MaybeUninit<T>]| {
         let rows = block.len() / n;
         // SAFETY: `block` is this task's own rows of dst; the operands are as the caller promised.
-        unsafe { product((rows, n, k), MatMut::rows(block, 0, n), accumulate, lhs.skip_rows(first_row), rhs) }
+        unsafe { product((rows, n, k), MatMut::uninit_rows(block, 0, n), accumulate, lhs.skip_rows(first_row), rhs) }
     };
     if blocks == 1 || n == 0 {
         run(0, dst);

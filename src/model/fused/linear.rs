@@ -4,13 +4,14 @@
 //! `linear_gelu` adds GELU to the same node (the FFN's first layer): the pre-activation is
 //! kept for the backward, which saves a node, its gradient buffers and a pass.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
 use super::gemm::{product_parallel, MatRef};
-use super::{contiguous, normal_cdf_pdf, Real, PARALLEL_MIN};
+use super::{contiguous, normal_cdf_pdf, written_by, Real, PARALLEL_MIN};
 
 /// (x, W) or (x, W, b) -> x W^T (+ b).
 struct LinearOp;
@@ -46,16 +47,20 @@ fn output_shape(x: &Layout, out_features: usize) -> Shape {
     Shape::from(dims)
 }
 
+/// x W^T (+ b): the bias rows are the product's starting value.
 fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, k, m): (usize, usize, usize)) -> Vec<T> {
-    let mut y = match bias {
-        Some(b) => b.repeat(rows),
-        None => vec![T::of(0.0); rows * m],
+    let fill = |y: &mut [MaybeUninit<T>]| {
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(m) {
+                row.iter_mut().zip(b).for_each(|(y, &b)| _ = y.write(b));
+            }
+        }
+        // SAFETY: x is rows x k and W is m x k (checked by `dims`), so W^T is k x m; with a bias,
+        // y was initialised just above.
+        unsafe { product_parallel((rows, m, k), y, bias.is_some(), MatRef::rows(x, 0, k), MatRef::transposed(w, 0, k)) }
     };
-    // SAFETY: x is rows x k and W is m x k (checked by `dims`), so W^T is k x m.
-    unsafe {
-        product_parallel((rows, m, k), &mut y, bias.is_some(), MatRef::rows(x, 0, k), MatRef::transposed(w, 0, k))
-    };
-    y
+    // SAFETY: the product writes every element.
+    unsafe { written_by(rows * m, fill) }
 }
 
 impl CustomOp2 for LinearOp {
@@ -136,25 +141,39 @@ impl CustomOp3 for LinearGrad {
             if dy.len() != rows * m {
                 candle_core::bail!("linear backward: gradient of {} values for {rows}x{m} outputs", dy.len());
             }
-            let mut out = vec![T::of(0.0); rows * k + m * k + if self.bias { m } else { 0 }];
-            let (dx, rest) = out.split_at_mut(rows * k);
-            let (dw, db) = rest.split_at_mut(m * k);
-            rayon::join(
-                // SAFETY: dY is rows x m and W is m x k.
-                || unsafe { product_parallel((rows, k, m), dx, false, MatRef::rows(dy, 0, m), MatRef::rows(w, 0, k)) },
-                || {
-                    // SAFETY: dY^T is m x rows and x is rows x k.
-                    unsafe {
-                        product_parallel((m, k, rows), dw, false, MatRef::transposed(dy, 0, m), MatRef::rows(x, 0, k))
-                    };
-                    if self.bias {
-                        for row in dy.chunks_exact(m) {
-                            db.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+            let fill = |out: &mut [MaybeUninit<T>]| {
+                let (dx, rest) = out.split_at_mut(rows * k);
+                let (dw, db) = rest.split_at_mut(m * k);
+                rayon::join(
+                    // SAFETY: dY is rows x m and W is m x k.
+                    || unsafe {
+                        product_parallel((rows, k, m), dx, false, MatRef::rows(dy, 0, m), MatRef::rows(w, 0, k))
+                    },
+                    || {
+                        // SAFETY: dY^T is m x rows and x is rows x k.
+                        unsafe {
+                            product_parallel(
+                                (m, k, rows),
+                                dw,
+                                false,
+                                MatRef::transposed(dy, 0, m),
+                                MatRef::rows(x, 0, k),
+                            )
+                        };
+                        if self.bias {
+                            let mut sums = vec![T::of(0.0); m];
+                            for row in dy.chunks_exact(m) {
+                                sums.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+                            }
+                            db.iter_mut().zip(sums).for_each(|(db, s)| _ = db.write(s));
                         }
-                    }
-                },
-            );
-            Ok((T::to_cpu_storage_owned(out), Shape::from(rows * k + m * k + if self.bias { m } else { 0 })))
+                    },
+                );
+            };
+            let len = rows * k + m * k + if self.bias { m } else { 0 };
+            // SAFETY: the two products write dX and dW whole, and db is written from its sums.
+            let out = unsafe { written_by(len, fill) };
+            Ok((T::to_cpu_storage_owned(out), Shape::from(len)))
         })
     }
 }
@@ -168,14 +187,17 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
-/// (x, W, b) -> GELU(x W^T + b), keeping x W^T + b for the backward.
+/// (x, W, b) -> GELU(x W^T + b). When a backward will come, the forward pass also keeps
+/// GELU'(z) for z = x W^T + b, written over z itself: erf and e^(-z^2/2) are computed once, in
+/// the pass that needs them anyway, and the backward is one multiplication.
 struct LinearGeluOp {
-    pre_activation: Mutex<Option<CpuStorage>>,
+    keep_derivative: bool,
+    derivative: Mutex<Option<CpuStorage>>,
 }
 
 impl LinearGeluOp {
     fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<CpuStorage>>> {
-        self.pre_activation.lock().map_err(|_| candle_core::Error::Msg("linear-gelu lock poisoned".into()))
+        self.derivative.lock().map_err(|_| candle_core::Error::Msg("linear-gelu lock poisoned".into()))
     }
 }
 
@@ -194,12 +216,32 @@ impl CustomOp3 for LinearGeluOp {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = dims_with_bias(l1, l2, l3)?;
         dispatch!(s1, "taper-linear-gelu", |T| {
-            let z = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, Some(contiguous(s3, l3)?), dims);
-            let mut y = vec![T::of(0.0); z.len()];
-            y.par_chunks_mut(PARALLEL_MIN).zip(z.par_chunks(PARALLEL_MIN)).for_each(|(y, z)| {
-                y.iter_mut().zip(z).for_each(|(y, &z)| *y = z * normal_cdf_pdf(z).0);
-            });
-            *self.saved()? = Some(T::to_cpu_storage_owned(z));
+            // The bias is added in the GELU pass, which is arithmetic-bound: cheaper than
+            // starting the product from copies of it.
+            let mut z = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, None, dims);
+            let b = contiguous::<T>(s3, l3)?;
+            let width = dims.2;
+            let block = PARALLEL_MIN.div_ceil(width).max(1) * width;
+            let (keep_derivative, len) = (self.keep_derivative, z.len());
+            let fill = |y: &mut [MaybeUninit<T>]| {
+                y.par_chunks_mut(block).zip(z.par_chunks_mut(block)).for_each(|(y, z)| {
+                    for (y, z) in y.chunks_exact_mut(width).zip(z.chunks_exact_mut(width)) {
+                        for ((y, z), &b) in y.iter_mut().zip(z.iter_mut()).zip(b) {
+                            let pre = *z + b;
+                            let (cdf, pdf) = normal_cdf_pdf(pre);
+                            y.write(pre * cdf);
+                            if keep_derivative {
+                                *z = cdf + pre * pdf;
+                            }
+                        }
+                    }
+                })
+            };
+            // SAFETY: the blocks cover y, and every element is written.
+            let y = unsafe { written_by(len, fill) };
+            if keep_derivative {
+                *self.saved()? = Some(T::to_cpu_storage_owned(z));
+            }
             Ok((T::to_cpu_storage_owned(y), output_shape(l1, dims.2)))
         })
     }
@@ -215,21 +257,17 @@ impl CustomOp3 for LinearGeluOp {
         let grad = grad.contiguous()?;
         let grad_z = {
             let saved = self.saved()?;
-            let Some(z) = saved.as_ref() else { candle_core::bail!("linear-gelu backward without a forward pass") };
+            let Some(derivative) = saved.as_ref() else {
+                candle_core::bail!("linear-gelu backward without a forward pass that kept GELU'")
+            };
             let (grad_storage, grad_layout) = grad.storage_and_layout();
             let Storage::Cpu(grad_storage) = &*grad_storage else {
                 candle_core::bail!("fused ops run on the CPU only")
             };
-            dispatch!(z, "taper-linear-gelu", |T| {
-                let (z, dy) = (z.as_slice::<T>()?, contiguous::<T>(grad_storage, grad_layout)?);
-                let mut dz = vec![T::of(0.0); z.len()];
-                dz.par_chunks_mut(PARALLEL_MIN).enumerate().for_each(|(i, block)| {
-                    let at = i * PARALLEL_MIN;
-                    for ((g, &z), &dy) in block.iter_mut().zip(&z[at..]).zip(&dy[at..]) {
-                        let (cdf, pdf) = normal_cdf_pdf(z);
-                        *g = dy * (cdf + z * pdf);
-                    }
-                });
+            dispatch!(derivative, "taper-linear-gelu", |T| {
+                let (derivative, dy) = (derivative.as_slice::<T>()?, contiguous::<T>(grad_storage, grad_layout)?);
+                let dz: Vec<T> =
+                    derivative.par_iter().zip(dy.par_iter()).with_min_len(PARALLEL_MIN).map(|(&d, &g)| d * g).collect();
                 Tensor::from_vec(dz, grad.shape(), &Device::Cpu)?
             })
         };
@@ -240,6 +278,8 @@ impl CustomOp3 for LinearGeluOp {
 
 /// GELU(x W^T + b) as one node (exact GELU, as `fused::gelu`).
 pub fn linear_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let op = LinearGeluOp { pre_activation: Mutex::new(None) };
+    // Inputs that record no graph (evaluation, generation) get no backward: skip GELU'.
+    let keep_derivative = x.track_op() || w.track_op() || b.track_op();
+    let op = LinearGeluOp { keep_derivative, derivative: Mutex::new(None) };
     x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, op)
 }

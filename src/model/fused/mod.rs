@@ -11,6 +11,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Elements below which a kernel runs on the calling thread (a task costs a few microseconds).
 pub(crate) const PARALLEL_MIN: usize = 1 << 14;
@@ -190,6 +191,19 @@ pub(crate) fn contiguous<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Lay
     }
 }
 
+/// A vector of `len` values, every one written by `fill` into the uninitialised buffer it gets:
+/// kernel outputs skip the zeroing pass that `vec![0.0; len]` costs (about 2 % of a step).
+///
+/// # Safety
+/// `fill` must write every element of the buffer.
+pub(crate) unsafe fn written_by<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
+    let mut values = Vec::with_capacity(len);
+    fill(&mut values.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` initialised all `len` elements.
+    unsafe { values.set_len(len) };
+    values
+}
+
 /// Runs `f(first_row, rows)` over `out` in blocks of whole rows, in parallel when large.
 fn for_row_blocks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let rows = out.len() / row_len.max(1);
@@ -314,16 +328,19 @@ impl CustomOp3 for LayerNormOp {
             let w = contiguous::<T>(s2, l2)?;
             let b = contiguous::<T>(s3, l3)?;
             let d = w.len();
-            let mut out = vec![T::of(0.0); x.len()];
-            for_row_blocks(&mut out, d, |first, block| {
-                for (i, out_row) in block.chunks_exact_mut(d).enumerate() {
-                    let row = &x[(first + i) * d..(first + i + 1) * d];
-                    let (mean, rstd) = row_stats(row, self.eps);
-                    for j in 0..d {
-                        out_row[j] = (row[j] - mean) * rstd * w[j] + b[j];
+            let fill = |out: &mut [MaybeUninit<T>]| {
+                for_row_blocks(out, d, |first, block| {
+                    for (i, out_row) in block.chunks_exact_mut(d).enumerate() {
+                        let row = &x[(first + i) * d..(first + i + 1) * d];
+                        let (mean, rstd) = row_stats(row, self.eps);
+                        for j in 0..d {
+                            out_row[j].write((row[j] - mean) * rstd * w[j] + b[j]);
+                        }
                     }
-                }
-            });
+                })
+            };
+            // SAFETY: the row blocks cover `out`, and each row is written whole.
+            let out = unsafe { written_by(x.len(), fill) };
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
