@@ -87,7 +87,7 @@ pub unsafe fn product<T: Real>(
         // gemm copies the left operand into packed panels whenever the product is wider than 8
         // micro-tiles; most of ours (dX, dW and attention's operands) are column-major already
         // and their panels fit in L2, where the copy costs more than it saves: 6 % of a one-thread
-        // step, against 2.5 % with only the row-major ones packed (the one-thread step about 1.2 % shorter, two threads 3 %).
+        // step, against 2.5 % with only the row-major ones packed (one-thread step ~1.2 % shorter).
         gemm::set_lhs_packing_threshold_single_thread(256);
     });
     gemm::gemm(
