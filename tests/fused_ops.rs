@@ -358,3 +358,53 @@ fn fused_and_composed_models_train_alike() {
         }
     }
 }
+
+#[test]
+fn ffn_sublayer_pre_and_post_norm() {
+    // (rows, d, hidden): a small case, and one above the kernels' parallel thresholds.
+    for (shape, hidden) in [(vec![2usize, 3, 8], 12usize), (vec![4, 50, 32], 128)] {
+        let d = *shape.last().unwrap();
+        let inputs = [
+            random(&shape, 31, 1.0),
+            random(&[d], 32, 1.0),
+            random(&[d], 33, 0.5),
+            random(&[hidden, d], 34, 0.5),
+            random(&[hidden], 35, 0.5),
+            random(&[d, hidden], 36, 0.5),
+            random(&[d], 37, 0.5),
+        ];
+        for pre_norm in [true, false] {
+            for act in [fused::Act::Gelu, fused::Act::Relu] {
+                let shape = fused::FfnShape { d, hidden, act, pre_norm, eps: 1e-5 };
+                let fused_fn = |t: &[Tensor]| {
+                    let (first, second) =
+                        fused::pack_ffn_parameters((&t[1], &t[2]), (&t[3], &t[4]), (&t[5], &t[6])).unwrap();
+                    fused::ffn_sublayer(&t[0], &first, &second, shape).unwrap()
+                };
+                let composed_fn = |t: &[Tensor]| {
+                    let norm = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
+                    let linear = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                        x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+                    };
+                    let branch = |h: &Tensor| {
+                        let z = linear(h, &t[3], &t[4]);
+                        let a = match act {
+                            fused::Act::Gelu => z.gelu_erf().unwrap(),
+                            fused::Act::Relu => z.relu().unwrap(),
+                        };
+                        linear(&a, &t[5], &t[6])
+                    };
+                    if pre_norm {
+                        (&t[0] + branch(&norm(&t[0]))).unwrap()
+                    } else {
+                        norm(&(&t[0] + branch(&t[0])).unwrap())
+                    }
+                };
+                // ReLU is exact; GELU's erf is accurate to 1.5e-7 (as in `gelu`), and the gradients
+                // sum that error over 128 hidden units and 200 rows.
+                let tol = if act == fused::Act::Relu { 1e-10 } else { 1e-4 };
+                check(&format!("ffn pre_norm={pre_norm} {act:?}"), &inputs, fused_fn, composed_fn, tol);
+            }
+        }
+    }
+}

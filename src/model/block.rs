@@ -243,6 +243,32 @@ impl Block {
             (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
             (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
         };
+        if let Some(out) = self.fused_ffn(&x, mode)? {
+            return Ok(out);
+        }
         self.residual(&x, &self.ln_2, mode, |h, _| self.mlp.forward(h))
+    }
+
+    /// The FFN sub-layer (Add & Norm included, in either order) as one fused CPU node, when its
+    /// kernels apply: the same function as `residual` over `Mlp::forward`, with fewer
+    /// gradient buffers (see `fused::ffn_sublayer`). Residual dropout in training, other
+    /// devices and dtypes, and LayerNorm probing take the composed path.
+    fn fused_ffn(&self, x: &Tensor, mode: &mut Mode) -> Result<Option<Tensor>> {
+        let (mlp, norm) = (&self.mlp, &self.ln_2);
+        let (Some(b1), Some(b2)) = (&mlp.fc1.bias, &mlp.fc2.bias) else { return Ok(None) };
+        let act = match mlp.activation {
+            Activation::Gelu => fused::Act::Gelu,
+            Activation::Relu => fused::Act::Relu,
+        };
+        let pre_norm = self.norm == NormPlacement::Pre;
+        let applies = mlp.fc1.runs_fused(x) && mlp.fc2.runs_fused(x) && norm.runs_fused(x);
+        if !applies || (mode.train && self.dropout > 0.0) || mode.is_probing() {
+            return Ok(None);
+        }
+        let (first, second) =
+            fused::pack_ffn_parameters((&norm.weight, &norm.bias), (&mlp.fc1.weight, b1), (&mlp.fc2.weight, b2))?;
+        let (d, hidden) = mlp.fc1.weight.dims2().map(|(hidden, d)| (d, hidden))?;
+        let shape = fused::FfnShape { d, hidden, act, pre_norm, eps: norm.eps };
+        Ok(Some(fused::ffn_sublayer(x, &first, &second, shape)?))
     }
 }

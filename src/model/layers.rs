@@ -66,6 +66,10 @@ impl Mode {
         let scale = (1.0 / keep) as f32;
         (0..len).map(|_| if self.rng.uniform() < keep { scale } else { 0.0 }).collect()
     }
+    /// Whether LayerNorm inputs are being recorded.
+    pub fn is_probing(&self) -> bool {
+        self.probe.is_some()
+    }
     /// Records `x` as a LayerNorm input, if probing (costs nothing otherwise).
     pub fn record_norm_input(&mut self, x: &Tensor) -> Result<()> {
         if let Some(probe) = &mut self.probe {
@@ -189,9 +193,16 @@ impl LayerNorm {
     }
 }
 
+impl LayerNorm {
+    /// Whether the fused CPU kernel takes input `x` (else candle's composed ops do).
+    pub fn runs_fused(&self, x: &Tensor) -> bool {
+        self.kernels == Kernels::Fused && fused::applies(x) && self.weight.dtype() == x.dtype()
+    }
+}
+
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.kernels == Kernels::Fused && fused::applies(x) && self.weight.dtype() == x.dtype() {
+        if self.runs_fused(x) {
             return fused::layer_norm(x, &self.weight, &self.bias, self.eps);
         }
         let dtype = x.dtype();

@@ -48,7 +48,7 @@ fn output_shape(x: &Layout, out_features: usize) -> Shape {
 }
 
 /// x W^T (+ b): the bias rows are the product's starting value.
-fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, k, m): (usize, usize, usize)) -> Vec<T> {
+pub(super) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, (rows, k, m): (usize, usize, usize)) -> Vec<T> {
     let fill = |y: &mut [MaybeUninit<T>]| {
         if let Some(b) = bias {
             for row in y.chunks_exact_mut(m) {
@@ -122,6 +122,34 @@ fn unpack(x: &Tensor, w: &Tensor, bias: bool, grad: &Tensor) -> Result<(Tensor, 
     Ok((dx, dw, db))
 }
 
+/// The backward of y = x W^T (+ b) for dY: dX = dY W and dW = dY^T X side by side, and db (when
+/// wanted) as dY's column sums; every element of the three outputs is written.
+pub(super) fn backward_into<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    (rows, k, m): (usize, usize, usize),
+    dx: &mut [MaybeUninit<T>],
+    dw: &mut [MaybeUninit<T>],
+    db: Option<&mut [MaybeUninit<T>]>,
+) {
+    rayon::join(
+        // SAFETY: dY is rows x m and W is m x k.
+        || unsafe { product_parallel((rows, k, m), dx, false, MatRef::rows(dy, 0, m), MatRef::rows(w, 0, k)) },
+        || {
+            // SAFETY: dY^T is m x rows and x is rows x k.
+            unsafe { product_parallel((m, k, rows), dw, false, MatRef::transposed(dy, 0, m), MatRef::rows(x, 0, k)) };
+            if let Some(db) = db {
+                let mut sums = vec![T::of(0.0); m];
+                for row in dy.chunks_exact(m) {
+                    sums.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
+                }
+                db.iter_mut().zip(sums).for_each(|(db, s)| _ = db.write(s));
+            }
+        },
+    );
+}
+
 impl CustomOp3 for LinearGrad {
     fn name(&self) -> &'static str {
         "taper-linear-grad"
@@ -144,31 +172,7 @@ impl CustomOp3 for LinearGrad {
             let fill = |out: &mut [MaybeUninit<T>]| {
                 let (dx, rest) = out.split_at_mut(rows * k);
                 let (dw, db) = rest.split_at_mut(m * k);
-                rayon::join(
-                    // SAFETY: dY is rows x m and W is m x k.
-                    || unsafe {
-                        product_parallel((rows, k, m), dx, false, MatRef::rows(dy, 0, m), MatRef::rows(w, 0, k))
-                    },
-                    || {
-                        // SAFETY: dY^T is m x rows and x is rows x k.
-                        unsafe {
-                            product_parallel(
-                                (m, k, rows),
-                                dw,
-                                false,
-                                MatRef::transposed(dy, 0, m),
-                                MatRef::rows(x, 0, k),
-                            )
-                        };
-                        if self.bias {
-                            let mut sums = vec![T::of(0.0); m];
-                            for row in dy.chunks_exact(m) {
-                                sums.iter_mut().zip(row).for_each(|(s, &g)| *s += g);
-                            }
-                            db.iter_mut().zip(sums).for_each(|(db, s)| _ = db.write(s));
-                        }
-                    },
-                );
+                backward_into(x, w, dy, (rows, k, m), dx, dw, self.bias.then_some(db));
             };
             let len = rows * k + m * k + if self.bias { m } else { 0 };
             // SAFETY: the two products write dX and dW whole, and db is written from its sums.
@@ -185,6 +189,44 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
         None => x.apply_op2(&w, LinearOp),
     }
+}
+
+/// The activations the fused FFN kernels apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Gelu,
+    Relu,
+}
+
+/// act(z + b) for z of rows of width `b.len()`. With `keep_derivative`, act'(z + b) is written
+/// over z (erf and e^(-z^2/2) are computed once, in the pass that needs them anyway).
+pub(super) fn activate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_derivative: bool) -> Vec<T> {
+    let width = b.len().max(1);
+    let block = PARALLEL_MIN.div_ceil(width).max(1) * width;
+    let len = z.len();
+    let fill = |y: &mut [MaybeUninit<T>]| {
+        y.par_chunks_mut(block).zip(z.par_chunks_mut(block)).for_each(|(y, z)| {
+            for (y, z) in y.chunks_exact_mut(width).zip(z.chunks_exact_mut(width)) {
+                for ((y, z), &b) in y.iter_mut().zip(z.iter_mut()).zip(b) {
+                    let pre = *z + b;
+                    let (value, derivative) = match act {
+                        Act::Gelu => {
+                            let (cdf, pdf) = normal_cdf_pdf(pre);
+                            (pre * cdf, cdf + pre * pdf)
+                        }
+                        Act::Relu if pre > T::of(0.0) => (pre, T::of(1.0)),
+                        Act::Relu => (T::of(0.0), T::of(0.0)),
+                    };
+                    y.write(value);
+                    if keep_derivative {
+                        *z = derivative;
+                    }
+                }
+            }
+        })
+    };
+    // SAFETY: the blocks cover y (whole rows), and every element is written.
+    unsafe { written_by(len, fill) }
 }
 
 /// (x, W, b) -> GELU(x W^T + b). When a backward will come, the forward pass also keeps
@@ -219,26 +261,8 @@ impl CustomOp3 for LinearGeluOp {
             // The bias is added in the GELU pass, which is arithmetic-bound: cheaper than
             // starting the product from copies of it.
             let mut z = forward::<T>(contiguous(s1, l1)?, contiguous(s2, l2)?, None, dims);
-            let b = contiguous::<T>(s3, l3)?;
-            let width = dims.2;
-            let block = PARALLEL_MIN.div_ceil(width).max(1) * width;
-            let (keep_derivative, len) = (self.keep_derivative, z.len());
-            let fill = |y: &mut [MaybeUninit<T>]| {
-                y.par_chunks_mut(block).zip(z.par_chunks_mut(block)).for_each(|(y, z)| {
-                    for (y, z) in y.chunks_exact_mut(width).zip(z.chunks_exact_mut(width)) {
-                        for ((y, z), &b) in y.iter_mut().zip(z.iter_mut()).zip(b) {
-                            let pre = *z + b;
-                            let (cdf, pdf) = normal_cdf_pdf(pre);
-                            y.write(pre * cdf);
-                            if keep_derivative {
-                                *z = cdf + pre * pdf;
-                            }
-                        }
-                    }
-                })
-            };
-            // SAFETY: the blocks cover y, and every element is written.
-            let y = unsafe { written_by(len, fill) };
+            let y = activate_with_bias(&mut z, contiguous::<T>(s3, l3)?, Act::Gelu, self.keep_derivative);
+            let keep_derivative = self.keep_derivative;
             if keep_derivative {
                 *self.saved()? = Some(T::to_cpu_storage_owned(z));
             }

@@ -234,10 +234,12 @@ macro_rules! dispatch {
 
 // Declared after `dispatch!`, which they use.
 mod attention;
+mod ffn;
 mod gemm;
 mod linear;
 pub use attention::{attention, attention_packed, AttentionMask};
-pub use linear::{linear, linear_gelu};
+pub use ffn::{ffn_sublayer, pack_ffn_parameters, FfnShape};
+pub use linear::{linear, linear_gelu, Act};
 
 // ---------------------------------------------------------------------------------------------
 // x + b, b broadcast over the rows of x (biases, position embeddings).
@@ -310,6 +312,75 @@ fn row_stats<T: Real>(row: &[T], eps: f64) -> (T, T) {
     (mean, T::of(1.0) / (var + T::of(eps)).sqrt_())
 }
 
+/// LayerNorm over rows of width `w.len()`: (x - mean) / std * w + b.
+pub(crate) fn layer_norm_forward<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let fill = |out: &mut [MaybeUninit<T>]| {
+        for_row_blocks(out, d, |first, block| {
+            for (i, out_row) in block.chunks_exact_mut(d).enumerate() {
+                let row = &x[(first + i) * d..(first + i + 1) * d];
+                let (mean, rstd) = row_stats(row, eps);
+                for j in 0..d {
+                    out_row[j].write((row[j] - mean) * rstd * w[j] + b[j]);
+                }
+            }
+        })
+    };
+    // SAFETY: the row blocks cover `out`, and each row is written whole.
+    unsafe { written_by(x.len(), fill) }
+}
+
+/// LayerNorm's backward: dx into `dx` (plus `residual`, the gradient that reaches x by a skip
+/// connection), and dw, db added into `dwdb` ([dw | db]).
+pub(crate) fn layer_norm_backward<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    residual: Option<&[T]>,
+    eps: f64,
+    dx: &mut [T],
+    dwdb: &mut [T],
+) {
+    let d = w.len();
+    let rows = x.len() / d.max(1);
+    let block_rows = if x.len() < PARALLEL_MIN { rows } else { rows.div_ceil(rayon::current_num_threads() * 2) };
+    let partials: Vec<Vec<T>> = dx
+        .par_chunks_mut(block_rows.max(1) * d)
+        .enumerate()
+        .map(|(bi, block)| {
+            let mut acc = vec![T::of(0.0); 2 * d];
+            let mut xhat = vec![T::of(0.0); d];
+            let mut gw = vec![T::of(0.0); d];
+            for (i, dx_row) in block.chunks_exact_mut(d).enumerate() {
+                let r = bi * block_rows + i;
+                let row = &x[r * d..(r + 1) * d];
+                let g = &dy[r * d..(r + 1) * d];
+                let (mean, rstd) = row_stats(row, eps);
+                for j in 0..d {
+                    xhat[j] = (row[j] - mean) * rstd;
+                    gw[j] = g[j] * w[j];
+                    acc[j] += g[j] * xhat[j];
+                    acc[d + j] += g[j];
+                }
+                let (sum_gw, sum_gw_xhat) = (lane_sum(&gw, |v| v), lane_dot(&gw, &xhat));
+                let n = T::of(d as f64);
+                let dx_of = |j: usize| rstd * (gw[j] - (sum_gw + xhat[j] * sum_gw_xhat) / n);
+                match residual {
+                    Some(skip) => {
+                        let skip = &skip[r * d..(r + 1) * d];
+                        (0..d).for_each(|j| dx_row[j] = skip[j] + dx_of(j));
+                    }
+                    None => (0..d).for_each(|j| dx_row[j] = dx_of(j)),
+                }
+            }
+            acc
+        })
+        .collect();
+    for part in partials {
+        dwdb.iter_mut().zip(part).for_each(|(a, p)| *a += p);
+    }
+}
+
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
         "taper-layer-norm"
@@ -327,20 +398,7 @@ impl CustomOp3 for LayerNormOp {
             let x = contiguous::<T>(s1, l1)?;
             let w = contiguous::<T>(s2, l2)?;
             let b = contiguous::<T>(s3, l3)?;
-            let d = w.len();
-            let fill = |out: &mut [MaybeUninit<T>]| {
-                for_row_blocks(out, d, |first, block| {
-                    for (i, out_row) in block.chunks_exact_mut(d).enumerate() {
-                        let row = &x[(first + i) * d..(first + i + 1) * d];
-                        let (mean, rstd) = row_stats(row, self.eps);
-                        for j in 0..d {
-                            out_row[j].write((row[j] - mean) * rstd * w[j] + b[j]);
-                        }
-                    }
-                })
-            };
-            // SAFETY: the row blocks cover `out`, and each row is written whole.
-            let out = unsafe { written_by(x.len(), fill) };
+            let out = layer_norm_forward(x, w, b, self.eps);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -382,38 +440,7 @@ impl CustomOp3 for LayerNormGrad {
             let rows = x.len() / d;
             let mut out = vec![T::of(0.0); (rows + 2) * d];
             let (dx, dwdb) = out.split_at_mut(rows * d);
-            let block_rows =
-                if x.len() < PARALLEL_MIN { rows } else { rows.div_ceil(rayon::current_num_threads() * 2) };
-            let partials: Vec<Vec<T>> = dx
-                .par_chunks_mut(block_rows.max(1) * d)
-                .enumerate()
-                .map(|(bi, block)| {
-                    let mut acc = vec![T::of(0.0); 2 * d];
-                    let mut xhat = vec![T::of(0.0); d];
-                    let mut gw = vec![T::of(0.0); d];
-                    for (i, dx_row) in block.chunks_exact_mut(d).enumerate() {
-                        let r = bi * block_rows + i;
-                        let row = &x[r * d..(r + 1) * d];
-                        let g = &dy[r * d..(r + 1) * d];
-                        let (mean, rstd) = row_stats(row, self.eps);
-                        for j in 0..d {
-                            xhat[j] = (row[j] - mean) * rstd;
-                            gw[j] = g[j] * w[j];
-                            acc[j] += g[j] * xhat[j];
-                            acc[d + j] += g[j];
-                        }
-                        let (sum_gw, sum_gw_xhat) = (lane_sum(&gw, |v| v), lane_dot(&gw, &xhat));
-                        let n = T::of(d as f64);
-                        for j in 0..d {
-                            dx_row[j] = rstd * (gw[j] - (sum_gw + xhat[j] * sum_gw_xhat) / n);
-                        }
-                    }
-                    acc
-                })
-                .collect();
-            for part in partials {
-                dwdb.iter_mut().zip(part).for_each(|(a, p)| *a += p);
-            }
+            layer_norm_backward(x, w, dy, None, self.eps, dx, dwdb);
             Ok((T::to_cpu_storage_owned(out), Shape::from((rows + 2, d))))
         })
     }
