@@ -201,6 +201,23 @@ pub enum Act {
 /// act(z + b) for z of rows of width `b.len()`. With `keep_derivative`, act'(z + b) is written
 /// over z (erf and e^(-z^2/2) are computed once, in the pass that needs them anyway).
 pub(super) fn activate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_derivative: bool) -> Vec<T> {
+    // One loop for each case: a branch inside the loop would be evaluated (and blended) for
+    // every element.
+    let gelu = |pre: T| {
+        let (cdf, pdf) = normal_cdf_pdf(pre);
+        (pre * cdf, pre.mul_add_(pdf, cdf))
+    };
+    let relu = |pre: T| if pre > T::of(0.0) { (pre, T::of(1.0)) } else { (T::of(0.0), T::of(0.0)) };
+    match (act, keep_derivative) {
+        (Act::Gelu, true) => activate_rows::<T, _, true>(z, b, gelu),
+        (Act::Gelu, false) => activate_rows::<T, _, false>(z, b, gelu),
+        (Act::Relu, true) => activate_rows::<T, _, true>(z, b, relu),
+        (Act::Relu, false) => activate_rows::<T, _, false>(z, b, relu),
+    }
+}
+
+/// The loop of `activate_with_bias`: `f(pre)` is (value, derivative).
+fn activate_rows<T: Real, F: Fn(T) -> (T, T) + Sync, const KEEP: bool>(z: &mut [T], b: &[T], f: F) -> Vec<T> {
     let width = b.len().max(1);
     let block = PARALLEL_MIN.div_ceil(width).max(1) * width;
     let len = z.len();
@@ -208,17 +225,9 @@ pub(super) fn activate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_d
         y.par_chunks_mut(block).zip(z.par_chunks_mut(block)).for_each(|(y, z)| {
             for (y, z) in y.chunks_exact_mut(width).zip(z.chunks_exact_mut(width)) {
                 for ((y, z), &b) in y.iter_mut().zip(z.iter_mut()).zip(b) {
-                    let pre = *z + b;
-                    let (value, derivative) = match act {
-                        Act::Gelu => {
-                            let (cdf, pdf) = normal_cdf_pdf(pre);
-                            (pre * cdf, cdf + pre * pdf)
-                        }
-                        Act::Relu if pre > T::of(0.0) => (pre, T::of(1.0)),
-                        Act::Relu => (T::of(0.0), T::of(0.0)),
-                    };
+                    let (value, derivative) = f(*z + b);
                     y.write(value);
-                    if keep_derivative {
+                    if KEEP {
                         *z = derivative;
                     }
                 }

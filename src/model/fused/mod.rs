@@ -39,6 +39,22 @@ pub trait Real:
     fn abs_(self) -> Self;
     /// |self| with the sign of `sign`.
     fn copysign_(self, sign: Self) -> Self;
+    /// self * a + b, as one fused multiply-add where the target has one (Rust never contracts
+    /// `self * a + b` itself, so polynomials would otherwise cost two instructions a term).
+    fn mul_add_(self, a: Self, b: Self) -> Self;
+}
+
+macro_rules! mul_add_impl {
+    () => {
+        #[inline(always)]
+        fn mul_add_(self, a: Self, b: Self) -> Self {
+            // Without the instruction, mul_add is a libm call: slower than two operations.
+            #[cfg(target_feature = "fma")]
+            return self.mul_add(a, b);
+            #[cfg(not(target_feature = "fma"))]
+            return self * a + b;
+        }
+    };
 }
 
 impl Real for f32 {
@@ -60,6 +76,7 @@ impl Real for f32 {
     fn copysign_(self, sign: Self) -> Self {
         self.copysign(sign)
     }
+    mul_add_impl!();
 }
 
 impl Real for f64 {
@@ -81,6 +98,7 @@ impl Real for f64 {
     fn copysign_(self, sign: Self) -> Self {
         self.copysign(sign)
     }
+    mul_add_impl!();
 }
 
 /// e^x for f32 in plain arithmetic (no libm call), so loops over it vectorise. Range reduction
@@ -93,13 +111,14 @@ pub fn fast_exp(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 88.0);
-    let shifted = x * LOG2E + MAGIC;
+    let shifted = x.mul_add_(LOG2E, MAGIC);
     let n = shifted - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let r = (-n).mul_add_(LN2_LO, (-n).mul_add_(LN2_HI, x));
+    // Horner's scheme, one multiply-add a term.
+    let mut p = 1.0 / 5040.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = p.mul_add_(r, c);
+    }
     let exponent = (shifted.to_bits() as i32 - MAGIC.to_bits() as i32 + 127) as u32;
     p * f32::from_bits(exponent << 23)
 }
@@ -110,14 +129,15 @@ pub fn fast_exp(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn normal_cdf_pdf<T: Real>(x: T) -> (T, T) {
     let a = x.abs_() * T::of(FRAC_1_SQRT_2);
-    let t = T::of(1.0) / (T::of(1.0) + T::of(0.327_591_1) * a);
-    let poly = t
-        * (T::of(0.254_829_592)
-            + t * (T::of(-0.284_496_736)
-                + t * (T::of(1.421_413_741) + t * (T::of(-1.453_152_027) + t * T::of(1.061_405_429)))));
+    let t = T::of(1.0) / a.mul_add_(T::of(0.327_591_1), T::of(1.0));
+    let mut poly = T::of(1.061_405_429);
+    for c in [-1.453_152_027, 1.421_413_741, -0.284_496_736, 0.254_829_592] {
+        poly = poly.mul_add_(t, T::of(c));
+    }
+    let poly = poly * t;
     let e = (-(a * a)).exp_();
-    let erf = (T::of(1.0) - poly * e).copysign_(x);
-    (T::of(0.5) * (T::of(1.0) + erf), T::of(INV_SQRT_2PI) * e)
+    let erf = (-poly).mul_add_(e, T::of(1.0)).copysign_(x);
+    (erf.mul_add_(T::of(0.5), T::of(0.5)), T::of(INV_SQRT_2PI) * e)
 }
 
 /// Independent accumulators in the reductions below: a plain fold is one dependent chain
