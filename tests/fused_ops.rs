@@ -375,11 +375,11 @@ fn ffn_sublayer_pre_and_post_norm() {
         ];
         for pre_norm in [true, false] {
             for act in [fused::Act::Gelu, fused::Act::Relu] {
-                let shape = fused::FfnShape { d, hidden, act, pre_norm, eps: 1e-5 };
+                let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
                 let fused_fn = |t: &[Tensor]| {
                     let (first, second) =
-                        fused::pack_ffn_parameters((&t[1], &t[2]), (&t[3], &t[4]), (&t[5], &t[6])).unwrap();
-                    fused::ffn_sublayer(&t[0], &first, &second, shape).unwrap()
+                        fused::pack_parameters((&t[1], &t[2]), &[&t[3], &t[4]], &[&t[5], &t[6]]).unwrap();
+                    fused::ffn_sublayer(&t[0], &first, &second, hidden, act, norm).unwrap()
                 };
                 let composed_fn = |t: &[Tensor]| {
                     let norm = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
@@ -405,6 +405,87 @@ fn ffn_sublayer_pre_and_post_norm() {
                 let tol = if act == fused::Act::Relu { 1e-10 } else { 1e-4 };
                 check(&format!("ffn pre_norm={pre_norm} {act:?}"), &inputs, fused_fn, composed_fn, tol);
             }
+        }
+    }
+}
+
+#[test]
+fn self_attention_sublayer_pre_and_post_norm() {
+    // (batch, length, width, heads, causal, key padding, dropout)
+    let cases = [
+        (2usize, 6usize, 8usize, 2usize, true, false, false),
+        (3, 5, 12, 3, false, true, false),
+        (2, 70, 16, 2, true, false, true),
+    ];
+    for (case, &(b, t, d, n_head, causal, padded, with_dropout)) in cases.iter().enumerate() {
+        let seed = 60 + 10 * case as u64;
+        let inputs = [
+            random(&[b, t, d], seed, 1.0),
+            random(&[d], seed + 1, 1.0),
+            random(&[d], seed + 2, 0.5),
+            random(&[3 * d, d], seed + 3, 0.5),
+            random(&[3 * d], seed + 4, 0.5),
+            random(&[d, d], seed + 5, 0.5),
+            random(&[d], seed + 6, 0.5),
+        ];
+        // The last key of batch row 0 is padding.
+        let mut key_bias = vec![0f32; b * t];
+        if padded {
+            key_bias[t - 1] = -1e9;
+        }
+        let additive = (causal || padded).then(|| {
+            let padding = Tensor::from_vec(key_bias.clone(), (b, 1, 1, t), &Device::Cpu).unwrap();
+            let padding = padding.to_dtype(DType::F64).unwrap();
+            match causal {
+                true => padding
+                    .broadcast_add(&causal_mask(t, 0, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap())
+                    .unwrap(),
+                false => padding,
+            }
+        });
+        let mask =
+            fused::AttentionMask { causal_offset: causal.then_some(0), key_bias: padded.then(|| key_bias.clone()) };
+        let mut rng = Rng::new(seed);
+        let multipliers: Vec<f32> =
+            (0..b * n_head * t * t).map(|_| if rng.uniform() < 0.8 { 1.25 } else { 0.0 }).collect();
+        let dropout = with_dropout.then(|| multipliers.clone());
+        let dropout_tensor = with_dropout.then(|| {
+            Tensor::from_vec(multipliers.clone(), (b, n_head, t, t), &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+        });
+        for pre_norm in [true, false] {
+            let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
+            let fused_fn = |t: &[Tensor]| {
+                let (first, second) = fused::pack_parameters((&t[1], &t[2]), &[&t[3], &t[4]], &[&t[5], &t[6]]).unwrap();
+                fused::self_attention_sublayer(&t[0], &first, &second, n_head, (mask.clone(), dropout.clone()), norm)
+                    .unwrap()
+            };
+            let composed_fn = |t: &[Tensor]| {
+                let ln = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
+                let linear = |x: &Tensor, w: &Tensor, b: &Tensor| {
+                    x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+                };
+                let branch = |h: &Tensor| {
+                    let qkv = linear(h, &t[3], &t[4]);
+                    let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
+                    let context = composed_attention(&[q, k, v], n_head, additive.as_ref(), dropout_tensor.as_ref());
+                    linear(&context, &t[5], &t[6])
+                };
+                if pre_norm {
+                    (&t[0] + branch(&ln(&t[0]))).unwrap()
+                } else {
+                    ln(&(&t[0] + branch(&t[0])).unwrap())
+                }
+            };
+            check(
+                &format!("self-attention sub-layer case {case} pre_norm={pre_norm}"),
+                &inputs,
+                fused_fn,
+                composed_fn,
+                1e-9,
+            );
         }
     }
 }

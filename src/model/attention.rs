@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::block::BlockConfig;
 use super::fused;
-use super::layers::{dropout, matmul, softmax_last_dim, InitPolicy, Linear, Mode};
+use super::layers::{dropout, matmul, softmax_last_dim, InitPolicy, LayerNorm, Linear, Mode};
 use super::positions::Rope;
 use crate::config::Kernels;
 
@@ -127,6 +127,36 @@ impl Attention {
             _ => None,
         };
         fused::linear(x, &weight, bias.as_ref())
+    }
+
+    /// The whole self-attention sub-layer around this attention (`norm` before or after, the
+    /// residual add) as one fused CPU node, when its kernels apply (see
+    /// `fused::self_attention_sublayer`): same function as the block's Add & Norm over
+    /// `forward`, fewer gradient buffers. None: the caller takes the composed path.
+    pub fn fused_sublayer(
+        &self,
+        x: &Tensor,
+        norm: &LayerNorm,
+        pre_norm: bool,
+        mask: Mask,
+        mode: &mut Mode,
+    ) -> Result<Option<Tensor>> {
+        let projections = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
+        let [Some(bq), Some(bk), Some(bv), Some(bo)] = projections.map(|p| p.bias.as_ref()) else { return Ok(None) };
+        if !projections.iter().all(|p| p.runs_fused(x)) || !norm.runs_fused(x) {
+            return Ok(None);
+        }
+        let Some(mask) = self.fused_mask(x, mask)? else { return Ok(None) };
+        let (b, t, _) = x.dims3()?;
+        let dropout =
+            (mode.train && self.dropout > 0.0).then(|| mode.dropout_mask(b * self.n_head * t * t, self.dropout));
+        let (first, second) = fused::pack_parameters(
+            (&norm.weight, &norm.bias),
+            &[&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight, bq, bk, bv],
+            &[&self.out_proj.weight, bo],
+        )?;
+        let norm = fused::SublayerNorm { pre_norm, eps: norm.eps };
+        Ok(Some(fused::self_attention_sublayer(x, &first, &second, self.n_head, (mask, dropout), norm)?))
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention

@@ -228,10 +228,19 @@ impl Block {
         mut cache: Option<&mut BlockCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        let self_cache = cache.as_deref_mut().map(|c| &mut c.self_attn);
-        let x = self.residual(x, &self.ln_1, mode, |h, mode| {
-            self.attn.forward(h, None, inputs.self_mask, inputs.rope, self_cache, mode)
-        })?;
+        let fused = match cache.is_none() && inputs.rope.is_none() && self.sublayer_fusable(mode) {
+            true => self.attn.fused_sublayer(x, &self.ln_1, self.norm == NormPlacement::Pre, inputs.self_mask, mode)?,
+            false => None,
+        };
+        let x = match fused {
+            Some(x) => x,
+            None => {
+                let self_cache = cache.as_deref_mut().map(|c| &mut c.self_attn);
+                self.residual(x, &self.ln_1, mode, |h, mode| {
+                    self.attn.forward(h, None, inputs.self_mask, inputs.rope, self_cache, mode)
+                })?
+            }
+        };
         let x = match (&self.cross, inputs.memory) {
             (Some((ln_cross, cross_attn)), Some((memory, memory_mask))) => {
                 let cross_cache = cache.map(|c| &mut c.cross_attn);
@@ -249,10 +258,16 @@ impl Block {
         self.residual(&x, &self.ln_2, mode, |h, _| self.mlp.forward(h))
     }
 
+    /// Whether a sub-layer may run as one fused node in this mode: residual dropout (in
+    /// training) and LayerNorm probing need the composed path's separate steps.
+    fn sublayer_fusable(&self, mode: &Mode) -> bool {
+        !(mode.is_probing() || mode.train && self.dropout > 0.0)
+    }
+
     /// The FFN sub-layer (Add & Norm included, in either order) as one fused CPU node, when its
     /// kernels apply: the same function as `residual` over `Mlp::forward`, with fewer
-    /// gradient buffers (see `fused::ffn_sublayer`). Residual dropout in training, other
-    /// devices and dtypes, and LayerNorm probing take the composed path.
+    /// gradient buffers (see `fused::ffn_sublayer`). Other devices and dtypes take the
+    /// composed path.
     fn fused_ffn(&self, x: &Tensor, mode: &mut Mode) -> Result<Option<Tensor>> {
         let (mlp, norm) = (&self.mlp, &self.ln_2);
         let (Some(b1), Some(b2)) = (&mlp.fc1.bias, &mlp.fc2.bias) else { return Ok(None) };
@@ -262,13 +277,13 @@ impl Block {
         };
         let pre_norm = self.norm == NormPlacement::Pre;
         let applies = mlp.fc1.runs_fused(x) && mlp.fc2.runs_fused(x) && norm.runs_fused(x);
-        if !applies || (mode.train && self.dropout > 0.0) || mode.is_probing() {
+        if !applies || !self.sublayer_fusable(mode) {
             return Ok(None);
         }
         let (first, second) =
-            fused::pack_ffn_parameters((&norm.weight, &norm.bias), (&mlp.fc1.weight, b1), (&mlp.fc2.weight, b2))?;
-        let (d, hidden) = mlp.fc1.weight.dims2().map(|(hidden, d)| (d, hidden))?;
-        let shape = fused::FfnShape { d, hidden, act, pre_norm, eps: norm.eps };
-        Ok(Some(fused::ffn_sublayer(x, &first, &second, shape)?))
+            fused::pack_parameters((&norm.weight, &norm.bias), &[&mlp.fc1.weight, b1], &[&mlp.fc2.weight, b2])?;
+        let hidden = mlp.fc1.weight.dim(0)?;
+        let norm = fused::SublayerNorm { pre_norm, eps: norm.eps };
+        Ok(Some(fused::ffn_sublayer(x, &first, &second, hidden, act, norm)?))
     }
 }

@@ -10,10 +10,12 @@
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType, D};
 use rayon::prelude::*;
 
 use super::gemm::{product, MatMut, MatRef};
+use super::linear::{as_uninit, backward_into, forward as linear_forward};
+use super::sublayer::{apply, Branch, SublayerNorm};
 use super::{contiguous, exp_shifted_in_place, lane_dot, lane_max, written_by, Real};
 
 /// Which keys each query may see.
@@ -410,4 +412,98 @@ pub fn attention(
 pub fn attention_packed(qkv: &Tensor, n_head: usize, mask: AttentionMask, dropout: Option<Vec<f32>>) -> Result<Tensor> {
     let op = op(n_head, qkv.dim(2)? / 3, mask, dropout);
     qkv.contiguous()?.apply_op1(op)
+}
+
+/// The self-attention branch of a fused sub-layer (`sublayer.rs`): the packed Q/K/V projection,
+/// attention, and the output projection, with the parameters as [W_qkv | b_qkv] and [W_o | b_o].
+struct SelfAttentionBranch {
+    core: AttentionOp,
+    /// The packed Q/K/V and the attention output (the softmax weights stay in `core`).
+    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
+}
+
+impl SelfAttentionBranch {
+    fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<(CpuStorage, CpuStorage)>>> {
+        self.saved.lock().map_err(|_| candle_core::Error::Msg("self-attention lock poisoned".into()))
+    }
+
+    /// The geometry of the packed Q/K/V for input of `shape` (B, T, D).
+    fn geometry(&self, shape: &Shape) -> Result<Geometry> {
+        let (batch, t, d) = shape.dims3()?;
+        self.core.packed_geometry(&Layout::contiguous((batch, t, 3 * d)))
+    }
+}
+
+impl Branch for SelfAttentionBranch {
+    const NAME: &'static str = "taper-self-attention";
+
+    fn parameter_lens(&self, d: usize) -> (usize, usize) {
+        (3 * d * d + 3 * d, d * d + d)
+    }
+
+    fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
+        let g = self.geometry(shape)?;
+        let d = g.width();
+        let rows = input.len() / d.max(1);
+        let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(3 * d * d), p2.split_at(d * d));
+        let qkv = linear_forward(input, w_qkv, Some(b_qkv), (rows, d, 3 * d));
+        let (context, weights) = self.core.forward::<T>(&g, &qkv, &qkv, &qkv);
+        let out = linear_forward(&context, w_o, Some(b_o), (rows, d, d));
+        if keep {
+            self.core.save_weights(T::to_cpu_storage_owned(weights))?;
+            *self.saved()? = Some((T::to_cpu_storage_owned(qkv), T::to_cpu_storage_owned(context)));
+        }
+        Ok(out)
+    }
+
+    fn backward<T: Real>(
+        &self,
+        input: &[T],
+        shape: &Shape,
+        (p1, p2): (&[T], &[T]),
+        d_out: &[T],
+        (d_p1, d_p2): (&mut [T], &mut [T]),
+    ) -> Result<Vec<T>> {
+        let g = self.geometry(shape)?;
+        let d = g.width();
+        let rows = input.len() / d.max(1);
+        let saved = self.saved()?;
+        let weights = self.core.saved_weights()?;
+        let (Some((qkv, context)), Some(weights)) = (saved.as_ref(), weights.as_ref()) else {
+            candle_core::bail!("self-attention backward without a forward pass")
+        };
+        let (qkv, context, weights) = (qkv.as_slice::<T>()?, context.as_slice::<T>()?, weights.as_slice::<T>()?);
+        let (dw_qkv, db_qkv) = d_p1.split_at_mut(3 * d * d);
+        let (dw_o, db_o) = d_p2.split_at_mut(d * d);
+        let fill = |d_context: &mut _| {
+            backward_into(context, &p2[..d * d], d_out, (rows, d, d), d_context, as_uninit(dw_o), Some(as_uninit(db_o)))
+        };
+        // SAFETY: backward_into writes every element of d(context).
+        let d_context = unsafe { written_by(rows * d, fill) };
+        // The attention backward accumulates over query blocks: it needs zeros.
+        let mut d_qkv = vec![T::of(0.0); rows * 3 * d];
+        self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3]);
+        let fill = |d_input: &mut _| {
+            let w_qkv = &p1[..3 * d * d];
+            backward_into(input, w_qkv, &d_qkv, (rows, d, 3 * d), d_input, as_uninit(dw_qkv), Some(as_uninit(db_qkv)))
+        };
+        // SAFETY: as above.
+        Ok(unsafe { written_by(rows * d, fill) })
+    }
+}
+
+/// The self-attention sub-layer: pre-LN x + Attn(LN(x)), post-LN LN(x + Attn(x)), with Attn the
+/// packed Q/K/V projection, `n_head`-head attention under `mask` (and `dropout` multipliers on
+/// its weights) and the output projection, as one node. `first` = [ln.weight | ln.bias | W_q |
+/// W_k | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o] (see `pack_parameters`).
+pub fn self_attention_sublayer(
+    x: &Tensor,
+    first: &Tensor,
+    second: &Tensor,
+    n_head: usize,
+    (mask, dropout): (AttentionMask, Option<Vec<f32>>),
+    norm: SublayerNorm,
+) -> Result<Tensor> {
+    let core = op(n_head, x.dim(D::Minus1)?, mask, dropout);
+    apply(x, first, second, SelfAttentionBranch { core, saved: Mutex::new(None) }, norm)
 }

@@ -191,6 +191,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     }
 }
 
+/// An initialised slice as a destination that kernels may overwrite (they write only values).
+pub(super) fn as_uninit<T>(data: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: MaybeUninit<T> has T's layout, and the writers store only initialised values.
+    unsafe { &mut *(data as *mut [T] as *mut [MaybeUninit<T>]) }
+}
+
 /// The activations the fused FFN kernels apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {

@@ -257,9 +257,11 @@ mod attention;
 mod ffn;
 mod gemm;
 mod linear;
-pub use attention::{attention, attention_packed, AttentionMask};
-pub use ffn::{ffn_sublayer, pack_ffn_parameters, FfnShape};
+mod sublayer;
+pub use attention::{attention, attention_packed, self_attention_sublayer, AttentionMask};
+pub use ffn::ffn_sublayer;
 pub use linear::{linear, linear_gelu, Act};
+pub use sublayer::{pack_parameters, SublayerNorm};
 
 // ---------------------------------------------------------------------------------------------
 // x + b, b broadcast over the rows of x (biases, position embeddings).
