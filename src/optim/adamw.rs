@@ -1,7 +1,8 @@
 //! AdamW with decoupled weight decay. taper's own because candle-nn's AdamW keeps its moments
 //! private, and a run must checkpoint them to resume exactly. On the CPU (f32) an update is two
 //! in-place passes over memory (moments, then weights), with the gradient-clipping factor
-//! folded in; elsewhere it is the same arithmetic in composed tensor ops.
+//! folded in, split over threads for large tensors (elementwise, so the result does not depend
+//! on the thread count); elsewhere it is the same arithmetic in composed tensor ops.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,8 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
 use crate::config::OptimConfig;
-use crate::model::fused::contiguous;
+use crate::model::fused::{contiguous, PARALLEL_MIN};
+use rayon::prelude::*;
 
 struct ParamState {
     name: String,
@@ -76,11 +78,15 @@ impl InplaceOp3 for UpdateMoments {
         let scale = contiguous::<f32>(s3, l3)?[0];
         let (m, v) = moments.split_at_mut(grad.len());
         let (b1, b2) = (self.beta1, self.beta2);
-        for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(grad) {
-            let g = g * scale;
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-        }
+        let chunks =
+            m.par_chunks_mut(PARALLEL_MIN).zip(v.par_chunks_mut(PARALLEL_MIN)).zip(grad.par_chunks(PARALLEL_MIN));
+        chunks.for_each(|((m, v), grad)| {
+            for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(grad) {
+                let g = g * scale;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+            }
+        });
         Ok(())
     }
 }
@@ -94,9 +100,13 @@ impl InplaceOp2 for UpdateWeights {
         let moments = contiguous::<f32>(s2, l2)?;
         let (m, v) = moments.split_at(weights.len());
         let (inv_c1, inv_c2) = (1.0 / self.correction1, 1.0 / self.correction2);
-        for ((w, &m), &v) in weights.iter_mut().zip(m).zip(v) {
-            *w = *w * self.decay_factor - self.lr * (m * inv_c1) / ((v * inv_c2).sqrt() + self.eps);
-        }
+        let chunks =
+            weights.par_chunks_mut(PARALLEL_MIN).zip(m.par_chunks(PARALLEL_MIN)).zip(v.par_chunks(PARALLEL_MIN));
+        chunks.for_each(|((weights, m), v)| {
+            for ((w, &m), &v) in weights.iter_mut().zip(m).zip(v) {
+                *w = *w * self.decay_factor - self.lr * (m * inv_c1) / ((v * inv_c2).sqrt() + self.eps);
+            }
+        });
         Ok(())
     }
 }
