@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, Result, Shape, Tensor};
 
 use super::linear::{activate_with_bias, as_uninit, backward_into, forward as linear_forward, Act};
 use super::sublayer::{apply, Branch, SublayerNorm};
-use super::{written_by, Real};
+use super::{written_by, zip_apply, Real};
 
 struct FfnBranch {
     hidden: usize,
@@ -69,7 +69,7 @@ impl Branch for FfnBranch {
         };
         // SAFETY: backward_into writes every element of d(hidden).
         let mut d_hidden = unsafe { written_by(rows * hidden, fill) };
-        d_hidden.iter_mut().zip(derivative).for_each(|(g, &a)| *g *= a);
+        zip_apply(&mut d_hidden, derivative, |g, a| *g *= a);
         let fill = |d_input: &mut _| {
             backward_into(input, w1, &d_hidden, (rows, d, hidden), d_input, as_uninit(dw1), Some(as_uninit(db1)))
         };

@@ -224,6 +224,14 @@ pub(crate) unsafe fn written_by<T>(len: usize, fill: impl FnOnce(&mut [MaybeUnin
     values
 }
 
+/// `f(a, b)` for each pair of elements of `out` and `other` (the same length), in parallel
+/// chunks when large.
+pub(crate) fn zip_apply<T: Real>(out: &mut [T], other: &[T], f: impl Fn(&mut T, T) + Sync + Send) {
+    out.par_chunks_mut(PARALLEL_MIN)
+        .zip(other.par_chunks(PARALLEL_MIN))
+        .for_each(|(out, other)| out.iter_mut().zip(other).for_each(|(a, &b)| f(a, b)));
+}
+
 /// Runs `f(first_row, rows)` over `out` in blocks of whole rows, in parallel when large.
 fn for_row_blocks<T: Send>(out: &mut [T], row_len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let rows = out.len() / row_len.max(1);

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 
-use super::{contiguous, layer_norm_backward, layer_norm_forward, Real};
+use super::{contiguous, layer_norm_backward, layer_norm_forward, zip_apply, Real};
 
 /// The f of a sub-layer. Its parameters are two flat slices; it keeps what its backward needs.
 pub(super) trait Branch: Send + Sync + 'static {
@@ -106,7 +106,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             let normed = if pre_norm { Some(layer_norm_forward(x, ln_w, ln_b, eps)) } else { None };
             let input = normed.as_deref().unwrap_or(x);
             let mut sum = self.branch.forward(input, l1.shape(), (p1, contiguous::<T>(s3, l3)?), self.keep)?;
-            sum.iter_mut().zip(x).for_each(|(y, &x)| *y += x);
+            zip_apply(&mut sum, x, |y, x| *y += x);
             let (out, normed_or_sum) = match normed {
                 Some(normed) => (sum, normed),
                 None => (layer_norm_forward(&sum, ln_w, ln_b, eps), sum),
@@ -168,7 +168,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
                 dx
             } else {
                 let mut dx = d_input;
-                dx.iter_mut().zip(d_branch).for_each(|(g, &skip)| *g += skip);
+                zip_apply(&mut dx, d_branch, |g, skip| *g += skip);
                 dx
             };
             (
