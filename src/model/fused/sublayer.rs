@@ -23,7 +23,7 @@ pub(super) trait Branch: Send + Sync + 'static {
     fn parameter_lens(&self, d: usize) -> (usize, usize);
     /// f(input) for input of `shape` (last dimension d). `keep`: a backward pass will follow.
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, params: (&[T], &[T]), keep: bool) -> Result<Vec<T>>;
-    /// d(input) for d(output); the parameters' gradients are added into `grads` (zeroed).
+    /// d(input) for d(output); the parameters' gradients go into `grads` (which start zeroed).
     fn backward<T: Real>(
         &self,
         input: &[T],
