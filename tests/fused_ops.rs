@@ -373,13 +373,22 @@ fn ffn_sublayer_pre_and_post_norm() {
             random(&[d, hidden], 36, 0.5),
             random(&[d], 37, 0.5),
         ];
+        // Residual dropout on the branch's output in the larger case.
+        let with_dropout = shape[0] > 2;
+        let mut rng = Rng::new(38);
+        let n: usize = shape.iter().product();
+        let multipliers: Vec<f32> = (0..n).map(|_| if rng.uniform() < 0.8 { 1.25 } else { 0.0 }).collect();
+        let dropout = with_dropout.then(|| multipliers.clone());
+        let dropout_tensor = with_dropout.then(|| {
+            Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+        });
         for pre_norm in [true, false] {
             for act in [fused::Act::Gelu, fused::Act::Relu] {
                 let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
                 let fused_fn = |t: &[Tensor]| {
                     let (first, second) =
                         fused::pack_parameters((&t[1], &t[2]), &[&t[3], &t[4]], &[&t[5], &t[6]]).unwrap();
-                    fused::ffn_sublayer(&t[0], &first, &second, hidden, act, norm).unwrap()
+                    fused::ffn_sublayer(&t[0], (&first, &second), (hidden, act), norm, dropout.clone()).unwrap()
                 };
                 let composed_fn = |t: &[Tensor]| {
                     let norm = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
@@ -392,7 +401,11 @@ fn ffn_sublayer_pre_and_post_norm() {
                             fused::Act::Gelu => z.gelu_erf().unwrap(),
                             fused::Act::Relu => z.relu().unwrap(),
                         };
-                        linear(&a, &t[5], &t[6])
+                        let out = linear(&a, &t[5], &t[6]);
+                        match &dropout_tensor {
+                            Some(mask) => (out * mask).unwrap(),
+                            None => out,
+                        }
                     };
                     if pre_norm {
                         (&t[0] + branch(&norm(&t[0]))).unwrap()
@@ -455,11 +468,20 @@ fn self_attention_sublayer_pre_and_post_norm() {
                 .to_dtype(DType::F64)
                 .unwrap()
         });
+        // Residual dropout on the branch's output, with the weights' dropout.
+        let residual_multipliers: Vec<f32> =
+            (0..b * t * d).map(|_| if rng.uniform() < 0.9 { 1.0 / 0.9 } else { 0.0 }).collect();
+        let residual = with_dropout.then(|| residual_multipliers.clone());
+        let residual_tensor = with_dropout.then(|| {
+            let mask = Tensor::from_vec(residual_multipliers.clone(), (b, t, d), &Device::Cpu).unwrap();
+            mask.to_dtype(DType::F64).unwrap()
+        });
         for pre_norm in [true, false] {
             let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = fused::pack_parameters((&t[1], &t[2]), &[&t[3], &t[4]], &[&t[5], &t[6]]).unwrap();
-                fused::self_attention_sublayer(&t[0], &first, &second, n_head, (mask.clone(), dropout.clone()), norm)
+                let attention = (mask.clone(), dropout.clone());
+                fused::self_attention_sublayer(&t[0], (&first, &second), n_head, attention, norm, residual.clone())
                     .unwrap()
             };
             let composed_fn = |t: &[Tensor]| {
@@ -471,7 +493,11 @@ fn self_attention_sublayer_pre_and_post_norm() {
                     let qkv = linear(h, &t[3], &t[4]);
                     let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
                     let context = composed_attention(&[q, k, v], n_head, additive.as_ref(), dropout_tensor.as_ref());
-                    linear(&context, &t[5], &t[6])
+                    let out = linear(&context, &t[5], &t[6]);
+                    match &residual_tensor {
+                        Some(mask) => (out * mask).unwrap(),
+                        None => out,
+                    }
                 };
                 if pre_norm {
                     (&t[0] + branch(&ln(&t[0]))).unwrap()

@@ -129,16 +129,17 @@ impl Attention {
         fused::linear(x, &weight, bias.as_ref())
     }
 
-    /// The whole self-attention sub-layer around this attention (`norm` before or after, the
-    /// residual add) as one fused CPU node, when its kernels apply (see
-    /// `fused::self_attention_sublayer`): same function as the block's Add & Norm over
-    /// `forward`, fewer gradient buffers. None: the caller takes the composed path.
+    /// The whole self-attention sub-layer around this attention (`norm` before or after,
+    /// dropout `residual_dropout` on its output, the residual add) as one fused CPU node, when
+    /// its kernels apply (see `fused::self_attention_sublayer`): same function as the block's
+    /// Add & Norm over `forward`, with the same dropout masks, fewer gradient buffers. None:
+    /// the caller takes the composed path.
     pub fn fused_sublayer(
         &self,
         x: &Tensor,
-        norm: &LayerNorm,
-        pre_norm: bool,
+        (norm, pre_norm): (&LayerNorm, bool),
         mask: Mask,
+        residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
         let projections = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
@@ -148,15 +149,19 @@ impl Attention {
         }
         let Some(mask) = self.fused_mask(x, mask)? else { return Ok(None) };
         let (b, t, _) = x.dims3()?;
+        // Drawn in the composed path's order: the weights' mask, then the output's.
         let dropout =
             (mode.train && self.dropout > 0.0).then(|| mode.dropout_mask(b * self.n_head * t * t, self.dropout));
+        let residual_dropout =
+            (mode.train && residual_dropout > 0.0).then(|| mode.dropout_mask(x.elem_count(), residual_dropout));
         let (first, second) = fused::pack_parameters(
             (&norm.weight, &norm.bias),
             &[&self.q_proj.weight, &self.k_proj.weight, &self.v_proj.weight, bq, bk, bv],
             &[&self.out_proj.weight, bo],
         )?;
         let norm = fused::SublayerNorm { pre_norm, eps: norm.eps };
-        Ok(Some(fused::self_attention_sublayer(x, &first, &second, self.n_head, (mask, dropout), norm)?))
+        let attention = (mask, dropout);
+        Ok(Some(fused::self_attention_sublayer(x, (&first, &second), self.n_head, attention, norm, residual_dropout)?))
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention

@@ -229,7 +229,10 @@ impl Block {
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let fused = match cache.is_none() && inputs.rope.is_none() && self.sublayer_fusable(mode) {
-            true => self.attn.fused_sublayer(x, &self.ln_1, self.norm == NormPlacement::Pre, inputs.self_mask, mode)?,
+            true => {
+                let norm = (&self.ln_1, self.norm == NormPlacement::Pre);
+                self.attn.fused_sublayer(x, norm, inputs.self_mask, self.dropout, mode)?
+            }
             false => None,
         };
         let x = match fused {
@@ -258,10 +261,10 @@ impl Block {
         self.residual(&x, &self.ln_2, mode, |h, _| self.mlp.forward(h))
     }
 
-    /// Whether a sub-layer may run as one fused node in this mode: residual dropout (in
-    /// training) and LayerNorm probing need the composed path's separate steps.
+    /// Whether a sub-layer may run as one fused node in this mode: LayerNorm probing records
+    /// the norms' inputs, which the fused node keeps inside.
     fn sublayer_fusable(&self, mode: &Mode) -> bool {
-        !(mode.is_probing() || mode.train && self.dropout > 0.0)
+        !mode.is_probing()
     }
 
     /// The FFN sub-layer (Add & Norm included, in either order) as one fused CPU node, when its
@@ -284,6 +287,7 @@ impl Block {
             fused::pack_parameters((&norm.weight, &norm.bias), &[&mlp.fc1.weight, b1], &[&mlp.fc2.weight, b2])?;
         let hidden = mlp.fc1.weight.dim(0)?;
         let norm = fused::SublayerNorm { pre_norm, eps: norm.eps };
-        Ok(Some(fused::ffn_sublayer(x, &first, &second, hidden, act, norm)?))
+        let dropout = (mode.train && self.dropout > 0.0).then(|| mode.dropout_mask(x.elem_count(), self.dropout));
+        Ok(Some(fused::ffn_sublayer(x, (&first, &second), (hidden, act), norm, dropout)?))
     }
 }

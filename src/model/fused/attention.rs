@@ -495,15 +495,16 @@ impl Branch for SelfAttentionBranch {
 /// The self-attention sub-layer: pre-LN x + Attn(LN(x)), post-LN LN(x + Attn(x)), with Attn the
 /// packed Q/K/V projection, `n_head`-head attention under `mask` (and `dropout` multipliers on
 /// its weights) and the output projection, as one node. `first` = [ln.weight | ln.bias | W_q |
-/// W_k | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o] (see `pack_parameters`).
+/// W_k | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o] (see `pack_parameters`);
+/// `residual_dropout`: multipliers on Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
-    first: &Tensor,
-    second: &Tensor,
+    (first, second): (&Tensor, &Tensor),
     n_head: usize,
     (mask, dropout): (AttentionMask, Option<Vec<f32>>),
     norm: SublayerNorm,
+    residual_dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
     let core = op(n_head, x.dim(D::Minus1)?, mask, dropout);
-    apply(x, first, second, SelfAttentionBranch { core, saved: Mutex::new(None) }, norm)
+    apply(x, (first, second), SelfAttentionBranch { core, saved: Mutex::new(None) }, norm, residual_dropout)
 }

@@ -80,14 +80,13 @@ impl Branch for FfnBranch {
 
 /// The FFN sub-layer: pre-LN x + FFN(LN(x)), post-LN LN(x + FFN(x)), with FFN(h) =
 /// act(h W1^T + b1) W2^T + b2, as one node. `first` = [ln.weight | ln.bias | W1 | b1] and
-/// `second` = [W2 | b2] (see `pack_parameters`).
+/// `second` = [W2 | b2] (see `pack_parameters`); `dropout`: multipliers on FFN's output.
 pub fn ffn_sublayer(
     x: &Tensor,
-    first: &Tensor,
-    second: &Tensor,
-    hidden: usize,
-    act: Act,
+    (first, second): (&Tensor, &Tensor),
+    (hidden, act): (usize, Act),
     norm: SublayerNorm,
+    dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
-    apply(x, first, second, FfnBranch { hidden, act, saved: Mutex::new(None) }, norm)
+    apply(x, (first, second), FfnBranch { hidden, act, saved: Mutex::new(None) }, norm, dropout)
 }

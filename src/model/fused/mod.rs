@@ -226,7 +226,7 @@ pub(crate) unsafe fn written_by<T>(len: usize, fill: impl FnOnce(&mut [MaybeUnin
 
 /// `f(a, b)` for each pair of elements of `out` and `other` (the same length), in parallel
 /// chunks when large.
-pub(crate) fn zip_apply<T: Real>(out: &mut [T], other: &[T], f: impl Fn(&mut T, T) + Sync + Send) {
+pub(crate) fn zip_apply<T: Send, U: Copy + Sync>(out: &mut [T], other: &[U], f: impl Fn(&mut T, U) + Sync + Send) {
     out.par_chunks_mut(PARALLEL_MIN)
         .zip(other.par_chunks(PARALLEL_MIN))
         .for_each(|(out, other)| out.iter_mut().zip(other).for_each(|(a, &b)| f(a, b)));

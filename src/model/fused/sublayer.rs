@@ -44,6 +44,9 @@ pub struct SublayerNorm {
 pub(super) struct SublayerOp<B: Branch> {
     branch: B,
     norm: SublayerNorm,
+    /// Inverted-dropout multipliers for the branch's output (0 or 1/(1-p), one per element),
+    /// in training with residual dropout.
+    dropout: Option<Vec<f32>>,
     /// False when no input records a graph (evaluation): nothing is kept.
     keep: bool,
     /// The normed input (pre-LN) or the sum (post-LN).
@@ -51,16 +54,20 @@ pub(super) struct SublayerOp<B: Branch> {
 }
 
 /// The sub-layer of `branch` on x, with the packed parameters `first` = [ln.weight | ln.bias |
-/// the branch's first slice] and `second` = the branch's second slice.
+/// the branch's first slice] and `second` = the branch's second slice, and `dropout`
+/// multipliers on the branch's output (see `Mode::dropout_mask`).
 pub(super) fn apply<B: Branch>(
     x: &Tensor,
-    first: &Tensor,
-    second: &Tensor,
+    (first, second): (&Tensor, &Tensor),
     branch: B,
     norm: SublayerNorm,
+    dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
+    if dropout.as_ref().is_some_and(|d| d.len() != x.elem_count()) {
+        candle_core::bail!("{}: the dropout mask does not match the input's shape", B::NAME);
+    }
     let keep = x.track_op() || first.track_op() || second.track_op();
-    let op = SublayerOp { branch, norm, keep, saved: Mutex::new(None) };
+    let op = SublayerOp { branch, norm, dropout, keep, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&first.contiguous()?, &second.contiguous()?, op)
 }
 
@@ -106,6 +113,9 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             let normed = if pre_norm { Some(layer_norm_forward(x, ln_w, ln_b, eps)) } else { None };
             let input = normed.as_deref().unwrap_or(x);
             let mut sum = self.branch.forward(input, l1.shape(), (p1, contiguous::<T>(s3, l3)?), self.keep)?;
+            if let Some(mask) = &self.dropout {
+                zip_apply(&mut sum, mask, |y, m| *y *= T::of(m as f64));
+            }
             zip_apply(&mut sum, x, |y, x| *y += x);
             let (out, normed_or_sum) = match normed {
                 Some(normed) => (sum, normed),
@@ -159,8 +169,15 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
                 Some(d_sum)
             };
             let d_branch = d_sum.as_deref().unwrap_or(dy);
+            // The branch's output went through dropout; the skip connection did not.
+            let d_dropped = self.dropout.as_ref().map(|mask| {
+                let mut g = d_branch.to_vec();
+                zip_apply(&mut g, mask, |g, m| *g *= T::of(m as f64));
+                g
+            });
             let input = if pre_norm { normed_or_sum } else { x };
-            let d_input = self.branch.backward(input, x_layout.shape(), (p1, p2), d_branch, (d_p1, &mut d_second))?;
+            let d_out = d_dropped.as_deref().unwrap_or(d_branch);
+            let d_input = self.branch.backward(input, x_layout.shape(), (p1, p2), d_out, (d_p1, &mut d_second))?;
             let dx = if pre_norm {
                 // d(x) = dy (the skip connection) + the norm's backward of d(normed).
                 let mut dx = vec![T::of(0.0); rows * d];
