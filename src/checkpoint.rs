@@ -66,13 +66,13 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
 /// Which checkpoint of a run: "latest", "best", or "step-N" / "N".
 pub fn resolve_checkpoint(run_dir: &Path, which: &str) -> Result<PathBuf> {
     let all = list_checkpoints(run_dir)?;
-    if all.is_empty() {
+    let Some((_, latest_dir)) = all.last() else {
         bail!("{} has no checkpoints (expected {}/step-*/)", run_dir.display(), checkpoints_dir(run_dir).display());
-    }
+    };
     match which {
-        "latest" => Ok(all.last().expect("non-empty").1.clone()),
+        "latest" => Ok(latest_dir.clone()),
         "best" => {
-            let latest = read_state(&all.last().expect("non-empty").1)?;
+            let latest = read_state(latest_dir)?;
             let step = latest.best_step.context("this run has no evaluated checkpoint yet; use --checkpoint latest")?;
             all.iter()
                 .find(|(s, _)| *s == step)

@@ -115,6 +115,7 @@ pub fn beam_search(model: &Seq2Seq, memory: &Memory, limits: DecodeLimits, optio
         candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
         let mut next: Vec<(Vec<u32>, f64)> = Vec::new();
         let mut parents: Vec<u32> = Vec::new();
+        let mut next_tokens: Vec<u32> = Vec::new();
         for (rank, &(score, beam, token)) in candidates.iter().enumerate() {
             if token == limits.eos {
                 if rank < k {
@@ -123,6 +124,7 @@ pub fn beam_search(model: &Seq2Seq, memory: &Memory, limits: DecodeLimits, optio
             } else if next.len() < k {
                 let mut tokens = alive[beam].0.clone();
                 tokens.push(token);
+                next_tokens.push(token);
                 next.push((tokens, score));
                 parents.push(beam as u32);
             }
@@ -138,7 +140,7 @@ pub fn beam_search(model: &Seq2Seq, memory: &Memory, limits: DecodeLimits, optio
                 kv.values = kv.values.as_ref().map(|t| t.index_select(&index, 0)).transpose()?;
             }
         }
-        last = next.iter().map(|(tokens, _)| *tokens.last().expect("non-empty")).collect();
+        last = next_tokens;
         alive = next;
     }
     if finished.is_empty() {

@@ -57,7 +57,7 @@ pub fn generate(model: &Gpt, prompt: &[u32], opts: &SamplingOptions) -> Result<V
             logits.narrow(1, last, 1)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?
         };
         let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
-        tokens.push(sample(&logits, opts, &mut rng));
+        tokens.push(sample(&logits, opts, &mut rng)?);
     }
     Ok(tokens[prompt.len()..].to_vec())
 }
@@ -67,10 +67,13 @@ fn ids_tensor(ids: &[u32], device: &Device) -> Result<Tensor> {
 }
 
 /// Picks a token id from `logits` (one row).
-pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> u32 {
+pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> Result<u32> {
+    if logits.is_empty() {
+        bail!("the model has an empty vocabulary: nothing to sample");
+    }
     let argmax = || logits.iter().enumerate().fold(0, |best, (i, &v)| if v > logits[best] { i } else { best }) as u32;
     if opts.temperature == 0.0 {
-        return argmax();
+        return Ok(argmax());
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
     order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
@@ -97,9 +100,10 @@ pub fn sample(logits: &[f32], opts: &SamplingOptions, rng: &mut Rng) -> u32 {
     let mut u = rng.uniform();
     for (i, p) in order.iter().zip(&probs) {
         if u < *p {
-            return *i as u32;
+            return Ok(*i as u32);
         }
         u -= p;
     }
-    *order.last().expect("at least one candidate") as u32
+    // Rounding left u above the total: the last candidate (top-k keeps at least one).
+    Ok(order.last().map_or_else(argmax, |&i| i as u32))
 }

@@ -180,8 +180,8 @@ impl Chart {
         let mut order: Vec<&Series> = self.series.iter().collect();
         order.sort_by(|a, b| a.width.total_cmp(&b.width));
         for s in order {
-            let points: Vec<String> =
-                s.points.iter().filter(|p| finite(p)).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+            let coords: Vec<(f64, f64)> = s.points.iter().filter(|p| finite(p)).map(|&(x, y)| (px(x), py(y))).collect();
+            let points: Vec<String> = coords.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             if points.is_empty() {
                 continue;
             }
@@ -194,9 +194,8 @@ impl Chart {
                 s.opacity,
                 points.join(" ")
             );
-            if points.len() == 1 {
-                let (x, y) = points[0].split_once(',').expect("x,y");
-                let _ = writeln!(svg, r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#, s.color);
+            if let [(x, y)] = coords[..] {
+                let _ = writeln!(svg, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{}"/>"#, s.color);
             }
         }
 

@@ -38,3 +38,12 @@ fn an_epoch_visits_every_example_once() {
     }
     assert_ne!(seen[..10], seen[10..20], "each epoch has its own order");
 }
+
+#[test]
+fn sampling_from_an_empty_vocabulary_is_an_error() {
+    let opts = taper::generate::SamplingOptions::default();
+    let err = taper::generate::sample(&[], &opts, &mut taper::rng::Rng::new(1)).unwrap_err().to_string();
+    assert!(err.contains("empty vocabulary"), "{err}");
+    let greedy = taper::generate::SamplingOptions { temperature: 0.0, ..opts };
+    assert_eq!(taper::generate::sample(&[0.0, 3.0, 1.0], &greedy, &mut taper::rng::Rng::new(1)).unwrap(), 1);
+}

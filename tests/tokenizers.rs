@@ -59,3 +59,20 @@ fn char_tokenizer_refuses_unseen_characters() {
     assert_eq!(tokenizer.encode("cab").unwrap(), vec![2, 0, 1]);
     assert!(tokenizer.encode("abz").is_err());
 }
+
+#[test]
+fn token_cache_is_reused_and_a_damaged_one_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::pattern_corpus(200);
+    let tokenizer = TextTokenizer::char_level(&text).unwrap();
+    let cache = dir.path().join("tokens.bin");
+    let ids = taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap();
+    assert_eq!(ids, tokenizer.encode_corpus(&text).unwrap());
+    assert_eq!(taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap(), ids, "read back");
+    // Cut short, or shorter than its header: ignored and rewritten, never a panic.
+    for len in [std::fs::metadata(&cache).unwrap().len() - 3, 5] {
+        let bytes = std::fs::read(&cache).unwrap();
+        std::fs::write(&cache, &bytes[..len as usize]).unwrap();
+        assert_eq!(taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap(), ids, "length {len}");
+    }
+}

@@ -151,21 +151,27 @@ impl BatchBuffers {
     }
 }
 
+/// The ids of a token cache: [key | count | count ids], little-endian; None if it does not hold
+/// exactly that under `key`.
+fn read_token_cache(bytes: &[u8], key: u64) -> Option<Vec<u32>> {
+    let (header, ids) = bytes.split_first_chunk::<16>()?;
+    let (stored_key, count) = header.split_at(8);
+    let count = u64::from_le_bytes(count.try_into().ok()?) as usize;
+    if stored_key != key.to_le_bytes() || ids.len() != 4 * count {
+        return None;
+    }
+    let (words, _) = ids.as_chunks::<4>();
+    Some(words.iter().map(|&w| u32::from_le_bytes(w)).collect())
+}
+
 /// Tokenizes `text`, or reads the ids cached at `cache` when they were made from the same text
 /// by the same tokenizer.
 pub fn tokenize_cached(tokenizer: &TextTokenizer, text: &str, cache: &Path) -> Result<Vec<u32>> {
     let tokenizer_json = tokenizer.inner().to_string(false).map_err(anyhow::Error::msg)?;
     let key = hash_str(text) ^ hash_str(&tokenizer_json).rotate_left(17);
-    if let Ok(bytes) = std::fs::read(cache) {
-        if bytes.len() >= 16 && bytes[..8] == key.to_le_bytes() {
-            let count = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-            if bytes.len() == 16 + 4 * count {
-                return Ok(bytes[16..]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-                    .collect());
-            }
-        }
+    // A cache of other text, another tokenizer, or cut short is ignored and rewritten.
+    if let Some(ids) = std::fs::read(cache).ok().and_then(|bytes| read_token_cache(&bytes, key)) {
+        return Ok(ids);
     }
     let ids = tokenizer.encode_corpus(text)?;
     let mut bytes = Vec::with_capacity(16 + 4 * ids.len());

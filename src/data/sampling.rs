@@ -70,11 +70,13 @@ impl EpochSampler {
         (first..first + batch)
             .map(|global| {
                 let epoch = global / self.n;
-                if order.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let mut rng = Rng::derived(self.seed, &[TRAIN_STREAM, epoch as u64]);
-                    *order = Some((epoch, permutation(self.n, &mut rng)));
+                if order.as_ref().is_some_and(|(e, _)| *e != epoch) {
+                    *order = None;
                 }
-                order.as_ref().expect("set above").1[global % self.n]
+                let (_, permuted) = order.get_or_insert_with(|| {
+                    (epoch, permutation(self.n, &mut Rng::derived(self.seed, &[TRAIN_STREAM, epoch as u64])))
+                });
+                permuted[global % self.n]
             })
             .collect()
     }

@@ -221,14 +221,15 @@ impl Attention {
                 (k, v)
             }
             (Some(memory), None) => project_kv(memory)?,
-            (Some(memory), Some(cache)) => {
-                if cache.keys.is_none() {
+            (Some(memory), Some(cache)) => match (&cache.keys, &cache.values) {
+                (Some(k), Some(v)) => (k.clone(), v.clone()),
+                _ => {
                     let (k, v) = project_kv(memory)?;
-                    cache.keys = Some(k);
-                    cache.values = Some(v);
+                    cache.keys = Some(k.clone());
+                    cache.values = Some(v.clone());
+                    (k, v)
                 }
-                (cache.keys.clone().expect("set above"), cache.values.clone().expect("set above"))
-            }
+            },
         };
         if let Some((rope, offset)) = self_rope {
             q = rope.apply(&q, offset)?;

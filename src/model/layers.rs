@@ -161,7 +161,7 @@ impl Module for Linear {
             return fused::linear(x, &self.weight, self.bias.as_ref());
         }
         let dims = x.dims();
-        let fan_in = dims[dims.len() - 1];
+        let Some(&fan_in) = dims.last() else { candle_core::bail!("linear layer on a scalar input") };
         let rows = x.elem_count() / fan_in;
         // Flatten to 2-D (contiguous) so the product is one plain GEMM.
         let x2 = x.contiguous()?.reshape((rows, fan_in))?;
@@ -171,7 +171,8 @@ impl Module for Linear {
             y = add_broadcast(&y, &b.to_dtype(x.dtype())?, self.kernels)?;
         }
         let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
+        out_dims.pop();
+        out_dims.push(y.dim(1)?);
         y.reshape(out_dims)
     }
 }

@@ -22,16 +22,18 @@ impl ParamStore {
         Self::default()
     }
 
+    // A poisoned lock means a panic elsewhere while inserting; the map itself is still whole.
+
     /// All parameters, sorted by name, so optimizer state lines up run after run.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
-        let vars = self.vars.lock().expect("param store lock poisoned");
+        let vars = self.vars.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut all: Vec<_> = vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
 
     pub fn get(&self, name: &str) -> Option<Var> {
-        self.vars.lock().expect("param store lock poisoned").get(name).cloned()
+        self.vars.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name).cloned()
     }
 
     pub fn num_elements(&self) -> usize {
@@ -58,7 +60,7 @@ struct SeededParams {
 
 impl candle_nn::var_builder::SimpleBackend for SeededParams {
     fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> Result<Tensor> {
-        let mut vars = self.store.vars.lock().expect("param store lock poisoned");
+        let mut vars = self.store.vars.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(var) = vars.get(name) {
             if var.shape() != &shape {
                 candle_core::bail!("parameter `{name}` requested as {shape:?} but exists as {:?}", var.shape());
