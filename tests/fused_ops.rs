@@ -13,6 +13,32 @@ fn random(shape: &[usize], seed: u64, scale: f64) -> Var {
     Var::from_tensor(&Tensor::from_vec(values, shape, &Device::Cpu).unwrap()).unwrap()
 }
 
+/// Inverted-dropout multipliers as `Mode::dropout_mask` makes them: 0, or 1/keep with
+/// probability `keep`.
+fn dropout_multipliers(n: usize, keep: f64, rng: &mut Rng) -> Vec<f32> {
+    (0..n).map(|_| if rng.uniform() < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
+}
+
+/// The Add & Norm around `branch` from composed ops: pre-LN x + drop(f(LN(x))), post-LN
+/// LN(x + drop(f(x))), `drop` multiplying by `residual_mask` when there is one.
+fn composed_sublayer(
+    x: &Tensor,
+    norm: impl Fn(&Tensor) -> Tensor,
+    branch: impl Fn(&Tensor) -> Tensor,
+    residual_mask: Option<&Tensor>,
+    pre_norm: bool,
+) -> Tensor {
+    let dropped = |h: &Tensor| match residual_mask {
+        Some(mask) => (branch(h) * mask).unwrap(),
+        None => branch(h),
+    };
+    if pre_norm {
+        (x + dropped(&norm(x))).unwrap()
+    } else {
+        norm(&(x + dropped(x)).unwrap())
+    }
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
 }
@@ -250,8 +276,7 @@ fn packed_self_attention() {
         let qkv = random(&[b, t, 3 * d], 50 + t as u64, 1.0);
         let bias = offset.map(|o| causal_mask(t, o, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap());
         let mut rng = Rng::new(51);
-        let multipliers: Vec<f32> =
-            (0..b * n_head * t * t).map(|_| if rng.uniform() < 0.8 { 1.25 } else { 0.0 }).collect();
+        let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
         let dropout_tensor = Tensor::from_vec(multipliers.clone(), (b, n_head, t, t), &Device::Cpu).unwrap();
         let dropout_tensor = dropout_tensor.to_dtype(DType::F64).unwrap();
         let mask = fused::AttentionMask { causal_offset: offset, key_bias: None };
@@ -279,8 +304,7 @@ fn attention_key_padding_and_dropout() {
     let bias = taper::model::attention::padding_mask(&keep).unwrap();
     let key_bias = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut rng = Rng::new(43);
-    let multipliers: Vec<f32> =
-        (0..b * n_head * t_q * t_k).map(|_| if rng.uniform() < 0.7 { 1.0 / 0.7 } else { 0.0 }).collect();
+    let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t_q * t_k, 0.7, &mut rng);
     let dropout = Tensor::from_vec(multipliers.clone(), (b, n_head, t_q, t_k), &Device::Cpu)
         .unwrap()
         .to_dtype(DType::F64)
@@ -377,7 +401,7 @@ fn ffn_sublayer_pre_and_post_norm() {
         let with_dropout = shape[0] > 2;
         let mut rng = Rng::new(38);
         let n: usize = shape.iter().product();
-        let multipliers: Vec<f32> = (0..n).map(|_| if rng.uniform() < 0.8 { 1.25 } else { 0.0 }).collect();
+        let multipliers: Vec<f32> = dropout_multipliers(n, 0.8, &mut rng);
         let dropout = with_dropout.then(|| multipliers.clone());
         let dropout_tensor = with_dropout.then(|| {
             Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
@@ -401,17 +425,9 @@ fn ffn_sublayer_pre_and_post_norm() {
                             fused::Act::Gelu => z.gelu_erf().unwrap(),
                             fused::Act::Relu => z.relu().unwrap(),
                         };
-                        let out = linear(&a, &t[5], &t[6]);
-                        match &dropout_tensor {
-                            Some(mask) => (out * mask).unwrap(),
-                            None => out,
-                        }
+                        linear(&a, &t[5], &t[6])
                     };
-                    if pre_norm {
-                        (&t[0] + branch(&norm(&t[0]))).unwrap()
-                    } else {
-                        norm(&(&t[0] + branch(&t[0])).unwrap())
-                    }
+                    composed_sublayer(&t[0], norm, branch, dropout_tensor.as_ref(), pre_norm)
                 };
                 // ReLU is exact; GELU's erf is accurate to 1.5e-7 (as in `gelu`), and the gradients
                 // sum that error over 128 hidden units and 200 rows.
@@ -459,8 +475,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
         let mask =
             fused::AttentionMask { causal_offset: causal.then_some(0), key_bias: padded.then(|| key_bias.clone()) };
         let mut rng = Rng::new(seed);
-        let multipliers: Vec<f32> =
-            (0..b * n_head * t * t).map(|_| if rng.uniform() < 0.8 { 1.25 } else { 0.0 }).collect();
+        let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
         let dropout = with_dropout.then(|| multipliers.clone());
         let dropout_tensor = with_dropout.then(|| {
             Tensor::from_vec(multipliers.clone(), (b, n_head, t, t), &Device::Cpu)
@@ -469,8 +484,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
                 .unwrap()
         });
         // Residual dropout on the branch's output, with the weights' dropout.
-        let residual_multipliers: Vec<f32> =
-            (0..b * t * d).map(|_| if rng.uniform() < 0.9 { 1.0 / 0.9 } else { 0.0 }).collect();
+        let residual_multipliers: Vec<f32> = dropout_multipliers(b * t * d, 0.9, &mut rng);
         let residual = with_dropout.then(|| residual_multipliers.clone());
         let residual_tensor = with_dropout.then(|| {
             let mask = Tensor::from_vec(residual_multipliers.clone(), (b, t, d), &Device::Cpu).unwrap();
@@ -493,17 +507,9 @@ fn self_attention_sublayer_pre_and_post_norm() {
                     let qkv = linear(h, &t[3], &t[4]);
                     let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
                     let context = composed_attention(&[q, k, v], n_head, additive.as_ref(), dropout_tensor.as_ref());
-                    let out = linear(&context, &t[5], &t[6]);
-                    match &residual_tensor {
-                        Some(mask) => (out * mask).unwrap(),
-                        None => out,
-                    }
+                    linear(&context, &t[5], &t[6])
                 };
-                if pre_norm {
-                    (&t[0] + branch(&ln(&t[0]))).unwrap()
-                } else {
-                    ln(&(&t[0] + branch(&t[0])).unwrap())
-                }
+                composed_sublayer(&t[0], ln, branch, residual_tensor.as_ref(), pre_norm)
             };
             check(
                 &format!("self-attention sub-layer case {case} pre_norm={pre_norm}"),
