@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+pub use crate::kernels::{Activation, Kernels};
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -50,27 +52,10 @@ pub enum NormPlacement {
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum Activation {
-    Relu,
-    Gelu,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
 pub enum Positions {
     Learned,
     Sinusoidal,
     Rope,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kernels {
-    /// taper's fused CPU kernels (LayerNorm, GELU, bias add, causal softmax, cross-entropy)
-    /// where they apply (CPU, f32/f64); candle's composed ops elsewhere.
-    Fused,
-    /// candle's composed ops everywhere (what CUDA and Metal always use).
-    Composed,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -5,9 +5,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use taper::config::Kernels;
-use taper::config::{Activation, NormPlacement, Positions};
-use taper::model::attention::{causal_mask, padding_mask, Attention, Mask};
-use taper::model::block::BlockConfig;
+use taper::config::{NormPlacement, Positions};
+use taper::kernels::Mask;
+use taper::model::attention::{Attention, AttentionConfig};
 use taper::model::gpt::init_policy;
 use taper::model::{Gpt, Mode, ParamStore};
 
@@ -15,26 +15,18 @@ const D: usize = 8;
 const H: usize = 2;
 
 fn attention(params: &ParamStore) -> Attention {
-    attention_with(params, Kernels::Fused)
-}
-
-fn attention_with(params: &ParamStore, kernels: Kernels) -> Attention {
     let cfg = common::tiny_config(std::path::Path::new("/tmp"), std::path::Path::new("/tmp/c.txt"), "");
     // Bias on, so the reference must add it.
     let names = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"];
-    let block = BlockConfig {
-        d_model: D,
-        n_head: H,
-        d_ff: 4 * D,
-        activation: Activation::Gelu,
-        norm: NormPlacement::Pre,
-        dropout: 0.0,
-        bias: true,
-        layer_norm_eps: 1e-5,
-        cross_attention: false,
-        kernels,
-    };
-    Attention::new(&block, &init_policy(&cfg.model), names, params.var_builder(7, &Device::Cpu)).unwrap()
+    let attn = AttentionConfig { d_model: D, n_head: H, bias: true, dropout: 0.0 };
+    Attention::new(&attn, &init_policy(&cfg.model), names, params.var_builder(7, &Device::Cpu)).unwrap()
+}
+
+/// An evaluation-mode forward context on the backend `kernels` chooses for CPU f32.
+fn mode(kernels: Kernels) -> Mode {
+    let mut mode = Mode::eval();
+    mode.choose_backend(kernels, &Device::Cpu, DType::F32);
+    mode
 }
 
 fn weights(params: &ParamStore, name: &str) -> Vec<f64> {
@@ -114,11 +106,9 @@ fn assert_close(got: &Tensor, want: &[Vec<Vec<f64>>], rows: impl Fn(usize, usize
 fn causal_attention_matches_reference() {
     for kernels in [Kernels::Fused, Kernels::Composed] {
         let params = ParamStore::new();
-        let attn = attention_with(&params, kernels);
+        let attn = attention(&params);
         let x = input(2, 5);
-        let bias = causal_mask(5, 0, &Device::Cpu).unwrap();
-        let mask = Mask::Causal { offset: 0, bias: &bias };
-        let got = attn.forward(&to_tensor(&x), None, mask, None, None, &mut Mode::eval()).unwrap();
+        let got = attn.forward(&to_tensor(&x), None, &Mask::causal(0), None, None, &mut mode(kernels)).unwrap();
         let want: Vec<_> = x.iter().map(|seq| reference(&params, seq, |i, j| j <= i)).collect();
         assert_close(&got, &want, |_, _| true);
     }
@@ -133,10 +123,12 @@ fn non_contiguous_input_gives_the_same_result() {
     let contiguous = to_tensor(&x);
     let strided = contiguous.transpose(0, 1).unwrap().contiguous().unwrap().transpose(0, 1).unwrap();
     assert!(!strided.is_contiguous());
-    let a = attn.forward(&contiguous, None, Mask::None, None, None, &mut Mode::eval()).unwrap();
-    let b = attn.forward(&strided, None, Mask::None, None, None, &mut Mode::eval()).unwrap();
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    assert!(diff < 1e-6, "{diff}");
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        let a = attn.forward(&contiguous, None, &Mask::none(), None, None, &mut mode(kernels)).unwrap();
+        let b = attn.forward(&strided, None, &Mask::none(), None, None, &mut mode(kernels)).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6, "{kernels:?}: {diff}");
+    }
 }
 
 #[test]
@@ -145,19 +137,22 @@ fn padding_mask_hides_padded_keys() {
     let attn = attention(&params);
     let lengths = [5usize, 3];
     let keep: Vec<u32> = lengths.iter().flat_map(|&l| (0..5).map(move |j| (j < l) as u32)).collect();
-    let mask = padding_mask(&Tensor::from_vec(keep, (2, 5), &Device::Cpu).unwrap()).unwrap();
+    let keep = Tensor::from_vec(keep, (2, 5), &Device::Cpu).unwrap();
     let x = input(2, 5);
-    let got = attn.forward(&to_tensor(&x), None, Mask::Additive(&mask), None, None, &mut Mode::eval()).unwrap();
-    let want: Vec<_> = x.iter().zip(lengths).map(|(seq, l)| reference(&params, seq, |_, j| j < l)).collect();
-    assert_close(&got, &want, |b, i| i < lengths[b]);
+    for kernels in [Kernels::Fused, Kernels::Composed] {
+        let mask = Mask::padding(&keep);
+        let got = attn.forward(&to_tensor(&x), None, &mask, None, None, &mut mode(kernels)).unwrap();
+        let want: Vec<_> = x.iter().zip(lengths).map(|(seq, l)| reference(&params, seq, |_, j| j < l)).collect();
+        assert_close(&got, &want, |b, i| i < lengths[b]);
 
-    // Changing what sits in the padding changes nothing for real tokens.
-    let mut changed = x.clone();
-    for row in &mut changed[1][3..] {
-        row.iter_mut().for_each(|v| *v = 100.0);
+        // Changing what sits in the padding changes nothing for real tokens.
+        let mut changed = x.clone();
+        for row in &mut changed[1][3..] {
+            row.iter_mut().for_each(|v| *v = 100.0);
+        }
+        let again = attn.forward(&to_tensor(&changed), None, &mask, None, None, &mut mode(kernels)).unwrap();
+        assert_close(&again, &want, |b, i| i < lengths[b]);
     }
-    let again = attn.forward(&to_tensor(&changed), None, Mask::Additive(&mask), None, None, &mut Mode::eval()).unwrap();
-    assert_close(&again, &want, |b, i| i < lengths[b]);
 }
 
 fn tiny_gpt(norm: NormPlacement, positions: Positions) -> Gpt {

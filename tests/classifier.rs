@@ -4,8 +4,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use taper::config::{Kernels, NormPlacement, OptimConfig};
+use taper::kernels::cross_entropy_sum;
 use taper::model::bert::{BertConfig, Pooling, SequenceClassifier};
-use taper::model::layers::cross_entropy_sum;
 use taper::model::{Mode, ParamStore};
 use taper::optim::AdamW;
 use taper::rng::Rng;
@@ -59,7 +59,7 @@ fn a_tiny_encoder_fine_tunes_to_high_accuracy() {
             let (ids, mask, labels) = batch(&mut rng, 16);
             let mut mode = Mode::train(Rng::new(step));
             let logits = model.forward(&ids, None, Some(&mask), &mut mode).unwrap();
-            let loss = (cross_entropy_sum(&logits, &labels, Kernels::Fused).unwrap() / 16.0).unwrap();
+            let loss = (cross_entropy_sum(&logits, &labels, &mode).unwrap() / 16.0).unwrap();
             let grads = loss.backward().unwrap();
             let grads: Vec<_> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
             opt.step(&grads, 3e-3, None).unwrap();

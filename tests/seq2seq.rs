@@ -113,7 +113,8 @@ fn label_smoothing_is_the_formula() {
     let logits = Tensor::new(&[[[1.0f32, 2.0, 0.5], [0.0, -1.0, 3.0]]], &Device::Cpu).unwrap();
     let positions = Tensor::new(&[0u32, 1], &Device::Cpu).unwrap();
     let targets = Tensor::new(&[1u32, 0], &Device::Cpu).unwrap();
-    let got = model.loss_sum(&logits, &positions, &targets, 0.1).unwrap().to_scalar::<f32>().unwrap() as f64;
+    let got =
+        model.loss_sum(&logits, &positions, &targets, 0.1, &Mode::eval()).unwrap().to_scalar::<f32>().unwrap() as f64;
     let mut want = 0.0;
     for (row, target) in [([1.0f64, 2.0, 0.5], 1usize), ([0.0, -1.0, 3.0], 0)] {
         let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();

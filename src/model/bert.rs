@@ -7,14 +7,17 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::attention::{padding_mask, Mask};
-use super::block::{Block, BlockConfig, BlockInputs, BlockNames};
-use super::layers::{dropout, Embedding, InitPolicy, LayerNorm, Mode};
+use super::block::{Block, BlockConfig, BlockNames};
+use super::layers::{Embedding, InitPolicy, Linear};
+use super::norm::LayerNorm;
+use super::positions::PositionEncoding;
+use super::stack::{Embeddings, Stack, StackInputs};
 use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormPlacement};
+use crate::kernels::{dropout, Mode};
 
 fn default_max_positions() -> usize {
     512
@@ -118,14 +121,7 @@ impl BertConfig {
 
 #[derive(Debug, Clone)]
 pub struct BertEncoder {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    embeddings_norm: LayerNorm,
-    blocks: Vec<Block>,
-    final_norm: Option<LayerNorm>,
-    dropout: f64,
-    dtype: DType,
+    stack: Stack,
 }
 
 impl BertEncoder {
@@ -147,32 +143,38 @@ impl BertEncoder {
             bias: true,
             layer_norm_eps: cfg.layer_norm_eps,
             cross_attention: false,
-            kernels,
         };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(&block_cfg, &init, &BlockNames::BERT, vb.pp(format!("encoder.layer.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = match norm {
-            NormPlacement::Pre => {
-                Some(LayerNorm::new(d, cfg.layer_norm_eps, kernels, vb.pp("encoder.final_layer_norm"))?)
-            }
+            NormPlacement::Pre => Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("encoder.final_layer_norm"))?),
             NormPlacement::Post => None,
         };
-        Ok(Self {
-            word_embeddings: embedding(cfg.vocab_size, "word_embeddings")?,
-            position_embeddings: embedding(cfg.max_position_embeddings, "position_embeddings")?,
-            token_type_embeddings: embedding(cfg.type_vocab_size, "token_type_embeddings")?,
-            embeddings_norm: LayerNorm::new(d, cfg.layer_norm_eps, kernels, emb.pp("LayerNorm"))?,
+        let embeddings = Embeddings {
+            tokens: embedding(cfg.vocab_size, "word_embeddings")?,
+            scale: 1.0,
+            token_types: Some(embedding(cfg.type_vocab_size, "token_type_embeddings")?),
+            norm: Some(LayerNorm::new(d, cfg.layer_norm_eps, emb.pp("LayerNorm"))?),
+        };
+        let positions = PositionEncoding::Learned(embedding(cfg.max_position_embeddings, "position_embeddings")?);
+        let stack = Stack {
+            embeddings,
+            positions,
             blocks,
             final_norm,
+            causal: false,
             dropout: cfg.hidden_dropout_prob,
+            max_len: (cfg.max_position_embeddings, "max_position_embeddings"),
             dtype,
-        })
+            kernels,
+        };
+        Ok(Self { stack })
     }
 
     /// The token-embedding matrix (vocab, D), which a masked-LM decoder shares.
     pub fn word_embeddings(&self) -> &Tensor {
-        &self.word_embeddings.weight
+        &self.stack.embeddings.tokens.weight
     }
 
     /// Last hidden states (B, T, D). `input_ids` (B, T) u32; `token_type_ids` (B, T) u32 or
@@ -184,29 +186,14 @@ impl BertEncoder {
         attention_mask: Option<&Tensor>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        let (_, t) = input_ids.dims2()?;
-        let max_positions = self.position_embeddings.weight.dim(0)?;
-        if t > max_positions {
-            candle_core::bail!("sequence of {t} tokens exceeds max_position_embeddings {max_positions}");
-        }
-        let types = match token_type_ids {
-            Some(types) => types.clone(),
-            None => input_ids.zeros_like()?,
-        };
-        let positions = self.position_embeddings.weight.narrow(0, 0, t)?.to_dtype(self.dtype)?;
-        let x = self.word_embeddings.forward(input_ids, self.dtype)?;
-        let x = (x + self.token_type_embeddings.forward(&types, self.dtype)?)?.broadcast_add(&positions)?;
-        let mut x = dropout(&self.embeddings_norm.forward(&x)?, self.dropout, mode)?;
-        let bias = attention_mask.map(padding_mask).transpose()?;
-        let self_mask = bias.as_ref().map_or(Mask::None, Mask::Additive);
-        let inputs = BlockInputs { self_mask, memory: None, rope: None };
-        for block in &self.blocks {
-            x = block.forward(&x, &inputs, None, mode)?;
-        }
-        match &self.final_norm {
-            Some(norm) => norm.forward(&x),
-            None => Ok(x),
-        }
+        let inputs = StackInputs { token_types: token_type_ids, keep: attention_mask, ..Default::default() };
+        self.stack.forward(input_ids, inputs, None, mode)
+    }
+
+    /// RMS of the input of every LayerNorm of the blocks (the residual stream), by name.
+    pub fn norm_input_rms(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Vec<(String, f64)>> {
+        let inputs = StackInputs { keep: attention_mask, ..Default::default() };
+        self.stack.norm_input_rms(input_ids, inputs, |i| format!("encoder.layer.{i}"), "encoder.final_layer_norm")
     }
 }
 
@@ -225,8 +212,8 @@ pub enum Pooling {
 #[derive(Debug, Clone)]
 pub struct SequenceClassifier {
     pub encoder: BertEncoder,
-    pooler: Option<super::layers::Linear>,
-    classifier: super::layers::Linear,
+    pooler: Option<Linear>,
+    classifier: Linear,
     pooling: Pooling,
     dropout: f64,
 }
@@ -244,13 +231,13 @@ impl SequenceClassifier {
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
         let bert = vb.pp("bert");
         let pooler = match pooling {
-            Pooling::Cls => Some(super::layers::Linear::new(d, d, true, init, kernels, bert.pp("pooler.dense"))?),
+            Pooling::Cls => Some(Linear::new(d, d, true, init, bert.pp("pooler.dense"))?),
             Pooling::Mean => None,
         };
         Ok(Self {
             encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, bert)?,
             pooler,
-            classifier: super::layers::Linear::new(d, num_labels, true, init, kernels, vb.pp("classifier"))?,
+            classifier: Linear::new(d, num_labels, true, init, vb.pp("classifier"))?,
             pooling,
             dropout: cfg.hidden_dropout_prob,
         })
@@ -266,7 +253,7 @@ impl SequenceClassifier {
     ) -> Result<Tensor> {
         let hidden = self.encoder.forward(input_ids, token_type_ids, attention_mask, mode)?;
         let pooled = match (self.pooling, &self.pooler) {
-            (Pooling::Cls, Some(dense)) => dense.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?,
+            (Pooling::Cls, Some(dense)) => dense.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?, mode)?.tanh()?, // [CLS]: (B, D)
             (Pooling::Mean, _) => match attention_mask {
                 Some(mask) => {
                     let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?; // (B, T, 1)
@@ -276,7 +263,8 @@ impl SequenceClassifier {
             },
             (Pooling::Cls, None) => candle_core::bail!("CLS pooling without a pooler"),
         };
-        self.classifier.forward(&dropout(&pooled, self.dropout, mode)?)
+        let pooled = dropout(&pooled, self.dropout, mode)?;
+        self.classifier.forward(&pooled, mode)
     }
 }
 
@@ -286,11 +274,10 @@ impl SequenceClassifier {
 #[derive(Debug, Clone)]
 pub struct MaskedLm {
     pub encoder: BertEncoder,
-    transform: super::layers::Linear,
+    transform: Linear,
     transform_norm: LayerNorm,
-    decoder: super::layers::Linear,
+    decoder: Linear,
     activation: Activation,
-    kernels: Kernels,
 }
 
 impl MaskedLm {
@@ -300,14 +287,13 @@ impl MaskedLm {
         let encoder = BertEncoder::new(cfg, norm, kernels, DType::F32, vb.pp("bert"))?;
         let head = vb.pp("cls.predictions");
         let bias = head.get_with_hints(cfg.vocab_size, "bias", candle_nn::Init::Const(0.0))?;
-        let decoder = super::layers::Linear::from_weight(encoder.word_embeddings().clone(), Some(bias), kernels);
+        let decoder = Linear::from_weight(encoder.word_embeddings().clone(), Some(bias));
         Ok(Self {
-            transform: super::layers::Linear::new(d, d, true, init, kernels, head.pp("transform.dense"))?,
-            transform_norm: LayerNorm::new(d, cfg.layer_norm_eps, kernels, head.pp("transform.LayerNorm"))?,
+            transform: Linear::new(d, d, true, init, head.pp("transform.dense"))?,
+            transform_norm: LayerNorm::new(d, cfg.layer_norm_eps, head.pp("transform.LayerNorm"))?,
             decoder,
             encoder,
             activation: cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?,
-            kernels,
         })
     }
 
@@ -317,7 +303,7 @@ impl MaskedLm {
         let hidden = self.encoder.forward(input_ids, None, None, mode)?;
         let (b, t, d) = hidden.dims3()?;
         let selected = hidden.reshape((b * t, d))?.index_select(positions, 0)?;
-        let x = super::layers::activate(&self.transform.forward(&selected)?, self.activation, self.kernels)?;
-        self.decoder.forward(&self.transform_norm.forward(&x)?)
+        let x = crate::kernels::activate(&self.transform.forward(&selected, mode)?, self.activation, mode)?;
+        self.decoder.forward(&self.transform_norm.forward(&x, mode)?, mode)
     }
 }

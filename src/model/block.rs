@@ -2,14 +2,15 @@
 //! cross-attention (decoder of an encoder-decoder), and the position-wise FFN, each wrapped in
 //! a residual with LayerNorm placed per [`NormPlacement`], matched in one place: [`Block::residual`].
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::{Attention, KvCache, Mask};
-use super::fused;
-use super::layers::{activate, dropout, InitPolicy, LayerNorm, Linear, Mode};
+use super::attention::{Attention, AttentionConfig, KvCache};
+use super::layers::{InitPolicy, Linear};
+use super::norm::LayerNorm;
 use super::positions::Rope;
-use crate::config::{Activation, Kernels, NormPlacement};
+use crate::config::{Activation, NormPlacement};
+use crate::kernels::{self, dropout, Mask, Mode};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BlockConfig {
@@ -22,7 +23,6 @@ pub struct BlockConfig {
     pub bias: bool,
     pub layer_norm_eps: f64,
     pub cross_attention: bool,
-    pub kernels: Kernels,
 }
 
 impl BlockConfig {
@@ -38,8 +38,11 @@ impl BlockConfig {
             bias: cfg.bias,
             layer_norm_eps: cfg.layer_norm_eps,
             cross_attention,
-            kernels: cfg.kernels,
         }
+    }
+
+    fn attention(&self) -> AttentionConfig {
+        AttentionConfig { d_model: self.d_model, n_head: self.n_head, bias: self.bias, dropout: self.dropout }
     }
 }
 
@@ -115,30 +118,26 @@ pub struct Mlp {
     fc1: Linear,
     fc2: Linear,
     activation: Activation,
-    kernels: Kernels,
 }
 
 impl Mlp {
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, names: &BlockNames, vb: VarBuilder) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         Ok(Self {
-            fc1: Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), cfg.kernels, vb.pp(names.fc1))?,
-            fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), cfg.kernels, vb.pp(names.fc2))?,
+            fc1: Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), vb.pp(names.fc1))?,
+            fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), vb.pp(names.fc2))?,
             activation: cfg.activation,
-            kernels: cfg.kernels,
         })
     }
-}
 
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fc1 = &self.fc1;
-        let hidden = match (&fc1.bias, self.activation) {
-            // One node for the product, the bias and GELU.
-            (Some(bias), Activation::Gelu) if fc1.runs_fused(x) => fused::linear_gelu(x, &fc1.weight, bias)?,
-            _ => activate(&fc1.forward(x)?, self.activation, self.kernels)?,
-        };
-        self.fc2.forward(&hidden)
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward_act(x, self.activation, mode)?, mode)
+    }
+
+    /// The whole FFN sub-layer (Add & Norm included) as one node, where the backend has one.
+    fn sublayer(&self, x: &Tensor, norm: (&LayerNorm, bool), p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
+        let (fc1, fc2) = ((&self.fc1.weight, self.fc1.bias.as_ref()), (&self.fc2.weight, self.fc2.bias.as_ref()));
+        kernels::ffn_sublayer(x, norm.0.as_sublayer(norm.1), fc1, fc2, self.activation, p, mode)
     }
 }
 
@@ -151,9 +150,9 @@ pub struct BlockCache {
 
 /// Everything a block reads besides its input.
 pub struct BlockInputs<'a> {
-    /// Additive self-attention mask (causal and/or key padding).
+    /// Which keys self-attention sees (causal and/or key padding).
     pub self_mask: Mask<'a>,
-    /// Encoder output and its additive padding mask, for cross-attention.
+    /// Encoder output and its padding mask, for cross-attention.
     pub memory: Option<(&'a Tensor, Mask<'a>)>,
     /// Rotary table and the position of the input's first token.
     pub rope: Option<(&'a Rope, usize)>,
@@ -182,8 +181,8 @@ impl Block {
     }
 
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, names: &BlockNames, vb: VarBuilder) -> Result<Self> {
-        let attention = |paths: [&str; 4]| Attention::new(cfg, init, paths, vb.clone());
-        let norm = |name: &str| LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, cfg.kernels, vb.pp(name));
+        let attention = |paths: [&str; 4]| Attention::new(&cfg.attention(), init, paths, vb.clone());
+        let norm = |name: &str| LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
         let cross =
             if cfg.cross_attention { Some((norm(names.ln_cross)?, attention(names.cross_attn)?)) } else { None };
         Ok(Self {
@@ -198,6 +197,55 @@ impl Block {
         })
     }
 
+    /// The recipe: self-attention, cross-attention (decoder of an encoder-decoder), FFN, each
+    /// in a residual with its norm (`residual`).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        inputs: &BlockInputs,
+        mut cache: Option<&mut BlockCache>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let self_cache = cache.as_deref_mut().map(|c| &mut c.self_attn);
+        let x = self.self_attention(x, inputs, self_cache, mode)?;
+        let x = match (&self.cross, &inputs.memory) {
+            (Some((ln_cross, cross_attn)), Some((memory, memory_mask))) => {
+                let cross_cache = cache.map(|c| &mut c.cross_attn);
+                self.residual(&x, ln_cross, mode, |h, mode| {
+                    cross_attn.forward(h, Some(memory), memory_mask, None, cross_cache, mode)
+                })?
+            }
+            (None, None) => x,
+            (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
+            (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
+        };
+        let pre = self.norm == NormPlacement::Pre;
+        match self.mlp.sublayer(&x, (&self.ln_2, pre), self.dropout, mode)? {
+            Some(out) => Ok(out),
+            None => self.residual(&x, &self.ln_2, mode, |h, mode| self.mlp.forward(h, mode)),
+        }
+    }
+
+    /// The self-attention sub-layer: one node where the backend has one (no cache, no rotary
+    /// positions), else the composed residual.
+    fn self_attention(
+        &self,
+        x: &Tensor,
+        inputs: &BlockInputs,
+        cache: Option<&mut KvCache>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        if cache.is_none() && inputs.rope.is_none() {
+            let norm = (&self.ln_1, self.norm == NormPlacement::Pre);
+            if let Some(out) = self.attn.sublayer(x, norm, &inputs.self_mask, self.dropout, mode)? {
+                return Ok(out);
+            }
+        }
+        self.residual(x, &self.ln_1, mode, |h, mode| {
+            self.attn.forward(h, None, &inputs.self_mask, inputs.rope, cache, mode)
+        })
+    }
+
     /// Add & Norm, in the configured order. Pre-LN: x + f(LN(x)). Post-LN: LN(x + f(x)).
     fn residual(
         &self,
@@ -209,85 +257,15 @@ impl Block {
         match self.norm {
             NormPlacement::Pre => {
                 mode.record_norm_input(x)?;
-                let out = branch(&norm.forward(x)?, mode)?;
+                let out = branch(&norm.forward(x, mode)?, mode)?;
                 x + dropout(&out, self.dropout, mode)?
             }
             NormPlacement::Post => {
                 let out = branch(x, mode)?;
                 let sum = (x + dropout(&out, self.dropout, mode)?)?;
                 mode.record_norm_input(&sum)?;
-                norm.forward(&sum)
+                norm.forward(&sum, mode)
             }
         }
-    }
-
-    pub fn forward(
-        &self,
-        x: &Tensor,
-        inputs: &BlockInputs,
-        mut cache: Option<&mut BlockCache>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        let fused = match cache.is_none() && inputs.rope.is_none() && self.sublayer_fusable(mode) {
-            true => {
-                let norm = (&self.ln_1, self.norm == NormPlacement::Pre);
-                self.attn.fused_sublayer(x, norm, inputs.self_mask, self.dropout, mode)?
-            }
-            false => None,
-        };
-        let x = match fused {
-            Some(x) => x,
-            None => {
-                let self_cache = cache.as_deref_mut().map(|c| &mut c.self_attn);
-                self.residual(x, &self.ln_1, mode, |h, mode| {
-                    self.attn.forward(h, None, inputs.self_mask, inputs.rope, self_cache, mode)
-                })?
-            }
-        };
-        let x = match (&self.cross, inputs.memory) {
-            (Some((ln_cross, cross_attn)), Some((memory, memory_mask))) => {
-                let cross_cache = cache.map(|c| &mut c.cross_attn);
-                self.residual(&x, ln_cross, mode, |h, mode| {
-                    cross_attn.forward(h, Some(memory), memory_mask, None, cross_cache, mode)
-                })?
-            }
-            (None, None) => x,
-            (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
-            (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
-        };
-        if let Some(out) = self.fused_ffn(&x, mode)? {
-            return Ok(out);
-        }
-        self.residual(&x, &self.ln_2, mode, |h, _| self.mlp.forward(h))
-    }
-
-    /// Whether a sub-layer may run as one fused node in this mode: LayerNorm probing records
-    /// the norms' inputs, which the fused node keeps inside.
-    fn sublayer_fusable(&self, mode: &Mode) -> bool {
-        !mode.is_probing()
-    }
-
-    /// The FFN sub-layer (Add & Norm included, in either order) as one fused CPU node, when its
-    /// kernels apply: the same function as `residual` over `Mlp::forward`, with fewer
-    /// gradient buffers (see `fused::ffn_sublayer`). Other devices and dtypes take the
-    /// composed path.
-    fn fused_ffn(&self, x: &Tensor, mode: &mut Mode) -> Result<Option<Tensor>> {
-        let (mlp, norm) = (&self.mlp, &self.ln_2);
-        let (Some(b1), Some(b2)) = (&mlp.fc1.bias, &mlp.fc2.bias) else { return Ok(None) };
-        let act = match mlp.activation {
-            Activation::Gelu => fused::Act::Gelu,
-            Activation::Relu => fused::Act::Relu,
-        };
-        let pre_norm = self.norm == NormPlacement::Pre;
-        let applies = mlp.fc1.runs_fused(x) && mlp.fc2.runs_fused(x) && norm.runs_fused(x);
-        if !applies || !self.sublayer_fusable(mode) {
-            return Ok(None);
-        }
-        let (first, second) =
-            fused::pack_parameters((&norm.weight, &norm.bias), &[&mlp.fc1.weight, b1], &[&mlp.fc2.weight, b2])?;
-        let hidden = mlp.fc1.weight.dim(0)?;
-        let norm = fused::SublayerNorm { pre_norm, eps: norm.eps };
-        let dropout = (mode.train && self.dropout > 0.0).then(|| mode.dropout_mask(x.elem_count(), self.dropout));
-        Ok(Some(fused::ffn_sublayer(x, (&first, &second), (hidden, act), norm, dropout)?))
     }
 }

@@ -4,8 +4,9 @@
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::layers::{add_broadcast, Embedding, InitPolicy};
-use crate::config::{Kernels, ModelConfig, Positions};
+use super::layers::{Embedding, InitPolicy};
+use crate::config::{ModelConfig, Positions};
+use crate::kernels::{add_broadcast, Mode};
 
 /// How a stack learns where its tokens are, as `model.positions` chooses.
 #[derive(Debug, Clone)]
@@ -32,16 +33,16 @@ impl PositionEncoding {
 
     /// Adds the positions `offset..offset + T` to `x` (B, T, D), or leaves `x` as it is and
     /// returns the rotary table for the blocks.
-    pub fn apply(&self, x: Tensor, offset: usize, kernels: Kernels) -> Result<(Tensor, Option<(&Rope, usize)>)> {
+    pub fn apply(&self, x: Tensor, offset: usize, mode: &Mode) -> Result<(Tensor, Option<(&Rope, usize)>)> {
         let (_, t, _) = x.dims3()?;
         let dtype: DType = x.dtype();
         match self {
             Self::Learned(table) => {
                 let pos = table.weight.narrow(0, offset, t)?.to_dtype(dtype)?;
-                Ok((add_broadcast(&x, &pos, kernels)?, None))
+                Ok((add_broadcast(&x, &pos, mode)?, None))
             }
             Self::Sinusoidal(table) => {
-                Ok((add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(dtype)?, kernels)?, None))
+                Ok((add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(dtype)?, mode)?, None))
             }
             Self::Rope(rope) => Ok((x, Some((rope, offset)))),
         }
@@ -91,16 +92,18 @@ impl Rope {
         })
     }
 
-    /// x: (B, H, T, head_dim), its first position being `offset`.
-    pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
-        let (_, _, t, head_dim) = x.dims4()?;
-        let half = head_dim / 2;
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+    /// x: (B, T, n_head * head_dim), heads side by side, its first position being `offset`.
+    pub fn apply(&self, x: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let half = d / n_head / 2;
+        let x = x.reshape((b, t, n_head, 2 * half))?; // (B, T, D) -> (B, T, H, head_dim)
+                                                      // (T, half) -> (T, 1, half): one rotation per position, shared by the heads.
+        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?.unsqueeze(1)?;
+        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?.unsqueeze(1)?;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
         let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
         let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)
+        Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)?.reshape((b, t, d)) // -> (B, T, D)
     }
 }

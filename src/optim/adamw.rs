@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
 use crate::config::OptimConfig;
-use crate::model::fused::{contiguous, PARALLEL_MIN};
+use crate::kernels::cpu::{contiguous, PARALLEL_MIN};
 use rayon::prelude::*;
 
 struct ParamState {

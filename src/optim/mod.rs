@@ -9,7 +9,7 @@ pub use schedule::Schedule;
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::model::fused::{contiguous, lane_sum, PARALLEL_MIN};
+use crate::kernels::cpu::{contiguous, lane_sum, PARALLEL_MIN};
 
 /// Global L2 norm of all gradients, as a scalar tensor (it stays on the device).
 pub fn global_norm(grads: &[Option<Tensor>]) -> Result<Tensor> {

@@ -17,8 +17,8 @@ use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
 use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
+use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
-use crate::model::layers::cross_entropy_sum;
 use crate::model::{Mode, ParamStore};
 use crate::run_dir::RunDir;
 
@@ -227,7 +227,7 @@ impl Task for Classification {
 
     fn loss_sum(&self, (inputs, labels): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.model.forward(&inputs.ids, Some(&inputs.type_ids), Some(&inputs.mask), mode)?;
-        Ok(cross_entropy_sum(&logits, labels, self.cfg.model.kernels)?)
+        Ok(cross_entropy_sum(&logits, labels, mode)?)
     }
 
     fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {

@@ -15,8 +15,8 @@ use super::task::{Evaluation, Task};
 use crate::config::Config;
 use crate::data::masking::MaskingRule;
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};
+use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
-use crate::model::layers::cross_entropy_sum;
 use crate::model::{Mode, ParamStore};
 use crate::rng::Rng;
 use crate::run_dir::RunDir;
@@ -144,7 +144,7 @@ impl Task for MaskedLm {
 
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.model.logits_at(&batch.inputs, &batch.positions, mode)?;
-        Ok(cross_entropy_sum(&logits, &batch.labels, self.cfg.model.kernels)?)
+        Ok(cross_entropy_sum(&logits, &batch.labels, mode)?)
     }
 
     fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
@@ -156,8 +156,9 @@ impl Task for MaskedLm {
         for index in 0..cfg.train.eval_batches.max(1) {
             self.data.windows(Split::Val, cfg.train.seed, index, 0, cfg.train.batch_size, buffers);
             let batch = self.corrupt(buffers, &mut Rng::derived(cfg.train.seed, &[EVAL_MASK_STREAM, index as u64]))?;
-            let logits = model.logits_at(&batch.inputs, &batch.positions, &mut Mode::eval())?;
-            loss += cross_entropy_sum(&logits, &batch.labels, cfg.model.kernels)?.to_scalar::<f32>()? as f64;
+            let mut mode = Mode::eval();
+            let logits = model.logits_at(&batch.inputs, &batch.positions, &mut mode)?;
+            loss += cross_entropy_sum(&logits, &batch.labels, &mode)?.to_scalar::<f32>()? as f64;
             let predicted: Vec<u32> = logits.argmax(1)?.to_vec1()?;
             let labels: Vec<u32> = batch.labels.to_vec1()?;
             correct += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();

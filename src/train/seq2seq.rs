@@ -163,9 +163,10 @@ pub fn score(
     let mut hypotheses = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(EVAL_BATCH) {
         let batch = pad_pairs(chunk.iter(), vocab.source_specials.pad, vocab.target_specials, device)?;
-        let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut Mode::eval())?;
-        let logits = model.forward(&batch.target_in, &memory, &mut Mode::eval())?;
-        loss += model.loss_sum(&logits, &batch.positions, &batch.target_out, 0.0)?.to_scalar::<f32>()? as f64;
+        let mut mode = Mode::eval();
+        let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut mode)?;
+        let logits = model.forward(&batch.target_in, &memory, &mut mode)?;
+        loss += model.loss_sum(&logits, &batch.positions, &batch.target_out, 0.0, &mode)?.to_scalar::<f32>()? as f64;
         let (b, t, v) = logits.dims3()?;
         let predicted: Vec<u32> =
             logits.reshape((b * t, v))?.index_select(&batch.positions, 0)?.argmax(1)?.to_vec1()?;
@@ -226,7 +227,7 @@ impl Task for Seq2SeqTask {
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let memory = self.model.encode(&batch.source, Some(&batch.source_keep), mode)?;
         let logits = self.model.forward(&batch.target_in, &memory, mode)?;
-        Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.cfg.task.label_smoothing)?)
+        Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.cfg.task.label_smoothing, mode)?)
     }
 
     fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {

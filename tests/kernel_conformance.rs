@@ -1,9 +1,10 @@
-//! The fused CPU kernels against candle's composed ops, in f64 on random inputs: forward
-//! values and the gradients of a random projection of the output, masked rows included.
+//! The conformance of the kernel seam's two backends: every CPU kernel (`taper::kernels::cpu`)
+//! against candle's composed ops, in f64 on random inputs (forward values and the gradients of
+//! a random projection of the output, masked rows included), and whole models trained both ways.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use taper::model::attention::causal_mask;
-use taper::model::fused;
+use taper::kernels::causal_mask;
+use taper::kernels::cpu as fused;
 use taper::rng::Rng;
 
 fn random(shape: &[usize], seed: u64, scale: f64) -> Var {
@@ -37,6 +38,34 @@ fn composed_sublayer(
     } else {
         norm(&(x + dropped(x)).unwrap())
     }
+}
+
+/// A sub-layer's inputs [x, ln.w, ln.b, W1, b1, W2, b2] with the branch's biases (true), and
+/// without them (false: [x, ln.w, ln.b, W1, W2]).
+fn bias_variants(inputs: &[Var; 7]) -> [(bool, Vec<Var>); 2] {
+    [(true, inputs.to_vec()), (false, [0, 1, 2, 3, 5].map(|i| inputs[i].clone()).to_vec())]
+}
+
+/// The branch parameters (W1, b1, W2, b2) among tensors laid out as `bias_variants` makes them.
+fn branch_params(t: &[Tensor], bias: bool) -> (Tensor, Option<Tensor>, Tensor, Option<Tensor>) {
+    match bias {
+        true => (t[3].clone(), Some(t[4].clone()), t[5].clone(), Some(t[6].clone())),
+        false => (t[3].clone(), None, t[4].clone(), None),
+    }
+}
+
+/// The packed sub-layer parameters for those tensors (see `pack_parameters`).
+fn packed(t: &[Tensor], bias: bool) -> (Tensor, Tensor) {
+    let (w1, b1, w2, b2) = branch_params(t, bias);
+    let first: Vec<&Tensor> = [Some(&w1), b1.as_ref()].into_iter().flatten().collect();
+    let second: Vec<&Tensor> = [Some(&w2), b2.as_ref()].into_iter().flatten().collect();
+    fused::pack_parameters((&t[1], &t[2]), &first, &second).unwrap()
+}
+
+/// x W^T (+ b), composed.
+fn composed_linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let y = x.broadcast_matmul(&w.t().unwrap()).unwrap();
+    b.map_or(y.clone(), |b| y.broadcast_add(b).unwrap())
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -301,7 +330,7 @@ fn attention_key_padding_and_dropout() {
     // Row 0 keeps every key, row 1 its first two, row 2 none (it then attends uniformly).
     let keep: Vec<f32> = (0..b * t_k).map(|i| if i < t_k || i % t_k < 2 && i < 2 * t_k { 1.0 } else { 0.0 }).collect();
     let keep = Tensor::from_vec(keep, (b, t_k), &Device::Cpu).unwrap();
-    let bias = taper::model::attention::padding_mask(&keep).unwrap();
+    let bias = taper::kernels::padding_mask(&keep).unwrap();
     let key_bias = bias.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let mut rng = Rng::new(43);
     let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t_q * t_k, 0.7, &mut rng);
@@ -406,33 +435,35 @@ fn ffn_sublayer_pre_and_post_norm() {
         let dropout_tensor = with_dropout.then(|| {
             Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
         });
-        for pre_norm in [true, false] {
-            for act in [fused::Act::Gelu, fused::Act::Relu] {
-                let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
-                let fused_fn = |t: &[Tensor]| {
-                    let (first, second) =
-                        fused::pack_parameters((&t[1], &t[2]), &[&t[3], &t[4]], &[&t[5], &t[6]]).unwrap();
-                    fused::ffn_sublayer(&t[0], (&first, &second), (hidden, act), norm, dropout.clone()).unwrap()
-                };
-                let composed_fn = |t: &[Tensor]| {
-                    let norm = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
-                    let linear = |x: &Tensor, w: &Tensor, b: &Tensor| {
-                        x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+        // With biases: [x, ln.w, ln.b, W1, b1, W2, b2]; without: [x, ln.w, ln.b, W1, W2].
+        for (bias, used) in bias_variants(&inputs) {
+            for pre_norm in [true, false] {
+                for act in [fused::Act::Gelu, fused::Act::Relu] {
+                    let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
+                    let fused_fn = |t: &[Tensor]| {
+                        let (first, second) = packed(t, bias);
+                        let shape = fused::FfnShape { hidden, act, bias };
+                        fused::ffn_sublayer(&t[0], (&first, &second), shape, norm, dropout.clone()).unwrap()
                     };
-                    let branch = |h: &Tensor| {
-                        let z = linear(h, &t[3], &t[4]);
-                        let a = match act {
-                            fused::Act::Gelu => z.gelu_erf().unwrap(),
-                            fused::Act::Relu => z.relu().unwrap(),
+                    let composed_fn = |t: &[Tensor]| {
+                        let (w1, b1, w2, b2) = branch_params(t, bias);
+                        let norm = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
+                        let branch = |h: &Tensor| {
+                            let z = composed_linear(h, &w1, b1.as_ref());
+                            let a = match act {
+                                fused::Act::Gelu => z.gelu_erf().unwrap(),
+                                fused::Act::Relu => z.relu().unwrap(),
+                            };
+                            composed_linear(&a, &w2, b2.as_ref())
                         };
-                        linear(&a, &t[5], &t[6])
+                        composed_sublayer(&t[0], norm, branch, dropout_tensor.as_ref(), pre_norm)
                     };
-                    composed_sublayer(&t[0], norm, branch, dropout_tensor.as_ref(), pre_norm)
-                };
-                // ReLU is exact; GELU's erf is accurate to 1.5e-7 (as in `gelu`), and the gradients
-                // sum that error over 128 hidden units and 200 rows.
-                let tol = if act == fused::Act::Relu { 1e-10 } else { 1e-4 };
-                check(&format!("ffn pre_norm={pre_norm} {act:?}"), &inputs, fused_fn, composed_fn, tol);
+                    // ReLU is exact; GELU's erf is accurate to 1.5e-7 (as in `gelu`), and the
+                    // gradients sum that error over 128 hidden units and 200 rows.
+                    let tol = if act == fused::Act::Relu { 1e-10 } else { 1e-4 };
+                    let name = format!("ffn bias={bias} pre_norm={pre_norm} {act:?}");
+                    check(&name, &used, fused_fn, composed_fn, tol);
+                }
             }
         }
     }
@@ -490,34 +521,31 @@ fn self_attention_sublayer_pre_and_post_norm() {
             let mask = Tensor::from_vec(residual_multipliers.clone(), (b, t, d), &Device::Cpu).unwrap();
             mask.to_dtype(DType::F64).unwrap()
         });
-        for pre_norm in [true, false] {
+        // With biases: [x, ln.w, ln.b, W_qkv, b_qkv, W_o, b_o]; without: [x, ln.w, ln.b, W_qkv, W_o].
+        let variants = bias_variants(&inputs);
+        for ((bias, used), pre_norm) in variants.iter().flat_map(|v| [(v, true), (v, false)]) {
+            let bias = *bias;
             let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
             let fused_fn = |t: &[Tensor]| {
-                let (first, second) = fused::pack_parameters((&t[1], &t[2]), &[&t[3], &t[4]], &[&t[5], &t[6]]).unwrap();
+                let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone());
-                fused::self_attention_sublayer(&t[0], (&first, &second), n_head, attention, norm, residual.clone())
+                let heads = (n_head, bias);
+                fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
                     .unwrap()
             };
             let composed_fn = |t: &[Tensor]| {
+                let (w_qkv, b_qkv, w_o, b_o) = branch_params(t, bias);
                 let ln = |x: &Tensor| fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap();
-                let linear = |x: &Tensor, w: &Tensor, b: &Tensor| {
-                    x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
-                };
                 let branch = |h: &Tensor| {
-                    let qkv = linear(h, &t[3], &t[4]);
+                    let qkv = composed_linear(h, &w_qkv, b_qkv.as_ref());
                     let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
                     let context = composed_attention(&[q, k, v], n_head, additive.as_ref(), dropout_tensor.as_ref());
-                    linear(&context, &t[5], &t[6])
+                    composed_linear(&context, &w_o, b_o.as_ref())
                 };
                 composed_sublayer(&t[0], ln, branch, residual_tensor.as_ref(), pre_norm)
             };
-            check(
-                &format!("self-attention sub-layer case {case} pre_norm={pre_norm}"),
-                &inputs,
-                fused_fn,
-                composed_fn,
-                1e-9,
-            );
+            let name = format!("self-attention sub-layer case {case} bias={bias} pre_norm={pre_norm}");
+            check(&name, used, fused_fn, composed_fn, 1e-9);
         }
     }
 }

@@ -3,8 +3,8 @@
 //! `gemm.rs`), LayerNorm, GELU, bias (and position) add, causal softmax, and cross-entropy. Each replaces several full passes over memory (and several autograd nodes,
 //! each of which allocates a zeroed gradient) by one pass forward and one backward.
 //!
-//! Only f32 and f64 CPU tensors take these paths; `layers.rs` falls back to the composed ops
-//! for other dtypes and devices, so CUDA and Metal run the same model through candle's kernels.
+//! Only f32 and f64 CPU tensors take these paths; the seam (`kernels/mod.rs`) runs the composed
+//! ops for other dtypes and devices, so CUDA and Metal run the same model through candle's kernels.
 //! `tests/fused_ops.rs` checks every forward and gradient against the composed form in f64.
 //!
 //! A backward pass must return tensors, so each backward is itself a (forward-only) CustomOp.
@@ -267,7 +267,7 @@ mod gemm;
 mod linear;
 mod sublayer;
 pub use attention::{attention, attention_packed, self_attention_sublayer, AttentionMask};
-pub use ffn::ffn_sublayer;
+pub use ffn::{ffn_sublayer, FfnShape};
 pub use linear::{linear, linear_gelu, Act};
 pub use sublayer::{pack_parameters, SublayerNorm};
 

@@ -415,9 +415,11 @@ pub fn attention_packed(qkv: &Tensor, n_head: usize, mask: AttentionMask, dropou
 }
 
 /// The self-attention branch of a fused sub-layer (`sublayer.rs`): the packed Q/K/V projection,
-/// attention, and the output projection, with the parameters as [W_qkv | b_qkv] and [W_o | b_o].
+/// attention, and the output projection, with the parameters as [W_qkv | b_qkv] and [W_o | b_o]
+/// (or [W_qkv] and [W_o] without biases).
 struct SelfAttentionBranch {
     core: AttentionOp,
+    bias: bool,
     /// The packed Q/K/V and the attention output (the softmax weights stay in `core`).
     saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
@@ -438,7 +440,8 @@ impl Branch for SelfAttentionBranch {
     const NAME: &'static str = "taper-self-attention";
 
     fn parameter_lens(&self, d: usize) -> (usize, usize) {
-        (3 * d * d + 3 * d, d * d + d)
+        let b = self.bias as usize;
+        (3 * d * d + b * 3 * d, d * d + b * d)
     }
 
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
@@ -446,9 +449,10 @@ impl Branch for SelfAttentionBranch {
         let d = g.width();
         let rows = input.len() / d.max(1);
         let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(3 * d * d), p2.split_at(d * d));
-        let qkv = linear_forward(input, w_qkv, Some(b_qkv), (rows, d, 3 * d));
+        let (b_qkv, b_o) = (self.bias.then_some(b_qkv), self.bias.then_some(b_o));
+        let qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, 3 * d));
         let (context, weights) = self.core.forward::<T>(&g, &qkv, &qkv, &qkv);
-        let out = linear_forward(&context, w_o, Some(b_o), (rows, d, d));
+        let out = linear_forward(&context, w_o, b_o, (rows, d, d));
         if keep {
             self.core.save_weights(T::to_cpu_storage_owned(weights))?;
             *self.saved()? = Some((T::to_cpu_storage_owned(qkv), T::to_cpu_storage_owned(context)));
@@ -475,8 +479,9 @@ impl Branch for SelfAttentionBranch {
         let (qkv, context, weights) = (qkv.as_slice::<T>()?, context.as_slice::<T>()?, weights.as_slice::<T>()?);
         let (dw_qkv, db_qkv) = d_p1.split_at_mut(3 * d * d);
         let (dw_o, db_o) = d_p2.split_at_mut(d * d);
+        let (db_qkv, db_o) = (self.bias.then(|| as_uninit(db_qkv)), self.bias.then(|| as_uninit(db_o)));
         let fill = |d_context: &mut _| {
-            backward_into(context, &p2[..d * d], d_out, (rows, d, d), d_context, as_uninit(dw_o), Some(as_uninit(db_o)))
+            backward_into(context, &p2[..d * d], d_out, (rows, d, d), d_context, as_uninit(dw_o), db_o)
         };
         // SAFETY: backward_into writes every element of d(context).
         let d_context = unsafe { written_by(rows * d, fill) };
@@ -485,7 +490,7 @@ impl Branch for SelfAttentionBranch {
         self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3]);
         let fill = |d_input: &mut _| {
             let w_qkv = &p1[..3 * d * d];
-            backward_into(input, w_qkv, &d_qkv, (rows, d, 3 * d), d_input, as_uninit(dw_qkv), Some(as_uninit(db_qkv)))
+            backward_into(input, w_qkv, &d_qkv, (rows, d, 3 * d), d_input, as_uninit(dw_qkv), db_qkv)
         };
         // SAFETY: as above.
         Ok(unsafe { written_by(rows * d, fill) })
@@ -495,16 +500,16 @@ impl Branch for SelfAttentionBranch {
 /// The self-attention sub-layer: pre-LN x + Attn(LN(x)), post-LN LN(x + Attn(x)), with Attn the
 /// packed Q/K/V projection, `n_head`-head attention under `mask` (and `dropout` multipliers on
 /// its weights) and the output projection, as one node. `first` = [ln.weight | ln.bias | W_q |
-/// W_k | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o] (see `pack_parameters`);
-/// `residual_dropout`: multipliers on Attn's output.
+/// W_k | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o] (without the biases when `bias` is
+/// false; see `pack_parameters`); `residual_dropout`: multipliers on Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
-    n_head: usize,
+    (n_head, bias): (usize, bool),
     (mask, dropout): (AttentionMask, Option<Vec<f32>>),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
     let core = op(n_head, x.dim(D::Minus1)?, mask, dropout);
-    apply(x, (first, second), SelfAttentionBranch { core, saved: Mutex::new(None) }, norm, residual_dropout)
+    apply(x, (first, second), SelfAttentionBranch { core, bias, saved: Mutex::new(None) }, norm, residual_dropout)
 }

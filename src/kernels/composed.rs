@@ -1,0 +1,112 @@
+//! candle's composed tensor ops: the form every op takes on any device and dtype (CUDA, Metal,
+//! bf16), and the reference the CPU kernels are checked against.
+//!
+//! candle-nn 0.11's `LayerNorm` (on contiguous input) and `ops::softmax_last_dim` run fused
+//! kernels without a backward pass: layers before them silently never learn. Its `Linear`
+//! computes a wrong forward on non-contiguous 3-D CPU input. So these are written with
+//! differentiable ops.
+
+use candle_core::{DType, Result, Tensor, D};
+
+use super::mask::Mask;
+use super::{dropout, Activation, Mode};
+
+/// Matrix product. candle's CPU backend has no bf16 GEMM, so there bf16 operands are multiplied
+/// in f32 and the result rounded back (as bf16 tensor cores accumulate in f32); accelerators
+/// use their native kernel.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::BF16 && a.device().is_cpu() {
+        return a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?.to_dtype(DType::BF16);
+    }
+    a.matmul(b)
+}
+
+/// y = x W^T + b over the last dimension, for input of any rank.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims();
+    let Some(&fan_in) = dims.last() else { candle_core::bail!("linear layer on a scalar input") };
+    let rows = x.elem_count() / fan_in;
+    // Flatten to 2-D (contiguous) so the product is one plain GEMM: (.., F_in) -> (rows, F_in).
+    let x2 = x.contiguous()?.reshape((rows, fan_in))?;
+    let w = weight.to_dtype(x.dtype())?;
+    let mut y = matmul(&x2, &w.t()?)?; // (rows, F_out)
+    if let Some(b) = bias {
+        y = y.broadcast_add(&b.to_dtype(x.dtype())?)?;
+    }
+    let mut out_dims = dims.to_vec();
+    out_dims.pop();
+    out_dims.push(y.dim(1)?);
+    y.reshape(out_dims) // (rows, F_out) -> (.., F_out)
+}
+
+/// LayerNorm over the last dimension, computed in f32 whatever the activations' dtype.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(&weight.to_dtype(DType::F32)?)?.broadcast_add(&bias.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+/// Softmax over the last dimension, in f32. The max is detached: softmax is invariant to it,
+/// so its gradient would be zero anyway.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)
+}
+
+/// log-softmax over the last dimension, in f32.
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let x = x.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)
+}
+
+/// Sum over rows of -log p(target). `logits` is (N, V), `targets` (N,) u32.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_probs = log_softmax_last_dim(logits)?;
+    log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()
+}
+
+pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
+    match activation {
+        Activation::Relu => x.relu(),
+        Activation::Gelu => x.gelu_erf(),
+    }
+}
+
+/// (B, T, H * head_dim) -> (B, H, T, head_dim), contiguous.
+fn split_heads(x: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    x.reshape((b, t, n_head, d / n_head))?.transpose(1, 2)?.contiguous()
+}
+
+/// softmax(Q K^T / sqrt(head_dim) + mask) V over `n_head` heads, with dropout `p` on the
+/// weights; q (B, T_q, D), k and v (B, T_k, D), heads side by side in D; out (B, T_q, D).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    mask: &Mask,
+    p: f64,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    let (b, t_q, d) = q.dims3()?;
+    let (q, k, v) = (split_heads(q, n_head)?, split_heads(k, n_head)?, split_heads(v, n_head)?);
+    let scale = 1.0 / ((d / n_head) as f64).sqrt();
+    let scores = (matmul(&q, &k.t()?)? * scale)?; // (B, H, T_q, T_k)
+    let scores = match mask.additive(t_q, q.device())? {
+        Some(bias) => scores.broadcast_add(&bias.to_dtype(q.dtype())?)?,
+        None => scores,
+    };
+    let weights = dropout(&softmax_last_dim(&scores)?, p, mode)?;
+    let context = matmul(&weights, &v)?; // (B, H, T_q, head_dim)
+    context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d)) // -> (B, T_q, H, head_dim) -> (B, T_q, D)
+}

@@ -1,0 +1,265 @@
+//! The kernel seam: the one module that decides which implementation runs each op of the
+//! model. A forward's [`Mode`] carries the [`Backend`] chosen once when the forward starts
+//! (taper's CPU kernels in `cpu/` for CPU f32/f64, candle's composed ops in `composed.rs` for
+//! every other device and dtype); the layers hold only their tensors and call the functions
+//! here. A new backend (a device's own kernels) is a variant of `Backend` and one arm in each
+//! function below.
+//!
+//! A whole sub-layer (Add & Norm included) runs as one CPU node where it can: the
+//! `*_sublayer` functions return None when the caller's composed recipe should run instead.
+
+pub mod composed;
+pub mod cpu;
+mod mask;
+mod mode;
+
+use candle_core::{DType, Device, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+pub use mask::{causal_mask, padding_mask, Mask, MASKED};
+pub use mode::{Backend, Mode};
+
+/// `model.kernels`: which implementations a run may use.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kernels {
+    /// taper's CPU kernels (fused sub-layers, linear, attention, LayerNorm, GELU, bias add,
+    /// cross-entropy) where they apply (CPU, f32/f64); candle's composed ops elsewhere.
+    Fused,
+    /// candle's composed ops everywhere (what CUDA and Metal always use).
+    Composed,
+}
+
+/// The FFN's activation (`model.activation`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Activation {
+    Relu,
+    Gelu,
+}
+
+impl Activation {
+    fn cpu(self) -> cpu::Act {
+        match self {
+            Activation::Gelu => cpu::Act::Gelu,
+            Activation::Relu => cpu::Act::Relu,
+        }
+    }
+}
+
+/// Inverted dropout. On the CPU the mask comes from taper's seeded RNG, so runs repeat exactly;
+/// on accelerators it is drawn on the device (seeded once per run) to keep the step on-device.
+pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
+    if !mode.train || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let mask = match x.device() {
+        Device::Cpu => {
+            Tensor::from_vec(mode.dropout_mask(x.elem_count(), p), x.shape(), x.device())?.to_dtype(x.dtype())?
+        }
+        device => {
+            let uniform = Tensor::rand(0f32, 1f32, x.shape(), device)?;
+            (uniform.ge(p)?.to_dtype(DType::F32)? / (1.0 - p))?.to_dtype(x.dtype())?
+        }
+    };
+    x.mul(&mask)
+}
+
+/// y = x W^T + b over the last dimension, for input of any rank.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, mode: &Mode) -> Result<Tensor> {
+    match mode.backend() {
+        Backend::Cpu => cpu::linear(x, weight, bias),
+        Backend::Composed => composed::linear(x, weight, bias),
+    }
+}
+
+/// act(x W^T + b).
+pub fn linear_act(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Activation, mode: &Mode) -> Result<Tensor> {
+    match (mode.backend(), bias, act) {
+        // One node for the product, the bias and GELU.
+        (Backend::Cpu, Some(bias), Activation::Gelu) => cpu::linear_gelu(x, weight, bias),
+        _ => activate(&linear(x, weight, bias, mode)?, act, mode),
+    }
+}
+
+/// act(x), elementwise.
+pub fn activate(x: &Tensor, act: Activation, mode: &Mode) -> Result<Tensor> {
+    match (mode.backend(), act) {
+        (Backend::Cpu, Activation::Gelu) => cpu::gelu(x),
+        (Backend::Cpu, Activation::Relu) => x.relu(),
+        (Backend::Composed, _) => composed::activate(x, act),
+    }
+}
+
+/// LayerNorm over the last dimension.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: &Mode) -> Result<Tensor> {
+    match mode.backend() {
+        Backend::Cpu => cpu::layer_norm(x, weight, bias, eps),
+        Backend::Composed => composed::layer_norm(x, weight, bias, eps),
+    }
+}
+
+/// `x + b`, with `b`'s shape a suffix of `x`'s (positions over the batch). The CPU form's
+/// backward sums `b`'s gradient in one pass instead of candle's generic strided reduction.
+pub fn add_broadcast(x: &Tensor, b: &Tensor, mode: &Mode) -> Result<Tensor> {
+    match mode.backend() {
+        Backend::Cpu => cpu::add_row_vector(x, b),
+        Backend::Composed => x.broadcast_add(b),
+    }
+}
+
+/// Sum over rows of -log p(target). `logits` (N, V), `targets` (N,) u32.
+pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor, mode: &Mode) -> Result<Tensor> {
+    match mode.backend() {
+        Backend::Cpu => cpu::cross_entropy_sum(logits, targets),
+        Backend::Composed => composed::cross_entropy_sum(logits, targets),
+    }
+}
+
+/// softmax(Q K^T / sqrt(head_dim) + mask) V over `n_head` heads with dropout `p` on the
+/// weights: q (B, T_q, D), k and v (B, T_k, D), heads side by side in D; out (B, T_q, D).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    mask: &Mask,
+    p: f64,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    match mode.backend() {
+        Backend::Cpu => {
+            let (b, t_q, _) = q.dims3()?;
+            let dropout = mode.dropout_multipliers(b * n_head * t_q * k.dim(1)?, p);
+            cpu::attention(q, k, v, n_head, mask.cpu_form()?.clone(), dropout)
+        }
+        Backend::Composed => composed::attention(q, k, v, n_head, mask, p, mode),
+    }
+}
+
+/// The projections of one attention layer: query, key, value, output (weight, optional bias).
+pub struct Projections<'a> {
+    pub weights: [&'a Tensor; 4],
+    pub biases: [Option<&'a Tensor>; 4],
+}
+
+/// Self-attention of x (B, T, D) before the output projection: on the CPU one product for the
+/// three projections (weights stacked: a 3x wider GEMM and one gradient for x instead of three).
+pub fn self_attention(
+    x: &Tensor,
+    proj: &Projections,
+    n_head: usize,
+    mask: &Mask,
+    p: f64,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    let [wq, wk, wv, _] = proj.weights;
+    let [bq, bk, bv, _] = proj.biases;
+    match mode.backend() {
+        Backend::Cpu => {
+            let weight = Tensor::cat(&[wq, wk, wv], 0)?;
+            let bias = match (bq, bk, bv) {
+                (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
+                _ => None,
+            };
+            let qkv = cpu::linear(x, &weight, bias.as_ref())?; // (B, T, 3D)
+            let (b, t, _) = x.dims3()?;
+            let dropout = mode.dropout_multipliers(b * n_head * t * t, p);
+            cpu::attention_packed(&qkv, n_head, mask.cpu_form()?.clone(), dropout)
+        }
+        Backend::Composed => {
+            let (q, k, v) = (linear(x, wq, bq, mode)?, linear(x, wk, bk, mode)?, linear(x, wv, bv, mode)?);
+            composed::attention(&q, &k, &v, n_head, mask, p, mode)
+        }
+    }
+}
+
+/// A sub-layer's norm: its parameters, and whether it runs before the branch (pre-LN).
+#[derive(Clone, Copy)]
+pub struct SublayerNorm<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub eps: f64,
+    pub pre: bool,
+}
+
+impl SublayerNorm<'_> {
+    fn cpu(&self) -> cpu::SublayerNorm {
+        cpu::SublayerNorm { pre_norm: self.pre, eps: self.eps }
+    }
+}
+
+/// Whether a whole sub-layer may run as one CPU node in this forward: LayerNorm probing
+/// records the norms' inputs, which the node keeps inside.
+fn sublayer_node(mode: &Mode) -> bool {
+    mode.backend() == Backend::Cpu && !mode.is_probing()
+}
+
+/// The flat parameter list [weights..., biases...] of a fused branch (biases only if all are there).
+fn branch_parameters<'a>(weights: &[&'a Tensor], biases: &[Option<&'a Tensor>]) -> Result<(Vec<&'a Tensor>, bool)> {
+    let present: Vec<&Tensor> = biases.iter().flatten().copied().collect();
+    let with_bias = match present.len() {
+        0 => false,
+        n if n == biases.len() => true,
+        _ => candle_core::bail!("a fused sub-layer needs every bias or none"),
+    };
+    Ok((weights.iter().copied().chain(present).collect(), with_bias))
+}
+
+/// The FFN sub-layer, pre-LN x + FFN(LN(x)) or post-LN LN(x + FFN(x)) with FFN(h) =
+/// act(h W1^T + b1) W2^T + b2 and dropout `p` on FFN's output, as one CPU node; None: the
+/// caller composes it.
+pub fn ffn_sublayer(
+    x: &Tensor,
+    norm: SublayerNorm,
+    (w1, b1): (&Tensor, Option<&Tensor>),
+    (w2, b2): (&Tensor, Option<&Tensor>),
+    act: Activation,
+    p: f64,
+    mode: &mut Mode,
+) -> Result<Option<Tensor>> {
+    if !sublayer_node(mode) {
+        return Ok(None);
+    }
+    let (first, bias1) = branch_parameters(&[w1], &[b1])?;
+    let (second, bias2) = branch_parameters(&[w2], &[b2])?;
+    if bias1 != bias2 {
+        return Ok(None);
+    }
+    let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
+    let dropout = mode.dropout_multipliers(x.elem_count(), p);
+    let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: act.cpu(), bias: bias1 };
+    Ok(Some(cpu::ffn_sublayer(x, (&first, &second), branch, norm.cpu(), dropout)?))
+}
+
+/// The self-attention sub-layer (pre- or post-LN, dropout `p_attn` on the weights and
+/// `p_out` on the output) as one CPU node; None: the caller composes it.
+pub fn self_attention_sublayer(
+    x: &Tensor,
+    norm: SublayerNorm,
+    proj: &Projections,
+    n_head: usize,
+    mask: &Mask,
+    (p_attn, p_out): (f64, f64),
+    mode: &mut Mode,
+) -> Result<Option<Tensor>> {
+    if !sublayer_node(mode) {
+        return Ok(None);
+    }
+    let [wq, wk, wv, wo] = proj.weights;
+    let [bq, bk, bv, bo] = proj.biases;
+    let (first, bias1) = branch_parameters(&[wq, wk, wv], &[bq, bk, bv])?;
+    let (second, bias2) = branch_parameters(&[wo], &[bo])?;
+    if bias1 != bias2 {
+        return Ok(None);
+    }
+    let (b, t, _) = x.dims3()?;
+    // Drawn in the composed path's order: the weights' mask, then the output's.
+    let dropout = mode.dropout_multipliers(b * n_head * t * t, p_attn);
+    let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
+    let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
+    let attention = (mask.cpu_form()?.clone(), dropout);
+    let node =
+        cpu::self_attention_sublayer(x, (&first, &second), (n_head, bias1), attention, norm.cpu(), residual_dropout)?;
+    Ok(Some(node))
+}

@@ -1,0 +1,177 @@
+//! One stack, shared by GPT, BERT and both sides of an encoder-decoder: embed -> positions ->
+//! blocks -> final norm. The models differ only in what they build it with (names, which
+//! embedding extras, causal or not) and in their heads.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use super::block::{Block, BlockCache, BlockInputs};
+use super::layers::Embedding;
+use super::norm::LayerNorm;
+use super::positions::PositionEncoding;
+use crate::kernels::{dropout, Kernels, Mask, Mode};
+
+/// Token embedding and what a model adds to it before the positions, and after them.
+#[derive(Debug, Clone)]
+pub struct Embeddings {
+    pub tokens: Embedding,
+    /// Multiplier of the token embedding (sqrt(d_model) in the original Transformer).
+    pub scale: f64,
+    /// BERT's segment embedding, added to the tokens.
+    pub token_types: Option<Embedding>,
+    /// BERT's LayerNorm over the embedded input.
+    pub norm: Option<LayerNorm>,
+}
+
+impl Embeddings {
+    /// Just the token table, unscaled.
+    pub fn tokens(tokens: Embedding) -> Self {
+        Self { tokens, scale: 1.0, token_types: None, norm: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub embeddings: Embeddings,
+    pub positions: PositionEncoding,
+    pub blocks: Vec<Block>,
+    /// The final norm of a pre-LN stack.
+    pub final_norm: Option<LayerNorm>,
+    /// Self-attention sees only earlier positions (decoders).
+    pub causal: bool,
+    /// Dropout on the embedded input.
+    pub dropout: f64,
+    /// The most positions, and the config key that sets it (for the error message).
+    pub max_len: (usize, &'static str),
+    pub dtype: DType,
+    pub kernels: Kernels,
+}
+
+/// What a stack's forward reads besides the token ids.
+#[derive(Default)]
+pub struct StackInputs<'a> {
+    /// Position of the first token (incremental decoding).
+    pub offset: usize,
+    /// BERT's segment ids (B, T) u32 (None: all 0).
+    pub token_types: Option<&'a Tensor>,
+    /// (B, T): 1 for real tokens, 0 for padding (None: no padding).
+    pub keep: Option<&'a Tensor>,
+    /// The encoder's output and its mask, for a decoder's cross-attention.
+    pub memory: Option<(&'a Tensor, Mask<'a>)>,
+}
+
+impl Stack {
+    pub fn device(&self) -> &Device {
+        self.embeddings.tokens.weight.device()
+    }
+
+    /// Hidden states (B, T, D) after the last block and the final norm. `caches` (one per
+    /// block) make it incremental.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        inputs: StackInputs,
+        caches: Option<&mut [BlockCache]>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        mode.choose_backend(self.kernels, self.device(), self.dtype);
+        let (_, t) = ids.dims2()?;
+        let offset = inputs.offset;
+        let (max_len, key) = self.max_len;
+        if offset + t > max_len {
+            candle_core::bail!("sequence of {} tokens exceeds the model's {key} {max_len}", offset + t);
+        }
+        let (x, rope) = self.embed(ids, offset, inputs.token_types, mode)?;
+        let self_mask = match (self.causal, inputs.keep) {
+            // A single new token may see every cached one: no mask needed.
+            (true, _) if t == 1 => Mask::none(),
+            (true, _) => Mask::causal(offset),
+            (false, keep) => Mask::padding_or_none(keep),
+        };
+        let block_inputs = BlockInputs { self_mask, memory: inputs.memory, rope };
+        let x = self.run_blocks(x, &block_inputs, caches, mode)?;
+        match &self.final_norm {
+            Some(norm) => {
+                mode.record_norm_input(&x)?;
+                norm.forward(&x, mode)
+            }
+            None => Ok(x),
+        }
+    }
+
+    /// Embedded input (B, T, D) at positions `offset..`, and the rotary table for the blocks.
+    fn embed(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        token_types: Option<&Tensor>,
+        mode: &mut Mode,
+    ) -> Result<(Tensor, Option<(&super::positions::Rope, usize)>)> {
+        let e = &self.embeddings;
+        let mut x = e.tokens.forward(ids, self.dtype)?;
+        if e.scale != 1.0 {
+            x = (x * e.scale)?;
+        }
+        if let Some(table) = &e.token_types {
+            let types = match token_types {
+                Some(types) => types.clone(),
+                None => ids.zeros_like()?,
+            };
+            x = (x + table.forward(&types, self.dtype)?)?;
+        }
+        let (mut x, rope) = self.positions.apply(x, offset, mode)?;
+        if let Some(norm) = &e.norm {
+            x = norm.forward(&x, mode)?;
+        }
+        Ok((dropout(&x, self.dropout, mode)?, rope))
+    }
+
+    /// Runs `x` through the blocks in order, each with its cache when `caches` is given.
+    fn run_blocks(
+        &self,
+        mut x: Tensor,
+        inputs: &BlockInputs,
+        caches: Option<&mut [BlockCache]>,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        match caches {
+            Some(caches) => {
+                for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+                    x = block.forward(&x, inputs, Some(cache), mode)?;
+                }
+            }
+            None => {
+                for block in &self.blocks {
+                    x = block.forward(&x, inputs, None, mode)?;
+                }
+            }
+        }
+        Ok(x)
+    }
+
+    /// Fresh, empty caches for incremental decoding.
+    pub fn new_caches(&self) -> Vec<BlockCache> {
+        vec![BlockCache::default(); self.blocks.len()]
+    }
+
+    /// RMS of the input of every norm (the residual stream), named under `prefix` (the stack's
+    /// path: "" for a GPT, "bert.encoder.layer" style paths come from `block_path`), in forward
+    /// order, for one forward over `ids`.
+    pub fn norm_input_rms(
+        &self,
+        ids: &Tensor,
+        inputs: StackInputs,
+        block_path: impl Fn(usize) -> String,
+        final_norm_path: &str,
+    ) -> Result<Vec<(String, f64)>> {
+        let mut mode = Mode::probing();
+        self.forward(ids, inputs, None, &mut mode)?;
+        let mut names: Vec<String> = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            names.extend(block.norm_names().iter().map(|n| format!("{}.{n}", block_path(i))));
+        }
+        if self.final_norm.is_some() {
+            names.push(final_norm_path.into());
+        }
+        Ok(names.into_iter().zip(mode.take_probe()?).collect())
+    }
+}
