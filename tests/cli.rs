@@ -54,7 +54,7 @@ fn train_then_generate_from_the_command_line() {
     let run = run.to_str().unwrap();
     for (args, expected) in [
         (vec!["generate", run, "--input", "x"], "seq2seq"),
-        (vec!["eval", run, "--file", "x.csv"], "sequence-classification and seq2seq"),
+        (vec!["eval", run, "--file", "/nonexistent/x.txt", "--checkpoint", "latest"], "/nonexistent/x.txt"),
         (vec!["predict", run, "--input", "x.csv"], "not a sequence-classification run"),
         (vec!["export", run, "--out", "x", "--checkpoint", "latest"], "BERT-family"),
         (vec!["export", run, "--out", "x", "--format", "onnx"], "valid: hf"),
@@ -62,4 +62,15 @@ fn train_then_generate_from_the_command_line() {
         let (ok, err) = taper(&args);
         assert!(!ok && err.contains(expected) && !err.contains("panicked"), "{args:?}: {err}");
     }
+    // A GPT run is scored on its validation split: loss and perplexity = e^loss.
+    let out = Command::new(env!("CARGO_BIN_EXE_taper")).args(["eval", run, "--checkpoint", "latest"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let value = |name: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.trim_start().starts_with(name)).unwrap_or_else(|| panic!("{stdout}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (loss, perplexity) = (value("val_loss"), value("perplexity"));
+    assert!(loss > 0.0 && loss < (20f64).ln(), "val loss {loss} should beat the uniform baseline: {stdout}");
+    assert!((perplexity - loss.exp()).abs() < 1e-3 * perplexity, "{stdout}");
 }

@@ -63,18 +63,20 @@ impl TokenDataset {
     }
 
     pub fn len(&self, split: Split) -> usize {
+        self.tokens(split).len()
+    }
+
+    /// The token ids of `split`, in corpus order.
+    pub fn tokens(&self, split: Split) -> &[u32] {
         match split {
-            Split::Train => self.train.len(),
-            Split::Val => self.val.len(),
+            Split::Train => &self.train,
+            Split::Val => &self.val,
         }
     }
 
     /// Fills `inputs` and `targets` (batch * block_size each) with blocks drawn by `rng`.
     fn fill(&self, split: Split, batch_size: usize, rng: &mut Rng, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
-        let src = match split {
-            Split::Train => &self.train,
-            Split::Val => &self.val,
-        };
+        let src = self.tokens(split);
         let t = self.block_size;
         inputs.clear();
         targets.clear();

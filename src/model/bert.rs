@@ -172,6 +172,11 @@ impl BertEncoder {
         Ok(Self { stack })
     }
 
+    /// The embedding tables (words, token types, positions).
+    pub fn embedding_tables(&self) -> Vec<Tensor> {
+        self.stack.embedding_tables()
+    }
+
     /// The token-embedding matrix (vocab, D), which a masked-LM decoder shares.
     pub fn word_embeddings(&self) -> &Tensor {
         &self.stack.embeddings.tokens.weight

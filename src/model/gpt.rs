@@ -91,6 +91,11 @@ impl Gpt {
         // (B, T, V) -> (B*T, V)
     }
 
+    /// The embedding tables (token, learned positions).
+    pub fn embedding_tables(&self) -> Vec<Tensor> {
+        self.stack.embedding_tables()
+    }
+
     /// Fresh, empty caches for incremental decoding.
     pub fn new_caches(&self) -> Vec<BlockCache> {
         self.stack.new_caches()

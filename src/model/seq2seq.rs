@@ -106,6 +106,17 @@ impl Seq2Seq {
         self.decoder.forward(tgt, inputs, caches, mode)
     }
 
+    /// RMS of the input of every LayerNorm of both stacks (the residual streams), by name
+    /// (`encoder.blocks.0.ln_1`, ..., `decoder.ln_f`), for one batch.
+    pub fn norm_input_rms(&self, src: &Tensor, src_keep: &Tensor, tgt: &Tensor) -> Result<Vec<(String, f64)>> {
+        let keep = StackInputs { keep: Some(src_keep), ..Default::default() };
+        let mut rms = self.encoder.norm_input_rms(src, keep, |i| format!("encoder.blocks.{i}"), "encoder.ln_f")?;
+        let memory = self.encode(src, Some(src_keep), &mut Mode::eval())?;
+        let inputs = StackInputs { memory: Some((&memory.hidden, memory.mask())), ..Default::default() };
+        rms.extend(self.decoder.norm_input_rms(tgt, inputs, |i| format!("decoder.blocks.{i}"), "decoder.ln_f")?);
+        Ok(rms)
+    }
+
     /// Logits (B, T, vocab) for every target position (teacher forcing).
     pub fn forward(&self, tgt_in: &Tensor, memory: &Memory, mode: &mut Mode) -> Result<Tensor> {
         let hidden = self.decode_hidden(tgt_in, memory, 0, None, mode)?;
@@ -133,6 +144,13 @@ impl Seq2Seq {
         let nll = log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()?;
         let uniform = (log_probs.sum_all()?.neg()? / v as f64)?;
         (nll * (1.0 - label_smoothing))? + (uniform * label_smoothing)?
+    }
+
+    /// The embedding tables of both stacks (a shared table once per stack).
+    pub fn embedding_tables(&self) -> Vec<Tensor> {
+        let mut tables = self.encoder.embedding_tables();
+        tables.extend(self.decoder.embedding_tables());
+        tables
     }
 
     pub fn new_caches(&self) -> Vec<BlockCache> {

@@ -148,6 +148,17 @@ impl Stack {
         Ok(x)
     }
 
+    /// The stack's embedding tables: tokens, segments, learned positions.
+    pub fn embedding_tables(&self) -> Vec<Tensor> {
+        let e = &self.embeddings;
+        let mut tables = vec![e.tokens.weight.clone()];
+        tables.extend(e.token_types.as_ref().map(|t| t.weight.clone()));
+        if let PositionEncoding::Learned(table) = &self.positions {
+            tables.push(table.weight.clone());
+        }
+        tables
+    }
+
     /// Fresh, empty caches for incremental decoding.
     pub fn new_caches(&self) -> Vec<BlockCache> {
         vec![BlockCache::default(); self.blocks.len()]

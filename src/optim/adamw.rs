@@ -31,10 +31,9 @@ pub struct AdamW {
     pub steps: usize,
 }
 
-/// Weight decay goes to matrices; biases and norm gains are exempt, and embeddings too unless
-/// `decay_embeddings` (the convention of GPT-2/nanoGPT vs. BERT differs here).
-pub fn decays(name: &str, rank: usize, decay_embeddings: bool) -> bool {
-    let is_embedding = name.split('.').any(|part| part.contains("emb"));
+/// Weight decay goes to matrices; biases and norm gains are exempt, and embedding tables too
+/// unless `decay_embeddings` (the convention of GPT-2/nanoGPT vs. BERT differs here).
+pub fn decays(rank: usize, is_embedding: bool, decay_embeddings: bool) -> bool {
     rank >= 2 && (decay_embeddings || !is_embedding)
 }
 
@@ -112,13 +111,15 @@ impl InplaceOp2 for UpdateWeights {
 }
 
 impl AdamW {
-    /// `params`: (name, var) in a fixed order (the param store sorts by name).
-    pub fn new(params: Vec<(String, Var)>, cfg: &OptimConfig) -> Result<Self> {
+    /// `params`: (name, var) in a fixed order (the param store sorts by name). `embeddings`:
+    /// the model's embedding tables (their role decides their weight decay, not their names).
+    pub fn new(params: Vec<(String, Var)>, cfg: &OptimConfig, embeddings: &[Tensor]) -> Result<Self> {
         let params = params
             .into_iter()
             .map(|(name, var)| {
                 let moments = Tensor::zeros((2, var.elem_count()), DType::F32, var.device())?;
-                let decay = decays(&name, var.rank(), cfg.decay_embeddings);
+                let is_embedding = embeddings.iter().any(|table| table.id() == var.as_tensor().id());
+                let decay = decays(var.rank(), is_embedding, cfg.decay_embeddings);
                 Ok(ParamState { name, var, moments, decay })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -134,6 +135,11 @@ impl AdamW {
 
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
         self.params.iter().map(|p| &p.var)
+    }
+
+    /// The names of the parameters that weight decay applies to.
+    pub fn decayed(&self) -> impl Iterator<Item = &str> {
+        self.params.iter().filter(|p| p.decay).map(|p| p.name.as_str())
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {

@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -11,7 +12,7 @@ use super::task::{Evaluation, Task};
 use crate::config::Config;
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TextTokenizer, TokenDataset};
 use crate::model::{Gpt, Mode, ParamStore};
-use crate::run_dir::RunDir;
+use crate::run_dir::{RunDir, TrainedGpt};
 
 pub struct CausalLm {
     cfg: Config,
@@ -60,6 +61,10 @@ impl Task for CausalLm {
         self.data.train_batch(self.cfg.train.seed, step, micro, self.cfg.train.batch_size, &self.device, buffers)
     }
 
+    fn embedding_tables(&self) -> Vec<Tensor> {
+        self.model.embedding_tables()
+    }
+
     fn targets(&self, batch: &Self::Batch) -> usize {
         batch.1.elem_count()
     }
@@ -91,4 +96,63 @@ impl Task for CausalLm {
     fn residual_rms(&self, (inputs, _): &Self::Batch) -> Result<BTreeMap<String, f64>> {
         Ok(self.model.norm_input_rms(inputs)?.into_iter().collect())
     }
+}
+
+/// Windows scored per forward by [`score_stream`].
+const SCORE_BATCH: usize = 16;
+
+/// Next-token loss of `model` over every token of `ids` after the first, in consecutive
+/// windows of the model's block size (the last one shorter): `val_loss` (mean nats per token),
+/// `perplexity` (its exponential) and `tokens` (how many were scored).
+pub fn score_stream(model: &Gpt, ids: &[u32], device: &Device) -> Result<Evaluation> {
+    let t = model.block_size();
+    if ids.len() < 2 {
+        anyhow::bail!("there is nothing to score: {} tokens (at least 2 are needed)", ids.len());
+    }
+    let starts: Vec<usize> = (0..ids.len() - 1).step_by(t).collect();
+    let (mut total, mut count) = (0f64, 0usize);
+    let full: Vec<usize> = starts.iter().copied().filter(|&s| s + t < ids.len()).collect();
+    let partial = starts.iter().copied().filter(|&s| s + t >= ids.len());
+    let mut score = |windows: &[usize], len: usize| -> Result<()> {
+        let inputs: Vec<u32> = windows.iter().flat_map(|&s| ids[s..s + len].iter().copied()).collect();
+        let targets: Vec<u32> = windows.iter().flat_map(|&s| ids[s + 1..s + 1 + len].iter().copied()).collect();
+        let inputs = Tensor::from_vec(inputs, (windows.len(), len), device)?;
+        let targets = Tensor::from_vec(targets, (windows.len(), len), device)?;
+        total += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
+        count += windows.len() * len;
+        Ok(())
+    };
+    for chunk in full.chunks(SCORE_BATCH) {
+        score(chunk, t)?;
+    }
+    for start in partial {
+        score(&[start], ids.len() - 1 - start)?;
+    }
+    let loss = total / count as f64;
+    Ok(BTreeMap::from([
+        ("val_loss".to_string(), loss),
+        ("perplexity".to_string(), loss.exp()),
+        ("tokens".to_string(), count as f64),
+    ]))
+}
+
+/// The token ids `taper eval` scores a GPT run on: `file` tokenized with the run's
+/// tokenizer, or else the run's own validation split of its corpus.
+pub fn eval_tokens(cfg: &Config, run: &RunDir, tokenizer: &TextTokenizer, file: Option<&Path>) -> Result<Vec<u32>> {
+    match file {
+        Some(path) => tokenizer.encode_corpus(&read_corpus(path)?),
+        None => {
+            let text = read_corpus(&cfg.data.path)?;
+            let ids = tokenize_cached(tokenizer, &text, &run.path().join("tokens.bin"))?;
+            let data = TokenDataset::new(ids, cfg.data.val_fraction, cfg.model.block_size, &cfg.data.path)?;
+            Ok(data.tokens(Split::Val).to_vec())
+        }
+    }
+}
+
+/// `taper eval` on a GPT run: loss and perplexity over `file`, or the run's validation split.
+pub fn evaluate_trained(trained: &TrainedGpt, file: Option<&Path>) -> Result<Evaluation> {
+    let run = RunDir::new(trained.config.run_dir());
+    let ids = eval_tokens(&trained.config, &run, &trained.tokenizer, file)?;
+    score_stream(&trained.model, &ids, trained.model.device())
 }

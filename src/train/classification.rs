@@ -217,12 +217,21 @@ impl Task for Classification {
         Ok((padded, Tensor::from_vec(labels, indices.len(), &self.device)?))
     }
 
+    fn embedding_tables(&self) -> Vec<Tensor> {
+        self.model.encoder.embedding_tables()
+    }
+
     fn targets(&self, batch: &Self::Batch) -> usize {
         batch.1.elem_count()
     }
 
     fn tokens(&self, batch: &Self::Batch) -> usize {
         batch.0.tokens
+    }
+
+    fn residual_rms(&self, (inputs, _): &Self::Batch) -> Result<BTreeMap<String, f64>> {
+        let rms = self.model.encoder.norm_input_rms(&inputs.ids, Some(&inputs.mask))?;
+        Ok(rms.into_iter().map(|(name, v)| (format!("bert.{name}"), v)).collect())
     }
 
     fn loss_sum(&self, (inputs, labels): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {

@@ -9,16 +9,21 @@ use anyhow::Result;
 use candle_core::{DType, Tensor, Var};
 use serde_json::{json, Value};
 
-use crate::model::Gpt;
-
-/// The layer a parameter belongs to (`blocks.3`, or `tok_emb`, `ln_f`, ...) and its sublayer
-/// (`blocks.3.attn`, `blocks.3.mlp`, `blocks.3.ln_1`, ...).
+/// The layer a parameter belongs to and its sublayer, for every stack: the path up to a
+/// numbered block (`blocks.3`, `encoder.blocks.1`, `decoder.blocks.0`, `bert.encoder.layer.5`)
+/// and one segment more (`blocks.3.attn`, `bert.encoder.layer.5.attention`); a parameter
+/// outside the blocks is its own layer (`tok_emb`, `ln_f`, `bert.embeddings.word_embeddings`).
 pub fn layer_of(name: &str) -> (String, String) {
     let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() >= 3 && parts[0] == "blocks" {
-        (format!("blocks.{}", parts[1]), format!("blocks.{}.{}", parts[1], parts[2]))
-    } else {
-        (parts[0].to_string(), parts[0].to_string())
+    let block = (1..parts.len())
+        .find(|&i| matches!(parts[i - 1], "blocks" | "layer") && parts[i].bytes().all(|c| c.is_ascii_digit()));
+    match block {
+        Some(i) if i + 1 < parts.len() => (parts[..=i].join("."), parts[..=i + 1].join(".")),
+        _ => {
+            let module = parts.len().saturating_sub(1).max(1);
+            let layer = parts[..module].join(".");
+            (layer.clone(), layer)
+        }
     }
 }
 
@@ -68,11 +73,6 @@ impl WeightSnapshot {
         }
         Ok(out)
     }
-}
-
-/// RMS of the residual stream entering each LayerNorm, on `inputs`, with the current weights.
-pub fn residual_rms(model: &Gpt, inputs: &Tensor) -> Result<BTreeMap<String, f64>> {
-    Ok(model.norm_input_rms(inputs)?.into_iter().collect())
 }
 
 /// The metrics record of one diagnostics step: gradient norms and residual RMS measured

@@ -134,12 +134,21 @@ impl Task for MaskedLm {
         self.corrupt(buffers, &mut Rng::derived(seed, &[MASK_STREAM, step as u64, micro as u64]))
     }
 
+    fn embedding_tables(&self) -> Vec<Tensor> {
+        self.model.encoder.embedding_tables()
+    }
+
     fn targets(&self, batch: &Self::Batch) -> usize {
         batch.labels.elem_count()
     }
 
     fn tokens(&self, batch: &Self::Batch) -> usize {
         batch.inputs.elem_count()
+    }
+
+    fn residual_rms(&self, batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
+        let rms = self.model.encoder.norm_input_rms(&batch.inputs, None)?;
+        Ok(rms.into_iter().map(|(name, v)| (format!("bert.{name}"), v)).collect())
     }
 
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {

@@ -101,7 +101,7 @@ fn run_task<T: Task>(
 ) -> Result<RunSummary> {
     let cfg = task.config();
     let config_text = cfg.to_toml_string()?;
-    let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim)?;
+    let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim, &task.embedding_tables())?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
     let checkpointer = Checkpointer::new(run, cfg, &config_text);
     let mut state = checkpointer.start(cfg, resume_from.as_deref(), params, &mut optimizer, device)?;

@@ -216,12 +216,21 @@ impl Task for Seq2SeqTask {
         pad_pairs(rows, self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)
     }
 
+    fn embedding_tables(&self) -> Vec<Tensor> {
+        self.model.embedding_tables()
+    }
+
     fn targets(&self, batch: &Self::Batch) -> usize {
         batch.target_out.elem_count()
     }
 
     fn tokens(&self, batch: &Self::Batch) -> usize {
         batch.tokens
+    }
+
+    fn residual_rms(&self, batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
+        let rms = self.model.norm_input_rms(&batch.source, &batch.source_keep, &batch.target_in)?;
+        Ok(rms.into_iter().collect())
     }
 
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {

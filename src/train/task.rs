@@ -33,6 +33,10 @@ pub trait Task {
     /// Input tokens in the batch, for the throughput figure.
     fn tokens(&self, batch: &Self::Batch) -> usize;
 
+    /// The model's embedding tables (token, segment, learned position): a parameter role
+    /// (weight decay skips them unless `optim.decay_embeddings`).
+    fn embedding_tables(&self) -> Vec<Tensor>;
+
     /// Summed loss over the batch's targets, recording a graph.
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor>;
 

@@ -1,0 +1,27 @@
+//! `taper export`: a run's checkpoint in another format.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ExportArgs {
+    run_dir: PathBuf,
+    #[arg(long, default_value = "hf")]
+    format: String,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "best")]
+    checkpoint: String,
+}
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let ExportArgs { run_dir, format, out, checkpoint } = args;
+    if format != "hf" {
+        bail!("--format `{format}` is not known; valid: hf");
+    }
+    crate::export::export_hf(&run_dir, &checkpoint, &out)?;
+    println!("exported {} to {}", run_dir.display(), out.display());
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `taper generate`: sample from a GPT run, or decode inputs with a seq2seq run.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use super::run_device;
+use crate::config::TaskKind;
+use crate::decode::BeamOptions;
+use crate::generate::{generate, SamplingOptions};
+use crate::run_dir::{RunDir, TrainedGpt};
+use crate::translate::TrainedSeq2Seq;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The run directory, e.g. runs/gpt-shakespeare-char.
+    run_dir: PathBuf,
+    /// GPT runs: the text to continue.
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    /// Seq2seq runs: one source text to decode.
+    #[arg(long, conflicts_with = "input_file")]
+    input: Option<String>,
+    /// Seq2seq runs: a file with one source text per line; outputs are printed one per line.
+    #[arg(long)]
+    input_file: Option<PathBuf>,
+    /// Seq2seq runs: beams for beam search (1: greedy decoding).
+    #[arg(long, default_value_t = 1)]
+    beam_size: usize,
+    /// Seq2seq runs: rank finished beams by log p / length^PENALTY.
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    /// Seq2seq runs: the most output tokens (default: the run's task.max_target_len).
+    #[arg(long)]
+    max_len: Option<usize>,
+    #[arg(long, default_value_t = 200)]
+    max_new_tokens: usize,
+    /// Softmax temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 200)]
+    top_k: usize,
+    /// Nucleus sampling: the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Which checkpoint: latest, best or step-N.
+    #[arg(long, default_value = "latest")]
+    checkpoint: String,
+    /// Recompute every position at each step instead of using the KV-cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Device, as in `train.device` (default: the run's).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let device = run_device(&args.run_dir, args.device.clone())?;
+    if RunDir::new(&args.run_dir).load_config(&[])?.task.kind == TaskKind::Seq2seq {
+        return translate(&args, &device);
+    }
+    if args.input.is_some() || args.input_file.is_some() {
+        bail!("--input and --input-file are for seq2seq runs; a GPT run continues --prompt");
+    }
+    let trained = TrainedGpt::load(&args.run_dir, &args.checkpoint, &device)?;
+    let prompt_ids = trained.tokenizer.encode(&args.prompt).context("cannot tokenize the prompt")?;
+    let opts = SamplingOptions {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: (args.top_k > 0).then_some(args.top_k),
+        top_p: args.top_p,
+        seed: args.seed,
+        use_cache: !args.no_cache,
+    };
+    let new_ids = generate(&trained.model, &prompt_ids, &opts)?;
+    let mut all = prompt_ids;
+    all.extend(&new_ids);
+    println!("{}", trained.tokenizer.decode(&all)?);
+    Ok(())
+}
+
+/// A seq2seq run decodes `--input` or each line of `--input-file`.
+fn translate(args: &GenerateArgs, device: &str) -> Result<()> {
+    let inputs = match (&args.input, &args.input_file) {
+        (Some(text), None) => vec![text.clone()],
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .lines()
+            .map(String::from)
+            .collect(),
+        _ => bail!("a seq2seq run decodes --input TEXT or --input-file FILE"),
+    };
+    if args.beam_size == 0 {
+        bail!("--beam-size must be at least 1");
+    }
+    let trained = TrainedSeq2Seq::load(&args.run_dir, &args.checkpoint, device)?;
+    let beam = BeamOptions { beam_size: args.beam_size, length_penalty: args.length_penalty };
+    for output in trained.translate(&inputs, beam, args.max_len)? {
+        println!("{output}");
+    }
+    Ok(())
+}

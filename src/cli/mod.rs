@@ -1,0 +1,63 @@
+//! The `taper` command line: one file per subcommand (its arguments and what it runs).
+
+mod eval;
+mod export;
+mod generate;
+mod predict;
+mod study;
+mod train;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::run_dir::RunDir;
+
+#[derive(Parser)]
+#[command(name = "taper", version, about = "Train Transformers from one TOML file, on candle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model from a config (or continue a run with --resume RUN_DIR).
+    Train(train::TrainArgs),
+    /// Train a grid of settings (and seeds), one run directory each; resumes and skips finished runs.
+    Sweep(study::SweepArgs),
+    /// Compare runs: loss curves and per-layer plots (SVG) and a table (console and Markdown).
+    Compare(study::CompareArgs),
+    /// Gradient norms by layer at initialisation, pre-LN and post-LN, at several depths.
+    InspectInit(study::InspectInitArgs),
+    /// Sample text from a trained GPT run, or decode inputs with a seq2seq run.
+    Generate(generate::GenerateArgs),
+    /// Score a run: causal-lm (loss and perplexity on the val split or a text file),
+    /// classification (loss, accuracy, macro-F1) or seq2seq (loss, token accuracy, exact
+    /// match, BLEU) on a file.
+    Eval(eval::EvalArgs),
+    /// Label every input of a file with a classification run; one JSON line per input.
+    Predict(predict::PredictArgs),
+    /// Write a run's checkpoint in another format: `hf` = a Hugging Face model directory.
+    Export(export::ExportArgs),
+}
+
+/// The device a command on a run uses: the one asked for, else the run's own.
+fn run_device(run_dir: &std::path::Path, device: Option<String>) -> Result<String> {
+    match device {
+        Some(d) => Ok(d),
+        None => Ok(RunDir::new(run_dir).load_config(&[])?.train.device),
+    }
+}
+
+pub fn run() -> Result<()> {
+    match Cli::parse().command {
+        Command::Train(args) => train::run(args),
+        Command::Sweep(args) => study::sweep(args),
+        Command::Compare(args) => study::compare(args),
+        Command::InspectInit(args) => study::inspect_init(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Export(args) => export::run(args),
+    }
+}
