@@ -1,0 +1,82 @@
+//! Run directories written by taper 0.1 at 48e3f68 (before the kernel-seam redesign), kept as
+//! fixtures (`tests/fixtures/v0.1-48e3f68`, made by that build from `gpt.toml` and `mlm.toml`
+//! there): they resume to the same losses that build produced uninterrupted, generate and
+//! evaluate, and an encoder run exports.
+
+use std::path::{Path, PathBuf};
+
+use taper::generate::{generate, SamplingOptions};
+use taper::run_dir::{RunDir, TrainedGpt};
+use taper::train::{train, TrainOptions};
+
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v0.1-48e3f68");
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let target = dst.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_dir(&entry.path(), &target),
+            false => _ = std::fs::copy(entry.path(), &target).unwrap(),
+        }
+    }
+}
+
+fn copied_run(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join(name);
+    copy_dir(&Path::new(FIXTURE).join(name), &run);
+    (dir, run)
+}
+
+#[test]
+fn an_old_gpt_run_resumes_to_the_same_losses_generates_and_evaluates() {
+    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap(); // the corpus path is relative
+    let (_dir, run) = copied_run("gpt-run");
+    // Killed after its step-10 checkpoint; 48e3f68 went on to step 14 with these losses.
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURE).join("gpt-expected-after-resume.json")).unwrap(),
+    )
+    .unwrap();
+    let config = RunDir::new(&run).load_config(&[]).unwrap();
+    let summary = train(config, &TrainOptions { resume: true, quiet: true, ..Default::default() }).unwrap();
+    assert_eq!(summary.losses.len(), 4, "steps 11-14");
+    for (step, loss) in &summary.losses {
+        let want = expected["losses"][step.to_string()].as_f64().unwrap();
+        assert!((loss - want).abs() < 1e-5, "step {step}: {loss} vs 48e3f68's {want}");
+    }
+    let want_val = expected["val_losses"]["14"].as_f64().unwrap();
+    assert!((summary.val_loss.unwrap() - want_val).abs() < 1e-5, "val loss {:?} vs {want_val}", summary.val_loss);
+
+    let trained = TrainedGpt::load(&run, "best", "cpu").unwrap();
+    let prompt = trained.tokenizer.encode("anna").unwrap();
+    let sample = |use_cache| {
+        let opts = SamplingOptions { max_new_tokens: 20, use_cache, ..Default::default() };
+        generate(&trained.model, &prompt, &opts).unwrap()
+    };
+    assert_eq!(sample(true), sample(false), "cached and uncached sampling agree");
+    let eval = taper::train::causal_lm::evaluate_trained(&trained, None).unwrap();
+    assert!((eval["perplexity"] - eval["val_loss"].exp()).abs() < 1e-9 && eval["tokens"] > 100.0, "{eval:?}");
+}
+
+#[test]
+fn an_old_encoder_run_exports() {
+    std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
+    let run = Path::new(FIXTURE).join("mlm-run");
+    let out = tempfile::tempdir().unwrap();
+    taper::export::export_hf(&run, "best", out.path()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForMaskedLM");
+    let device = candle_core::Device::Cpu;
+    let exported = taper::checkpoint::load_tensors(&out.path().join("model.safetensors"), &device).unwrap();
+    let saved =
+        taper::checkpoint::load_tensors(&run.join("checkpoints/step-00000006/model.safetensors"), &device).unwrap();
+    assert_eq!(exported.len(), saved.len());
+    for (name, tensor) in &saved {
+        let a: Vec<f32> = tensor.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = exported[name].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b, "{name}");
+    }
+}
