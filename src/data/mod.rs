@@ -1,5 +1,6 @@
 //! Text in, token-id batches out.
 
+pub mod config;
 pub mod dataset;
 pub mod labelled;
 pub mod masking;

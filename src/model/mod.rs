@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod bert;
 pub mod block;
+pub mod config;
 pub mod gpt;
 pub mod layers;
 pub mod norm;

@@ -1,6 +1,7 @@
 //! Optimizer, learning-rate schedule, and gradient utilities.
 
 pub mod adamw;
+pub mod config;
 pub mod schedule;
 
 pub use adamw::AdamW;

@@ -6,6 +6,7 @@
 pub mod causal_lm;
 pub mod checkpointer;
 pub mod classification;
+pub mod config;
 pub mod diagnostics;
 pub mod encoder;
 pub mod logger;

@@ -1,0 +1,180 @@
+//! `[model]`: the architecture and shape of the Transformer, with its defaults.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::{Activation, Kernels};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    /// GPT-style: causal self-attention, next-token prediction.
+    DecoderOnly,
+    /// BERT-style: bidirectional self-attention with a key-padding mask, token-type embeddings.
+    EncoderOnly,
+    /// The original Transformer (T5/BART-style): an encoder, and a decoder with masked
+    /// self-attention and cross-attention over the encoder's output.
+    EncoderDecoder,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormPlacement {
+    /// LayerNorm inside each residual branch, plus a final LayerNorm (GPT-2).
+    Pre,
+    /// LayerNorm after each residual add (the original Transformer, BERT).
+    Post,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Positions {
+    Learned,
+    Sinusoidal,
+    Rope,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitScheme {
+    /// Normal(0, init_std) for every matrix and embedding (GPT-2).
+    Normal,
+    /// Xavier/Glorot uniform for matrices, Normal(0, d_model^-0.5) for embeddings (Vaswani et al.).
+    Xavier,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default = "default_arch")]
+    pub arch: Architecture,
+    /// A pretrained BERT-family checkpoint to start from (encoder-only): a local directory with
+    /// config.json, model.safetensors and tokenizer.json, or a Hugging Face Hub id. Its
+    /// config.json sets the shape; shape keys given here must agree with it.
+    pub init_from: Option<String>,
+    // The four shape keys are required unless `init_from` supplies them (0 = not given).
+    #[serde(default)]
+    pub n_layer: usize,
+    /// Decoder blocks of an encoder-decoder; `n_layer` when absent (`n_layer` counts the encoder's).
+    pub n_decoder_layer: Option<usize>,
+    /// Encoder-decoder: one vocabulary and embedding table for source and target (true), or a
+    /// tokenizer and table for each side (false).
+    #[serde(default = "yes")]
+    pub share_embeddings: bool,
+    /// Encoder-decoder: multiply token embeddings by sqrt(d_model) (Vaswani et al.).
+    #[serde(default)]
+    pub scale_embeddings: bool,
+    #[serde(default)]
+    pub n_head: usize,
+    #[serde(default)]
+    pub d_model: usize,
+    /// Width of the feed-forward hidden layer; 4 * d_model when absent.
+    pub d_ff: Option<usize>,
+    /// Context length in tokens (an encoder's maximum positions).
+    #[serde(default)]
+    pub block_size: usize,
+    #[serde(default = "default_norm")]
+    pub norm: NormPlacement,
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    #[serde(default = "default_positions")]
+    pub positions: Positions,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "yes")]
+    pub bias: bool,
+    #[serde(default = "yes")]
+    pub tie_embeddings: bool,
+    #[serde(default = "default_ln_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_init")]
+    pub init: InitScheme,
+    #[serde(default = "default_init_std")]
+    pub init_std: f64,
+    /// Scale the init of each residual branch's output projection by 1/sqrt(2 * n_layer) (GPT-2).
+    #[serde(default)]
+    pub scale_residual_init: bool,
+    /// Base of the rotary frequencies when `positions = "rope"`.
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_kernels")]
+    pub kernels: Kernels,
+}
+
+impl ModelConfig {
+    pub fn d_ff(&self) -> usize {
+        self.d_ff.unwrap_or(4 * self.d_model)
+    }
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_head
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_arch() -> Architecture {
+    Architecture::DecoderOnly
+}
+fn default_norm() -> NormPlacement {
+    NormPlacement::Pre
+}
+fn default_activation() -> Activation {
+    Activation::Gelu
+}
+fn default_positions() -> Positions {
+    Positions::Learned
+}
+fn default_ln_eps() -> f64 {
+    1e-5
+}
+fn default_kernels() -> Kernels {
+    Kernels::Fused
+}
+fn default_init() -> InitScheme {
+    InitScheme::Normal
+}
+fn default_init_std() -> f64 {
+    0.02
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+impl ModelConfig {
+    /// The checks of `[model]` on its own. Shape keys left 0 with `init_from` are filled from
+    /// its config.json, then checked again.
+    pub fn validate(&self) -> Result<()> {
+        let shape = [
+            ("model.n_layer", self.n_layer),
+            ("model.n_head", self.n_head),
+            ("model.d_model", self.d_model),
+            ("model.block_size", self.block_size),
+        ];
+        for (key, value) in shape {
+            if value == 0 && self.init_from.is_none() {
+                bail!("`{key}` is missing (or 0): the model's shape needs it unless `model.init_from` gives a pretrained one");
+            }
+        }
+        if self.d_ff == Some(0) {
+            bail!("`model.d_ff` must be at least 1");
+        }
+        if self.n_head > 0 && !self.d_model.is_multiple_of(self.n_head) {
+            bail!(
+                "`model.n_head` ({}) must divide `model.d_model` ({}): each head gets d_model / n_head dimensions",
+                self.n_head,
+                self.d_model
+            );
+        }
+        if self.positions == Positions::Rope && self.n_head > 0 && !self.head_dim().is_multiple_of(2) {
+            bail!("`model.positions = \"rope\"` needs an even head dimension, got {}", self.head_dim());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("`model.dropout` must be in [0, 1), got {}", self.dropout);
+        }
+        if self.init_std <= 0.0 {
+            bail!("`model.init_std` must be positive, got {}", self.init_std);
+        }
+        Ok(())
+    }
+}

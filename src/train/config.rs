@@ -1,0 +1,257 @@
+//! `[train]`, `[checkpoint]` and `[task]`: the loop, its checkpoints, and what it trains.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DTypeName {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step; the loss is normalised by all their target tokens.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// "auto" | "cpu" | "cuda" | "cuda:N" | "metal"
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_dtype")]
+    pub dtype: DTypeName,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Evaluate on the val split every N steps (and at the end); 0 turns it off.
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    #[serde(default = "default_eval_batches")]
+    pub eval_batches: usize,
+    /// Write per-layer diagnostics (gradient norms, update/weight ratios, residual RMS) every N
+    /// steps, step 0 included; 0 turns them off and costs nothing.
+    #[serde(default)]
+    pub diagnostics_every: usize,
+    /// Stop the run as diverged when the loss exceeds this factor times its first logged value
+    /// (a NaN or infinite loss always stops it).
+    pub divergence_factor: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Run directory; `runs/<config file name>` when absent.
+    pub dir: Option<PathBuf>,
+    /// Save every N steps (and at the end); 0 saves only at the end.
+    #[serde(default = "default_ckpt_every")]
+    pub every: usize,
+    /// How many of the newest checkpoints to keep (the best by val loss is always kept too).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: usize,
+    /// The evaluation metric that picks the best checkpoint: `val_loss` (lowest), or
+    /// `accuracy` / `macro_f1` (classification) / `masked_accuracy` (masked-lm), highest.
+    #[serde(default = "default_best_metric")]
+    pub best_metric: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Next-token prediction on a plain corpus (decoder-only).
+    CausalLm,
+    /// One label per text (or text pair), from a labelled file (encoder-only).
+    SequenceClassification,
+    /// BERT's masked-language modelling on a plain corpus (encoder-only).
+    MaskedLm,
+    /// Source -> target pairs with teacher forcing (encoder-decoder).
+    Seq2seq,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolingName {
+    /// Hugging Face's head: `pooler.dense` + tanh on the [CLS] token.
+    Cls,
+    /// Mean of the real tokens' hidden states.
+    Mean,
+}
+
+/// What the model is trained to do, and how the data's columns feed it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    #[serde(default = "default_task_kind")]
+    pub kind: TaskKind,
+    /// Column (CSV/TSV header, or JSONL key) of the text, for sequence classification.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Column of an optional second text (sentence pairs), encoded as [CLS] a [SEP] b [SEP].
+    pub text_pair_column: Option<String>,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Truncate encoded inputs to this many tokens (sequence classification); the model's
+    /// maximum positions when absent. Batches are padded to their longest input.
+    pub max_len: Option<usize>,
+    #[serde(default = "default_pooling")]
+    pub pooling: PoolingName,
+    /// Share of tokens selected for masked-lm (of which 80 % become [MASK], 10 % a random
+    /// token, 10 % stay).
+    #[serde(default = "default_mask_prob")]
+    pub mask_prob: f64,
+    /// Seq2seq: the columns (TSV header, or JSONL keys) of the source and target texts.
+    #[serde(default = "default_source_column")]
+    pub source_column: String,
+    #[serde(default = "default_target_column")]
+    pub target_column: String,
+    /// Seq2seq: truncate targets to this many tokens (BOS/EOS included); also the longest
+    /// output decoding produces. `model.block_size` when absent.
+    pub max_target_len: Option<usize>,
+    /// Seq2seq: the smoothed target puts this much mass uniformly over the vocabulary.
+    #[serde(default)]
+    pub label_smoothing: f64,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_task_kind(),
+            text_column: default_text_column(),
+            text_pair_column: None,
+            label_column: default_label_column(),
+            max_len: None,
+            pooling: default_pooling(),
+            mask_prob: default_mask_prob(),
+            source_column: default_source_column(),
+            target_column: default_target_column(),
+            max_target_len: None,
+            label_smoothing: 0.0,
+        }
+    }
+}
+
+impl TaskKind {
+    /// The metrics an evaluation of this task reports, any of which may pick the best checkpoint.
+    pub fn metrics(self) -> &'static [&'static str] {
+        match self {
+            TaskKind::CausalLm => &["val_loss"],
+            TaskKind::SequenceClassification => &["val_loss", "accuracy", "macro_f1"],
+            TaskKind::MaskedLm => &["val_loss", "masked_accuracy"],
+            TaskKind::Seq2seq => &["val_loss", "token_accuracy", "exact_match", "bleu"],
+        }
+    }
+}
+
+/// Whether a higher value of `metric` is better (losses are lower-is-better).
+pub fn higher_is_better(metric: &str) -> bool {
+    !metric.ends_with("loss")
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            every: default_ckpt_every(),
+            keep_last: default_keep_last(),
+            best_metric: default_best_metric(),
+        }
+    }
+}
+
+impl DTypeName {
+    pub fn to_dtype(self) -> candle_core::DType {
+        match self {
+            DTypeName::F32 => candle_core::DType::F32,
+            DTypeName::Bf16 => candle_core::DType::BF16,
+            DTypeName::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+fn one() -> usize {
+    1
+}
+fn default_seed() -> u64 {
+    1337
+}
+fn default_device() -> String {
+    "auto".into()
+}
+fn default_dtype() -> DTypeName {
+    DTypeName::F32
+}
+fn default_log_every() -> usize {
+    10
+}
+fn default_eval_every() -> usize {
+    250
+}
+fn default_eval_batches() -> usize {
+    20
+}
+fn default_ckpt_every() -> usize {
+    500
+}
+fn default_keep_last() -> usize {
+    2
+}
+fn default_best_metric() -> String {
+    "val_loss".into()
+}
+fn default_task_kind() -> TaskKind {
+    TaskKind::CausalLm
+}
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+fn default_pooling() -> PoolingName {
+    PoolingName::Cls
+}
+fn default_mask_prob() -> f64 {
+    0.15
+}
+fn default_source_column() -> String {
+    "source".into()
+}
+fn default_target_column() -> String {
+    "target".into()
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("train.steps", self.steps),
+            ("train.batch_size", self.batch_size),
+            ("train.grad_accum", self.grad_accum),
+            ("train.log_every", self.log_every),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("`{key}` must be at least 1");
+            }
+        }
+        if let Some(f) = self.divergence_factor.filter(|f| *f <= 1.0) {
+            bail!("`train.divergence_factor` must exceed 1 (the loss's multiple of its start), got {f}");
+        }
+        crate::device::parse_device_spec(&self.device).context("invalid `train.device`")?;
+        Ok(())
+    }
+}
+
+impl CheckpointConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.keep_last == 0 {
+            bail!("`checkpoint.keep_last` must be at least 1");
+        }
+        Ok(())
+    }
+}
