@@ -10,9 +10,10 @@ use anyhow::{bail, Result};
 const MAX_ORDER: usize = 4;
 
 /// True for the characters of mteval-v13a's punctuation class
-/// `[\{-\~\[-\` -\&\(-\+\:-\@\/]`, which get spaces around them.
+/// `[\{-\~\[-\` -\&\(-\+\:-\@\/]`, which get spaces around them: `{`-`~`, `[`-`` ` ``,
+/// ` `-`&`, `(`-`+`, `:`-`@` and `/`, as code points (brace literals confuse brace-counting tools).
 fn is_13a_punctuation(c: char) -> bool {
-    matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/')
+    matches!(c as u32, 0x7b..=0x7e | 0x5b..=0x60 | 0x20..=0x26 | 0x28..=0x2b | 0x3a..=0x40 | 0x2f)
 }
 
 /// One regex substitution pass of the form `(A)(B) -> …`, applied left to right without

@@ -85,10 +85,62 @@ fn format_tick(v: f64) -> String {
     }
 }
 
+/// The data ranges a chart maps onto its plot area (y in log10 units for a log scale).
+struct Frame {
+    x: (f64, f64),
+    y: (f64, f64),
+    log_y: bool,
+}
+
+const PLOT_W: f64 = WIDTH - LEFT - RIGHT;
+const PLOT_H: f64 = HEIGHT - TOP - BOTTOM;
+
+impl Frame {
+    /// The ranges of `points` (widened when flat; y padded by 5 %).
+    fn around(points: &[(f64, f64)], log_y: bool) -> Self {
+        let fy = |y: f64| if log_y { y.log10() } else { y };
+        let (mut x0, mut x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        let (mut y0, mut y1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(fy(p.1)), b.max(fy(p.1))));
+        if x1 - x0 < 1e-12 {
+            x0 -= 0.5;
+            x1 += 0.5;
+        }
+        if y1 - y0 < 1e-12 {
+            y0 -= 0.5;
+            y1 += 0.5;
+        }
+        let pad = (y1 - y0) * 0.05;
+        Self { x: (x0, x1), y: (y0 - pad, y1 + pad), log_y }
+    }
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - self.x.0) / (self.x.1 - self.x.0) * PLOT_W
+    }
+    fn py(&self, y: f64) -> f64 {
+        let y = if self.log_y { y.log10() } else { y };
+        TOP + PLOT_H - (y - self.y.0) / (self.y.1 - self.y.0) * PLOT_H
+    }
+    fn y_ticks(&self) -> Vec<f64> {
+        let (y0, y1) = self.y;
+        if !self.log_y {
+            return ticks(y0, y1, 7);
+        }
+        let (lo, hi) = (y0.floor() as i32, y1.ceil() as i32);
+        let mults: &[f64] = if hi - lo <= 2 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+        (lo..=hi)
+            .flat_map(|e| mults.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|v| v.log10() >= y0 && v.log10() <= y1)
+            .collect()
+    }
+}
+
 impl Chart {
+    fn finite(&self, &(x, y): &(f64, f64)) -> bool {
+        x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0)
+    }
+
     pub fn to_svg(&self) -> String {
-        let finite = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0);
-        let all: Vec<(f64, f64)> = self.series.iter().flat_map(|s| s.points.iter().copied().filter(finite)).collect();
+        let all: Vec<(f64, f64)> =
+            self.series.iter().flat_map(|s| s.points.iter().copied().filter(|p| self.finite(p))).collect();
         let mut svg = String::new();
         let _ = writeln!(
             svg,
@@ -98,7 +150,7 @@ impl Chart {
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="25" text-anchor="middle" font-size="15">{}</text>"#,
-            LEFT + (WIDTH - LEFT - RIGHT) / 2.0,
+            LEFT + PLOT_W / 2.0,
             escape(&self.title)
         );
         if all.is_empty() {
@@ -110,48 +162,34 @@ impl Chart {
             );
             return svg;
         }
-        let fy = |y: f64| if self.log_y { y.log10() } else { y };
-        let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (mut y0, mut y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(fy(p.1)), b.max(fy(p.1))));
-        if x1 - x0 < 1e-12 {
-            x0 -= 0.5;
-            x1 += 0.5;
-        }
-        if y1 - y0 < 1e-12 {
-            y0 -= 0.5;
-            y1 += 0.5;
-        }
-        let pad = (y1 - y0) * 0.05;
-        let (y0, y1) = (y0 - pad, y1 + pad);
-        let (pw, ph) = (WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM);
-        let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-        let py = |y: f64| TOP + ph - (fy(y) - y0) / (y1 - y0) * ph;
+        let frame = Frame::around(&all, self.log_y);
+        self.axes(&frame, &mut svg);
+        self.lines(&frame, &mut svg);
+        self.legend(&mut svg);
+        svg.push_str("</svg>\n");
+        svg
+    }
 
-        // Grid and ticks.
-        for t in ticks(x0, x1, 8) {
-            let x = px(t);
-            let _ = writeln!(svg, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/>"##, TOP + ph);
+    /// Grid, ticks, the plot box and the axis labels.
+    fn axes(&self, frame: &Frame, svg: &mut String) {
+        for t in ticks(frame.x.0, frame.x.1, 8) {
+            let x = frame.px(t);
+            let _ =
+                writeln!(svg, r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/>"##, TOP + PLOT_H);
             let _ = writeln!(
                 svg,
                 r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-                TOP + ph + 16.0,
+                TOP + PLOT_H + 16.0,
                 format_tick(t)
             );
         }
-        let y_ticks: Vec<f64> = if self.log_y {
-            let (lo, hi) = (y0.floor() as i32, y1.ceil() as i32);
-            let mults: &[f64] = if hi - lo <= 2 { &[1.0, 2.0, 5.0] } else { &[1.0] };
-            (lo..=hi)
-                .flat_map(|e| mults.iter().map(move |m| m * 10f64.powi(e)))
-                .filter(|v| v.log10() >= y0 && v.log10() <= y1)
-                .collect()
-        } else {
-            ticks(y0, y1, 7)
-        };
-        for t in y_ticks {
-            let y = py(t);
-            let _ =
-                writeln!(svg, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##, LEFT + pw);
+        for t in frame.y_ticks() {
+            let y = frame.py(t);
+            let _ = writeln!(
+                svg,
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##,
+                LEFT + PLOT_W
+            );
             let _ = writeln!(
                 svg,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
@@ -160,27 +198,31 @@ impl Chart {
                 format_tick(t)
             );
         }
+        let (pw, ph) = (PLOT_W, PLOT_H);
         let _ = writeln!(svg, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##);
         let _ = writeln!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-            LEFT + pw / 2.0,
+            LEFT + PLOT_W / 2.0,
             HEIGHT - 18.0,
             escape(&self.x_label)
         );
         let _ = writeln!(
             svg,
             r#"<text x="18" y="{:.1}" text-anchor="middle" transform="rotate(-90 18 {:.1})">{}</text>"#,
-            TOP + ph / 2.0,
-            TOP + ph / 2.0,
+            TOP + PLOT_H / 2.0,
+            TOP + PLOT_H / 2.0,
             escape(&format!("{}{}", self.y_label, if self.log_y { " (log)" } else { "" }))
         );
+    }
 
-        // Lines (thin ones first, so the means sit on top).
+    /// The series (thin ones first, so the means sit on top); a lone point is a dot.
+    fn lines(&self, frame: &Frame, svg: &mut String) {
         let mut order: Vec<&Series> = self.series.iter().collect();
         order.sort_by(|a, b| a.width.total_cmp(&b.width));
         for s in order {
-            let coords: Vec<(f64, f64)> = s.points.iter().filter(|p| finite(p)).map(|&(x, y)| (px(x), py(y))).collect();
+            let coords: Vec<(f64, f64)> =
+                s.points.iter().filter(|p| self.finite(p)).map(|&(x, y)| (frame.px(x), frame.py(y))).collect();
             let points: Vec<String> = coords.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             if points.is_empty() {
                 continue;
@@ -198,11 +240,13 @@ impl Chart {
                 let _ = writeln!(svg, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{}"/>"#, s.color);
             }
         }
+    }
 
-        // Legend.
+    /// One line and label per labelled series, right of the plot.
+    fn legend(&self, svg: &mut String) {
         let mut y = TOP + 10.0;
         for s in self.series.iter().filter(|s| s.label.is_some()) {
-            let x = LEFT + pw + 15.0;
+            let x = LEFT + PLOT_W + 15.0;
             let dash = if s.dashed { r#" stroke-dasharray="6 4""# } else { "" };
             let _ = writeln!(
                 svg,
@@ -220,8 +264,6 @@ impl Chart {
             );
             y += 18.0;
         }
-        svg.push_str("</svg>\n");
-        svg
     }
 
     pub fn save(&self, path: &std::path::Path) -> anyhow::Result<()> {
