@@ -13,9 +13,7 @@ pub use crate::data::config::{DataConfig, TokenizerConfig, TokenizerKind};
 pub use crate::kernels::{Activation, Kernels};
 pub use crate::model::config::{Architecture, InitScheme, ModelConfig, NormPlacement, Positions};
 pub use crate::optim::config::{Decay, OptimConfig, ScheduleConfig};
-pub use crate::train::config::{
-    higher_is_better, CheckpointConfig, DTypeName, PoolingName, TaskConfig, TaskKind, TrainConfig,
-};
+pub use crate::train::config::{CheckpointConfig, DTypeName, Metric, PoolingName, TaskConfig, TaskKind, TrainConfig};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -146,13 +144,13 @@ impl Config {
         if task.max_len.is_some_and(|n| n < 3) {
             bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
         }
-        let metrics = task.kind.metrics();
-        if !metrics.contains(&self.checkpoint.best_metric.as_str()) {
+        if task.kind.metric(&self.checkpoint.best_metric).is_none() {
+            let valid: Vec<&str> = task.kind.metrics().iter().map(|m| m.name).collect();
             bail!(
                 "`checkpoint.best_metric = \"{}\"` is not a metric of task {}; valid: {}",
                 self.checkpoint.best_metric,
                 kebab(&task.kind),
-                metrics.join(", ")
+                valid.join(", ")
             );
         }
         Ok(())

@@ -27,4 +27,5 @@ pub mod run_dir;
 pub mod runtime;
 pub mod sweep;
 pub mod train;
+pub mod trained;
 pub mod translate;

@@ -6,10 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::run_device;
-use crate::config::TaskKind;
 use crate::decode::BeamOptions;
 use crate::generate::{generate, SamplingOptions};
-use crate::run_dir::{RunDir, TrainedGpt};
+use crate::trained::TrainedRun;
 use crate::translate::TrainedSeq2Seq;
 
 #[derive(Args)]
@@ -60,13 +59,16 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let device = run_device(&args.run_dir, args.device.clone())?;
-    if RunDir::new(&args.run_dir).load_config(&[])?.task.kind == TaskKind::Seq2seq {
-        return translate(&args, &device);
-    }
+    let trained = match TrainedRun::load(&args.run_dir, &args.checkpoint, &device)? {
+        TrainedRun::Seq2Seq(trained) => return translate(&args, &trained),
+        TrainedRun::Gpt(trained) => trained,
+        TrainedRun::Classifier(_) => {
+            bail!("{} is a classification run: label inputs with `taper predict`", args.run_dir.display())
+        }
+    };
     if args.input.is_some() || args.input_file.is_some() {
         bail!("--input and --input-file are for seq2seq runs; a GPT run continues --prompt");
     }
-    let trained = TrainedGpt::load(&args.run_dir, &args.checkpoint, &device)?;
     let prompt_ids = trained.tokenizer.encode(&args.prompt).context("cannot tokenize the prompt")?;
     let opts = SamplingOptions {
         max_new_tokens: args.max_new_tokens,
@@ -84,7 +86,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 }
 
 /// A seq2seq run decodes `--input` or each line of `--input-file`.
-fn translate(args: &GenerateArgs, device: &str) -> Result<()> {
+fn translate(args: &GenerateArgs, trained: &TrainedSeq2Seq) -> Result<()> {
     let inputs = match (&args.input, &args.input_file) {
         (Some(text), None) => vec![text.clone()],
         (None, Some(file)) => std::fs::read_to_string(file)
@@ -97,7 +99,6 @@ fn translate(args: &GenerateArgs, device: &str) -> Result<()> {
     if args.beam_size == 0 {
         bail!("--beam-size must be at least 1");
     }
-    let trained = TrainedSeq2Seq::load(&args.run_dir, &args.checkpoint, device)?;
     let beam = BeamOptions { beam_size: args.beam_size, length_penalty: args.length_penalty };
     for output in trained.translate(&inputs, beam, args.max_len)? {
         println!("{output}");

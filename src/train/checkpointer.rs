@@ -8,7 +8,7 @@ use candle_core::Device;
 
 use super::task::Evaluation;
 use crate::checkpoint::{self, TrainState};
-use crate::config::{higher_is_better, Config};
+use crate::config::{Config, Metric};
 use crate::model::ParamStore;
 use crate::optim::AdamW;
 use crate::rng::hash_str;
@@ -18,20 +18,23 @@ pub struct Checkpointer<'a> {
     run: &'a RunDir,
     every: usize,
     keep_last: usize,
-    best_metric: String,
+    best_metric: Metric,
     config_hash: String,
 }
 
 impl<'a> Checkpointer<'a> {
     /// `config_text`: the resolved config the run trains with (its hash goes into each state).
-    pub fn new(run: &'a RunDir, cfg: &Config, config_text: &str) -> Self {
-        Self {
+    pub fn new(run: &'a RunDir, cfg: &Config, config_text: &str) -> Result<Self> {
+        let name = &cfg.checkpoint.best_metric;
+        let best_metric =
+            cfg.task.kind.metric(name).with_context(|| format!("`{name}` is not a metric of this task"))?;
+        Ok(Self {
             run,
             every: cfg.checkpoint.every,
             keep_last: cfg.checkpoint.keep_last,
-            best_metric: cfg.checkpoint.best_metric.clone(),
+            best_metric,
             config_hash: format!("{:016x}", hash_str(config_text)),
-        }
+        })
     }
 
     /// The state the run starts from: fresh, or the checkpoint `resume_from` restored into
@@ -90,10 +93,10 @@ impl<'a> Checkpointer<'a> {
                 state.best_val_loss = Some(val_loss);
             }
         }
-        let metric = &self.best_metric;
-        let score = *evaluation.get(metric).with_context(|| format!("the evaluation did not report `{metric}`"))?;
-        let better = |best: f64| if higher_is_better(metric) { score > best } else { score < best };
-        if state.best_score.is_none_or(better) {
+        let metric = self.best_metric;
+        let name = metric.name;
+        let score = *evaluation.get(name).with_context(|| format!("the evaluation did not report `{name}`"))?;
+        if state.best_score.is_none_or(|best| metric.better(score, best)) {
             state.best_score = Some(score);
             state.best_step = Some(state.step);
             return Ok(true);

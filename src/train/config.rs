@@ -136,21 +136,51 @@ impl Default for TaskConfig {
     }
 }
 
-impl TaskKind {
-    /// The metrics an evaluation of this task reports, any of which may pick the best checkpoint.
-    pub fn metrics(self) -> &'static [&'static str] {
-        match self {
-            TaskKind::CausalLm => &["val_loss"],
-            TaskKind::SequenceClassification => &["val_loss", "accuracy", "macro_f1"],
-            TaskKind::MaskedLm => &["val_loss", "masked_accuracy"],
-            TaskKind::Seq2seq => &["val_loss", "token_accuracy", "exact_match", "bleu"],
+/// A metric an evaluation reports: its name in metrics.jsonl, and which way is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+}
+
+impl Metric {
+    /// Whether `score` beats `best`.
+    pub fn better(&self, score: f64, best: f64) -> bool {
+        if self.higher_is_better {
+            score > best
+        } else {
+            score < best
         }
     }
 }
 
-/// Whether a higher value of `metric` is better (losses are lower-is-better).
-pub fn higher_is_better(metric: &str) -> bool {
-    !metric.ends_with("loss")
+const fn lower(name: &'static str) -> Metric {
+    Metric { name, higher_is_better: false }
+}
+const fn higher(name: &'static str) -> Metric {
+    Metric { name, higher_is_better: true }
+}
+const VAL_LOSS: Metric = lower("val_loss");
+const CAUSAL_LM: [Metric; 1] = [VAL_LOSS];
+const CLASSIFICATION: [Metric; 3] = [VAL_LOSS, higher("accuracy"), higher("macro_f1")];
+const MASKED_LM: [Metric; 2] = [VAL_LOSS, higher("masked_accuracy")];
+const SEQ2SEQ: [Metric; 4] = [VAL_LOSS, higher("token_accuracy"), higher("exact_match"), higher("bleu")];
+
+impl TaskKind {
+    /// The metrics an evaluation of this task reports, any of which may pick the best checkpoint.
+    pub fn metrics(self) -> &'static [Metric] {
+        match self {
+            TaskKind::CausalLm => &CAUSAL_LM,
+            TaskKind::SequenceClassification => &CLASSIFICATION,
+            TaskKind::MaskedLm => &MASKED_LM,
+            TaskKind::Seq2seq => &SEQ2SEQ,
+        }
+    }
+
+    /// The metric of this task called `name`.
+    pub fn metric(self, name: &str) -> Option<Metric> {
+        self.metrics().iter().copied().find(|m| m.name == name)
+    }
 }
 
 impl Default for CheckpointConfig {

@@ -104,7 +104,7 @@ fn run_task<T: Task>(
     let config_text = cfg.to_toml_string()?;
     let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim, &task.embedding_tables())?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
-    let checkpointer = Checkpointer::new(run, cfg, &config_text);
+    let checkpointer = Checkpointer::new(run, cfg, &config_text)?;
     let mut state = checkpointer.start(cfg, resume_from.as_deref(), params, &mut optimizer, device)?;
     // Written only once the run really continues: a refused resume leaves the run as it was.
     crate::fsutil::write_atomic(&run.config(), config_text.as_bytes())?;

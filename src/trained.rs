@@ -1,0 +1,69 @@
+//! A trained run loaded back for inference: the one dispatch on a run's task kind that the
+//! commands on trained runs (`generate`, `eval`, `predict`) share.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::classify::TrainedClassifier;
+use crate::config::TaskKind;
+use crate::run_dir::{RunDir, TrainedGpt};
+use crate::train::task::Evaluation;
+use crate::translate::TrainedSeq2Seq;
+
+/// Boxed: the models are kilobytes of tensor handles each.
+pub enum TrainedRun {
+    Gpt(Box<TrainedGpt>),
+    Classifier(Box<TrainedClassifier>),
+    Seq2Seq(Box<TrainedSeq2Seq>),
+}
+
+impl TrainedRun {
+    /// The run in `run_dir` at checkpoint `which` ("latest", "best", "step-N") on `device`.
+    pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
+        let kind = RunDir::new(run_dir).load_config(&[])?.task.kind;
+        Ok(match kind {
+            TaskKind::CausalLm => Self::Gpt(Box::new(TrainedGpt::load(run_dir, which, device)?)),
+            TaskKind::SequenceClassification => {
+                Self::Classifier(Box::new(TrainedClassifier::load(run_dir, which, device)?))
+            }
+            TaskKind::Seq2seq => Self::Seq2Seq(Box::new(TrainedSeq2Seq::load(run_dir, which, device)?)),
+            TaskKind::MaskedLm => bail!(
+                "{}: a masked-lm run has no inference command; its val loss and masked-token accuracy are in \
+                 its metrics.jsonl, and `taper export` writes it for fine-tuning",
+                run_dir.display()
+            ),
+        })
+    }
+
+    /// The checkpoint the weights came from.
+    pub fn checkpoint(&self) -> &Path {
+        match self {
+            Self::Gpt(t) => &t.checkpoint,
+            Self::Classifier(t) => &t.checkpoint,
+            Self::Seq2Seq(t) => &t.checkpoint,
+        }
+    }
+
+    /// The task's metrics on `file` (default: a GPT's validation split, the run's
+    /// `data.val_path` otherwise), and what was scored.
+    pub fn evaluate(&self, file: Option<&Path>) -> Result<(Evaluation, String)> {
+        let labelled = |config: &crate::config::Config| -> Result<PathBuf> {
+            file.map_or_else(|| config.val_file(), |f| Ok(f.to_path_buf()))
+        };
+        Ok(match self {
+            Self::Gpt(t) => {
+                let scored = file.map_or("its validation split".into(), |f| f.display().to_string());
+                (crate::train::causal_lm::evaluate_trained(t, file)?, scored)
+            }
+            Self::Classifier(t) => {
+                let file = labelled(&t.config)?;
+                (t.evaluate(&file)?, file.display().to_string())
+            }
+            Self::Seq2Seq(t) => {
+                let file = labelled(&t.config)?;
+                (t.evaluate(&file)?, file.display().to_string())
+            }
+        })
+    }
+}
