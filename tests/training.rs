@@ -101,6 +101,27 @@ fn resume_with_another_shape_names_the_tensor_and_both_shapes() {
 }
 
 #[test]
+fn a_refused_resume_leaves_the_run_as_it_was() {
+    // Issue 13, defect 1: the new settings were written to config.toml before the checkpoint
+    // was checked against them, and the run no longer loaded.
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    train(common::tiny_config(dir.path(), &corpus, "train.steps=8"), &quiet()).unwrap();
+    let run = dir.path().join("run");
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let resume = TrainOptions { quiet: true, resume: true, ..Default::default() };
+    for (set, expected) in [("train.steps=6", "already completed"), ("model.d_model=48", "blocks.0")] {
+        let cfg = taper::run_dir::RunDir::new(&run).load_config(&[set.to_string()]).unwrap();
+        let err = format!("{:#}", train(cfg, &resume).unwrap_err());
+        assert!(err.contains(expected), "--set {set}: {err}");
+        assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), saved, "--set {set} changed config.toml");
+    }
+    taper::run_dir::TrainedGpt::load(&run, "latest", "cpu").unwrap();
+    let cfg = taper::run_dir::RunDir::new(&run).load_config(&["train.steps=10".to_string()]).unwrap();
+    assert_eq!(train(cfg, &resume).unwrap().steps, 10, "and it still resumes");
+}
+
+#[test]
 fn a_fresh_run_refuses_to_overwrite_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
