@@ -48,7 +48,8 @@ impl<'a> Mask<'a> {
     }
 
     /// The additive form for `t_q` queries: causal (T_q, offset + T_q), padding (B, 1, 1, T_k),
-    /// or both summed; None when nothing is hidden.
+    /// or both summed; None when nothing is hidden. Built on the first call (every layer of a
+    /// forward has the same queries) and reused.
     pub fn additive(&self, t_q: usize, device: &Device) -> Result<Option<&Tensor>> {
         if self.additive.get().is_none() {
             let causal = self.causal_offset.map(|offset| causal_mask(t_q, offset, device)).transpose()?;

@@ -164,9 +164,8 @@ impl Stack {
         vec![BlockCache::default(); self.blocks.len()]
     }
 
-    /// RMS of the input of every norm (the residual stream), named under `prefix` (the stack's
-    /// path: "" for a GPT, "bert.encoder.layer" style paths come from `block_path`), in forward
-    /// order, for one forward over `ids`.
+    /// RMS of the input of every norm (the residual stream), in forward order, for one forward
+    /// over `ids`: block i's norms named `block_path(i).<norm>`, the final norm `final_norm_path`.
     pub fn norm_input_rms(
         &self,
         ids: &Tensor,
