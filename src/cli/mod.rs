@@ -1,10 +1,12 @@
 //! The `taper` command line: one file per subcommand (its arguments and what it runs).
 
+mod compare;
 mod eval;
 mod export;
 mod generate;
+mod inspect_init;
 mod predict;
-mod study;
+mod sweep;
 mod train;
 
 use anyhow::Result;
@@ -24,11 +26,11 @@ enum Command {
     /// Train a model from a config (or continue a run with --resume RUN_DIR).
     Train(train::TrainArgs),
     /// Train a grid of settings (and seeds), one run directory each; resumes and skips finished runs.
-    Sweep(study::SweepArgs),
+    Sweep(sweep::SweepArgs),
     /// Compare runs: loss curves and per-layer plots (SVG) and a table (console and Markdown).
-    Compare(study::CompareArgs),
+    Compare(compare::CompareArgs),
     /// Gradient norms by layer at initialisation, pre-LN and post-LN, at several depths.
-    InspectInit(study::InspectInitArgs),
+    InspectInit(inspect_init::InspectInitArgs),
     /// Sample text from a trained GPT run, or decode inputs with a seq2seq run.
     Generate(generate::GenerateArgs),
     /// Score a run: causal-lm (loss and perplexity on the val split or a text file),
@@ -52,9 +54,9 @@ fn run_device(run_dir: &std::path::Path, device: Option<String>) -> Result<Strin
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
-        Command::Sweep(args) => study::sweep(args),
-        Command::Compare(args) => study::compare(args),
-        Command::InspectInit(args) => study::inspect_init(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Compare(args) => compare::run(args),
+        Command::InspectInit(args) => inspect_init::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
