@@ -43,10 +43,6 @@ impl<'a> Mask<'a> {
         Self { key_keep: keep, ..Self::default() }
     }
 
-    pub fn causal_offset(&self) -> Option<usize> {
-        self.causal_offset
-    }
-
     /// The additive form for `t_q` queries: causal (T_q, offset + T_q), padding (B, 1, 1, T_k),
     /// or both summed; None when nothing is hidden. Built on the first call (every layer of a
     /// forward has the same queries) and reused.

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::block::{Block, BlockCache, BlockInputs};
+use super::block::{run_blocks, Block, BlockCache, BlockInputs};
 use super::layers::Embedding;
 use super::norm::LayerNorm;
 use super::positions::PositionEncoding;
@@ -88,7 +88,7 @@ impl Stack {
             (false, keep) => Mask::padding_or_none(keep),
         };
         let block_inputs = BlockInputs { self_mask, memory: inputs.memory, rope };
-        let x = self.run_blocks(x, &block_inputs, caches, mode)?;
+        let x = run_blocks(&self.blocks, x, &block_inputs, caches, mode)?;
         match &self.final_norm {
             Some(norm) => {
                 mode.record_norm_input(&x)?;
@@ -123,29 +123,6 @@ impl Stack {
             x = norm.forward(&x, mode)?;
         }
         Ok((dropout(&x, self.dropout, mode)?, rope))
-    }
-
-    /// Runs `x` through the blocks in order, each with its cache when `caches` is given.
-    fn run_blocks(
-        &self,
-        mut x: Tensor,
-        inputs: &BlockInputs,
-        caches: Option<&mut [BlockCache]>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        match caches {
-            Some(caches) => {
-                for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-                    x = block.forward(&x, inputs, Some(cache), mode)?;
-                }
-            }
-            None => {
-                for block in &self.blocks {
-                    x = block.forward(&x, inputs, None, mode)?;
-                }
-            }
-        }
-        Ok(x)
     }
 
     /// The stack's embedding tables: tokens, segments, learned positions.

@@ -9,7 +9,7 @@
 //!
 //! A backward pass must return tensors, so each backward is itself a (forward-only) CustomOp.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -697,9 +697,4 @@ impl CustomOp3 for CrossEntropyGrad {
 /// Sum over rows of -log softmax(logits)[target]; `logits` (N, V), `targets` (N,) u32.
 pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     logits.contiguous()?.apply_op2(&targets.contiguous()?, CrossEntropySum)
-}
-
-/// Whether the fused kernels apply to `t`: CPU, f32 or f64.
-pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
 }
