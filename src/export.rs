@@ -1,7 +1,8 @@
 //! `taper export --format hf`: a run's checkpoint as a Hugging Face model directory
 //! (config.json, model.safetensors, tokenizer.json) that transformers' Auto classes and
-//! candle-transformers' `BertModel` load. taper's parameter names already are Hugging Face's,
-//! so the weights are written as they are.
+//! candle-transformers' `BertModel` load. A BERT-family run stores its parameters under
+//! Hugging Face's names (its models are built through `model::names::bert`), so the weights
+//! are written as they are.
 
 use std::path::Path;
 

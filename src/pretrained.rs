@@ -88,7 +88,7 @@ pub fn load_bert(
 ) -> Result<PretrainedBert> {
     let config = BertConfig::from_dir(dir)?;
     let params = ParamStore::new();
-    let encoder = BertEncoder::new(&config, norm, kernels, DType::F32, params.var_builder(seed, device))
+    let encoder = BertEncoder::bare(&config, norm, kernels, DType::F32, params.var_builder(seed, device))
         .with_context(|| format!("cannot build the encoder described by {}/config.json", dir.display()))?;
     let file = dir.join("model.safetensors");
     let mut tensors = load_tensors(&file, device)?;

@@ -17,9 +17,8 @@ const H: usize = 2;
 fn attention(params: &ParamStore) -> Attention {
     let cfg = common::tiny_config(std::path::Path::new("/tmp"), std::path::Path::new("/tmp/c.txt"), "");
     // Bias on, so the reference must add it.
-    let names = ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"];
     let attn = AttentionConfig { d_model: D, n_head: H, bias: true, dropout: 0.0 };
-    Attention::new(&attn, &init_policy(&cfg.model), names, params.var_builder(7, &Device::Cpu)).unwrap()
+    Attention::new(&attn, &init_policy(&cfg.model), params.var_builder(7, &Device::Cpu).pp("attn")).unwrap()
 }
 
 /// An evaluation-mode forward context on the backend `kernels` chooses for CPU f32.

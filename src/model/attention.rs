@@ -47,18 +47,17 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `names`: paths, under `vb`, of the query, key, value and output projections.
-    pub fn new(cfg: &AttentionConfig, init: &InitPolicy, names: [&str; 4], vb: VarBuilder) -> Result<Self> {
+    /// The projections under `vb`: `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+    pub fn new(cfg: &AttentionConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         let proj = |name: &str, residual_output: bool| {
             Linear::new(d, d, cfg.bias, init.matrix(d, d, residual_output), vb.pp(name))
         };
-        let [q, k, v, out] = names;
         Ok(Self {
-            q_proj: proj(q, false)?,
-            k_proj: proj(k, false)?,
-            v_proj: proj(v, false)?,
-            out_proj: proj(out, true)?,
+            q_proj: proj("q_proj", false)?,
+            k_proj: proj("k_proj", false)?,
+            v_proj: proj("v_proj", false)?,
+            out_proj: proj("out_proj", true)?,
             n_head: cfg.n_head,
             dropout: cfg.dropout,
         })

@@ -1,6 +1,6 @@
 //! BERT-style encoder: token + position + token-type embeddings, then LayerNorm and dropout,
-//! then a stack of bidirectional blocks (the same `Block` as the GPT, under Hugging Face's
-//! parameter names) with a key-padding mask. Post-LN as BERT has it; `NormPlacement::Pre`
+//! then a stack of bidirectional blocks (the same `Block` as the GPT, under taper's names;
+//! `model::names::bert` maps them to Hugging Face's) with a key-padding mask. Post-LN as BERT has it; `NormPlacement::Pre`
 //! moves every LayerNorm into its branch and adds a final one (`encoder.final_layer_norm`).
 //! The architecture is read from a checkpoint's `config.json`.
 
@@ -11,8 +11,9 @@ use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::block::{Block, BlockConfig, BlockNames};
+use super::block::{Block, BlockConfig};
 use super::layers::{Embedding, InitPolicy, Linear};
+use super::names::bert::{ENCODER, TASK_MODEL};
 use super::norm::LayerNorm;
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
@@ -125,14 +126,13 @@ pub struct BertEncoder {
 }
 
 impl BertEncoder {
-    /// Builds the encoder over `vb` with Hugging Face's names (`embeddings.word_embeddings`,
-    /// `encoder.layer.0.attention.self.query`, ...).
+    /// Builds the encoder over `vb` under taper's names (`tok_emb`, `blocks.0.attn.q_proj`,
+    /// ...); [`BertEncoder::bare`] and the task models see them through Hugging Face's table.
     pub fn new(cfg: &BertConfig, norm: NormPlacement, kernels: Kernels, dtype: DType, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let init = InitPolicy { scheme: InitScheme::Normal, std: cfg.initializer_range, residual_scale: 1.0 };
         let activation = cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let emb = vb.pp("embeddings");
-        let embedding = |count: usize, name: &str| Embedding::new(count, d, init.embedding(d), emb.pp(name));
+        let embedding = |count: usize, name: &str| Embedding::new(count, d, init.embedding(d), vb.pp(name));
         let block_cfg = BlockConfig {
             d_model: d,
             n_head: cfg.num_attention_heads,
@@ -145,19 +145,19 @@ impl BertEncoder {
             cross_attention: false,
         };
         let blocks = (0..cfg.num_hidden_layers)
-            .map(|i| Block::new(&block_cfg, &init, &BlockNames::BERT, vb.pp(format!("encoder.layer.{i}"))))
+            .map(|i| Block::new(&block_cfg, &init, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = match norm {
-            NormPlacement::Pre => Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("encoder.final_layer_norm"))?),
+            NormPlacement::Pre => Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_f"))?),
             NormPlacement::Post => None,
         };
         let embeddings = Embeddings {
-            tokens: embedding(cfg.vocab_size, "word_embeddings")?,
+            tokens: embedding(cfg.vocab_size, "tok_emb")?,
             scale: 1.0,
-            token_types: Some(embedding(cfg.type_vocab_size, "token_type_embeddings")?),
-            norm: Some(LayerNorm::new(d, cfg.layer_norm_eps, emb.pp("LayerNorm"))?),
+            token_types: Some(embedding(cfg.type_vocab_size, "type_emb")?),
+            norm: Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_emb"))?),
         };
-        let positions = PositionEncoding::Learned(embedding(cfg.max_position_embeddings, "position_embeddings")?);
+        let positions = PositionEncoding::Learned(embedding(cfg.max_position_embeddings, "pos_emb")?);
         let stack = Stack {
             embeddings,
             positions,
@@ -170,6 +170,12 @@ impl BertEncoder {
             kernels,
         };
         Ok(Self { stack })
+    }
+
+    /// A bare encoder (Hugging Face's `BertModel`) over `vb` at the root of a store that holds
+    /// its parameters under Hugging Face's names (`embeddings.word_embeddings`, ...).
+    pub fn bare(cfg: &BertConfig, norm: NormPlacement, kernels: Kernels, dtype: DType, vb: VarBuilder) -> Result<Self> {
+        Self::new(cfg, norm, kernels, dtype, ENCODER.renamed(vb))
     }
 
     /// The embedding tables (words, token types, positions).
@@ -195,10 +201,12 @@ impl BertEncoder {
         self.stack.forward(input_ids, inputs, None, mode)
     }
 
-    /// RMS of the input of every LayerNorm of the blocks (the residual stream), by name.
+    /// RMS of the input of every LayerNorm of the blocks (the residual stream), by its
+    /// Hugging Face name (`encoder.layer.0.attention.output.LayerNorm`, ...).
     pub fn norm_input_rms(&self, input_ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Vec<(String, f64)>> {
         let inputs = StackInputs { keep: attention_mask, ..Default::default() };
-        self.stack.norm_input_rms(input_ids, inputs, |i| format!("encoder.layer.{i}"), "encoder.final_layer_norm")
+        let rms = self.stack.norm_input_rms(input_ids, inputs, |i| format!("blocks.{i}"), "ln_f")?;
+        Ok(rms.into_iter().map(|(name, v)| (ENCODER.checkpoint_name(&name).unwrap_or(name), v)).collect())
     }
 }
 
@@ -211,9 +219,9 @@ pub enum Pooling {
     Mean,
 }
 
-/// Hugging Face's `BertForSequenceClassification`: the encoder and pooler under `bert.`,
-/// dropout, and a linear `classifier` (the pooler loads from a BERT checkpoint that has one;
-/// the classifier starts fresh).
+/// Hugging Face's `BertForSequenceClassification`: the encoder, the pooler, dropout, and a
+/// linear `classifier` (the pooler loads from a BERT checkpoint that has one; the classifier
+/// starts fresh). Built over the root of a store in Hugging Face's names (`bert.`, `classifier`).
 #[derive(Debug, Clone)]
 pub struct SequenceClassifier {
     pub encoder: BertEncoder,
@@ -234,13 +242,13 @@ impl SequenceClassifier {
     ) -> Result<Self> {
         let d = cfg.hidden_size;
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
-        let bert = vb.pp("bert");
+        let vb = TASK_MODEL.renamed(vb);
         let pooler = match pooling {
-            Pooling::Cls => Some(Linear::new(d, d, true, init, bert.pp("pooler.dense"))?),
+            Pooling::Cls => Some(Linear::new(d, d, true, init, vb.pp("pooler"))?),
             Pooling::Mean => None,
         };
         Ok(Self {
-            encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, bert)?,
+            encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, vb.pp("encoder"))?,
             pooler,
             classifier: Linear::new(d, num_labels, true, init, vb.pp("classifier"))?,
             pooling,
@@ -273,9 +281,9 @@ impl SequenceClassifier {
     }
 }
 
-/// Hugging Face's `BertForMaskedLM`: the encoder under `bert.`, then
-/// `cls.predictions.transform` (dense, activation, LayerNorm) and a decoder that shares the
-/// token embeddings, plus an output bias `cls.predictions.bias`.
+/// Hugging Face's `BertForMaskedLM`: the encoder, then a transform (dense, activation,
+/// LayerNorm) and a decoder that shares the token embeddings, plus an output bias. Built over
+/// the root of a store in Hugging Face's names (`bert.`, `cls.predictions.`).
 #[derive(Debug, Clone)]
 pub struct MaskedLm {
     pub encoder: BertEncoder,
@@ -289,13 +297,14 @@ impl MaskedLm {
     pub fn new(cfg: &BertConfig, norm: NormPlacement, kernels: Kernels, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
-        let encoder = BertEncoder::new(cfg, norm, kernels, DType::F32, vb.pp("bert"))?;
-        let head = vb.pp("cls.predictions");
+        let vb = TASK_MODEL.renamed(vb);
+        let encoder = BertEncoder::new(cfg, norm, kernels, DType::F32, vb.pp("encoder"))?;
+        let head = vb.pp("mlm");
         let bias = head.get_with_hints(cfg.vocab_size, "bias", candle_nn::Init::Const(0.0))?;
         let decoder = Linear::from_weight(encoder.word_embeddings().clone(), Some(bias));
         Ok(Self {
-            transform: Linear::new(d, d, true, init, head.pp("transform.dense"))?,
-            transform_norm: LayerNorm::new(d, cfg.layer_norm_eps, head.pp("transform.LayerNorm"))?,
+            transform: Linear::new(d, d, true, init, head.pp("transform"))?,
+            transform_norm: LayerNorm::new(d, cfg.layer_norm_eps, head.pp("norm"))?,
             decoder,
             encoder,
             activation: cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?,

@@ -69,49 +69,6 @@ pub fn run_blocks(
     Ok(x)
 }
 
-/// Where a block's parameters live, relative to the block: taper's own names, or a
-/// checkpoint's (BERT), so that pretrained weights load by path, without a conversion table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockNames {
-    /// Query, key, value and output projections of self-attention.
-    pub attn: [&'static str; 4],
-    pub ln_1: &'static str,
-    /// Query, key, value and output projections of cross-attention.
-    pub cross_attn: [&'static str; 4],
-    pub ln_cross: &'static str,
-    pub fc1: &'static str,
-    pub fc2: &'static str,
-    pub ln_2: &'static str,
-}
-
-impl BlockNames {
-    /// taper's names: `attn.q_proj`, `ln_1`, `mlp.fc1`, ...
-    pub const TAPER: Self = Self {
-        attn: ["attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"],
-        ln_1: "ln_1",
-        cross_attn: ["cross_attn.q_proj", "cross_attn.k_proj", "cross_attn.v_proj", "cross_attn.out_proj"],
-        ln_cross: "ln_cross",
-        fc1: "mlp.fc1",
-        fc2: "mlp.fc2",
-        ln_2: "ln_2",
-    };
-    /// Hugging Face BERT's names (`encoder.layer.N.` + these).
-    pub const BERT: Self = Self {
-        attn: ["attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"],
-        ln_1: "attention.output.LayerNorm",
-        cross_attn: [
-            "crossattention.self.query",
-            "crossattention.self.key",
-            "crossattention.self.value",
-            "crossattention.output.dense",
-        ],
-        ln_cross: "crossattention.output.LayerNorm",
-        fc1: "intermediate.dense",
-        fc2: "output.dense",
-        ln_2: "output.LayerNorm",
-    };
-}
-
 /// Position-wise feed-forward network: fc1 -> activation -> fc2.
 #[derive(Debug, Clone)]
 pub struct Mlp {
@@ -121,11 +78,11 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(cfg: &BlockConfig, init: &InitPolicy, names: &BlockNames, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         Ok(Self {
-            fc1: Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), vb.pp(names.fc1))?,
-            fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), vb.pp(names.fc2))?,
+            fc1: Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), vb.pp("fc1"))?,
+            fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), vb.pp("fc2"))?,
             activation: cfg.activation,
         })
     }
@@ -167,31 +124,30 @@ pub struct Block {
     mlp: Mlp,
     norm: NormPlacement,
     dropout: f64,
-    names: BlockNames,
 }
 
 impl Block {
     /// Names of this block's LayerNorms in the order they run.
     pub fn norm_names(&self) -> Vec<&'static str> {
         if self.cross.is_some() {
-            vec![self.names.ln_1, self.names.ln_cross, self.names.ln_2]
+            vec!["ln_1", "ln_cross", "ln_2"]
         } else {
-            vec![self.names.ln_1, self.names.ln_2]
+            vec!["ln_1", "ln_2"]
         }
     }
 
-    pub fn new(cfg: &BlockConfig, init: &InitPolicy, names: &BlockNames, vb: VarBuilder) -> Result<Self> {
-        let attention = |paths: [&str; 4]| Attention::new(&cfg.attention(), init, paths, vb.clone());
+    /// The block's parameters under `vb`: `ln_1`, `attn.{q,k,v,out}_proj`, `ln_cross` and
+    /// `cross_attn.*` (with cross-attention), `ln_2`, `mlp.fc1`, `mlp.fc2`.
+    pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
+        let attention = |name: &str| Attention::new(&cfg.attention(), init, vb.pp(name));
         let norm = |name: &str| LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
-        let cross =
-            if cfg.cross_attention { Some((norm(names.ln_cross)?, attention(names.cross_attn)?)) } else { None };
+        let cross = if cfg.cross_attention { Some((norm("ln_cross")?, attention("cross_attn")?)) } else { None };
         Ok(Self {
-            ln_1: norm(names.ln_1)?,
-            attn: attention(names.attn)?,
+            ln_1: norm("ln_1")?,
+            attn: attention("attn")?,
             cross,
-            ln_2: norm(names.ln_2)?,
-            mlp: Mlp::new(cfg, init, names, vb.clone())?,
-            names: *names,
+            ln_2: norm("ln_2")?,
+            mlp: Mlp::new(cfg, init, vb.pp("mlp"))?,
             norm: cfg.norm,
             dropout: cfg.dropout,
         })

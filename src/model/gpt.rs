@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::block::{Block, BlockCache, BlockConfig, BlockNames};
+use super::block::{Block, BlockCache, BlockConfig};
 use super::layers::{Embedding, InitPolicy, Linear};
 use super::norm::LayerNorm;
 use super::positions::PositionEncoding;
@@ -28,7 +28,7 @@ pub fn init_policy(cfg: &ModelConfig) -> InitPolicy {
 
 /// `n` blocks under `vb` at `prefix.N`, taper's names.
 pub fn taper_blocks(cfg: &BlockConfig, init: &InitPolicy, n: usize, vb: &VarBuilder) -> Result<Vec<Block>> {
-    (0..n).map(|i| Block::new(cfg, init, &BlockNames::TAPER, vb.pp(format!("blocks.{i}")))).collect()
+    (0..n).map(|i| Block::new(cfg, init, vb.pp(format!("blocks.{i}")))).collect()
 }
 
 /// The final LayerNorm a pre-LN stack ends with (`ln_f` under `vb`).
