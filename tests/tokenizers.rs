@@ -76,3 +76,24 @@ fn token_cache_is_reused_and_a_damaged_one_rebuilt() {
         assert_eq!(taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap(), ids, "length {len}");
     }
 }
+
+/// Training is a pure function of the corpus: each kind trained five times on the same text
+/// gives the same tokenizer.json (tokenizers' WordPiece trainer numbers its pieces in a randomly
+/// seeded hash map's order, huggingface/tokenizers#1794; taper trains WordPiece itself). Not
+/// yet Unigram: its trainer gives the pruned required characters their scores in a hash set's
+/// order.
+#[test]
+fn training_twice_gives_the_same_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::pattern_corpus(400) + "zebra quartz jumps; vexing wolf knows hyphy glib.\n";
+    let corpus = common::write_corpus(dir.path(), &text);
+    for (kind, vocab) in [(TokenizerKind::Bpe, 60), (TokenizerKind::ByteLevelBpe, 300), (TokenizerKind::Wordpiece, 60)]
+    {
+        let cfg = TokenizerConfig { kind, vocab_size: Some(vocab), path: None };
+        let json = || TextTokenizer::from_config(&cfg, &corpus, &text).unwrap().inner().to_string(false).unwrap();
+        let first = json();
+        for _ in 0..4 {
+            assert_eq!(json(), first, "{kind:?}");
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod padded;
 pub mod pairs;
 pub mod sampling;
 pub mod tokenizer;
+pub mod trainers;
 
 pub use dataset::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};
 pub use tokenizer::TextTokenizer;

@@ -11,15 +11,17 @@ use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::unigram::{Unigram, UnigramTrainerBuilder};
 use tokenizers::models::wordlevel::WordLevel;
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainerBuilder};
-use tokenizers::models::TrainerWrapper;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer, Trainer};
+
+use super::trainers::WordPieceTrainer;
 
 use crate::config::{TokenizerConfig, TokenizerKind};
 
@@ -69,12 +71,8 @@ impl TextTokenizer {
                 tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, false)));
                 tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
                 tokenizer.with_decoder(Some(WordPieceDecoder::default()));
-                let trainer = WordPieceTrainerBuilder::new()
-                    .show_progress(false)
-                    .vocab_size(vocab_size)
-                    .special_tokens(special(&["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
-                    .build();
-                let mut tokenizer = train(tokenizer, TrainerWrapper::from(trainer), corpus)?;
+                let specials = special(&["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]);
+                let mut tokenizer = train(tokenizer, WordPieceTrainer::new(vocab_size, specials), corpus)?;
                 // BERT's input template, applied when encoding with special tokens (classifier
                 // inputs); corpus encoding for language models leaves it out.
                 let id = |name: &str| tokenizer.token_to_id(name).context("trained WordPiece lacks a special token");
@@ -198,7 +196,11 @@ impl TextTokenizer {
     }
 }
 
-fn train(mut tokenizer: Tokenizer, mut trainer: TrainerWrapper, corpus: &Path) -> Result<Tokenizer> {
+fn train<T: Trainer<Model = ModelWrapper> + Sync>(
+    mut tokenizer: Tokenizer,
+    mut trainer: T,
+    corpus: &Path,
+) -> Result<Tokenizer> {
     let file = corpus.to_str().context("corpus path is not valid UTF-8")?.to_string();
     tokenizer
         .train_from_files(&mut trainer, vec![file])
