@@ -23,6 +23,20 @@ impl Default for SamplingOptions {
     }
 }
 
+impl SamplingOptions {
+    /// Refuses what cannot sample: top-p outside (0, 1], a temperature that is negative, NaN
+    /// or infinite.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            bail!("--top-p must be in (0, 1], got {p}");
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!("--temperature must be a finite number >= 0 (0: greedy), got {}", self.temperature);
+        }
+        Ok(())
+    }
+}
+
 /// Continues `prompt` by up to `max_new_tokens` tokens and returns the new ones. The model sees
 /// the last `block_size` tokens. With the cache, each new token costs one position; once the
 /// window slides past `block_size`, positions shift and every step re-reads the window, so the
@@ -31,14 +45,7 @@ pub fn generate(model: &Gpt, prompt: &[u32], opts: &SamplingOptions) -> Result<V
     if prompt.is_empty() {
         bail!("the prompt is empty: give at least one token");
     }
-    if let Some(p) = opts.top_p {
-        if !(0.0..=1.0).contains(&p) || p == 0.0 {
-            bail!("--top-p must be in (0, 1], got {p}");
-        }
-    }
-    if opts.temperature < 0.0 {
-        bail!("--temperature must be >= 0, got {}", opts.temperature);
-    }
+    opts.validate()?;
     let device = model.device().clone();
     let window = model.block_size();
     let mut rng = Rng::new(opts.seed);

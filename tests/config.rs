@@ -98,3 +98,10 @@ fn resolved_config_round_trips() {
     let again = Config::from_toml_str(&config.to_toml_string().unwrap(), &[]).unwrap();
     assert_eq!(config, again);
 }
+
+#[test]
+fn no_evaluation_batches_is_rejected_while_evaluation_is_on() {
+    let err = error_of(&base(), &["train.eval_batches=0"]);
+    assert!(err.contains("train.eval_batches") && err.contains("eval_every = 0"), "{err}");
+    Config::from_toml_str(&base(), &["train.eval_batches=0".into(), "train.eval_every=0".into()]).unwrap();
+}

@@ -47,3 +47,17 @@ fn sampling_from_an_empty_vocabulary_is_an_error() {
     let greedy = taper::generate::SamplingOptions { temperature: 0.0, ..opts };
     assert_eq!(taper::generate::sample(&[0.0, 3.0, 1.0], &greedy, &mut taper::rng::Rng::new(1)).unwrap(), 1);
 }
+
+#[test]
+fn sampling_options_that_cannot_sample_are_refused() {
+    let opts = taper::generate::SamplingOptions::default();
+    for temperature in [f64::NAN, f64::INFINITY, -0.5] {
+        let err = taper::generate::SamplingOptions { temperature, ..opts.clone() }.validate().unwrap_err();
+        assert!(err.to_string().contains("--temperature"), "{temperature}: {err}");
+    }
+    for top_p in [f64::NAN, 0.0, 1.5] {
+        let err = taper::generate::SamplingOptions { top_p: Some(top_p), ..opts.clone() }.validate().unwrap_err();
+        assert!(err.to_string().contains("--top-p"), "{top_p}: {err}");
+    }
+    assert!(opts.validate().is_ok());
+}

@@ -269,6 +269,9 @@ impl TrainConfig {
                 bail!("`{key}` must be at least 1");
             }
         }
+        if self.eval_every > 0 && self.eval_batches == 0 {
+            bail!("`train.eval_batches` must be at least 1 (to turn evaluation off, set `train.eval_every = 0`)");
+        }
         if let Some(f) = self.divergence_factor.filter(|f| *f <= 1.0) {
             bail!("`train.divergence_factor` must exceed 1 (the loss's multiple of its start), got {f}");
         }
