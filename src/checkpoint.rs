@@ -113,13 +113,10 @@ pub fn save(
     if tmp_dir.exists() {
         fs::remove_dir_all(&tmp_dir)?;
     }
-    fs::create_dir_all(&tmp_dir)?;
-    for (file, tensors) in [("model.safetensors", params), ("optimizer.safetensors", optimizer)] {
-        let path = tmp_dir.join(file);
-        candle_core::safetensors::save(tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        sync_file(&path)?;
+    if let Err(err) = write_step(&tmp_dir, params, optimizer, state) {
+        let _ = fs::remove_dir_all(&tmp_dir); // a full disk: nothing half-written stays behind
+        return Err(err);
     }
-    write_atomic(&tmp_dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())?;
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)?;
     }
@@ -129,12 +126,50 @@ pub fn save(
     Ok(final_dir)
 }
 
+fn write_step(
+    dir: &Path,
+    params: &HashMap<String, Tensor>,
+    optimizer: &HashMap<String, Tensor>,
+    state: &TrainState,
+) -> Result<()> {
+    fs::create_dir_all(dir)?;
+    for (file, tensors) in [("model.safetensors", params), ("optimizer.safetensors", optimizer)] {
+        let path = dir.join(file);
+        candle_core::safetensors::save(tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
+        sync_file(&path)?;
+    }
+    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+}
+
+/// The name a pruned checkpoint takes before it is deleted: a kill during the deletion leaves
+/// `step-N.trash`, which the next start removes, never a half-deleted `step-N`.
+const TRASH: &str = ".trash";
+
+/// Removes what a kill or a full disk can leave in `checkpoints/`: `step-N.tmp` (a write cut
+/// short) and `step-N.trash` (a pruning cut short). Returns what it removed.
+pub fn clean_leftovers(run_dir: &Path) -> Result<Vec<PathBuf>> {
+    let dir = checkpoints_dir(run_dir);
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(&dir) else { return Ok(removed) };
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("step-") && (name.ends_with(".tmp") || name.ends_with(TRASH)) {
+            fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 fn prune(run_dir: &Path, keep_last: usize, best_step: Option<usize>) -> Result<()> {
     let all = list_checkpoints(run_dir)?;
     let cut = all.len().saturating_sub(keep_last);
     for (step, path) in &all[..cut] {
         if Some(*step) != best_step {
-            fs::remove_dir_all(path).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
+            let trash = path.with_file_name(format!("{}{TRASH}", step_dir_name(*step)));
+            fs::rename(path, &trash).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
+            fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
         }
     }
     Ok(())

@@ -75,6 +75,31 @@ impl Config {
         )
     }
 
+    /// The keys whose values differ between `self` (before) and `after`, each as
+    /// `section.key: before -> after` (a key one side lacks shows as `-`); the run directory
+    /// (`checkpoint.dir`) is left out.
+    pub fn differences(&self, after: &Config) -> Result<Vec<String>> {
+        let flat = |c: &Config| -> Result<std::collections::BTreeMap<String, String>> {
+            let toml::Value::Table(sections) = toml::Value::try_from(c)? else { bail!("a config is a table") };
+            let mut keys = std::collections::BTreeMap::new();
+            for (section, table) in sections {
+                for (key, value) in table.as_table().into_iter().flatten() {
+                    keys.insert(format!("{section}.{key}"), value.to_string());
+                }
+            }
+            keys.remove("checkpoint.dir");
+            Ok(keys)
+        };
+        let (before, after) = (flat(self)?, flat(after)?);
+        let all: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+        let shown = |v: Option<&String>| v.cloned().unwrap_or_else(|| "-".into());
+        Ok(all
+            .into_iter()
+            .filter(|k| before.get(*k) != after.get(*k))
+            .map(|k| format!("{k}: {} -> {}", shown(before.get(k)), shown(after.get(k))))
+            .collect())
+    }
+
     pub fn run_dir(&self) -> PathBuf {
         self.checkpoint.dir.clone().unwrap_or_else(|| PathBuf::from("runs/run"))
     }

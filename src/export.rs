@@ -14,9 +14,21 @@ use crate::config::{NormPlacement, PoolingName, TaskKind};
 use crate::run_dir::RunDir;
 use crate::train::classification::read_labels;
 
+/// The files an export writes into its directory.
+const EXPORT_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+
 /// Writes the export into `out` (created if needed); every file goes to a temporary name
 /// first, so an interrupted export never leaves a half-written file under its final name.
-pub fn export_hf(run_dir: &Path, which: &str, out: &Path) -> Result<()> {
+/// Files already in `out` under those names are replaced only with `overwrite`.
+pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Result<()> {
+    let present: Vec<&str> = EXPORT_FILES.into_iter().filter(|f| out.join(f).exists()).collect();
+    if !present.is_empty() && !overwrite {
+        bail!(
+            "{} already holds {}; taper does not overwrite them: choose another --out, or pass --overwrite",
+            out.display(),
+            present.join(", ")
+        );
+    }
     let run = RunDir::new(run_dir);
     let config = run.load_config(&[])?;
     if !matches!(config.task.kind, TaskKind::SequenceClassification | TaskKind::MaskedLm) {

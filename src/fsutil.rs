@@ -7,12 +7,17 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 /// Writes `bytes` to `path.tmp`, fsyncs it, renames it over `path`, and fsyncs the directory.
+/// A failed write (a full disk) removes `path.tmp` and leaves `path` as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
-    {
-        let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.sync_all()?;
+    let written =
+        File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display())).and_then(|mut file| {
+            file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+            Ok(file.sync_all()?)
+        });
+    if let Err(err) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
     }
     fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     sync_dir(path.parent())

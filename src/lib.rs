@@ -17,6 +17,7 @@ pub mod export;
 pub mod fsutil;
 pub mod generate;
 pub mod inspect;
+pub mod interrupt;
 pub mod kernels;
 pub mod model;
 pub mod optim;

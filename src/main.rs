@@ -3,6 +3,10 @@ fn main() -> std::process::ExitCode {
     match taper::runtime::on_pool(taper::cli::run) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(interrupted) = err.downcast_ref::<taper::interrupt::Interrupted>() {
+                eprintln!("taper: {interrupted}");
+                return std::process::ExitCode::from(interrupted.exit_code() as u8);
+            }
             eprintln!("error: {err}");
             for cause in err.chain().skip(1) {
                 eprintln!("  caused by: {cause}");

@@ -13,7 +13,52 @@ pub struct RunDir {
     path: PathBuf,
 }
 
+/// The files a run writes into its directory (besides `checkpoints/`); the first, written
+/// before any other, marks the directory as taper's.
+pub const RUN_FILES: [&str; 9] = [
+    ".taper-run",
+    "config.toml",
+    "tokenizer.json",
+    "target_tokenizer.json",
+    "tokens.bin",
+    "labels.json",
+    "bert_config.json",
+    "metrics.jsonl",
+    "summary.json",
+];
+
 impl RunDir {
+    /// Written first into a run directory: what is beside it was written by taper.
+    pub fn marker(&self) -> PathBuf {
+        self.path.join(".taper-run")
+    }
+
+    /// Whether a run trained here: a checkpoint, a summary, or a metrics line.
+    pub fn has_trained(&self) -> bool {
+        let metrics = std::fs::metadata(self.metrics()).is_ok_and(|m| m.len() > 0);
+        metrics || self.summary().exists() || self.path.join("checkpoints").exists()
+    }
+
+    /// What of a run is already here: those of [`RUN_FILES`] that exist, and `checkpoints/`.
+    pub fn existing(&self) -> Vec<PathBuf> {
+        let names = RUN_FILES.iter().copied().chain(["checkpoints"]);
+        names.map(|n| self.path.join(n)).filter(|p| p.exists()).collect()
+    }
+
+    /// Removes what a kill or a full disk left behind: `<run file>.tmp` here, and the
+    /// checkpoints' `step-N.tmp` / `step-N.trash`. Returns what it removed.
+    pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>> {
+        let mut removed = crate::checkpoint::clean_leftovers(&self.path)?;
+        for name in RUN_FILES {
+            let tmp = crate::fsutil::tmp_path(&self.path.join(name));
+            if tmp.is_file() {
+                std::fs::remove_file(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+                removed.push(tmp);
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self { path: path.into() }
     }
@@ -29,6 +74,16 @@ impl RunDir {
     }
     pub fn metrics(&self) -> PathBuf {
         self.path.join("metrics.jsonl")
+    }
+    /// Written when the run ends (finished, stopped, interrupted or diverged).
+    pub fn summary(&self) -> PathBuf {
+        self.path.join("summary.json")
+    }
+    /// The `status` of summary.json, if the run has one.
+    pub fn status(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.summary()).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value.get("status")?.as_str().map(String::from)
     }
     /// An encoder run's architecture, as a Hugging Face BERT config.json.
     pub fn bert_config(&self) -> PathBuf {

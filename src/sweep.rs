@@ -1,8 +1,10 @@
 //! Paired sweeps: a grid of `--set` overrides (and seeds) expanded into runs, each in its own
 //! directory named after its settings, trained one after another. Runs that differ only in
 //! norm placement or warmup share their initial weights (parameters are seeded by run seed and
-//! name) and their batches (a function of seed and step). An interrupted sweep resumes its
-//! unfinished run and skips finished ones; a diverged run is recorded and the sweep goes on.
+//! name) and their batches (a function of seed and step). A rerun skips finished runs,
+//! resumes an interrupted one (Ctrl-C, a kill, even between its last checkpoint and its
+//! summary), extends finished runs when only `train.steps` grew, and refuses a run directory
+//! trained with other settings; a diverged run is recorded and the sweep goes on.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use serde::Serialize;
 
 use crate::checkpoint::list_checkpoints;
 use crate::config::Config;
+use crate::run_dir::RunDir;
 use crate::train::{train, Diverged, TrainOptions};
 
 /// One run of a sweep: its directory name and the overrides that make it.
@@ -97,10 +100,38 @@ pub struct SweepOutcome {
     pub status: String,
 }
 
-fn previous_status(run_dir: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(run_dir.join("summary.json")).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("status")?.as_str().map(String::from)
+/// What a sweep does with one of its runs.
+enum Plan {
+    Skip(String),
+    Train(TrainOptions),
+}
+
+/// A run directory the sweep made before is the same run only if its saved config equals
+/// `cfg` (or differs in a larger `train.steps`, which extends a finished run); anything else
+/// is refused, naming the keys. The same run is skipped when it finished or diverged, resumed
+/// from its checkpoint, or restarted when it was killed before its first checkpoint.
+fn plan(run_dir: &Path, cfg: &Config) -> Result<Plan> {
+    let dir = RunDir::new(run_dir);
+    let checkpoints = !list_checkpoints(run_dir)?.is_empty();
+    if !dir.config().is_file() {
+        return Ok(Plan::Train(TrainOptions { resume: checkpoints, ..Default::default() }));
+    }
+    let saved = dir.load_config(&[])?;
+    let differences = saved.differences(cfg)?;
+    let only_steps_grew = differences.len() == 1 && differences[0].starts_with("train.steps:");
+    let extends = only_steps_grew && cfg.train.steps > saved.train.steps && checkpoints;
+    if !(differences.is_empty() || extends) {
+        bail!(
+            "{} was trained with other settings ({}); give the sweep another --out, or remove that directory",
+            dir.config().display(),
+            differences.join("; ")
+        );
+    }
+    match dir.status().as_deref() {
+        Some(s @ "diverged") => Ok(Plan::Skip(format!("skipped ({s} before)"))),
+        Some(s @ "finished") if differences.is_empty() => Ok(Plan::Skip(format!("skipped ({s} before)"))),
+        _ => Ok(Plan::Train(TrainOptions { resume: checkpoints, overwrite: !checkpoints, ..Default::default() })),
+    }
 }
 
 /// Runs every planned run of the sweep of `config` into `out_dir/<name>`.
@@ -125,15 +156,14 @@ pub fn run_sweep(
     let mut outcomes = Vec::new();
     let total = configs.len();
     for (i, (run, run_dir, cfg)) in configs.into_iter().enumerate() {
-        let previous = previous_status(&run_dir);
-        let status = match previous.as_deref() {
-            Some(s @ ("finished" | "diverged")) => format!("skipped ({s} before)"),
-            _ => {
-                let resume = !list_checkpoints(&run_dir)?.is_empty();
+        let status = match plan(&run_dir, &cfg).with_context(|| format!("sweep run {}", run.name))? {
+            Plan::Skip(status) => status,
+            Plan::Train(options) => {
                 if !quiet {
-                    eprintln!("sweep: run {}/{total}: {}{}", i + 1, run.name, if resume { " (resuming)" } else { "" });
+                    let how = if options.resume { " (resuming)" } else { "" };
+                    eprintln!("sweep: run {}/{total}: {}{how}", i + 1, run.name);
                 }
-                match train(cfg, &TrainOptions { resume, quiet, stop_after: None }) {
+                match train(cfg, &TrainOptions { quiet, ..options }) {
                     Ok(summary) => summary.status,
                     Err(err) if err.downcast_ref::<Diverged>().is_some() => {
                         if !quiet {

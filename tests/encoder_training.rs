@@ -176,7 +176,7 @@ fn an_exported_mlm_run_fine_tunes_and_resumes_exactly() {
     let corpus = common::write_corpus(dir.path(), &repeated_names(500));
     train(mlm_config(dir.path(), &corpus, "train.steps=20 train.eval_every=20"), &quiet()).unwrap();
     let export = dir.path().join("export");
-    taper::export::export_hf(&dir.path().join("run"), "best", &export).unwrap();
+    taper::export::export_hf(&dir.path().join("run"), "best", &export, false).unwrap();
     write_labelled(&dir.path().join("train.csv"), 200);
     let text = format!(
         r#"

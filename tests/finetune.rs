@@ -107,7 +107,7 @@ fn fine_tune_eval_predict_and_export_round_trip() {
 
     // export: Hugging Face layout, loadable by candle-transformers with the same hidden states.
     let out = dir.path().join("exported");
-    taper::export::export_hf(&run, "best", &out).unwrap();
+    taper::export::export_hf(&run, "best", &out, false).unwrap();
     let hf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(hf["architectures"][0], "BertForSequenceClassification");

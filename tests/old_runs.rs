@@ -65,7 +65,10 @@ fn an_old_encoder_run_exports() {
     std::env::set_current_dir(env!("CARGO_MANIFEST_DIR")).unwrap();
     let run = Path::new(FIXTURE).join("mlm-run");
     let out = tempfile::tempdir().unwrap();
-    taper::export::export_hf(&run, "best", out.path()).unwrap();
+    taper::export::export_hf(&run, "best", out.path(), false).unwrap();
+    let again = format!("{:#}", taper::export::export_hf(&run, "best", out.path(), false).unwrap_err());
+    assert!(again.contains("config.json") && again.contains("--overwrite"), "{again}");
+    taper::export::export_hf(&run, "best", out.path(), true).unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertForMaskedLM");

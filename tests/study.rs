@@ -198,3 +198,54 @@ fn inspect_init_measures_every_block() {
     taper::inspect::write_report(&profiles, &dir.path().join("r")).unwrap();
     assert!(std::fs::read_to_string(dir.path().join("r/inspect-init.svg")).unwrap().contains("<polyline"));
 }
+
+/// A run killed between its last checkpoint and its summary.json is recognised as finished
+/// (summarised from its checkpoint and metrics) and the sweep goes on to the runs after it.
+#[test]
+fn a_sweep_gets_past_a_run_killed_before_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "train.steps=6 schedule.warmup_steps=0");
+    let out = dir.path().join("sweep");
+    let runs = expand(&["model.norm=pre,post".into()], &[]).unwrap();
+    run_sweep(&config, &[], &runs, &out, true).unwrap();
+    let (first, second) = (out.join(&runs[0].name), out.join(&runs[1].name));
+    let summary = |run: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap()
+    };
+    let before = summary(&first);
+    let metrics = std::fs::read_to_string(first.join("metrics.jsonl")).unwrap();
+    std::fs::remove_file(first.join("summary.json")).unwrap();
+    std::fs::remove_dir_all(&second).unwrap();
+
+    let again = run_sweep(&config, &[], &runs, &out, true).unwrap();
+    assert!(again.iter().all(|o| o.status == "finished"), "{again:?}");
+    let after = summary(&first);
+    assert_eq!((&after["status"], &after["steps"]), (&before["status"], &before["steps"]));
+    assert_eq!(after["final_train_loss"], before["final_train_loss"]);
+    assert!(after["tokens_per_s"].as_f64().unwrap() > 0.0, "{after}");
+    assert_eq!(std::fs::read_to_string(first.join("metrics.jsonl")).unwrap(), metrics, "no line lost or repeated");
+    assert!(second.join("summary.json").is_file(), "the run after it ran");
+}
+
+/// A rerun with other settings is refused, naming the key; where only train.steps grew, the
+/// finished runs are extended.
+#[test]
+fn a_sweep_rerun_with_other_settings_is_refused_and_more_steps_extend() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "train.steps=6 schedule.warmup_steps=0");
+    let out = dir.path().join("sweep");
+    let runs = expand(&["model.norm=post".into()], &[]).unwrap();
+    run_sweep(&config, &[], &runs, &out, true).unwrap();
+    let err = format!("{:#}", run_sweep(&config, &["optim.lr=0.01".into()], &runs, &out, true).unwrap_err());
+    assert!(err.contains("optim.lr: 0.003 -> 0.01") && err.contains("config.toml"), "{err}");
+
+    let more = run_sweep(&config, &["train.steps=9".into()], &runs, &out, true).unwrap();
+    assert_eq!(more[0].status, "finished");
+    let steps: Vec<u64> = read_metrics(&out.join(&runs[0].name).join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+        .filter_map(|r| r["step"].as_u64())
+        .collect();
+    assert_eq!(steps, (1..=9).collect::<Vec<u64>>());
+}

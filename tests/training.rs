@@ -186,3 +186,49 @@ fn bf16_compute_trains() {
     .unwrap();
     assert_eq!(saved["tok_emb.weight"].dtype(), candle_core::DType::F32);
 }
+
+/// A fresh run into a directory that already holds a run's file names refuses, naming the
+/// file, and leaves it as it was: a user's config.toml, a killed run's metrics.jsonl without a
+/// checkpoint. `overwrite` starts afresh there.
+#[test]
+fn a_fresh_run_never_overwrites_files_already_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=6");
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    for (file, text) in [("config.toml", "# my notes\n"), ("metrics.jsonl", "{\"step\":1,\"loss\":3.0}\n")] {
+        let _ = std::fs::remove_file(run.join("config.toml"));
+        std::fs::write(run.join(file), text).unwrap();
+        let err = format!("{:#}", train(cfg.clone(), &quiet()).unwrap_err());
+        assert!(err.contains(file) && err.contains("--overwrite"), "{err}");
+        assert_eq!(std::fs::read_to_string(run.join(file)).unwrap(), text, "{file} left as it was");
+    }
+    let summary = train(cfg, &TrainOptions { overwrite: true, ..quiet() }).unwrap();
+    assert_eq!(summary.steps, 6);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6, "the old lines are gone: {metrics}");
+}
+
+/// What a kill or a full disk leaves (a checkpoint write or a pruning cut short, a temporary
+/// run file) is removed when the run starts again; the intact checkpoints are kept.
+#[test]
+fn leftovers_of_a_kill_are_cleaned_on_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=12 checkpoint.every=6");
+    train(cfg.clone(), &TrainOptions { quiet: true, stop_after: Some(6), ..Default::default() }).unwrap();
+    let run = dir.path().join("run");
+    let leftovers = [run.join("checkpoints/step-00000007.tmp"), run.join("checkpoints/step-00000003.trash")];
+    for path in &leftovers {
+        std::fs::create_dir_all(path).unwrap();
+        std::fs::write(path.join("model.safetensors"), b"half").unwrap();
+    }
+    std::fs::write(run.join("metrics.jsonl.tmp"), b"{").unwrap();
+    train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    for path in leftovers.iter().chain([&run.join("metrics.jsonl.tmp")]) {
+        assert!(!path.exists(), "{} is left", path.display());
+    }
+    let kept: Vec<usize> = taper::checkpoint::list_checkpoints(&run).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(kept, vec![6, 12]);
+}

@@ -26,6 +26,7 @@ pub struct SweepArgs {
 }
 
 pub fn run(args: SweepArgs) -> Result<()> {
+    crate::interrupt::install()?;
     let runs = crate::sweep::expand(&args.grid, &args.seeds)?;
     let config = &args.config;
     let out = args.out.clone().unwrap_or_else(|| {

@@ -20,17 +20,22 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint, with its saved config.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
     resume: Option<PathBuf>,
+    /// Start afresh in a run directory that holds an earlier run's files (removes them,
+    /// checkpoints included).
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
     /// No progress bar or console lines.
     #[arg(long)]
     quiet: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    crate::interrupt::install()?;
     let (config, resume) = match (args.config, args.resume) {
         (Some(path), None) => (Config::load(&path, &args.overrides)?, false),
         (None, Some(dir)) => (RunDir::new(dir).load_config(&args.overrides)?, true),
         _ => bail!("give a config file, or --resume RUN_DIR"),
     };
-    train(config, &TrainOptions { resume, quiet: args.quiet, stop_after: None })?;
+    train(config, &TrainOptions { resume, quiet: args.quiet, stop_after: None, overwrite: args.overwrite })?;
     Ok(())
 }

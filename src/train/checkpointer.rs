@@ -38,7 +38,9 @@ impl<'a> Checkpointer<'a> {
     }
 
     /// The state the run starts from: fresh, or the checkpoint `resume_from` restored into
-    /// `params` and `optimizer`. A run that has already done its `total_steps` is an error.
+    /// `params` and `optimizer`. A run that has already done its `train.steps` is an error,
+    /// unless it was stopped before its summary.json said so (killed between its last
+    /// checkpoint and its summary): then it starts at its end, and the loop only summarises.
     pub fn start(
         &self,
         cfg: &Config,
@@ -62,7 +64,8 @@ impl<'a> Checkpointer<'a> {
             },
             Some(ckpt) => self.restore(ckpt, params, optimizer, device)?,
         };
-        if state.step >= cfg.train.steps {
+        let unsummarised = state.step == cfg.train.steps && self.run.status().as_deref() != Some("finished");
+        if state.step >= cfg.train.steps && !unsummarised {
             bail!(
                 "run {} has already completed {} of {} steps; raise `train.steps` to continue it",
                 self.run.path().display(),
@@ -104,17 +107,18 @@ impl<'a> Checkpointer<'a> {
         Ok(false)
     }
 
-    /// Saves a checkpoint when this step is its turn: the last step, a new best (so
-    /// `--checkpoint best` always exists), or every `checkpoint.every` steps.
+    /// Saves a checkpoint when this step is its turn: `now` (the last step, or the run stops
+    /// for a signal), a new best (so `--checkpoint best` always exists), or every
+    /// `checkpoint.every` steps.
     pub fn maybe_save(
         &self,
         state: &TrainState,
-        done: bool,
+        now: bool,
         new_best: bool,
         params: &ParamStore,
         optimizer: &AdamW,
     ) -> Result<()> {
-        if done || new_best || (self.every > 0 && state.step.is_multiple_of(self.every)) {
+        if now || new_best || (self.every > 0 && state.step.is_multiple_of(self.every)) {
             let moments = optimizer.state_tensors()?;
             checkpoint::save(self.run.path(), &params.detached(), &moments, state, self.keep_last)?;
         }

@@ -31,7 +31,7 @@ pub struct RunSummary {
     pub peak_rss_mb: f64,
     pub final_train_loss: Option<f64>,
     pub val_loss: Option<f64>,
-    /// "finished", "stopped" (ended early on request) or "diverged".
+    /// "finished", "stopped" (ended early on request), "interrupted" (by a signal) or "diverged".
     pub status: String,
     /// (step, train loss) for every logged step of this invocation.
     #[serde(skip)]
@@ -187,37 +187,73 @@ impl Logger {
         Ok(out)
     }
 
-    /// Ends the run: summary.json and the closing line.
-    pub fn finish(self, state: &TrainState, params: usize, total_steps: usize) -> Result<RunSummary> {
+    /// Ends the run: summary.json and the closing line. `interrupted`: the run stops for a
+    /// signal (status "interrupted").
+    pub fn finish(
+        self,
+        state: &TrainState,
+        params: usize,
+        total_steps: usize,
+        interrupted: bool,
+    ) -> Result<RunSummary> {
         self.progress.finish_and_clear();
         let elapsed = self.started.elapsed().as_secs_f64();
-        let (timed_start, timed_step, timed_tokens) = self.timed_from.unwrap_or((self.started, self.start_step, 0));
-        let timed_steps = (state.step - timed_step).max(1);
-        let timed_secs = (timed_start.elapsed() - self.side_work.min(timed_start.elapsed())).as_secs_f64();
+        let (tokens_per_s, ms_per_step, final_train_loss) = match state.step > self.start_step {
+            true => self.throughput(state),
+            false => self.recorded(state)?,
+        };
         let summary = RunSummary {
             run_dir: self.run_dir.clone(),
             steps: state.step,
             params,
             elapsed_s: elapsed,
-            tokens_per_s: (state.tokens_seen - timed_tokens) as f64 / timed_secs,
-            ms_per_step: 1000.0 * timed_secs / timed_steps as f64,
+            tokens_per_s,
+            ms_per_step,
             peak_rss_mb: peak_rss_mb(),
-            final_train_loss: self.losses.last().map(|(_, l)| *l),
+            final_train_loss,
             val_loss: state.last_val_loss,
-            status: if state.step == total_steps { "finished".into() } else { "stopped".into() },
+            status: match (state.step == total_steps, interrupted) {
+                (true, _) => "finished".into(),
+                (false, true) => "interrupted".into(),
+                (false, false) => "stopped".into(),
+            },
             losses: self.losses.clone(),
         };
         let path = self.run_dir.join("summary.json");
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
         let shown = |l: Option<f64>| l.map_or("-".into(), |l| format!("{l:.4}"));
         self.say(format!(
-            "done: {} steps in {elapsed:.1}s ({:.0} tokens/s), train loss {}, val loss {}",
+            "{}: {} steps in {elapsed:.1}s ({:.0} tokens/s), train loss {}, val loss {}",
+            if interrupted { "interrupted" } else { "done" },
             summary.steps,
             summary.tokens_per_s,
             shown(summary.final_train_loss),
             shown(summary.val_loss),
         ));
         Ok(summary)
+    }
+}
+
+impl Logger {
+    /// Throughput of this invocation's timed steps, and its last logged loss.
+    fn throughput(&self, state: &TrainState) -> (f64, f64, Option<f64>) {
+        let (timed_start, timed_step, timed_tokens) = self.timed_from.unwrap_or((self.started, self.start_step, 0));
+        let timed_steps = (state.step - timed_step).max(1);
+        let timed_secs = (timed_start.elapsed() - self.side_work.min(timed_start.elapsed())).as_secs_f64();
+        let tokens_per_s = (state.tokens_seen - timed_tokens) as f64 / timed_secs;
+        (tokens_per_s, 1000.0 * timed_secs / timed_steps as f64, self.losses.last().map(|(_, l)| *l))
+    }
+
+    /// For a run summarised without training a step (killed after its last checkpoint):
+    /// throughput and last loss as metrics.jsonl recorded them.
+    fn recorded(&self, state: &TrainState) -> Result<(f64, f64, Option<f64>)> {
+        let records = super::metrics::read_metrics(&self.run_dir.join("metrics.jsonl"))?;
+        let values = |key: &str| records.iter().filter_map(|r| r.get(key)?.as_f64()).collect::<Vec<f64>>();
+        let speeds = values("tokens_per_s");
+        let tokens_per_s = speeds.iter().sum::<f64>() / speeds.len().max(1) as f64;
+        let tokens_per_step = state.tokens_seen as f64 / state.step.max(1) as f64;
+        let ms_per_step = if tokens_per_s > 0.0 { 1000.0 * tokens_per_step / tokens_per_s } else { 0.0 };
+        Ok((tokens_per_s, ms_per_step, values("loss").last().copied()))
     }
 }
 

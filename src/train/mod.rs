@@ -44,6 +44,9 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// End this invocation after this step, as if killed there (tests of resume).
     pub stop_after: Option<usize>,
+    /// Start afresh in a run directory that holds a run's files from before (they are
+    /// removed first, checkpoints included); without it such a directory is refused.
+    pub overwrite: bool,
 }
 
 pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
@@ -54,20 +57,11 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
         // Device-side dropout draws from the device RNG; seed it so GPU runs repeat too.
         device.set_seed(cfg.train.seed)?;
     }
-    let existing = crate::checkpoint::list_checkpoints(run.path())?;
-    let resume_from = match (options.resume, existing.last()) {
-        (true, Some((_, path))) => Some(path.clone()),
-        (true, None) => bail!("cannot resume: {} has no checkpoints", run.path().display()),
-        (false, Some(_)) => bail!(
-            "run directory {} already holds checkpoints; continue it with `taper train --resume {}`, \
-             or choose another directory with `--set checkpoint.dir=...`",
-            run.path().display(),
-            run.path().display()
-        ),
-        (false, None) => None,
-    };
+    run.clean_leftovers()?;
+    let resume_from = starting_point(&run, options)?;
     std::fs::create_dir_all(run.path())
         .with_context(|| format!("cannot create run directory {}", run.path().display()))?;
+    crate::fsutil::write_atomic(&run.marker(), concat!("taper ", env!("CARGO_PKG_VERSION"), "\n").as_bytes())?;
 
     let params = ParamStore::new();
     let resuming = resume_from.is_some();
@@ -88,6 +82,43 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
             run_task(&task, run, &params, device, resume_from, options)
         }
     }
+}
+
+/// The checkpoint a run continues from (`--resume`), or None for a fresh start, which needs a
+/// directory without a run's files in it, or one where taper's attempt at a run never trained
+/// a step (a setup error: its files are derived and made again), or `overwrite`, which
+/// removes them.
+fn starting_point(run: &RunDir, options: &TrainOptions) -> Result<Option<PathBuf>> {
+    let dir = run.path().display();
+    if options.resume {
+        let existing = crate::checkpoint::list_checkpoints(run.path())?;
+        let (_, latest) = existing.last().with_context(|| format!("cannot resume: {dir} has no checkpoints"))?;
+        return Ok(Some(latest.clone()));
+    }
+    let existing = run.existing();
+    let restartable = run.marker().is_file() && !run.has_trained();
+    if existing.is_empty() {
+        return Ok(None);
+    }
+    if !options.overwrite && !restartable {
+        let names: Vec<String> =
+            existing.iter().filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned())).collect();
+        let hint = if names.iter().any(|n| n == "checkpoints") {
+            format!("continue the run with `taper train --resume {dir}`, ")
+        } else {
+            String::new()
+        };
+        bail!(
+            "run directory {dir} already holds {}; taper does not overwrite them: {hint}choose another directory \
+             with `--set checkpoint.dir=...`, or pass --overwrite to remove them and start afresh",
+            names.join(", ")
+        );
+    }
+    for path in existing {
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("cannot remove {}", path.display()))?;
+    }
+    Ok(None)
 }
 
 /// The recipe, the same for every task: optimizer and schedule over the task's parameters,
@@ -121,6 +152,7 @@ fn run_task<T: Task>(
         state.step = step + 1;
         state.tokens_seen += out.tokens;
         let done = state.step == cfg.train.steps;
+        let interrupted = crate::interrupt::requested();
         logger.step_done(&mut state, &out, lr, done)?;
         logger.side_work(|logger| {
             let mut new_best = false;
@@ -128,13 +160,18 @@ fn run_task<T: Task>(
                 logger.evaluation(state.step, &evaluation)?;
                 new_best = checkpointer.observe(&mut state, &evaluation)?;
             }
-            checkpointer.maybe_save(&state, done, new_best, params, &optimizer)
+            checkpointer.maybe_save(&state, done || interrupted.is_some(), new_best, params, &optimizer)
         })?;
+        if let Some(signal) = interrupted.filter(|_| !done) {
+            logger.finish(&state, params.num_elements(), cfg.train.steps, true)?;
+            let run_dir = run.path().to_path_buf();
+            return Err(crate::interrupt::Interrupted { signal, step: state.step, run_dir }.into());
+        }
         if options.stop_after == Some(state.step) {
             break;
         }
     }
-    logger.finish(&state, params.num_elements(), cfg.train.steps)
+    logger.finish(&state, params.num_elements(), cfg.train.steps, false)
 }
 
 /// The evaluation schedule: every `train.eval_every` steps and at the end (0: never).
