@@ -33,6 +33,10 @@ pub struct TrainState {
     /// Hash of the resolved config (to spot a resume under different settings).
     pub config_hash: String,
     pub taper_version: String,
+    /// `crc32:<hex>:<bytes>` of each tensor file of the checkpoint, written with it and
+    /// checked before a resume uses it (absent from checkpoints written before checksums were).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
@@ -133,17 +137,68 @@ fn write_step(
     state: &TrainState,
 ) -> Result<()> {
     fs::create_dir_all(dir)?;
-    for (file, tensors) in [("model.safetensors", params), ("optimizer.safetensors", optimizer)] {
+    let mut state = state.clone();
+    for (file, tensors) in [(MODEL_FILE, params), (OPTIMIZER_FILE, optimizer)] {
         let path = dir.join(file);
         candle_core::safetensors::save(tensors, &path).with_context(|| format!("cannot write {}", path.display()))?;
         sync_file(&path)?;
+        state.files.insert(file.to_string(), digest(&path)?);
     }
-    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(state)?.as_bytes())
+    write_atomic(&dir.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
+}
+
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// `crc32:<hex>:<bytes>` of a file.
+fn digest(path: &Path) -> Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("crc32:{:08x}:{}", crc32fast::hash(&bytes), bytes.len()))
+}
+
+/// Checks that a checkpoint is whole: its state.json reads, and each tensor file matches the
+/// checksum state.json recorded (a checkpoint without checksums, from an older taper: each
+/// file parses as safetensors). The error says what is wrong.
+pub fn verify(checkpoint: &Path) -> Result<()> {
+    let state = read_state(checkpoint)?;
+    for file in [MODEL_FILE, OPTIMIZER_FILE] {
+        let path = checkpoint.join(file);
+        match state.files.get(file) {
+            Some(want) => {
+                let got = digest(&path)?;
+                if &got != want {
+                    bail!("{} is damaged: its checksum is {got}, state.json recorded {want}", path.display());
+                }
+            }
+            None => {
+                let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                safetensors::SafeTensors::deserialize(&bytes)
+                    .map_err(|e| anyhow::anyhow!("{} is damaged: {e}", path.display()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The name a pruned checkpoint takes before it is deleted: a kill during the deletion leaves
 /// `step-N.trash`, which the next start removes, never a half-deleted `step-N`.
 const TRASH: &str = ".trash";
+
+/// Removes the checkpoints after `step` (a resume from an earlier one: that future no longer
+/// happens, and the save schedule's pruning must not keep them over the new ones). Returns
+/// their directories.
+pub fn discard_after(run_dir: &Path, step: usize) -> Result<Vec<PathBuf>> {
+    let mut discarded = Vec::new();
+    for (s, path) in list_checkpoints(run_dir)? {
+        if s > step {
+            let trash = path.with_file_name(format!("{}{TRASH}", step_dir_name(s)));
+            fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
+            fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
+            discarded.push(path);
+        }
+    }
+    Ok(discarded)
+}
 
 /// Removes what a kill or a full disk can leave in `checkpoints/`: `step-N.tmp` (a write cut
 /// short) and `step-N.trash` (a pruning cut short). Returns what it removed.

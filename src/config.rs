@@ -33,14 +33,54 @@ pub struct Config {
     pub task: TaskConfig,
 }
 
+/// An error in a `--set` override (not in the config file).
+#[derive(Debug)]
+pub struct SetError {
+    item: String,
+    message: String,
+}
+
+impl std::fmt::Display for SetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "in --set {}: {}", self.item, self.message)
+    }
+}
+
+impl std::error::Error for SetError {}
+
+/// Who is at fault for a config that does not deserialize with its overrides: the file (its own
+/// error, with its line and column) or the override whose key the error names.
+fn blame(err: toml::de::Error, text: &str, overrides: &[String]) -> anyhow::Error {
+    if let Err(file_err) = toml::from_str::<Config>(text) {
+        return file_err.into();
+    }
+    on_overrides(err.into(), overrides)
+}
+
+/// `err`, caused by `overrides` (the file alone is fine), as a [`SetError`] naming the override
+/// whose key (or section) the message names, or all of them.
+fn on_overrides(err: anyhow::Error, overrides: &[String]) -> anyhow::Error {
+    let message = format!("{err:#}").replace('\n', " ");
+    let key = |item: &String| item.split_once('=').map_or(item.clone(), |(k, _)| k.trim().to_string());
+    let named = overrides.iter().rev().find(|item| message.contains(&format!("`{}`", key(item))));
+    let section = overrides.iter().rev().find(|item| {
+        let k = key(item);
+        k.split_once('.').is_some_and(|(section, _)| message.contains(&format!("`{section}`")))
+    });
+    let item = named.or(section).cloned().unwrap_or_else(|| overrides.join(" --set "));
+    SetError { item, message: message.trim().to_string() }.into()
+}
+
 impl Config {
     /// Reads `path`, applies `overrides` (`section.key=value`, value in TOML syntax or a bare
     /// string), and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut config =
-            Self::from_toml_str(&text, overrides).with_context(|| format!("in config file {}", path.display()))?;
+        let mut config = Self::from_toml_str(&text, overrides).map_err(|err| match err.is::<SetError>() {
+            true => err,
+            false => err.context(format!("in config file {}", path.display())),
+        })?;
         if config.checkpoint.dir.is_none() {
             let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
             config.checkpoint.dir = Some(Path::new("runs").join(stem.unwrap_or_else(|| "run".into())));
@@ -58,9 +98,15 @@ impl Config {
         let config: Config = if overrides.is_empty() && !default_norm {
             toml::from_str(text)?
         } else {
-            toml::Value::Table(table).try_into()?
+            match toml::Value::Table(table).try_into() {
+                Ok(config) => config,
+                Err(err) => return Err(blame(err, text, overrides)),
+            }
         };
-        config.validate()?;
+        if let Err(err) = config.validate() {
+            let file_alone_is_valid = !overrides.is_empty() && Self::from_toml_str(text, &[]).is_ok();
+            return Err(if file_alone_is_valid { on_overrides(err, overrides) } else { err });
+        }
         Ok(config)
     }
 

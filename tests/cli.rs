@@ -49,7 +49,7 @@ fn train_then_generate_from_the_command_line() {
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(saved.contains("norm = \"post\""), "the resolved config is saved with the override");
     let (ok, err) = taper(&["generate", run.to_str().unwrap(), "--prompt", "§"]);
-    assert!(!ok && err.contains("prompt"), "{err}");
+    assert!(!ok && err.contains("prompt") && err.contains("'§' (U+00A7)"), "names the character: {err}");
     // Commands for other kinds of run say what they need instead of failing obscurely.
     let run = run.to_str().unwrap();
     for (args, expected) in [
@@ -73,4 +73,17 @@ fn train_then_generate_from_the_command_line() {
     let (loss, perplexity) = (value("val_loss"), value("perplexity"));
     assert!(loss > 0.0 && loss < (20f64).ln(), "val loss {loss} should beat the uniform baseline: {stdout}");
     assert!((perplexity - loss.exp()).abs() < 1e-3 * perplexity, "{stdout}");
+}
+
+/// Without a terminal (CI logs), a line per logged step stands in for the progress bar.
+#[test]
+fn logs_without_a_terminal_get_a_line_per_logged_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let config = common::tiny_config(dir.path(), &corpus, "train.steps=20 train.log_every=10");
+    let path = dir.path().join("tiny.toml");
+    std::fs::write(&path, config.to_toml_string().unwrap()).unwrap();
+    let (ok, err) = taper(&["train", path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains("step 10/20: loss") && err.contains("step 20/20: loss"), "{err}");
 }

@@ -105,3 +105,19 @@ fn no_evaluation_batches_is_rejected_while_evaluation_is_on() {
     assert!(err.contains("train.eval_batches") && err.contains("eval_every = 0"), "{err}");
     Config::from_toml_str(&base(), &["train.eval_batches=0".into(), "train.eval_every=0".into()]).unwrap();
 }
+
+#[test]
+fn an_error_in_a_set_override_names_the_override_not_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("good.toml");
+    std::fs::write(&path, base()).unwrap();
+    for (item, says) in [("model.n_head=x", "expected usize"), ("train.steps=0", "at least 1")] {
+        let err = format!("{:#}", Config::load(&path, &[item.to_string(), "train.seed=3".into()]).unwrap_err());
+        assert!(err.starts_with(&format!("in --set {item}:")) && err.contains(says), "{err}");
+        assert!(!err.contains("good.toml"), "the file is not to blame: {err}");
+    }
+    // An error in the file itself keeps its line, even with overrides.
+    std::fs::write(&path, base().replace("n_head = 4", "n_head = \"four\"")).unwrap();
+    let err = format!("{:#}", Config::load(&path, &["train.seed=3".into()]).unwrap_err());
+    assert!(err.contains("good.toml") && err.contains("line"), "{err}");
+}

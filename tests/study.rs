@@ -249,3 +249,12 @@ fn a_sweep_rerun_with_other_settings_is_refused_and_more_steps_extend() {
         .collect();
     assert_eq!(steps, (1..=9).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_broken_metrics_line_is_named_by_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metrics.jsonl");
+    std::fs::write(&path, "{\"step\": 1, \"loss\": 2.0}\n{\"step\": 2, \"lo\n").unwrap();
+    let err = format!("{:#}", read_metrics(&path).unwrap_err());
+    assert!(err.contains("metrics.jsonl:2"), "{err}");
+}

@@ -225,10 +225,43 @@ fn leftovers_of_a_kill_are_cleaned_on_resume() {
         std::fs::write(path.join("model.safetensors"), b"half").unwrap();
     }
     std::fs::write(run.join("metrics.jsonl.tmp"), b"{").unwrap();
+    // A metrics line cut short by the kill.
+    let mut metrics = std::fs::OpenOptions::new().append(true).open(run.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut metrics, b"{\"step\": 7, \"lo").unwrap();
     train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
     for path in leftovers.iter().chain([&run.join("metrics.jsonl.tmp")]) {
         assert!(!path.exists(), "{} is left", path.display());
     }
     let kept: Vec<usize> = taper::checkpoint::list_checkpoints(&run).unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(kept, vec![6, 12]);
+    let records = taper::train::metrics::read_metrics(&run.join("metrics.jsonl")).expect("the cut line is dropped");
+    assert_eq!(records.iter().filter(|r| r.get("loss").is_some()).count(), 12);
+}
+
+/// A damaged newest checkpoint (garbage in its weights) is found by its checksum: resume passes
+/// over it to the newest intact one and continues exactly; asking for it by name is an error
+/// that says it is damaged.
+#[test]
+fn resume_skips_a_damaged_checkpoint() {
+    let settings = "train.steps=16 checkpoint.every=4 checkpoint.keep_last=5";
+    let full_dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(full_dir.path(), &common::pattern_corpus(300));
+    let full = train(common::tiny_config(full_dir.path(), &corpus, settings), &quiet()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, settings);
+    train(cfg.clone(), &TrainOptions { stop_after: Some(12), ..quiet() }).unwrap();
+    let weights = dir.path().join("run/checkpoints/step-00000012/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff; // one flipped byte inside a tensor: the file still parses
+    std::fs::write(&weights, bytes).unwrap();
+
+    let named = TrainOptions { resume: true, checkpoint: Some("step-12".into()), ..quiet() };
+    let err = format!("{:#}", train(cfg.clone(), &named).unwrap_err());
+    assert!(err.contains("damaged") && err.contains("model.safetensors") && err.contains("--checkpoint"), "{err}");
+    let resumed = train(cfg, &TrainOptions { resume: true, ..quiet() }).unwrap();
+    let tail: Vec<(usize, f64)> = full.losses.iter().copied().filter(|(s, _)| *s > 8).collect();
+    assert_eq!(resumed.losses, tail, "resumed from step 8, exactly as the uninterrupted run");
 }

@@ -20,6 +20,10 @@ pub struct TrainArgs {
     /// Continue the run in this directory from its latest checkpoint, with its saved config.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
     resume: Option<PathBuf>,
+    /// With --resume: continue from this checkpoint (step-N) instead of the newest intact one;
+    /// the checkpoints after it are removed.
+    #[arg(long, requires = "resume", value_name = "step-N")]
+    checkpoint: Option<String>,
     /// Start afresh in a run directory that holds an earlier run's files (removes them,
     /// checkpoints included).
     #[arg(long, conflicts_with = "resume")]
@@ -36,6 +40,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, Some(dir)) => (RunDir::new(dir).load_config(&args.overrides)?, true),
         _ => bail!("give a config file, or --resume RUN_DIR"),
     };
-    train(config, &TrainOptions { resume, quiet: args.quiet, stop_after: None, overwrite: args.overwrite })?;
+    let options = TrainOptions {
+        resume,
+        quiet: args.quiet,
+        overwrite: args.overwrite,
+        checkpoint: args.checkpoint,
+        ..Default::default()
+    };
+    train(config, &options)?;
     Ok(())
 }

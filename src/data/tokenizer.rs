@@ -148,9 +148,26 @@ impl TextTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// Token ids of `text`. A vocabulary without an unknown token (the char-level one) cannot
+    /// encode a character it lacks: the error lists them.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self.inner.encode_fast(text, false).map_err(|e| anyhow::anyhow!("cannot tokenize text: {e}"))?;
-        Ok(encoding.get_ids().to_vec())
+        match self.inner.encode_fast(text, false) {
+            Ok(encoding) => Ok(encoding.get_ids().to_vec()),
+            Err(e) => {
+                let mut unknown: Vec<char> =
+                    text.chars().filter(|c| self.inner.token_to_id(&c.to_string()).is_none()).collect();
+                unknown.sort_unstable();
+                unknown.dedup();
+                if unknown.is_empty() {
+                    bail!("cannot tokenize text: {e}");
+                }
+                let shown: Vec<String> = unknown.iter().map(|c| format!("{c:?} (U+{:04X})", *c as u32)).collect();
+                bail!(
+                    "the text has characters the vocabulary lacks: {} (it holds the characters of the training corpus)",
+                    shown.join(", ")
+                )
+            }
+        }
     }
 
     /// Tokenizes a whole corpus, in parallel chunks cut at line ends.

@@ -61,6 +61,7 @@ impl<'a> Checkpointer<'a> {
                 initial_loss: None,
                 config_hash: self.config_hash.clone(),
                 taper_version: env!("CARGO_PKG_VERSION").into(),
+                files: Default::default(),
             },
             Some(ckpt) => self.restore(ckpt, params, optimizer, device)?,
         };

@@ -69,6 +69,7 @@ pub struct Logger {
     progress: ProgressBar,
     quiet: bool,
     log_every: usize,
+    total_steps: usize,
     divergence_factor: Option<f64>,
     started: Instant,
     start_step: usize,
@@ -91,6 +92,7 @@ impl Logger {
             progress,
             quiet,
             log_every: cfg.train.log_every,
+            total_steps: cfg.train.steps,
             divergence_factor: cfg.train.divergence_factor,
             started: Instant::now(),
             start_step: state.step,
@@ -140,7 +142,12 @@ impl Logger {
         self.metrics.write(
             json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tokens_per_s}),
         )?;
-        self.progress.set_message(format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s"));
+        let line = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s");
+        if self.progress.is_hidden() {
+            // No terminal (CI logs, a file): a line per logged step instead of the bar.
+            self.say(format!("step {}/{}: {line}", state.step, self.total_steps));
+        }
+        self.progress.set_message(line);
         self.losses.push((state.step, loss));
         Ok(())
     }

@@ -22,10 +22,11 @@ impl MetricsLog {
                 .lines()
                 .map_while(|l| l.ok())
                 .filter(|line| {
-                    let record = serde_json::from_str::<Value>(line).ok();
-                    let step = record.as_ref().and_then(|v| v.get("step").and_then(Value::as_u64));
+                    // A line that is not JSON (a write cut short by a kill) is dropped.
+                    let Ok(record) = serde_json::from_str::<Value>(line) else { return false };
+                    let step = record.get("step").and_then(Value::as_u64);
                     // Diagnostics at step N are taken during step N + 1, after checkpoint N.
-                    let diagnostics = record.as_ref().is_some_and(|v| v.get("diagnostics").is_some());
+                    let diagnostics = record.get("diagnostics").is_some();
                     step.is_none_or(|s| (s as usize) < last || (s as usize == last && !diagnostics))
                 })
                 .collect();
@@ -50,8 +51,16 @@ impl MetricsLog {
     }
 }
 
-/// Reads every record of a metrics file.
+/// Reads every record of a metrics file; a line that is not JSON is an error naming the file
+/// and line.
 pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    BufReader::new(file).lines().map(|l| Ok(serde_json::from_str(&l?)?)).collect()
+    let lines = BufReader::new(file).lines().enumerate();
+    lines
+        .map(|(i, line)| {
+            let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+            serde_json::from_str(&line)
+                .with_context(|| format!("{}:{}: not a JSON record: {line:?}", path.display(), i + 1))
+        })
+        .collect()
 }

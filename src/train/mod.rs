@@ -44,6 +44,8 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// End this invocation after this step, as if killed there (tests of resume).
     pub stop_after: Option<usize>,
+    /// With `resume`: the checkpoint to continue from (`step-N`; default: the newest intact one).
+    pub checkpoint: Option<String>,
     /// Start afresh in a run directory that holds a run's files from before (they are
     /// removed first, checkpoints included); without it such a directory is refused.
     pub overwrite: bool,
@@ -91,9 +93,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
 fn starting_point(run: &RunDir, options: &TrainOptions) -> Result<Option<PathBuf>> {
     let dir = run.path().display();
     if options.resume {
-        let existing = crate::checkpoint::list_checkpoints(run.path())?;
-        let (_, latest) = existing.last().with_context(|| format!("cannot resume: {dir} has no checkpoints"))?;
-        return Ok(Some(latest.clone()));
+        return resume_point(run, options.checkpoint.as_deref()).map(Some);
     }
     let existing = run.existing();
     let restartable = run.marker().is_file() && !run.has_trained();
@@ -119,6 +119,41 @@ fn starting_point(run: &RunDir, options: &TrainOptions) -> Result<Option<PathBuf
         removed.with_context(|| format!("cannot remove {}", path.display()))?;
     }
     Ok(None)
+}
+
+/// The checkpoint to resume from: `which` (`step-N`), or the newest whose files match their
+/// checksums, saying which damaged ones it passed over. Checkpoints after it are discarded.
+fn resume_point(run: &RunDir, which: Option<&str>) -> Result<PathBuf> {
+    use crate::checkpoint::{discard_after, list_checkpoints, resolve_checkpoint, verify};
+    let dir = run.path().display();
+    let all = list_checkpoints(run.path())?;
+    if all.is_empty() {
+        bail!("cannot resume: {dir} has no checkpoints");
+    }
+    let (step, path) = match which {
+        Some(which) => {
+            let path = resolve_checkpoint(run.path(), which)?;
+            verify(&path).context("choose another with --checkpoint step-N")?;
+            (crate::checkpoint::read_state(&path)?.step, path)
+        }
+        None => {
+            let mut newest_intact = None;
+            for (step, path) in all.iter().rev() {
+                match verify(path) {
+                    Ok(()) => {
+                        newest_intact = Some((*step, path.clone()));
+                        break;
+                    }
+                    Err(err) => eprintln!("taper: skipping checkpoint {}: {err:#}", path.display()),
+                }
+            }
+            newest_intact.with_context(|| format!("cannot resume: no checkpoint of {dir} is intact"))?
+        }
+    };
+    for discarded in discard_after(run.path(), step)? {
+        eprintln!("taper: resuming from step {step}: removed the later checkpoint {}", discarded.display());
+    }
+    Ok(path)
 }
 
 /// The recipe, the same for every task: optimizer and schedule over the task's parameters,
