@@ -48,7 +48,8 @@ impl Activation {
 }
 
 /// Inverted dropout. On the CPU the mask comes from taper's seeded RNG, so runs repeat exactly;
-/// on accelerators it is drawn on the device (seeded once per run) to keep the step on-device.
+/// on accelerators it is drawn on the device, to keep the step on-device, from the device RNG
+/// that the stepper reseeds from (seed, step, micro-batch) before each micro-batch.
 pub fn dropout(x: &Tensor, p: f64, mode: &mut Mode) -> Result<Tensor> {
     if !mode.train || p == 0.0 {
         return Ok(x.clone());

@@ -55,10 +55,6 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
     let device = crate::device::open_device(&cfg.train.device)?;
-    if !device.is_cpu() {
-        // Device-side dropout draws from the device RNG; seed it so GPU runs repeat too.
-        device.set_seed(cfg.train.seed)?;
-    }
     run.clean_leftovers()?;
     let resume_from = starting_point(&run, options)?;
     std::fs::create_dir_all(run.path())

@@ -73,7 +73,17 @@ impl<'a> Stepper<'a> {
         let targets = self.collective.sum_targets(batches.iter().map(|b| task.targets(b)).sum())?;
         let tokens: u64 = batches.iter().map(|b| task.tokens(b) as u64).sum();
         let micro_losses = batches.iter().enumerate().map(|(micro, batch)| {
-            let mut mode = Mode::train(Rng::derived(self.seed, &[DROPOUT_STREAM, step as u64, micro as u64]));
+            let rng = Rng::derived(self.seed, &[DROPOUT_STREAM, step as u64, micro as u64]);
+            if let Some(device) = self.vars.first().map(|v| v.device()).filter(|d| !d.is_cpu()) {
+                // Device-side dropout draws from the device RNG: reseeded from (seed, step,
+                // micro) per micro-batch, its masks are a function of the step, so a resumed
+                // run sees the uninterrupted run's masks (the CPU draws from `rng` itself).
+                device.set_seed({
+                    let mut copy = rng;
+                    copy.next_u64()
+                })?;
+            }
+            let mut mode = Mode::train(rng);
             Ok((task.loss_sum(batch, &mut mode)? / targets.max(1) as f64)?)
         });
         let (mut grads, loss) = accumulate_gradients(&self.vars, micro_losses)?;
