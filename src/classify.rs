@@ -42,8 +42,8 @@ impl TrainedClassifier {
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
         let run = RunDir::new(run_dir);
         let config = run.load_config(&[])?;
-        if config.task.kind != TaskKind::SequenceClassification {
-            bail!("{} is not a sequence-classification run (its task is {:?})", run_dir.display(), config.task.kind);
+        if config.task.kind() != TaskKind::SequenceClassification {
+            bail!("{} is not a sequence-classification run (its task is {:?})", run_dir.display(), config.task.kind());
         }
         let bert = read_bert_config(&run)?;
         let tokenizer = TextTokenizer::load(&run.tokenizer())?;
@@ -64,7 +64,7 @@ impl TrainedClassifier {
 
     /// Loss, accuracy and macro-F1 on a labelled file (columns as in training).
     pub fn evaluate(&self, file: &Path) -> Result<Evaluation> {
-        let examples = read_labelled(file, &columns(&self.config), true)?;
+        let examples = read_labelled(file, &columns(&self.config)?, true)?;
         let rows = encode_labelled(&self.tokenizer, &examples, &self.labels, max_len(&self.config, &self.bert)?, file)?;
         score(&self.model, &rows, self.labels.names.len(), self.pad_id, &self.device)
     }
@@ -72,7 +72,7 @@ impl TrainedClassifier {
     /// One JSON object per input example: its line, text, predicted label and the probability
     /// of every label. A label present in the input must be one the model knows.
     pub fn predict(&self, input: &Path) -> Result<Vec<serde_json::Value>> {
-        let examples = read_labelled(input, &columns(&self.config), false)?;
+        let examples = read_labelled(input, &columns(&self.config)?, false)?;
         for example in &examples {
             if let Some(label) = &example.label {
                 self.labels.id(label, input, example.line)?;

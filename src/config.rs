@@ -51,8 +51,8 @@ impl std::error::Error for SetError {}
 /// Who is at fault for a config that does not deserialize with its overrides: the file (its own
 /// error, with its line and column) or the override whose key the error names.
 fn blame(err: toml::de::Error, text: &str, overrides: &[String]) -> anyhow::Error {
-    if let Err(file_err) = toml::from_str::<Config>(text) {
-        return file_err.into();
+    if let Err(file_err) = Config::from_toml_str(text, &[]) {
+        return file_err;
     }
     on_overrides(err.into(), overrides)
 }
@@ -95,7 +95,8 @@ impl Config {
             apply_override(&mut table, item)?;
         }
         let default_norm = encoder_norm_default(&mut table);
-        let config: Config = if overrides.is_empty() && !default_norm {
+        let upgraded = upgrade_task(&mut table);
+        let config: Config = if overrides.is_empty() && !default_norm && !upgraded {
             toml::from_str(text)?
         } else {
             match toml::Value::Table(table).try_into() {
@@ -166,7 +167,7 @@ impl Config {
     /// Which task goes with which architecture, and the task's own keys.
     fn validate_task(&self) -> Result<()> {
         let (m, task) = (&self.model, &self.task);
-        match (m.arch, task.kind) {
+        match (m.arch, task.kind()) {
             (Architecture::DecoderOnly, TaskKind::CausalLm) => {}
             (Architecture::EncoderOnly, TaskKind::SequenceClassification | TaskKind::MaskedLm) => {}
             (Architecture::EncoderDecoder, TaskKind::Seq2seq) => {}
@@ -188,7 +189,8 @@ impl Config {
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {
             bail!("with `model.init_from` the tokenizer is the checkpoint's tokenizer.json; remove the [tokenizer] section");
         }
-        if !matches!(task.kind, TaskKind::SequenceClassification | TaskKind::Seq2seq) && self.data.val_path.is_some() {
+        if !matches!(task.kind(), TaskKind::SequenceClassification | TaskKind::Seq2seq) && self.data.val_path.is_some()
+        {
             bail!("`data.val_path` applies to sequence-classification and seq2seq; language models hold out `data.val_fraction`");
         }
         if m.arch != Architecture::EncoderDecoder
@@ -199,28 +201,31 @@ impl Config {
         if m.n_decoder_layer == Some(0) {
             bail!("`model.n_decoder_layer` must be at least 1");
         }
-        if !(0.0..1.0).contains(&task.label_smoothing) {
-            bail!("`task.label_smoothing` must be in [0, 1), got {}", task.label_smoothing);
-        }
-        if task.kind == TaskKind::Seq2seq {
-            for (key, value) in [("task.max_len", task.max_len), ("task.max_target_len", task.max_target_len)] {
-                if let Some(n) = value.filter(|&n| n < 2 || n > m.block_size) {
-                    bail!("`{key}` = {n} must be in [2, model.block_size = {}]", m.block_size);
+        match task {
+            TaskConfig::Seq2seq(task) => {
+                if !(0.0..1.0).contains(&task.label_smoothing) {
+                    bail!("`task.label_smoothing` must be in [0, 1), got {}", task.label_smoothing);
+                }
+                for (key, value) in [("task.max_len", task.max_len), ("task.max_target_len", task.max_target_len)] {
+                    if let Some(n) = value.filter(|&n| n < 2 || n > m.block_size) {
+                        bail!("`{key}` = {n} must be in [2, model.block_size = {}]", m.block_size);
+                    }
                 }
             }
+            TaskConfig::MaskedLm(task) if !(0.0..1.0).contains(&task.mask_prob) || task.mask_prob == 0.0 => {
+                bail!("`task.mask_prob` must be in (0, 1), got {}", task.mask_prob);
+            }
+            TaskConfig::SequenceClassification(task) if task.max_len.is_some_and(|n| n < 3) => {
+                bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
+            }
+            _ => {}
         }
-        if !(0.0..1.0).contains(&task.mask_prob) || task.mask_prob == 0.0 {
-            bail!("`task.mask_prob` must be in (0, 1), got {}", task.mask_prob);
-        }
-        if task.max_len.is_some_and(|n| n < 3) {
-            bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
-        }
-        if task.kind.metric(&self.checkpoint.best_metric).is_none() {
-            let valid: Vec<&str> = task.kind.metrics().iter().map(|m| m.name).collect();
+        if task.kind().metric(&self.checkpoint.best_metric).is_none() {
+            let valid: Vec<&str> = task.kind().metrics().iter().map(|m| m.name).collect();
             bail!(
                 "`checkpoint.best_metric = \"{}\"` is not a metric of task {}; valid: {}",
                 self.checkpoint.best_metric,
-                kebab(&task.kind),
+                kebab(&task.kind()),
                 valid.join(", ")
             );
         }
@@ -243,6 +248,14 @@ fn encoder_norm_default(table: &mut toml::Table) -> bool {
 /// A config enum's name as written in TOML (`encoder-only`).
 fn kebab<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// `[task]` as written before it was tagged on its kind, read as now; true if that changed it.
+fn upgrade_task(table: &mut toml::Table) -> bool {
+    let Some(toml::Value::Table(task)) = table.get_mut("task") else { return false };
+    let before = task.clone();
+    crate::train::config::upgrade_task_table(task);
+    *task != before
 }
 
 /// Applies one `section.key=value` override. The value is parsed as TOML (`0.1`, `true`,

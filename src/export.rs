@@ -31,7 +31,7 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     }
     let run = RunDir::new(run_dir);
     let config = run.load_config(&[])?;
-    if !matches!(config.task.kind, TaskKind::SequenceClassification | TaskKind::MaskedLm) {
+    if !matches!(config.task.kind(), TaskKind::SequenceClassification | TaskKind::MaskedLm) {
         bail!(
             "{}: `export --format hf` writes BERT-family encoders (classification and masked-lm runs)",
             run_dir.display()
@@ -42,9 +42,9 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     }
     let bert = read_bert_config(&run)?;
     let mut hf = serde_json::to_value(&bert)?;
-    let architecture = match config.task.kind {
+    let architecture = match config.task.kind() {
         TaskKind::SequenceClassification => {
-            if config.task.pooling != PoolingName::Cls {
+            if config.task.classification()?.pooling != PoolingName::Cls {
                 bail!(
                     "{}: mean pooling has no Hugging Face BertForSequenceClassification equivalent",
                     run_dir.display()

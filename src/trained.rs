@@ -21,7 +21,7 @@ pub enum TrainedRun {
 impl TrainedRun {
     /// The run in `run_dir` at checkpoint `which` ("latest", "best", "step-N") on `device`.
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
-        let kind = RunDir::new(run_dir).load_config(&[])?.task.kind;
+        let kind = RunDir::new(run_dir).load_config(&[])?.task.kind();
         Ok(match kind {
             TaskKind::CausalLm => Self::Gpt(Box::new(TrainedGpt::load(run_dir, which, device)?)),
             TaskKind::SequenceClassification => {

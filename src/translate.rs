@@ -30,8 +30,8 @@ impl TrainedSeq2Seq {
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
         let run = RunDir::new(run_dir);
         let config = run.load_config(&[])?;
-        if config.task.kind != TaskKind::Seq2seq {
-            bail!("{} is not a seq2seq run (its task is {:?})", run_dir.display(), config.task.kind);
+        if config.task.kind() != TaskKind::Seq2seq {
+            bail!("{} is not a seq2seq run (its task is {:?})", run_dir.display(), config.task.kind());
         }
         let vocab = Vocabularies::load(&run, config.model.share_embeddings)?;
         let device = crate::device::open_device(device)?;
@@ -46,15 +46,13 @@ impl TrainedSeq2Seq {
     /// Outputs for `inputs`: greedy when `beam.beam_size` is 1 (batched), else beam search one
     /// input at a time. `max_output` caps the output tokens (default: the run's max_target_len).
     pub fn translate(&self, inputs: &[String], beam: BeamOptions, max_output: Option<usize>) -> Result<Vec<String>> {
-        let mut limits = self.vocab.limits(&self.config);
+        let mut limits = self.vocab.limits(&self.config)?;
         if let Some(n) = max_output {
             limits.max_len = n;
         }
-        let eos = self.vocab.source_specials.eos;
-        let sources: Vec<Vec<u32>> = inputs
-            .iter()
-            .map(|text| encode_source(&self.vocab.source, text, eos, max_len(&self.config)))
-            .collect::<Result<_>>()?;
+        let (eos, max_len) = (self.vocab.source_specials.eos, max_len(&self.config)?);
+        let sources: Vec<Vec<u32>> =
+            inputs.iter().map(|text| encode_source(&self.vocab.source, text, eos, max_len)).collect::<Result<_>>()?;
         let mut outputs = Vec::with_capacity(inputs.len());
         if beam.beam_size <= 1 {
             for chunk in sources.chunks(64) {
@@ -84,9 +82,10 @@ impl TrainedSeq2Seq {
 
     /// Loss, token accuracy, exact match and BLEU (greedy decoding) on a file of pairs.
     pub fn evaluate(&self, file: &Path) -> Result<Evaluation> {
-        let pairs = read_pairs(file, &self.config.task.source_column, &self.config.task.target_column)?;
+        let task = self.config.task.seq2seq()?;
+        let pairs = read_pairs(file, &task.source_column, &task.target_column)?;
         let encoded = encode(&self.config, &self.vocab, &pairs, file)?;
         let references: Vec<String> = pairs.into_iter().map(|p| p.target).collect();
-        score(&self.model, &self.vocab, &encoded, &references, self.vocab.limits(&self.config), &self.device)
+        score(&self.model, &self.vocab, &encoded, &references, self.vocab.limits(&self.config)?, &self.device)
     }
 }

@@ -121,3 +121,20 @@ fn an_error_in_a_set_override_names_the_override_not_the_file() {
     let err = format!("{:#}", Config::load(&path, &["train.seed=3".into()]).unwrap_err());
     assert!(err.contains("good.toml") && err.contains("line"), "{err}");
 }
+
+#[test]
+fn task_keys_belong_to_their_kind() {
+    let err = error_of(&base(), &["task.mask_prob=0.2"]);
+    assert!(err.contains("in --set task.mask_prob=0.2") && err.contains("mask_prob"), "{err}");
+    let err = error_of(&base(), &["task.kind=masked-lm", "task.pooling=mean", "model.arch=encoder-only"]);
+    assert!(err.contains("pooling") && err.contains("mask_prob"), "valid keys listed: {err}");
+    // The resolved config holds the kind's keys only, and reads back the same.
+    let config = Config::from_toml_str(&base(), &[]).unwrap();
+    let text = config.to_toml_string().unwrap();
+    assert!(text.contains("kind = \"causal-lm\"") && !text.contains("pooling"), "{text}");
+    assert_eq!(Config::from_toml_str(&text, &[]).unwrap(), config);
+    // A [task] table as taper wrote it before (every kind's keys, at their defaults) still reads.
+    let old = "\n[task]\nkind = \"causal-lm\"\ntext_column = \"text\"\nlabel_column = \"label\"\npooling = \"cls\"\n\
+               mask_prob = 0.15\nsource_column = \"source\"\ntarget_column = \"target\"\nlabel_smoothing = 0.0\n";
+    assert_eq!(Config::from_toml_str(&(base() + old), &[]).unwrap(), config);
+}

@@ -27,7 +27,7 @@ impl<'a> Checkpointer<'a> {
     pub fn new(run: &'a RunDir, cfg: &Config, config_text: &str) -> Result<Self> {
         let name = &cfg.checkpoint.best_metric;
         let best_metric =
-            cfg.task.kind.metric(name).with_context(|| format!("`{name}` is not a metric of this task"))?;
+            cfg.task.kind().metric(name).with_context(|| format!("`{name}` is not a metric of this task"))?;
         Ok(Self {
             run,
             every: cfg.checkpoint.every,

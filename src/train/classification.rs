@@ -39,25 +39,26 @@ pub struct Classification {
     device: Device,
 }
 
-pub fn columns(cfg: &Config) -> Columns {
-    Columns {
-        text: cfg.task.text_column.clone(),
-        text_pair: cfg.task.text_pair_column.clone(),
-        label: cfg.task.label_column.clone(),
-    }
+pub fn columns(cfg: &Config) -> Result<Columns> {
+    let task = cfg.task.classification()?;
+    Ok(Columns {
+        text: task.text_column.clone(),
+        text_pair: task.text_pair_column.clone(),
+        label: task.label_column.clone(),
+    })
 }
 
-pub fn pooling(cfg: &Config) -> Pooling {
-    match cfg.task.pooling {
+pub fn pooling(cfg: &Config) -> Result<Pooling> {
+    Ok(match cfg.task.classification()?.pooling {
         PoolingName::Cls => Pooling::Cls,
         PoolingName::Mean => Pooling::Mean,
-    }
+    })
 }
 
 /// The longest input the model takes: `task.max_len`, at most the model's positions.
 pub fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
     let positions = bert.max_position_embeddings;
-    match cfg.task.max_len {
+    match cfg.task.classification()?.max_len {
         Some(n) if n > positions => {
             bail!("`task.max_len` = {n} exceeds the model's max_position_embeddings = {positions}")
         }
@@ -92,7 +93,7 @@ impl Classification {
     /// model over `params`, loading the pretrained weights on a fresh run.
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let setup = encoder::setup(cfg, run, resuming, None)?;
-        let columns = columns(cfg);
+        let columns = columns(cfg)?;
         let mut train_examples = read_labelled(&cfg.data.path, &columns, true)?;
         let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
         let labels = if resuming {
@@ -130,7 +131,7 @@ impl Classification {
 
 /// The classifier a run's config describes, over `vb`.
 pub fn build_model(cfg: &Config, bert: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
-    Ok(SequenceClassifier::new(bert, num_labels, pooling(cfg), cfg.model.norm, cfg.model.kernels, vb)?)
+    Ok(SequenceClassifier::new(bert, num_labels, pooling(cfg)?, cfg.model.norm, cfg.model.kernels, vb)?)
 }
 
 pub fn read_labels(path: &Path) -> Result<LabelSet> {

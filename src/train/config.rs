@@ -83,57 +83,135 @@ pub enum PoolingName {
     Mean,
 }
 
-/// What the model is trained to do, and how the data's columns feed it.
+/// What the model is trained to do, and how the data's columns feed it: `[task]` with its
+/// `kind` and that kind's keys only (a key of another kind is an error).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum TaskConfig {
+    /// Next-token prediction on a plain corpus (decoder-only).
+    CausalLm(CausalLmTask),
+    /// One label per text (or text pair), from a labelled file (encoder-only).
+    SequenceClassification(ClassificationTask),
+    /// BERT's masked-language modelling on a plain corpus (encoder-only).
+    MaskedLm(MaskedLmTask),
+    /// Source -> target pairs with teacher forcing (encoder-decoder).
+    Seq2seq(Seq2seqTask),
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        Self::CausalLm(CausalLmTask {})
+    }
+}
+
+/// `[task]` of `kind = "causal-lm"`: no keys of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CausalLmTask {}
+
+/// `[task]` of `kind = "sequence-classification"`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    #[serde(default = "default_task_kind")]
-    pub kind: TaskKind,
-    /// Column (CSV/TSV header, or JSONL key) of the text, for sequence classification.
+pub struct ClassificationTask {
+    /// Column (CSV/TSV header, or JSONL key) of the text.
     #[serde(default = "default_text_column")]
     pub text_column: String,
     /// Column of an optional second text (sentence pairs), encoded as [CLS] a [SEP] b [SEP].
     pub text_pair_column: Option<String>,
     #[serde(default = "default_label_column")]
     pub label_column: String,
-    /// Truncate encoded inputs to this many tokens (sequence classification); the model's
-    /// maximum positions when absent. Batches are padded to their longest input.
+    /// Truncate encoded inputs to this many tokens; the model's maximum positions when absent.
+    /// Batches are padded to their longest input.
     pub max_len: Option<usize>,
     #[serde(default = "default_pooling")]
     pub pooling: PoolingName,
-    /// Share of tokens selected for masked-lm (of which 80 % become [MASK], 10 % a random
-    /// token, 10 % stay).
+}
+
+/// `[task]` of `kind = "masked-lm"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaskedLmTask {
+    /// Share of tokens selected (of which 80 % become [MASK], 10 % a random token, 10 % stay).
     #[serde(default = "default_mask_prob")]
     pub mask_prob: f64,
-    /// Seq2seq: the columns (TSV header, or JSONL keys) of the source and target texts.
+}
+
+/// `[task]` of `kind = "seq2seq"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2seqTask {
+    /// The columns (TSV header, or JSONL keys) of the source and target texts.
     #[serde(default = "default_source_column")]
     pub source_column: String,
     #[serde(default = "default_target_column")]
     pub target_column: String,
-    /// Seq2seq: truncate targets to this many tokens (BOS/EOS included); also the longest
-    /// output decoding produces. `model.block_size` when absent.
+    /// Truncate sources to this many tokens; `model.block_size` when absent.
+    pub max_len: Option<usize>,
+    /// Truncate targets to this many tokens (BOS/EOS included); also the longest output
+    /// decoding produces. `model.block_size` when absent.
     pub max_target_len: Option<usize>,
-    /// Seq2seq: the smoothed target puts this much mass uniformly over the vocabulary.
+    /// The smoothed target puts this much mass uniformly over the vocabulary.
     #[serde(default)]
     pub label_smoothing: f64,
 }
 
-impl Default for TaskConfig {
-    fn default() -> Self {
-        Self {
-            kind: default_task_kind(),
-            text_column: default_text_column(),
-            text_pair_column: None,
-            label_column: default_label_column(),
-            max_len: None,
-            pooling: default_pooling(),
-            mask_prob: default_mask_prob(),
-            source_column: default_source_column(),
-            target_column: default_target_column(),
-            max_target_len: None,
-            label_smoothing: 0.0,
+impl TaskConfig {
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            Self::CausalLm(_) => TaskKind::CausalLm,
+            Self::SequenceClassification(_) => TaskKind::SequenceClassification,
+            Self::MaskedLm(_) => TaskKind::MaskedLm,
+            Self::Seq2seq(_) => TaskKind::Seq2seq,
         }
     }
+
+    /// The classification keys (an error for another kind of run).
+    pub fn classification(&self) -> Result<&ClassificationTask> {
+        match self {
+            Self::SequenceClassification(task) => Ok(task),
+            other => bail!("not a sequence-classification task (kind {:?})", other.kind()),
+        }
+    }
+
+    pub fn masked_lm(&self) -> Result<&MaskedLmTask> {
+        match self {
+            Self::MaskedLm(task) => Ok(task),
+            other => bail!("not a masked-lm task (kind {:?})", other.kind()),
+        }
+    }
+
+    pub fn seq2seq(&self) -> Result<&Seq2seqTask> {
+        match self {
+            Self::Seq2seq(task) => Ok(task),
+            other => bail!("not a seq2seq task (kind {:?})", other.kind()),
+        }
+    }
+}
+
+/// Reads a `[task]` table written before `[task]` was tagged on its kind (every run's
+/// config.toml held every kind's keys): `kind` defaults to causal-lm, and another kind's keys
+/// are dropped where they hold their default (so did nothing); others stay, and are refused.
+pub fn upgrade_task_table(task: &mut toml::Table) {
+    let kind = task.entry("kind").or_insert_with(|| "causal-lm".into());
+    let kind = kind.as_str().unwrap_or_default().to_string();
+    let own: &[&str] = match kind.as_str() {
+        "sequence-classification" => &["text_column", "text_pair_column", "label_column", "max_len", "pooling"],
+        "masked-lm" => &["mask_prob"],
+        "seq2seq" => &["source_column", "target_column", "max_len", "max_target_len", "label_smoothing"],
+        _ => &[],
+    };
+    let defaults: [(&str, toml::Value); 7] = [
+        ("text_column", default_text_column().into()),
+        ("label_column", default_label_column().into()),
+        ("pooling", "cls".into()),
+        ("mask_prob", default_mask_prob().into()),
+        ("source_column", default_source_column().into()),
+        ("target_column", default_target_column().into()),
+        ("label_smoothing", 0.0.into()),
+    ];
+    task.retain(|key, value| {
+        key == "kind" || own.contains(&key) || !defaults.iter().any(|(k, d)| *k == key && d == value)
+    });
 }
 
 /// A metric an evaluation reports: its name in metrics.jsonl, and which way is better.
@@ -233,9 +311,6 @@ fn default_keep_last() -> usize {
 }
 fn default_best_metric() -> String {
     "val_loss".into()
-}
-fn default_task_kind() -> TaskKind {
-    TaskKind::CausalLm
 }
 fn default_text_column() -> String {
     "text".into()

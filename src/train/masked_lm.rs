@@ -54,7 +54,7 @@ impl MaskedLm {
         let (cls_id, sep_id) = (tokenizer.special_id("[CLS]", what)?, tokenizer.special_id("[SEP]", what)?);
         let special_ids = vec![cls_id, sep_id, tokenizer.special_id("[PAD]", what)?];
         let rule = MaskingRule {
-            mask_prob: config.task.mask_prob,
+            mask_prob: config.task.masked_lm()?.mask_prob,
             mask_id: tokenizer.special_id("[MASK]", what)?,
             vocab_size: bert.vocab_size,
             special_ids,

@@ -64,7 +64,7 @@ pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
     let params = ParamStore::new();
     let resuming = resume_from.is_some();
     let (run, device) = (&run, &device);
-    match cfg.task.kind {
+    match cfg.task.kind() {
         TaskKind::CausalLm => {
             run_task(&CausalLm::new(cfg, run, resuming, &params, device)?, run, &params, device, resume_from, options)
         }

@@ -78,8 +78,9 @@ impl Vocabularies {
         Ok(vocabularies)
     }
 
-    pub fn limits(&self, cfg: &Config) -> DecodeLimits {
-        DecodeLimits { bos: self.target_specials.bos, eos: self.target_specials.eos, max_len: max_target_len(cfg) }
+    pub fn limits(&self, cfg: &Config) -> Result<DecodeLimits> {
+        let (bos, eos) = (self.target_specials.bos, self.target_specials.eos);
+        Ok(DecodeLimits { bos, eos, max_len: max_target_len(cfg)? })
     }
 
     /// A decoded output as text (ids past the tokenizer's vocabulary, the specials, dropped).
@@ -95,12 +96,12 @@ pub fn target_tokenizer_path(run: &RunDir) -> PathBuf {
     run.path().join("target_tokenizer.json")
 }
 
-pub fn max_len(cfg: &Config) -> usize {
-    cfg.task.max_len.unwrap_or(cfg.model.block_size)
+pub fn max_len(cfg: &Config) -> Result<usize> {
+    Ok(cfg.task.seq2seq()?.max_len.unwrap_or(cfg.model.block_size))
 }
 
-pub fn max_target_len(cfg: &Config) -> usize {
-    cfg.task.max_target_len.unwrap_or(cfg.model.block_size)
+pub fn max_target_len(cfg: &Config) -> Result<usize> {
+    Ok(cfg.task.seq2seq()?.max_target_len.unwrap_or(cfg.model.block_size))
 }
 
 pub fn build_model(cfg: &Config, vocab: &Vocabularies, vb: VarBuilder) -> Result<Seq2Seq> {
@@ -109,7 +110,7 @@ pub fn build_model(cfg: &Config, vocab: &Vocabularies, vb: VarBuilder) -> Result
 
 pub fn encode(cfg: &Config, vocab: &Vocabularies, pairs: &[Pair], path: &Path) -> Result<Vec<EncodedPair>> {
     let eos = vocab.source_specials.eos;
-    encode_pairs(pairs, &vocab.source, &vocab.target, eos, max_len(cfg), max_target_len(cfg), path)
+    encode_pairs(pairs, &vocab.source, &vocab.target, eos, max_len(cfg)?, max_target_len(cfg)?, path)
 }
 
 pub struct Seq2SeqTask {
@@ -122,11 +123,13 @@ pub struct Seq2SeqTask {
     val_targets: Vec<String>,
     sampler: EpochSampler,
     device: Device,
+    label_smoothing: f64,
 }
 
 impl Seq2SeqTask {
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
-        let (source, target) = (&cfg.task.source_column, &cfg.task.target_column);
+        let task = cfg.task.seq2seq()?;
+        let (source, target) = (&task.source_column, &task.target_column);
         let mut train_pairs = read_pairs(&cfg.data.path, source, target)?;
         let (val_pairs, val_path) = match &cfg.data.val_path {
             Some(path) => (read_pairs(path, source, target)?, path.clone()),
@@ -145,7 +148,8 @@ impl Seq2SeqTask {
         let val_targets = val_pairs.into_iter().map(|p| p.target).collect();
         let model = build_model(cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
         let sampler = EpochSampler::new(cfg.train.seed, train.len());
-        Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, sampler, device: device.clone() })
+        let (device, label_smoothing) = (device.clone(), task.label_smoothing);
+        Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, sampler, device, label_smoothing })
     }
 }
 
@@ -236,12 +240,12 @@ impl Task for Seq2SeqTask {
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let memory = self.model.encode(&batch.source, Some(&batch.source_keep), mode)?;
         let logits = self.model.forward(&batch.target_in, &memory, mode)?;
-        Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.cfg.task.label_smoothing, mode)?)
+        Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.label_smoothing, mode)?)
     }
 
     fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.vocab, vb)?;
-        score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg), &self.device)
+        score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg)?, &self.device)
     }
 }
