@@ -184,6 +184,13 @@ pub fn verify(checkpoint: &Path) -> Result<()> {
 /// `step-N.trash`, which the next start removes, never a half-deleted `step-N`.
 const TRASH: &str = ".trash";
 
+/// Deletes checkpoint `path` (of `step`) by renaming it to `step-N.trash` first.
+fn remove_checkpoint(path: &Path, step: usize) -> Result<()> {
+    let trash = path.with_file_name(format!("{}{TRASH}", step_dir_name(step)));
+    fs::rename(path, &trash).with_context(|| format!("cannot remove checkpoint {}", path.display()))?;
+    fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))
+}
+
 /// Removes the checkpoints after `step` (a resume from an earlier one: that future no longer
 /// happens, and the save schedule's pruning must not keep them over the new ones). Returns
 /// their directories.
@@ -191,9 +198,7 @@ pub fn discard_after(run_dir: &Path, step: usize) -> Result<Vec<PathBuf>> {
     let mut discarded = Vec::new();
     for (s, path) in list_checkpoints(run_dir)? {
         if s > step {
-            let trash = path.with_file_name(format!("{}{TRASH}", step_dir_name(s)));
-            fs::rename(&path, &trash).with_context(|| format!("cannot remove {}", path.display()))?;
-            fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
+            remove_checkpoint(&path, s)?;
             discarded.push(path);
         }
     }
@@ -222,9 +227,7 @@ fn prune(run_dir: &Path, keep_last: usize, best_step: Option<usize>) -> Result<(
     let cut = all.len().saturating_sub(keep_last);
     for (step, path) in &all[..cut] {
         if Some(*step) != best_step {
-            let trash = path.with_file_name(format!("{}{TRASH}", step_dir_name(*step)));
-            fs::rename(path, &trash).with_context(|| format!("cannot remove old checkpoint {}", path.display()))?;
-            fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))?;
+            remove_checkpoint(path, *step)?;
         }
     }
     Ok(())
