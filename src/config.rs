@@ -225,7 +225,7 @@ impl Config {
             bail!(
                 "`checkpoint.best_metric = \"{}\"` is not a metric of task {}; valid: {}",
                 self.checkpoint.best_metric,
-                kebab(&task.kind()),
+                task.kind(),
                 valid.join(", ")
             );
         }

@@ -9,10 +9,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::classify::read_bert_config;
 use crate::config::{NormPlacement, PoolingName, TaskKind};
 use crate::run_dir::RunDir;
-use crate::train::classification::read_labels;
 
 /// The files an export writes into its directory.
 const EXPORT_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
@@ -40,7 +38,7 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     if config.model.norm != NormPlacement::Post {
         bail!("{}: Hugging Face's BERT is post-LN; a pre-LN encoder has no equivalent there", run_dir.display());
     }
-    let bert = read_bert_config(&run)?;
+    let bert = run.read_bert_config()?;
     let mut hf = serde_json::to_value(&bert)?;
     let architecture = match config.task.kind() {
         TaskKind::SequenceClassification => {
@@ -50,7 +48,7 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
                     run_dir.display()
                 );
             }
-            let labels = read_labels(&run.labels())?;
+            let labels = run.read_labels()?;
             let id2label: serde_json::Map<String, Value> =
                 labels.names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
             let label2id: serde_json::Map<String, Value> =

@@ -6,7 +6,6 @@
 pub mod bleu;
 pub mod checkpoint;
 pub mod classification_metrics;
-pub mod classify;
 pub mod cli;
 pub mod compare;
 pub mod config;
@@ -29,4 +28,3 @@ pub mod runtime;
 pub mod sweep;
 pub mod train;
 pub mod trained;
-pub mod translate;

@@ -1,13 +1,14 @@
-//! The layout of a run directory, and loading a trained model back from it.
+//! The layout of a run directory, and opening one of its checkpoints for inference.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
-use crate::config::Config;
-use crate::data::TextTokenizer;
-use crate::model::Gpt;
+use crate::config::{Config, TaskKind};
+use crate::data::labelled::LabelSet;
+use crate::model::bert::BertConfig;
 
 pub struct RunDir {
     path: PathBuf,
@@ -94,6 +95,21 @@ impl RunDir {
         self.path.join("labels.json")
     }
 
+    /// An encoder run's BERT config.json, read.
+    pub fn read_bert_config(&self) -> Result<BertConfig> {
+        let path = self.bert_config();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
+    }
+
+    /// A classifier's labels.json, read.
+    pub fn read_labels(&self) -> Result<LabelSet> {
+        let path = self.labels();
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let names: Vec<String> = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        Ok(LabelSet { names })
+    }
+
     pub fn load_config(&self, overrides: &[String]) -> Result<Config> {
         let path = self.config();
         if !path.is_file() {
@@ -105,28 +121,37 @@ impl RunDir {
     }
 }
 
-/// A trained GPT, ready to generate: its config, tokenizer, and weights from one checkpoint.
-pub struct TrainedGpt {
+/// A run's checkpoint opened for inference: the run's resolved config, the checkpoint's
+/// directory and its weights on a device. Each task builds its trained model from one (the
+/// one loader for every kind of run).
+pub struct OpenedCheckpoint {
+    pub run: RunDir,
     pub config: Config,
-    pub tokenizer: TextTokenizer,
-    pub model: Gpt,
     pub checkpoint: PathBuf,
+    pub weights: VarBuilder<'static>,
+    pub device: Device,
 }
 
-impl TrainedGpt {
-    /// `which`: "latest", "best" or "step-N". `device`: as in `train.device`.
-    pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
+impl OpenedCheckpoint {
+    /// Opens checkpoint `which` ("latest", "best", "step-N") of the `kind` run in `run_dir`,
+    /// its tensors on `device` (as in `train.device`).
+    pub fn open(run_dir: &Path, which: &str, device: &str, kind: TaskKind) -> Result<Self> {
         let run = RunDir::new(run_dir);
         let config = run.load_config(&[])?;
-        let tokenizer = TextTokenizer::load(&run.tokenizer())?;
+        if config.task.kind() != kind {
+            bail!("{} is not a {kind} run (its task is {})", run_dir.display(), config.task.kind());
+        }
         let device = crate::device::open_device(device)?;
         let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
-        let file = checkpoint.join("model.safetensors");
-        let tensors = crate::checkpoint::load_tensors(&file, &device)?;
-        let vb = VarBuilder::from_tensors(tensors, candle_core::DType::F32, &device);
-        let dtype = config.train.dtype.to_dtype();
-        let model = Gpt::new(&config.model, tokenizer.vocab_size(), dtype, vb)
-            .with_context(|| format!("checkpoint {} does not fit the run's config", file.display()))?;
-        Ok(Self { config, tokenizer, model, checkpoint })
+        let tensors = crate::checkpoint::load_tensors(&checkpoint.join("model.safetensors"), &device)?;
+        let weights = VarBuilder::from_tensors(tensors, DType::F32, &device);
+        Ok(Self { run, config, checkpoint, weights, device })
+    }
+
+    /// The model `build` makes from the weights; an error names the checkpoint that does not fit.
+    pub fn build<M>(&self, build: impl FnOnce(VarBuilder<'static>) -> Result<M>) -> Result<M> {
+        let file = self.checkpoint.join("model.safetensors");
+        build(self.weights.clone())
+            .with_context(|| format!("checkpoint {} does not fit the run's config", file.display()))
     }
 }

@@ -1,15 +1,17 @@
 //! A trained run loaded back for inference: the one dispatch on a run's task kind that the
-//! commands on trained runs (`generate`, `eval`, `predict`) share.
+//! commands on trained runs (`generate`, `eval`, `predict`) share. Each task's trained model
+//! lives in its task file (`train/causal_lm.rs`, ...), built from one `OpenedCheckpoint`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::classify::TrainedClassifier;
 use crate::config::TaskKind;
-use crate::run_dir::{RunDir, TrainedGpt};
+use crate::run_dir::OpenedCheckpoint;
+pub use crate::train::causal_lm::TrainedGpt;
+pub use crate::train::classification::TrainedClassifier;
+pub use crate::train::seq2seq::TrainedSeq2Seq;
 use crate::train::task::Evaluation;
-use crate::translate::TrainedSeq2Seq;
 
 /// Boxed: the models are kilobytes of tensor handles each.
 pub enum TrainedRun {
@@ -21,13 +23,14 @@ pub enum TrainedRun {
 impl TrainedRun {
     /// The run in `run_dir` at checkpoint `which` ("latest", "best", "step-N") on `device`.
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
-        let kind = RunDir::new(run_dir).load_config(&[])?.task.kind();
+        let kind = crate::run_dir::RunDir::new(run_dir).load_config(&[])?.task.kind();
+        let open = || OpenedCheckpoint::open(run_dir, which, device, kind);
         Ok(match kind {
-            TaskKind::CausalLm => Self::Gpt(Box::new(TrainedGpt::load(run_dir, which, device)?)),
+            TaskKind::CausalLm => Self::Gpt(Box::new(TrainedGpt::from_checkpoint(open()?)?)),
             TaskKind::SequenceClassification => {
-                Self::Classifier(Box::new(TrainedClassifier::load(run_dir, which, device)?))
+                Self::Classifier(Box::new(TrainedClassifier::from_checkpoint(open()?)?))
             }
-            TaskKind::Seq2seq => Self::Seq2Seq(Box::new(TrainedSeq2Seq::load(run_dir, which, device)?)),
+            TaskKind::Seq2seq => Self::Seq2Seq(Box::new(TrainedSeq2Seq::from_checkpoint(open()?)?)),
             TaskKind::MaskedLm => bail!(
                 "{}: a masked-lm run has no inference command; its val loss and masked-token accuracy are in \
                  its metrics.jsonl, and `taper export` writes it for fine-tuning",
@@ -54,7 +57,7 @@ impl TrainedRun {
         Ok(match self {
             Self::Gpt(t) => {
                 let scored = file.map_or("its validation split".into(), |f| f.display().to_string());
-                (crate::train::causal_lm::evaluate_trained(t, file)?, scored)
+                (t.evaluate(file)?, scored)
             }
             Self::Classifier(t) => {
                 let file = labelled(&t.config)?;

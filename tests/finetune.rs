@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use taper::classify::TrainedClassifier;
 use taper::config::Config;
 use taper::model::Mode;
 use taper::train::{train, TrainOptions};
+use taper::trained::TrainedClassifier;
 
 fn minilm() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");

@@ -5,8 +5,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use taper::generate::{generate, SamplingOptions};
 use taper::model::Mode;
-use taper::run_dir::TrainedGpt;
 use taper::train::{train, TrainOptions};
+use taper::trained::TrainedGpt;
 
 fn trained(dir: &std::path::Path, extra: &str) -> TrainedGpt {
     let corpus = common::write_corpus(dir, &common::pattern_corpus(300));

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use taper::generate::{generate, SamplingOptions};
-use taper::run_dir::{RunDir, TrainedGpt};
+use taper::run_dir::RunDir;
 use taper::train::{train, TrainOptions};
+use taper::trained::TrainedGpt;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v0.1-48e3f68");
 
@@ -56,7 +57,7 @@ fn an_old_gpt_run_resumes_to_the_same_losses_generates_and_evaluates() {
         generate(&trained.model, &prompt, &opts).unwrap()
     };
     assert_eq!(sample(true), sample(false), "cached and uncached sampling agree");
-    let eval = taper::train::causal_lm::evaluate_trained(&trained, None).unwrap();
+    let eval = trained.evaluate(None).unwrap();
     assert!((eval["perplexity"] - eval["val_loss"].exp()).abs() < 1e-9 && eval["tokens"] > 100.0, "{eval:?}");
 }
 
@@ -111,9 +112,28 @@ fn a_fresh_encoder_run_reproduces_the_old_one_bit_for_bit() {
     let new = taper::checkpoint::load_tensors(&run.join(file), &device).unwrap();
     let old = taper::checkpoint::load_tensors(&Path::new(FIXTURE).join("mlm-run").join(file), &device).unwrap();
     assert_eq!(new.keys().collect::<std::collections::BTreeSet<_>>(), old.keys().collect());
+    // The fixture was made on a CPU with AVX-512, whose matrix kernels sum in another order
+    // than AVX2's: bit for bit there, within the float rounding of six steps elsewhere (the
+    // logged metrics matched exactly on both).
+    let exact = same_kernels_as_the_fixture();
     for (name, tensor) in &old {
         let (a, b): (Vec<f32>, Vec<f32>) =
             (tensor.flatten_all().unwrap().to_vec1().unwrap(), new[name].flatten_all().unwrap().to_vec1().unwrap());
-        assert_eq!(a, b, "{name}");
+        if exact {
+            assert_eq!(a, b, "{name}");
+        } else {
+            // Measured on AVX2 (AMD EPYC): at most 1.2e-7 on weights of about 0.05; one
+            // learning-rate step is 1e-3.
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{name}: differs by {worst}");
+        }
     }
+}
+
+/// Whether this CPU runs the matrix kernels the fixture's machine ran (AVX-512).
+fn same_kernels_as_the_fixture() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }

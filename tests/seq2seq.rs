@@ -186,7 +186,7 @@ fn a_tiny_model_learns_to_copy() {
     assert!(last["exact_match"].as_f64().unwrap() >= 0.95, "{last}");
     assert!(last["bleu"].as_f64().unwrap() >= 90.0, "{last}");
     // The CLI side: generate with beams, and eval, on the trained run.
-    let trained = taper::translate::TrainedSeq2Seq::load(&dir.path().join("run"), "best", "cpu").unwrap();
+    let trained = taper::trained::TrainedSeq2Seq::load(&dir.path().join("run"), "best", "cpu").unwrap();
     let inputs = vec!["a b c d".to_string(), "h g f e a".to_string()];
     for beam_size in [1, 3] {
         let out = trained.translate(&inputs, BeamOptions { beam_size, length_penalty: 1.0 }, None).unwrap();

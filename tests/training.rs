@@ -77,7 +77,7 @@ fn checkpoints_keep_the_last_k_and_round_trip() {
     let run = dir.path().join("run");
     let steps: Vec<usize> = taper::checkpoint::list_checkpoints(&run).unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(steps, vec![15, 20]);
-    let trained = taper::run_dir::TrainedGpt::load(&run, "latest", "cpu").unwrap();
+    let trained = taper::trained::TrainedGpt::load(&run, "latest", "cpu").unwrap();
     let saved =
         taper::checkpoint::load_tensors(&trained.checkpoint.join("model.safetensors"), &candle_core::Device::Cpu)
             .unwrap();
@@ -116,7 +116,7 @@ fn a_refused_resume_leaves_the_run_as_it_was() {
         assert!(err.contains(expected), "--set {set}: {err}");
         assert_eq!(std::fs::read_to_string(run.join("config.toml")).unwrap(), saved, "--set {set} changed config.toml");
     }
-    taper::run_dir::TrainedGpt::load(&run, "latest", "cpu").unwrap();
+    taper::trained::TrainedGpt::load(&run, "latest", "cpu").unwrap();
     let cfg = taper::run_dir::RunDir::new(&run).load_config(&["train.steps=10".to_string()]).unwrap();
     assert_eq!(train(cfg, &resume).unwrap().steps, 10, "and it still resumes");
 }
@@ -166,7 +166,7 @@ fn nan_loss_stops_the_run_and_keeps_earlier_checkpoints() {
     assert!(err.contains("diverged"), "{err}");
     let steps = taper::checkpoint::list_checkpoints(&dir.path().join("run")).unwrap();
     assert!(!steps.is_empty(), "earlier checkpoints survive");
-    taper::run_dir::TrainedGpt::load(&dir.path().join("run"), "latest", "cpu").unwrap();
+    taper::trained::TrainedGpt::load(&dir.path().join("run"), "latest", "cpu").unwrap();
 }
 
 #[test]

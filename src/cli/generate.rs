@@ -9,7 +9,7 @@ use super::run_device;
 use crate::decode::BeamOptions;
 use crate::generate::{generate, SamplingOptions};
 use crate::trained::TrainedRun;
-use crate::translate::TrainedSeq2Seq;
+use crate::trained::TrainedSeq2Seq;
 
 #[derive(Args)]
 pub struct GenerateArgs {

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::run_device;
-use crate::classify::TrainedClassifier;
+use crate::trained::TrainedClassifier;
 
 #[derive(Args)]
 pub struct PredictArgs {

@@ -1,18 +1,19 @@
-//! Next-token prediction with the GPT on a plain corpus: random contiguous blocks.
+//! Next-token prediction with the GPT on a plain corpus (random contiguous blocks), and a
+//! trained GPT run loaded back: `taper generate` samples from it, `taper eval` scores it.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
-use crate::config::Config;
+use crate::config::{Config, TaskKind};
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TextTokenizer, TokenDataset};
 use crate::model::{Gpt, Mode, ParamStore};
-use crate::run_dir::{RunDir, TrainedGpt};
+use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 pub struct CausalLm {
     cfg: Config,
@@ -104,7 +105,7 @@ const SCORE_BATCH: usize = 16;
 /// Next-token loss of `model` over every token of `ids` after the first, in consecutive
 /// windows of the model's block size (the last one shorter): `val_loss` (mean nats per token),
 /// `perplexity` (its exponential) and `tokens` (how many were scored).
-pub fn score_stream(model: &Gpt, ids: &[u32], device: &Device) -> Result<Evaluation> {
+fn score_stream(model: &Gpt, ids: &[u32], device: &Device) -> Result<Evaluation> {
     let t = model.block_size();
     if ids.len() < 2 {
         anyhow::bail!("there is nothing to score: {} tokens (at least 2 are needed)", ids.len());
@@ -138,7 +139,7 @@ pub fn score_stream(model: &Gpt, ids: &[u32], device: &Device) -> Result<Evaluat
 
 /// The token ids `taper eval` scores a GPT run on: `file` tokenized with the run's
 /// tokenizer, or else the run's own validation split of its corpus.
-pub fn eval_tokens(cfg: &Config, run: &RunDir, tokenizer: &TextTokenizer, file: Option<&Path>) -> Result<Vec<u32>> {
+fn eval_tokens(cfg: &Config, run: &RunDir, tokenizer: &TextTokenizer, file: Option<&Path>) -> Result<Vec<u32>> {
     match file {
         Some(path) => tokenizer.encode_corpus(&read_corpus(path)?),
         None => {
@@ -150,9 +151,32 @@ pub fn eval_tokens(cfg: &Config, run: &RunDir, tokenizer: &TextTokenizer, file: 
     }
 }
 
-/// `taper eval` on a GPT run: loss and perplexity over `file`, or the run's validation split.
-pub fn evaluate_trained(trained: &TrainedGpt, file: Option<&Path>) -> Result<Evaluation> {
-    let run = RunDir::new(trained.config.run_dir());
-    let ids = eval_tokens(&trained.config, &run, &trained.tokenizer, file)?;
-    score_stream(&trained.model, &ids, trained.model.device())
+/// A trained GPT, ready to generate and to be scored: its config, tokenizer, and weights from
+/// one checkpoint.
+pub struct TrainedGpt {
+    pub config: Config,
+    pub tokenizer: TextTokenizer,
+    pub model: Gpt,
+    pub checkpoint: PathBuf,
+}
+
+impl TrainedGpt {
+    /// `which`: "latest", "best" or "step-N". `device`: as in `train.device`.
+    pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::CausalLm)?)
+    }
+
+    pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
+        let tokenizer = TextTokenizer::load(&opened.run.tokenizer())?;
+        let (cfg, vocab) = (&opened.config, tokenizer.vocab_size());
+        let model = opened.build(|vb| Ok(Gpt::new(&cfg.model, vocab, cfg.train.dtype.to_dtype(), vb)?))?;
+        Ok(Self { config: opened.config, tokenizer, model, checkpoint: opened.checkpoint })
+    }
+
+    /// `taper eval`: loss and perplexity over `file`, or the run's validation split.
+    pub fn evaluate(&self, file: Option<&Path>) -> Result<Evaluation> {
+        let run = RunDir::new(self.config.run_dir());
+        let ids = eval_tokens(&self.config, &run, &self.tokenizer, file)?;
+        score_stream(&self.model, &ids, self.model.device())
+    }
 }

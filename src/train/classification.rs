@@ -1,18 +1,20 @@
 //! Sequence classification: labelled texts (or text pairs) -> padded batches -> the
 //! `BertForSequenceClassification` model -> cross-entropy; evaluated by loss, accuracy and
-//! macro-F1 on the validation file.
+//! macro-F1 on the validation file. A trained classifier loaded back: `taper eval` and
+//! `taper predict`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use serde_json::json;
 
 use super::encoder::{self, with_loaded};
 use super::task::{Evaluation, Task};
 use crate::classification_metrics::classification_scores;
-use crate::config::{Config, PoolingName};
+use crate::config::{Config, PoolingName, TaskKind};
 use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
 use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
 use crate::data::sampling::{hold_out, EpochSampler};
@@ -20,7 +22,7 @@ use crate::data::TextTokenizer;
 use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use crate::model::{Mode, ParamStore};
-use crate::run_dir::RunDir;
+use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 /// Examples per forward pass when evaluating or predicting.
 pub const EVAL_BATCH: usize = 32;
@@ -39,7 +41,7 @@ pub struct Classification {
     device: Device,
 }
 
-pub fn columns(cfg: &Config) -> Result<Columns> {
+fn columns(cfg: &Config) -> Result<Columns> {
     let task = cfg.task.classification()?;
     Ok(Columns {
         text: task.text_column.clone(),
@@ -48,7 +50,7 @@ pub fn columns(cfg: &Config) -> Result<Columns> {
     })
 }
 
-pub fn pooling(cfg: &Config) -> Result<Pooling> {
+fn pooling(cfg: &Config) -> Result<Pooling> {
     Ok(match cfg.task.classification()?.pooling {
         PoolingName::Cls => Pooling::Cls,
         PoolingName::Mean => Pooling::Mean,
@@ -56,7 +58,7 @@ pub fn pooling(cfg: &Config) -> Result<Pooling> {
 }
 
 /// The longest input the model takes: `task.max_len`, at most the model's positions.
-pub fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
+fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
     let positions = bert.max_position_embeddings;
     match cfg.task.classification()?.max_len {
         Some(n) if n > positions => {
@@ -69,7 +71,7 @@ pub fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
 
 /// Encodes `examples` and maps their labels to ids; a label outside `labels` is an error
 /// naming the file and line.
-pub fn encode_labelled(
+fn encode_labelled(
     tokenizer: &TextTokenizer,
     examples: &[Example],
     labels: &LabelSet,
@@ -97,7 +99,7 @@ impl Classification {
         let mut train_examples = read_labelled(&cfg.data.path, &columns, true)?;
         let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
         let labels = if resuming {
-            read_labels(&run.labels())?
+            run.read_labels()?
         } else {
             let labels =
                 LabelSet::from_examples(&train_examples).with_context(|| format!("in {}", cfg.data.path.display()))?;
@@ -130,19 +132,13 @@ impl Classification {
 }
 
 /// The classifier a run's config describes, over `vb`.
-pub fn build_model(cfg: &Config, bert: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
+fn build_model(cfg: &Config, bert: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
     Ok(SequenceClassifier::new(bert, num_labels, pooling(cfg)?, cfg.model.norm, cfg.model.kernels, vb)?)
-}
-
-pub fn read_labels(path: &Path) -> Result<LabelSet> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let names: Vec<String> = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
-    Ok(LabelSet { names })
 }
 
 /// Logits (one row per input, in input order) of `model` on `rows`, without a graph. Inputs
 /// are batched by length so that little of each batch is padding.
-pub fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device: &Device) -> Result<Vec<Vec<f32>>> {
+fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device: &Device) -> Result<Vec<Vec<f32>>> {
     let mut by_length: Vec<usize> = (0..rows.len()).collect();
     by_length.sort_by_key(|&i| rows[i].ids.len());
     let mut out = vec![Vec::new(); rows.len()];
@@ -157,7 +153,7 @@ pub fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device
 }
 
 /// Softmax of each row, computed in f64.
-pub fn probabilities(logits: &[f32]) -> Vec<f64> {
+fn probabilities(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
     let total: f64 = exps.iter().sum();
@@ -165,7 +161,7 @@ pub fn probabilities(logits: &[f32]) -> Vec<f64> {
 }
 
 /// Loss, accuracy and macro-F1 of `model` on labelled rows.
-pub fn score(
+fn score(
     model: &SequenceClassifier,
     rows: &[(Encoded, u32)],
     num_labels: usize,
@@ -244,5 +240,71 @@ impl Task for Classification {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.bert, self.labels.names.len(), vb)?;
         score(&model, &self.val, self.labels.names.len(), self.pad_id, &self.device)
+    }
+}
+
+/// A trained classifier loaded back from its run directory: `taper eval` (loss, accuracy,
+/// macro-F1 on a labelled file) and `taper predict` (label and probabilities per input line).
+pub struct TrainedClassifier {
+    pub config: Config,
+    pub bert: BertConfig,
+    pub tokenizer: TextTokenizer,
+    pub labels: LabelSet,
+    pub model: SequenceClassifier,
+    pub checkpoint: PathBuf,
+    pad_id: u32,
+    device: Device,
+}
+
+impl TrainedClassifier {
+    /// `which`: "latest", "best" or "step-N"; `device` as in `train.device`.
+    pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::SequenceClassification)?)
+    }
+
+    pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
+        let bert = opened.run.read_bert_config()?;
+        let tokenizer = TextTokenizer::load(&opened.run.tokenizer())?;
+        let labels = opened.run.read_labels()?;
+        let model = opened.build(|vb| build_model(&opened.config, &bert, labels.names.len(), vb))?;
+        let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
+        let OpenedCheckpoint { config, checkpoint, device, .. } = opened;
+        Ok(Self { config, bert, tokenizer, labels, model, checkpoint, pad_id, device })
+    }
+
+    /// Loss, accuracy and macro-F1 on a labelled file (columns as in training).
+    pub fn evaluate(&self, file: &Path) -> Result<Evaluation> {
+        let examples = read_labelled(file, &columns(&self.config)?, true)?;
+        let rows = encode_labelled(&self.tokenizer, &examples, &self.labels, max_len(&self.config, &self.bert)?, file)?;
+        score(&self.model, &rows, self.labels.names.len(), self.pad_id, &self.device)
+    }
+
+    /// One JSON object per input example: its line, text, predicted label and the probability
+    /// of every label. A label present in the input must be one the model knows.
+    pub fn predict(&self, input: &Path) -> Result<Vec<serde_json::Value>> {
+        let examples = read_labelled(input, &columns(&self.config)?, false)?;
+        for example in &examples {
+            if let Some(label) = &example.label {
+                self.labels.id(label, input, example.line)?;
+            }
+        }
+        let encoded = encode_examples(&self.tokenizer, &examples, max_len(&self.config, &self.bert)?, input)?;
+        let rows: Vec<_> = encoded.iter().collect();
+        let all = logits(&self.model, &rows, self.pad_id, &self.device)?;
+        Ok(examples
+            .iter()
+            .zip(all)
+            .map(|(example, logits)| {
+                let p = probabilities(&logits);
+                let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+                let by_label: serde_json::Map<String, serde_json::Value> =
+                    self.labels.names.iter().zip(&p).map(|(n, v)| (n.clone(), json!(v))).collect();
+                let mut record = json!({"line": example.line, "text": example.text, "label": self.labels.names[best], "probabilities": by_label});
+                if let Some(pair) = &example.text_pair {
+                    record["text_pair"] = json!(pair);
+                }
+                record
+            })
+            .collect())
     }
 }

@@ -244,6 +244,18 @@ const CLASSIFICATION: [Metric; 3] = [VAL_LOSS, higher("accuracy"), higher("macro
 const MASKED_LM: [Metric; 2] = [VAL_LOSS, higher("masked_accuracy")];
 const SEQ2SEQ: [Metric; 4] = [VAL_LOSS, higher("token_accuracy"), higher("exact_match"), higher("bleu")];
 
+impl std::fmt::Display for TaskKind {
+    /// As `task.kind` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TaskKind::CausalLm => "causal-lm",
+            TaskKind::SequenceClassification => "sequence-classification",
+            TaskKind::MaskedLm => "masked-lm",
+            TaskKind::Seq2seq => "seq2seq",
+        })
+    }
+}
+
 impl TaskKind {
     /// The metrics an evaluation of this task reports, any of which may pick the best checkpoint.
     pub fn metrics(self) -> &'static [Metric] {

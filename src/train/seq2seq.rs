@@ -1,7 +1,8 @@
 //! Sequence-to-sequence: source/target pairs -> padded teacher-forcing batches -> the
 //! encoder-decoder -> cross-entropy (optionally label-smoothed) on the real target tokens.
 //! Evaluated by loss and token accuracy (teacher forcing), and exact match and corpus BLEU of
-//! greedy decoding, on the validation file.
+//! greedy decoding, on the validation file. A trained encoder-decoder loaded back: `taper
+//! generate` (greedy or beam search) and `taper eval`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,14 +12,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
-use crate::config::Config;
-use crate::data::pairs::{encode_pairs, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
+use crate::config::{Config, TaskKind};
+use crate::data::pairs::{encode_pairs, encode_source, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
-use crate::decode::{greedy, DecodeLimits};
+use crate::decode::{beam_search, greedy, BeamOptions, DecodeLimits};
 use crate::model::seq2seq::Seq2Seq;
 use crate::model::{Mode, ParamStore};
-use crate::run_dir::RunDir;
+use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 /// Pairs per forward pass when evaluating.
 const EVAL_BATCH: usize = 64;
@@ -96,19 +97,19 @@ pub fn target_tokenizer_path(run: &RunDir) -> PathBuf {
     run.path().join("target_tokenizer.json")
 }
 
-pub fn max_len(cfg: &Config) -> Result<usize> {
+fn max_len(cfg: &Config) -> Result<usize> {
     Ok(cfg.task.seq2seq()?.max_len.unwrap_or(cfg.model.block_size))
 }
 
-pub fn max_target_len(cfg: &Config) -> Result<usize> {
+fn max_target_len(cfg: &Config) -> Result<usize> {
     Ok(cfg.task.seq2seq()?.max_target_len.unwrap_or(cfg.model.block_size))
 }
 
-pub fn build_model(cfg: &Config, vocab: &Vocabularies, vb: VarBuilder) -> Result<Seq2Seq> {
+fn build_model(cfg: &Config, vocab: &Vocabularies, vb: VarBuilder) -> Result<Seq2Seq> {
     Ok(Seq2Seq::new(&cfg.model, vocab.source_size(), vocab.target_size(), cfg.train.dtype.to_dtype(), vb)?)
 }
 
-pub fn encode(cfg: &Config, vocab: &Vocabularies, pairs: &[Pair], path: &Path) -> Result<Vec<EncodedPair>> {
+fn encode(cfg: &Config, vocab: &Vocabularies, pairs: &[Pair], path: &Path) -> Result<Vec<EncodedPair>> {
     let eos = vocab.source_specials.eos;
     encode_pairs(pairs, &vocab.source, &vocab.target, eos, max_len(cfg)?, max_target_len(cfg)?, path)
 }
@@ -155,7 +156,7 @@ impl Seq2SeqTask {
 
 /// Teacher-forced loss (plain NLL) and token accuracy, then greedy decoding: exact match and
 /// corpus BLEU against `references`.
-pub fn score(
+fn score(
     model: &Seq2Seq,
     vocab: &Vocabularies,
     pairs: &[EncodedPair],
@@ -247,5 +248,76 @@ impl Task for Seq2SeqTask {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.vocab, vb)?;
         score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg)?, &self.device)
+    }
+}
+
+/// A trained encoder-decoder loaded back from its run directory: `taper generate` (greedy or
+/// beam search on one input or a file of inputs) and `taper eval` (loss, token accuracy,
+/// exact match and BLEU on a file of pairs).
+pub struct TrainedSeq2Seq {
+    pub config: Config,
+    pub vocab: Vocabularies,
+    pub model: Seq2Seq,
+    pub checkpoint: PathBuf,
+    device: Device,
+}
+
+impl TrainedSeq2Seq {
+    /// `which`: "latest", "best" or "step-N"; `device` as in `train.device`.
+    pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::Seq2seq)?)
+    }
+
+    pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
+        let vocab = Vocabularies::load(&opened.run, opened.config.model.share_embeddings)?;
+        let model = opened.build(|vb| build_model(&opened.config, &vocab, vb))?;
+        let OpenedCheckpoint { config, checkpoint, device, .. } = opened;
+        Ok(Self { config, vocab, model, checkpoint, device })
+    }
+
+    /// Outputs for `inputs`: greedy when `beam.beam_size` is 1 (batched), else beam search one
+    /// input at a time. `max_output` caps the output tokens (default: the run's max_target_len).
+    pub fn translate(&self, inputs: &[String], beam: BeamOptions, max_output: Option<usize>) -> Result<Vec<String>> {
+        let mut limits = self.vocab.limits(&self.config)?;
+        if let Some(n) = max_output {
+            limits.max_len = n;
+        }
+        let (eos, max_len) = (self.vocab.source_specials.eos, max_len(&self.config)?);
+        let sources: Vec<Vec<u32>> =
+            inputs.iter().map(|text| encode_source(&self.vocab.source, text, eos, max_len)).collect::<Result<_>>()?;
+        let mut outputs = Vec::with_capacity(inputs.len());
+        if beam.beam_size <= 1 {
+            for chunk in sources.chunks(64) {
+                let longest = chunk.iter().map(Vec::len).max().unwrap_or(1);
+                let pad = self.vocab.source_specials.pad;
+                let ids: Vec<u32> = chunk
+                    .iter()
+                    .flat_map(|s| s.iter().copied().chain(std::iter::repeat_n(pad, longest - s.len())))
+                    .collect();
+                let keep: Vec<u32> = chunk.iter().flat_map(|s| (0..longest).map(|i| (i < s.len()) as u32)).collect();
+                let ids = Tensor::from_vec(ids, (chunk.len(), longest), &self.device)?;
+                let keep = Tensor::from_vec(keep, (chunk.len(), longest), &self.device)?;
+                let memory = self.model.encode(&ids, Some(&keep), &mut Mode::eval())?;
+                for output in greedy(&self.model, &memory, limits, true)? {
+                    outputs.push(self.vocab.target_text(&output)?);
+                }
+            }
+        } else {
+            for source in &sources {
+                let ids = Tensor::from_vec(source.clone(), (1, source.len()), &self.device)?;
+                let memory = self.model.encode(&ids, None, &mut Mode::eval())?;
+                outputs.push(self.vocab.target_text(&beam_search(&self.model, &memory, limits, beam)?)?);
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Loss, token accuracy, exact match and BLEU (greedy decoding) on a file of pairs.
+    pub fn evaluate(&self, file: &Path) -> Result<Evaluation> {
+        let task = self.config.task.seq2seq()?;
+        let pairs = read_pairs(file, &task.source_column, &task.target_column)?;
+        let encoded = encode(&self.config, &self.vocab, &pairs, file)?;
+        let references: Vec<String> = pairs.into_iter().map(|p| p.target).collect();
+        score(&self.model, &self.vocab, &encoded, &references, self.vocab.limits(&self.config)?, &self.device)
     }
 }
