@@ -5,6 +5,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use taper::kernels::causal_mask;
 use taper::kernels::cpu as fused;
+use taper::model::positions::Rope;
 use taper::rng::Rng;
 
 fn random(shape: &[usize], seed: u64, scale: f64) -> Var {
@@ -393,21 +394,47 @@ fn fused_and_composed_models_train_alike() {
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "the quick brown fox jumps over the lazy dog.\n".repeat(60)).unwrap();
     // With dropout too: both paths draw the same masks from the run's RNG, in the same order.
-    let run = |kernels: &str, dropout: f64| {
+    // The second model takes the sub-layer nodes with rotary positions, no biases and post-LN.
+    let run = |kernels: &str, dropout: f64, model: &str| {
         let text = format!(
-            "[model]\nn_layer = 2\nn_head = 2\nd_model = 32\nblock_size = 16\nkernels = \"{kernels}\"\ndropout = {dropout}\n\
+            "[model]\nn_layer = 2\nn_head = 2\nd_model = 32\nblock_size = 16\nkernels = \"{kernels}\"\ndropout = {dropout}\n{model}\
              [data]\npath = \"{}\"\n[train]\nsteps = 15\nbatch_size = 4\nlog_every = 1\neval_every = 0\ndevice = \"cpu\"\n\
              [checkpoint]\ndir = \"{}\"\nevery = 0\n",
             corpus.display(),
-            dir.path().join(format!("{kernels}-{dropout}")).display()
+            dir.path().join(format!("{kernels}-{dropout}-{}", model.len())).display()
         );
         let cfg = taper::config::Config::from_toml_str(&text, &[]).unwrap();
         taper::train::train(cfg, &taper::train::TrainOptions { quiet: true, ..Default::default() }).unwrap().losses
     };
-    for dropout in [0.0, 0.2] {
-        let (fused, composed) = (run("fused", dropout), run("composed", dropout));
-        for ((step, a), (_, b)) in fused.iter().zip(&composed) {
-            assert!((a - b).abs() < 1e-4, "dropout {dropout}, step {step}: fused {a} vs composed {b}");
+    for model in ["", "positions = \"rope\"\nbias = false\nnorm = \"post\"\n"] {
+        for dropout in [0.0, 0.2] {
+            let (fused, composed) = (run("fused", dropout, model), run("composed", dropout, model));
+            for ((step, a), (_, b)) in fused.iter().zip(&composed) {
+                assert!((a - b).abs() < 1e-4, "{model:?} dropout {dropout}, step {step}: fused {a} vs composed {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn probing_through_the_sublayer_nodes_records_what_the_composed_residual_does() {
+    for norm in ["pre", "post"] {
+        let rms = |kernels: &str| {
+            let text = format!(
+                "[model]\nn_layer = 2\nn_head = 2\nd_model = 16\nblock_size = 8\npositions = \"rope\"\n\
+                 norm = \"{norm}\"\nkernels = \"{kernels}\"\n[data]\npath = \"unused.txt\"\n[train]\nsteps = 1\nbatch_size = 1\n"
+            );
+            let cfg = taper::config::Config::from_toml_str(&text, &[]).unwrap().model;
+            let params = taper::model::ParamStore::new();
+            let model = taper::model::Gpt::new(&cfg, 20, DType::F32, params.var_builder(5, &Device::Cpu)).unwrap();
+            let ids = Tensor::from_slice(&[1u32, 5, 7, 2, 9, 3], (2, 3), &Device::Cpu).unwrap();
+            model.norm_input_rms(&ids).unwrap()
+        };
+        let (fused, composed) = (rms("fused"), rms("composed"));
+        assert_eq!(fused.len(), if norm == "pre" { 5 } else { 4 }, "{norm}: {fused:?}");
+        for ((name, a), (other, b)) in fused.iter().zip(&composed) {
+            assert_eq!(name, other);
+            assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "{norm} {name}: fused {a} vs composed {b}");
         }
     }
 }
@@ -439,11 +466,11 @@ fn ffn_sublayer_pre_and_post_norm() {
         for (bias, used) in bias_variants(&inputs) {
             for pre_norm in [true, false] {
                 for act in [fused::Act::Gelu, fused::Act::Relu] {
-                    let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
+                    let norm = fused::SublayerNorm { pre_norm, eps: 1e-5, probe: None };
                     let fused_fn = |t: &[Tensor]| {
                         let (first, second) = packed(t, bias);
                         let shape = fused::FfnShape { hidden, act, bias };
-                        fused::ffn_sublayer(&t[0], (&first, &second), shape, norm, dropout.clone()).unwrap()
+                        fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), dropout.clone()).unwrap()
                     };
                     let composed_fn = |t: &[Tensor]| {
                         let (w1, b1, w2, b2) = branch_params(t, bias);
@@ -471,13 +498,22 @@ fn ffn_sublayer_pre_and_post_norm() {
 
 #[test]
 fn self_attention_sublayer_pre_and_post_norm() {
-    // (batch, length, width, heads, causal, key padding, dropout)
+    // (batch, length, width, heads, causal, key padding, dropout, rotary positions)
     let cases = [
-        (2usize, 6usize, 8usize, 2usize, true, false, false),
-        (3, 5, 12, 3, false, true, false),
-        (2, 70, 16, 2, true, false, true),
+        (2usize, 6usize, 8usize, 2usize, true, false, false, false),
+        (3, 5, 12, 3, false, true, false, false),
+        (2, 70, 16, 2, true, false, true, false),
+        (2, 6, 8, 2, true, false, false, true),
+        (3, 70, 12, 3, true, true, true, true),
     ];
-    for (case, &(b, t, d, n_head, causal, padded, with_dropout)) in cases.iter().enumerate() {
+    for (case, &(b, t, d, n_head, causal, padded, with_dropout, rotary)) in cases.iter().enumerate() {
+        // Positions 3.. (an offset), theta 100 so that every pair turns visibly over the positions.
+        let rope = rotary.then(|| Rope::new(t + 3, d / n_head, 100.0, &Device::Cpu).unwrap());
+        let rotation = |rope: &Rope| {
+            let tables = rope.at(3, t).unwrap();
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            fused::Rotation { cos: values(&tables.cos), sin: values(&tables.sin) }
+        };
         let seed = 60 + 10 * case as u64;
         let inputs = [
             random(&[b, t, d], seed, 1.0),
@@ -525,11 +561,12 @@ fn self_attention_sublayer_pre_and_post_norm() {
         let variants = bias_variants(&inputs);
         for ((bias, used), pre_norm) in variants.iter().flat_map(|v| [(v, true), (v, false)]) {
             let bias = *bias;
-            let norm = fused::SublayerNorm { pre_norm, eps: 1e-5 };
+            let norm = fused::SublayerNorm { pre_norm, eps: 1e-5, probe: None };
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone());
-                let heads = (n_head, bias);
+                let heads = (n_head, bias, rope.as_ref().map(rotation));
+                let norm = norm.clone();
                 fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
                     .unwrap()
             };
@@ -539,6 +576,11 @@ fn self_attention_sublayer_pre_and_post_norm() {
                 let branch = |h: &Tensor| {
                     let qkv = composed_linear(h, &w_qkv, b_qkv.as_ref());
                     let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
+                    let rotate = |x: Tensor| match &rope {
+                        Some(rope) => rope.apply(&x, n_head, 3).unwrap(),
+                        None => x,
+                    };
+                    let (q, k) = (rotate(q), rotate(k));
                     let context = composed_attention(&[q, k, v], n_head, additive.as_ref(), dropout_tensor.as_ref());
                     composed_linear(&context, &w_o, b_o.as_ref())
                 };

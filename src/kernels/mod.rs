@@ -185,15 +185,30 @@ pub struct SublayerNorm<'a> {
 }
 
 impl SublayerNorm<'_> {
-    fn cpu(&self) -> cpu::SublayerNorm {
-        cpu::SublayerNorm { pre_norm: self.pre, eps: self.eps }
+    /// Runs a sub-layer `node` with LayerNorm probing as the composed residual does it: a
+    /// pre-LN norm's input (x) is recorded before the node, a post-LN one's (the sum the node
+    /// leaves in its probe) after.
+    fn probed(
+        &self,
+        x: &Tensor,
+        mode: &mut Mode,
+        node: impl FnOnce(cpu::SublayerNorm) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let probe = (mode.is_probing() && !self.pre).then(cpu::SumProbe::default);
+        if self.pre {
+            mode.record_norm_input(x)?;
+        }
+        let out = node(cpu::SublayerNorm { pre_norm: self.pre, eps: self.eps, probe: probe.clone() })?;
+        if let Some(sum) = probe.and_then(|p| p.lock().ok()?.take()) {
+            mode.record_norm_input(&sum)?;
+        }
+        Ok(out)
     }
 }
 
-/// Whether a whole sub-layer may run as one CPU node in this forward: LayerNorm probing
-/// records the norms' inputs, which the node keeps inside.
+/// Whether a whole sub-layer may run as one CPU node in this forward.
 fn sublayer_node(mode: &Mode) -> bool {
-    mode.backend() == Backend::Cpu && !mode.is_probing()
+    mode.backend() == Backend::Cpu
 }
 
 /// The flat parameter list [weights..., biases...] of a fused branch (biases only if all are there).
@@ -230,16 +245,31 @@ pub fn ffn_sublayer(
     let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
     let dropout = mode.dropout_multipliers(x.elem_count(), p);
     let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: act.cpu(), bias: bias1 };
-    Ok(Some(cpu::ffn_sublayer(x, (&first, &second), branch, norm.cpu(), dropout)?))
+    Ok(Some(norm.probed(x, mode, |norm| cpu::ffn_sublayer(x, (&first, &second), branch, norm, dropout))?))
 }
 
-/// The self-attention sub-layer (pre- or post-LN, dropout `p_attn` on the weights and
-/// `p_out` on the output) as one CPU node; None: the caller composes it.
+/// Rotary positions for the queries and keys of one input: cos and sin, (T, head_dim / 2), at
+/// the input's positions.
+pub struct Rotary {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl Rotary {
+    fn cpu(&self) -> Result<cpu::Rotation> {
+        let values = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        Ok(cpu::Rotation { cos: values(&self.cos)?, sin: values(&self.sin)? })
+    }
+}
+
+/// The self-attention sub-layer (pre- or post-LN, `n_head` heads with rotary positions if
+/// given, dropout `p_attn` on the weights and `p_out` on the output) as one CPU node; None:
+/// the caller composes it.
 pub fn self_attention_sublayer(
     x: &Tensor,
     norm: SublayerNorm,
     proj: &Projections,
-    n_head: usize,
+    (n_head, rotary): (usize, Option<&Rotary>),
     mask: &Mask,
     (p_attn, p_out): (f64, f64),
     mode: &mut Mode,
@@ -260,7 +290,7 @@ pub fn self_attention_sublayer(
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
     let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout);
-    let node =
-        cpu::self_attention_sublayer(x, (&first, &second), (n_head, bias1), attention, norm.cpu(), residual_dropout)?;
-    Ok(Some(node))
+    let heads = (n_head, bias1, rotary.map(Rotary::cpu).transpose()?);
+    let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
+    Ok(Some(norm.probed(x, mode, node)?))
 }

@@ -68,27 +68,21 @@ impl Attention {
         Projections { weights: all.map(|p| &p.weight), biases: all.map(|p| p.bias.as_ref()) }
     }
 
-    /// The whole self-attention sub-layer (`norm` before or after, dropout `residual_dropout`
-    /// on the output, the residual add) as one node, where the backend has one; None: the
-    /// caller composes it from `forward`.
+    /// The whole self-attention sub-layer (`norm` before or after, rotary positions from
+    /// `rope`, dropout `residual_dropout` on the output, the residual add) as one node, where
+    /// the backend has one; None: the caller composes it from `forward`.
     pub fn sublayer(
         &self,
         x: &Tensor,
         (norm, pre): (&LayerNorm, bool),
-        mask: &Mask,
+        (mask, rope): (&Mask, Option<(&Rope, usize)>),
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
+        let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
+        let heads = (self.n_head, rotary.as_ref());
         let dropouts = (self.dropout, residual_dropout);
-        kernels::self_attention_sublayer(
-            x,
-            norm.as_sublayer(pre),
-            &self.projections(),
-            self.n_head,
-            mask,
-            dropouts,
-            mode,
-        )
+        kernels::self_attention_sublayer(x, norm.as_sublayer(pre), &self.projections(), heads, mask, dropouts, mode)
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention

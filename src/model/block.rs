@@ -182,8 +182,8 @@ impl Block {
         }
     }
 
-    /// The self-attention sub-layer: one node where the backend has one (no cache, no rotary
-    /// positions), else the composed residual.
+    /// The self-attention sub-layer: one node where the backend has one (not while decoding
+    /// with a cache), else the composed residual.
     fn self_attention(
         &self,
         x: &Tensor,
@@ -191,9 +191,10 @@ impl Block {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if cache.is_none() && inputs.rope.is_none() {
+        if cache.is_none() {
             let norm = (&self.ln_1, self.norm == NormPlacement::Pre);
-            if let Some(out) = self.attn.sublayer(x, norm, &inputs.self_mask, self.dropout, mode)? {
+            let positions = (&inputs.self_mask, inputs.rope);
+            if let Some(out) = self.attn.sublayer(x, norm, positions, self.dropout, mode)? {
                 return Ok(out);
             }
         }

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::layers::{Embedding, InitPolicy};
 use crate::config::{ModelConfig, Positions};
-use crate::kernels::{add_broadcast, Mode};
+use crate::kernels::{add_broadcast, Mode, Rotary};
 
 /// How a stack learns where its tokens are, as `model.positions` chooses.
 #[derive(Debug, Clone)]
@@ -90,6 +90,11 @@ impl Rope {
             cos: Tensor::from_vec(cos, (positions, half), device)?,
             sin: Tensor::from_vec(sin, (positions, half), device)?,
         })
+    }
+
+    /// The tables for positions `offset..offset + t`, as the kernels take them.
+    pub fn at(&self, offset: usize, t: usize) -> Result<Rotary> {
+        Ok(Rotary { cos: self.cos.narrow(0, offset, t)?, sin: self.sin.narrow(0, offset, t)? })
     }
 
     /// x: (B, T, n_head * head_dim), heads side by side, its first position being `offset`.

@@ -414,12 +414,46 @@ pub fn attention_packed(qkv: &Tensor, n_head: usize, mask: AttentionMask, dropou
     qkv.contiguous()?.apply_op1(op)
 }
 
+/// Rotary positions for the queries and keys of a self-attention node (GPT-NeoX layout: the
+/// two halves of each head rotate together): cos and sin, (T, head_dim / 2) row-major, for the
+/// input's positions.
+pub struct Rotation {
+    pub cos: Vec<f32>,
+    pub sin: Vec<f32>,
+}
+
+impl Rotation {
+    /// Rotates the queries and keys of packed (B, T, 3D) rows in place by each row's position;
+    /// `inverse`: by the opposite angle (the transpose: the backward pass).
+    fn rotate<T: Real>(&self, qkv: &mut [T], g: &Geometry, inverse: bool) -> Result<()> {
+        let half = g.head_dim / 2;
+        if self.cos.len() != g.t_q * half || self.sin.len() != g.t_q * half {
+            candle_core::bail!("attention: the rotary tables do not fit {} positions of {half} pairs", g.t_q);
+        }
+        qkv.par_chunks_mut(g.q_row).enumerate().for_each(|(row, values)| {
+            let at = (row % g.t_q) * half;
+            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+            for head in values[..2 * g.width()].chunks_exact_mut(g.head_dim) {
+                let (x1, x2) = head.split_at_mut(half);
+                for (((a, b), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(cos).zip(sin) {
+                    let (c, s) = (T::of(c as f64), if inverse { -T::of(s as f64) } else { T::of(s as f64) });
+                    let (x, y) = (*a, *b);
+                    *a = x * c - y * s;
+                    *b = y * c + x * s;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
 /// The self-attention branch of a fused sub-layer (`sublayer.rs`): the packed Q/K/V projection,
-/// attention, and the output projection, with the parameters as [W_qkv | b_qkv] and [W_o | b_o]
-/// (or [W_qkv] and [W_o] without biases).
+/// rotary positions (if any), attention, and the output projection, with the parameters as
+/// [W_qkv | b_qkv] and [W_o | b_o] (or [W_qkv] and [W_o] without biases).
 struct SelfAttentionBranch {
     core: AttentionOp,
     bias: bool,
+    rotation: Option<Rotation>,
     /// The packed Q/K/V and the attention output (the softmax weights stay in `core`).
     saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
 }
@@ -450,7 +484,10 @@ impl Branch for SelfAttentionBranch {
         let rows = input.len() / d.max(1);
         let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(3 * d * d), p2.split_at(d * d));
         let (b_qkv, b_o) = (self.bias.then_some(b_qkv), self.bias.then_some(b_o));
-        let qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, 3 * d));
+        let mut qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, 3 * d));
+        if let Some(rotation) = &self.rotation {
+            rotation.rotate(&mut qkv, &g, false)?;
+        }
         let (context, weights) = self.core.forward::<T>(&g, &qkv, &qkv, &qkv);
         let out = linear_forward(&context, w_o, b_o, (rows, d, d));
         if keep {
@@ -488,6 +525,9 @@ impl Branch for SelfAttentionBranch {
         // The attention backward accumulates over query blocks: it needs zeros.
         let mut d_qkv = vec![T::of(0.0); rows * 3 * d];
         self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3]);
+        if let Some(rotation) = &self.rotation {
+            rotation.rotate(&mut d_qkv, &g, true)?;
+        }
         let fill = |d_input: &mut _| {
             let w_qkv = &p1[..3 * d * d];
             backward_into(input, w_qkv, &d_qkv, (rows, d, 3 * d), d_input, as_uninit(dw_qkv), db_qkv)
@@ -498,18 +538,20 @@ impl Branch for SelfAttentionBranch {
 }
 
 /// The self-attention sub-layer: pre-LN x + Attn(LN(x)), post-LN LN(x + Attn(x)), with Attn the
-/// packed Q/K/V projection, `n_head`-head attention under `mask` (and `dropout` multipliers on
-/// its weights) and the output projection, as one node. `first` = [ln.weight | ln.bias | W_q |
-/// W_k | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o] (without the biases when `bias` is
-/// false; see `pack_parameters`); `residual_dropout`: multipliers on Attn's output.
+/// packed Q/K/V projection, `rotation` of the queries and keys (rotary positions), `n_head`-head
+/// attention under `mask` (and `dropout` multipliers on its weights) and the output projection,
+/// as one node. `first` = [ln.weight | ln.bias | W_q | W_k | W_v | b_q | b_k | b_v] and `second`
+/// = [W_o | b_o] (without the biases when `bias` is false; see `pack_parameters`);
+/// `residual_dropout`: multipliers on Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
-    (n_head, bias): (usize, bool),
+    (n_head, bias, rotation): (usize, bool, Option<Rotation>),
     (mask, dropout): (AttentionMask, Option<Vec<f32>>),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
     let core = op(n_head, x.dim(D::Minus1)?, mask, dropout);
-    apply(x, (first, second), SelfAttentionBranch { core, bias, saved: Mutex::new(None) }, norm, residual_dropout)
+    let branch = SelfAttentionBranch { core, bias, rotation, saved: Mutex::new(None) };
+    apply(x, (first, second), branch, norm, residual_dropout)
 }

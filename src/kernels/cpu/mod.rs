@@ -266,10 +266,10 @@ mod ffn;
 mod gemm;
 mod linear;
 mod sublayer;
-pub use attention::{attention, attention_packed, self_attention_sublayer, AttentionMask};
+pub use attention::{attention, attention_packed, self_attention_sublayer, AttentionMask, Rotation};
 pub use ffn::{ffn_sublayer, FfnShape};
 pub use linear::{linear, linear_gelu, Act};
-pub use sublayer::{pack_parameters, SublayerNorm};
+pub use sublayer::{pack_parameters, SublayerNorm, SumProbe};
 
 // ---------------------------------------------------------------------------------------------
 // x + b, b broadcast over the rows of x (biases, position embeddings).

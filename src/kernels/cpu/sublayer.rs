@@ -10,7 +10,7 @@
 //! most three inputs: [ln.weight | ln.bias | the branch's first part] and [its second part],
 //! one `Tensor::cat` each (about 1 % of the sub-layer's bytes).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 
@@ -34,11 +34,16 @@ pub(super) trait Branch: Send + Sync + 'static {
     ) -> Result<Vec<T>>;
 }
 
-/// Where the sub-layer's LayerNorm sits, and its epsilon.
-#[derive(Debug, Clone, Copy)]
+/// Where a post-LN node leaves its norm's input, the sum x + f(x), for LayerNorm probing
+/// (the pre-LN norm's input is x itself).
+pub type SumProbe = Arc<Mutex<Option<Tensor>>>;
+
+/// Where the sub-layer's LayerNorm sits, its epsilon, and the probe for its input.
+#[derive(Debug, Clone)]
 pub struct SublayerNorm {
     pub pre_norm: bool,
     pub eps: f64,
+    pub probe: Option<SumProbe>,
 }
 
 pub(super) struct SublayerOp<B: Branch> {
@@ -105,7 +110,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (d, _) = self.dims(l1.shape(), l2.shape().elem_count(), l3.shape().elem_count())?;
-        let SublayerNorm { pre_norm, eps } = self.norm;
+        let SublayerNorm { pre_norm, eps, .. } = self.norm;
         dispatch!(s1, B::NAME, |T| {
             let x = contiguous::<T>(s1, l1)?;
             let (ln, p1) = contiguous::<T>(s2, l2)?.split_at(2 * d);
@@ -121,6 +126,10 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
                 Some(normed) => (sum, normed),
                 None => (layer_norm_forward(&sum, ln_w, ln_b, eps), sum),
             };
+            if let (false, Some(probe)) = (pre_norm, &self.norm.probe) {
+                let sum = Tensor::from_slice(&normed_or_sum, l1.shape(), &Device::Cpu)?;
+                *probe.lock().map_err(|_| candle_core::Error::Msg("probe lock poisoned".into()))? = Some(sum);
+            }
             if self.keep {
                 *self.saved()? = Some(T::to_cpu_storage_owned(normed_or_sum));
             }
@@ -141,7 +150,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             candle_core::bail!("{} backward without a forward pass", B::NAME)
         };
         let (d, rows) = self.dims(x.shape(), first.elem_count(), second.elem_count())?;
-        let SublayerNorm { pre_norm, eps } = self.norm;
+        let SublayerNorm { pre_norm, eps, .. } = self.norm;
         let (x_storage, x_layout) = x.storage_and_layout();
         let (p1_storage, p1_layout) = first.storage_and_layout();
         let (p2_storage, p2_layout) = second.storage_and_layout();
