@@ -5,19 +5,22 @@
 # each pair gives ratios, and the medians are reported. The last line is exactly
 #   step_time_ratio=<taper ms/step / PyTorch ms/step> rss_ratio=<taper peak RSS / PyTorch peak RSS>
 #
-# Usage: scripts/bench-cpu.sh [--steps N] [--pairs P] [--threads T] [--wide]
+# Usage: scripts/bench-cpu.sh [--steps N] [--pairs P] [--threads T] [--wide] [--arch gpt|llama]
 #   --wide: 6 layers, 6 heads, 384 wide, context 256, batch 8 (default: the shipped config's
 #           4 layers, 4 heads, 128 wide, context 64, batch 12)
 #   --threads: threads on both sides (default: each library's default)
+#   --arch llama: configs/llama-shakespeare-char.toml against torch_gpt.py --arch llama
+#           --kv-heads 2 (RMSNorm, SwiGLU, RoPE, grouped-query attention, no biases)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-steps=200 pairs=3 threads="" wide=0
+steps=200 pairs=3 threads="" wide=0 arch=gpt
 while [ $# -gt 0 ]; do
   case "$1" in
     --steps) steps=$2; shift 2 ;;
     --pairs) pairs=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --wide) wide=1; shift ;;
+    --arch) arch=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -27,12 +30,18 @@ py=$("$shared/bench/setup_torch.sh" | tail -1)
 cargo build --release --quiet
 corpus=data/shakespeare.txt
 config=configs/gpt-shakespeare-char.toml
+torch_arch=()
+case "$arch" in
+  gpt) ;;
+  llama) config=configs/llama-shakespeare-char.toml; torch_arch=(--arch llama --kv-heads 2) ;;
+  *) echo "--arch must be gpt or llama, got $arch" >&2; exit 2 ;;
+esac
 
 # The shipped warmup (100 steps), or half the run if that is shorter; the same on both sides.
 warmup=$(( steps < 200 ? steps / 2 : 100 ))
 set_args=(--set train.steps="$steps" --set schedule.warmup_steps="$warmup" --set train.eval_every="$steps" --set train.log_every=50
           --set checkpoint.every=0 --set train.device=cpu)
-torch_args=(--corpus "$corpus" --steps "$steps" --warmup-steps "$warmup")
+torch_args=(--corpus "$corpus" --steps "$steps" --warmup-steps "$warmup" ${torch_arch[@]+"${torch_arch[@]}"})
 if [ "$wide" = 1 ]; then
   set_args+=(--set model.n_layer=6 --set model.n_head=6 --set model.d_model=384
              --set model.block_size=256 --set train.batch_size=8)
@@ -46,7 +55,7 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "machine: $(nproc) cores, $(uname -m); steps=$steps pairs=$pairs threads=${threads:-default} wide=$wide" >&2
+echo "machine: $(nproc) cores, $(uname -m); steps=$steps pairs=$pairs threads=${threads:-default} wide=$wide arch=$arch" >&2
 : > "$work/pairs.tsv"
 for i in $(seq 1 "$pairs"); do
   run="$work/taper-$i"

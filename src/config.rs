@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::data::config::{DataConfig, TokenizerConfig, TokenizerKind};
 pub use crate::kernels::{Activation, Kernels};
 pub use crate::model::config::{Architecture, InitScheme, ModelConfig, NormPlacement, Positions};
+pub use crate::model::norm::NormKind;
 pub use crate::optim::config::{Decay, OptimConfig, ScheduleConfig};
 pub use crate::train::config::{CheckpointConfig, DTypeName, Metric, PoolingName, TaskConfig, TaskKind, TrainConfig};
 
@@ -184,6 +185,15 @@ impl Config {
         if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
             bail!(
                 "an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\""
+            );
+        }
+        if m.arch == Architecture::EncoderOnly
+            && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head)
+        {
+            bail!(
+                "an encoder-only model is a BERT (Hugging Face's layout, for export and `init_from`): LayerNorm, an \
+                 elementwise activation (gelu, relu, gelu-tanh, silu) and n_kv_head = n_head; remove `model.norm_kind`, \
+                 the gated `model.activation` or `model.n_kv_head`"
             );
         }
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {

@@ -121,6 +121,26 @@ fn layer_norm() {
 }
 
 #[test]
+fn rms_norm() {
+    // 3 rows (one task) and 400 (several parallel tasks), 3-D input too.
+    for shape in [vec![3usize, 48], vec![400, 48], vec![2, 5, 48]] {
+        let x = random(&shape, 4, 3.0);
+        let w = random(&[48], 5, 1.0);
+        check(
+            "rms_norm",
+            &[x, w],
+            |t| fused::rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| {
+                let ms = t[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                let n = t[0].broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap()).unwrap();
+                n.broadcast_mul(&t[1]).unwrap()
+            },
+            1e-10,
+        );
+    }
+}
+
+#[test]
 fn gelu() {
     // A&S erf is accurate to 1.5e-7 absolute.
     let x = random(&[50, 400], 4, 3.0);

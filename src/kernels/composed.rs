@@ -50,6 +50,14 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     normed.broadcast_mul(&weight.to_dtype(DType::F32)?)?.broadcast_add(&bias.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
 
+/// RMSNorm over the last dimension, computed in f32: x / sqrt(mean(x^2) + eps) * w.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let inverse_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&inverse_rms)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
 /// Softmax over the last dimension, in f32. The max is detached: softmax is invariant to it,
 /// so its gradient would be zero anyway.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -75,9 +83,12 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 pub fn activate(x: &Tensor, activation: Activation) -> Result<Tensor> {
-    match activation {
+    match activation.elementwise() {
         Activation::Relu => x.relu(),
         Activation::Gelu => x.gelu_erf(),
+        Activation::GeluTanh => x.gelu(),
+        Activation::Silu => x.silu(),
+        gated => candle_core::bail!("{gated:?} is a gated FFN, not an elementwise activation"),
     }
 }
 

@@ -30,19 +30,46 @@ pub enum Kernels {
     Composed,
 }
 
-/// The FFN's activation (`model.activation`).
+/// The FFN's activation (`model.activation`): elementwise, or gated (two input projections,
+/// act(x W_gate) * (x W_1), Shazeer 2020).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activation {
     Relu,
+    /// The exact GELU, x * Phi(x) (BERT, the original GPT code in PyTorch's default).
     Gelu,
+    /// GPT-2's tanh approximation of GELU.
+    GeluTanh,
+    /// x * sigmoid(x).
+    Silu,
+    /// Gated with SiLU (Llama).
+    Swiglu,
+    /// Gated with the exact GELU.
+    Geglu,
+    /// Gated with ReLU.
+    Reglu,
 }
 
 impl Activation {
-    fn cpu(self) -> cpu::Act {
+    /// The activation of the gate, for a gated FFN.
+    pub fn gate(self) -> Option<Activation> {
         match self {
-            Activation::Gelu => cpu::Act::Gelu,
-            Activation::Relu => cpu::Act::Relu,
+            Activation::Swiglu => Some(Activation::Silu),
+            Activation::Geglu => Some(Activation::Gelu),
+            Activation::Reglu => Some(Activation::Relu),
+            _ => None,
+        }
+    }
+    /// The elementwise function applied: the gate's for a gated FFN.
+    pub fn elementwise(self) -> Activation {
+        self.gate().unwrap_or(self)
+    }
+    /// The CPU kernels' form, where they have one.
+    fn cpu(self) -> Option<cpu::Act> {
+        match self {
+            Activation::Gelu => Some(cpu::Act::Gelu),
+            Activation::Relu => Some(cpu::Act::Relu),
+            _ => None,
         }
     }
 }
@@ -76,7 +103,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, mode: &Mode) -
 
 /// act(x W^T + b).
 pub fn linear_act(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Activation, mode: &Mode) -> Result<Tensor> {
-    match (mode.backend(), bias, act) {
+    match (mode.backend(), bias, act.elementwise()) {
         // One node for the product, the bias and GELU.
         (Backend::Cpu, Some(bias), Activation::Gelu) => cpu::linear_gelu(x, weight, bias),
         _ => activate(&linear(x, weight, bias, mode)?, act, mode),
@@ -85,10 +112,11 @@ pub fn linear_act(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, act: Activ
 
 /// act(x), elementwise.
 pub fn activate(x: &Tensor, act: Activation, mode: &Mode) -> Result<Tensor> {
-    match (mode.backend(), act) {
+    match (mode.backend(), act.elementwise()) {
         (Backend::Cpu, Activation::Gelu) => cpu::gelu(x),
         (Backend::Cpu, Activation::Relu) => x.relu(),
-        (Backend::Composed, _) => composed::activate(x, act),
+        // candle's SiLU and tanh-GELU have their backward; on the CPU they are one node each.
+        (Backend::Cpu | Backend::Composed, act) => composed::activate(x, act),
     }
 }
 
@@ -97,6 +125,14 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, mode: &M
     match mode.backend() {
         Backend::Cpu => cpu::layer_norm(x, weight, bias, eps),
         Backend::Composed => composed::layer_norm(x, weight, bias, eps),
+    }
+}
+
+/// RMSNorm over the last dimension (gain only).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, mode: &Mode) -> Result<Tensor> {
+    match mode.backend() {
+        Backend::Cpu => cpu::rms_norm(x, weight, eps),
+        Backend::Composed => composed::rms_norm(x, weight, eps),
     }
 }
 
@@ -239,12 +275,13 @@ pub fn ffn_sublayer(
     }
     let (first, bias1) = branch_parameters(&[w1], &[b1])?;
     let (second, bias2) = branch_parameters(&[w2], &[b2])?;
+    let Some(cpu_act) = act.cpu() else { return Ok(None) };
     if bias1 != bias2 {
         return Ok(None);
     }
     let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
     let dropout = mode.dropout_multipliers(x.elem_count(), p);
-    let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: act.cpu(), bias: bias1 };
+    let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: cpu_act, bias: bias1 };
     Ok(Some(norm.probed(x, mode, |norm| cpu::ffn_sublayer(x, (&first, &second), branch, norm, dropout))?))
 }
 

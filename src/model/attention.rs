@@ -6,11 +6,11 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{InitPolicy, Linear};
-use super::norm::LayerNorm;
 use super::positions::Rope;
-use crate::kernels::{self, Mask, Mode, Projections};
+use crate::kernels::{self, Mask, Mode, Projections, SublayerNorm};
 
-/// Keys and values seen so far by one attention layer while decoding, each (B, T_k, D).
+/// Keys and values seen so far by one attention layer while decoding, each (B, T_k, D_kv):
+/// the key/value heads only (grouped-query attention caches n_kv_head of them).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     pub keys: Option<Tensor>,
@@ -31,6 +31,8 @@ impl KvCache {
 pub struct AttentionConfig {
     pub d_model: usize,
     pub n_head: usize,
+    /// Key/value heads: n_head (multi-head), fewer (grouped-query), 1 (multi-query).
+    pub n_kv_head: usize,
     pub bias: bool,
     /// Dropout on the attention weights.
     pub dropout: f64,
@@ -43,24 +45,42 @@ pub struct Attention {
     v_proj: Linear,
     out_proj: Linear,
     n_head: usize,
+    n_kv_head: usize,
     dropout: f64,
 }
 
 impl Attention {
-    /// The projections under `vb`: `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+    /// The projections under `vb`: `q_proj`, `k_proj`, `v_proj` (n_kv_head heads wide),
+    /// `out_proj`.
     pub fn new(cfg: &AttentionConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
-        let proj = |name: &str, residual_output: bool| {
-            Linear::new(d, d, cfg.bias, init.matrix(d, d, residual_output), vb.pp(name))
+        let d_kv = d / cfg.n_head.max(1) * cfg.n_kv_head;
+        let proj = |name: &str, out: usize, residual_output: bool| {
+            Linear::new(d, out, cfg.bias, init.matrix(d, out, residual_output), vb.pp(name))
         };
         Ok(Self {
-            q_proj: proj("q_proj", false)?,
-            k_proj: proj("k_proj", false)?,
-            v_proj: proj("v_proj", false)?,
-            out_proj: proj("out_proj", true)?,
+            q_proj: proj("q_proj", d, false)?,
+            k_proj: proj("k_proj", d_kv, false)?,
+            v_proj: proj("v_proj", d_kv, false)?,
+            out_proj: proj("out_proj", d, true)?,
             n_head: cfg.n_head,
+            n_kv_head: cfg.n_kv_head,
             dropout: cfg.dropout,
         })
+    }
+
+    /// Keys or values (B, T_k, n_kv_head * head_dim) widened to every query head (B, T_k, D):
+    /// each key/value head repeated for its group of n_head / n_kv_head query heads.
+    fn repeat_kv(&self, x: Tensor) -> Result<Tensor> {
+        let group = self.n_head / self.n_kv_head;
+        if group == 1 {
+            return Ok(x);
+        }
+        let (b, t, d_kv) = x.dims3()?;
+        let head_dim = d_kv / self.n_kv_head;
+        x.reshape((b, t, self.n_kv_head, 1, head_dim))? // (B, T, D_kv) -> (B, T, H_kv, 1, hd)
+            .broadcast_as((b, t, self.n_kv_head, group, head_dim))? // -> (B, T, H_kv, group, hd)
+            .reshape((b, t, self.n_head * head_dim)) // -> (B, T, D): query head h reads kv head h / group
     }
 
     fn projections(&self) -> Projections<'_> {
@@ -74,15 +94,18 @@ impl Attention {
     pub fn sublayer(
         &self,
         x: &Tensor,
-        (norm, pre): (&LayerNorm, bool),
+        norm: SublayerNorm,
         (mask, rope): (&Mask, Option<(&Rope, usize)>),
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
+        if self.n_kv_head != self.n_head {
+            return Ok(None);
+        }
         let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
         let heads = (self.n_head, rotary.as_ref());
         let dropouts = (self.dropout, residual_dropout);
-        kernels::self_attention_sublayer(x, norm.as_sublayer(pre), &self.projections(), heads, mask, dropouts, mode)
+        kernels::self_attention_sublayer(x, norm, &self.projections(), heads, mask, dropouts, mode)
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
@@ -100,7 +123,7 @@ impl Attention {
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let context = match (memory, rope, cache) {
-            (None, None, None) => {
+            (None, None, None) if self.n_kv_head == self.n_head => {
                 kernels::self_attention(x, &self.projections(), self.n_head, mask, self.dropout, mode)?
             }
             (memory, rope, cache) => {
@@ -111,14 +134,16 @@ impl Attention {
                     _ => (q, None),
                 };
                 let (k, v) = self.keys_values(x, memory, rope, cache, mode)?;
+                let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
                 kernels::attention(&q, &k, &v, self.n_head, mask, self.dropout, mode)?
             }
         };
         self.out_proj.forward(&context, mode)
     }
 
-    /// Keys and values (B, T_k, D) for `forward`: projected from `memory` (or `x`), rotated,
-    /// and joined with (or taken from) the cache.
+    /// Keys and values (B, T_k, n_kv_head * head_dim) for `forward`: projected from `memory`
+    /// (or `x`), rotated, and joined with (or taken from) the cache, which holds the key/value
+    /// heads only.
     fn keys_values(
         &self,
         x: &Tensor,
@@ -130,7 +155,7 @@ impl Attention {
         let project = |src: &Tensor, mode: &Mode| -> Result<(Tensor, Tensor)> {
             let k = self.k_proj.forward(src, mode)?;
             let k = match rope {
-                Some((rope, offset)) => rope.apply(&k, self.n_head, offset)?,
+                Some((rope, offset)) => rope.apply(&k, self.n_kv_head, offset)?,
                 None => k,
             };
             Ok((k, self.v_proj.forward(src, mode)?))

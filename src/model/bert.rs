@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use super::block::{Block, BlockConfig};
 use super::layers::{Embedding, InitPolicy, Linear};
 use super::names::bert::{ENCODER, TASK_MODEL};
-use super::norm::LayerNorm;
+use super::norm::{LayerNorm, Norm};
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
-use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormPlacement};
+use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormKind, NormPlacement};
 use crate::kernels::{dropout, Mode};
 
 fn default_max_positions() -> usize {
@@ -96,9 +96,13 @@ impl BertConfig {
             num_hidden_layers: model.n_layer,
             num_attention_heads: model.n_head,
             intermediate_size: model.d_ff(),
+            // Hugging Face's names; a gated FFN has none in BERT (`config.rs` refuses it there).
             hidden_act: match model.activation {
                 Activation::Gelu => "gelu".into(),
                 Activation::Relu => "relu".into(),
+                Activation::GeluTanh => "gelu_new".into(),
+                Activation::Silu => "silu".into(),
+                gated => format!("{gated:?}").to_lowercase(),
             },
             max_position_embeddings: model.block_size,
             type_vocab_size: default_type_vocab(),
@@ -115,7 +119,11 @@ impl BertConfig {
         match self.hidden_act.as_str() {
             "gelu" => Ok(Activation::Gelu),
             "relu" => Ok(Activation::Relu),
-            other => bail!("hidden_act `{other}` is not supported (gelu, relu)"),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            "silu" | "swish" => Ok(Activation::Silu),
+            other => {
+                bail!("hidden_act `{other}` is not supported (gelu, relu, gelu_new, gelu_pytorch_tanh, silu, swish)")
+            }
         }
     }
 }
@@ -142,13 +150,15 @@ impl BertEncoder {
             dropout: cfg.hidden_dropout_prob,
             bias: true,
             layer_norm_eps: cfg.layer_norm_eps,
+            norm_kind: NormKind::Layer,
+            n_kv_head: cfg.num_attention_heads,
             cross_attention: false,
         };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(&block_cfg, &init, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = match norm {
-            NormPlacement::Pre => Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_f"))?),
+            NormPlacement::Pre => Some(Norm::Layer(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
             NormPlacement::Post => None,
         };
         let embeddings = Embeddings {

@@ -1,16 +1,16 @@
 //! The Transformer block, one implementation for every stack: self-attention, optional
 //! cross-attention (decoder of an encoder-decoder), and the position-wise FFN, each wrapped in
-//! a residual with LayerNorm placed per [`NormPlacement`], matched in one place: [`Block::residual`].
+//! a residual with its norm placed per [`NormPlacement`], matched in one place: [`Block::residual`].
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{Attention, AttentionConfig, KvCache};
 use super::layers::{InitPolicy, Linear};
-use super::norm::LayerNorm;
+use super::norm::{Norm, NormKind};
 use super::positions::Rope;
 use crate::config::{Activation, NormPlacement};
-use crate::kernels::{self, dropout, Mask, Mode};
+use crate::kernels::{self, dropout, Mask, Mode, SublayerNorm};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BlockConfig {
@@ -22,6 +22,9 @@ pub struct BlockConfig {
     pub dropout: f64,
     pub bias: bool,
     pub layer_norm_eps: f64,
+    pub norm_kind: NormKind,
+    /// Key/value heads (grouped-query attention when fewer than `n_head`).
+    pub n_kv_head: usize,
     pub cross_attention: bool,
 }
 
@@ -37,12 +40,15 @@ impl BlockConfig {
             dropout: cfg.dropout,
             bias: cfg.bias,
             layer_norm_eps: cfg.layer_norm_eps,
+            norm_kind: cfg.norm_kind,
+            n_kv_head: cfg.n_kv_head(),
             cross_attention,
         }
     }
 
     fn attention(&self) -> AttentionConfig {
-        AttentionConfig { d_model: self.d_model, n_head: self.n_head, bias: self.bias, dropout: self.dropout }
+        let (d_model, n_head, n_kv_head) = (self.d_model, self.n_head, self.n_kv_head);
+        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout: self.dropout }
     }
 }
 
@@ -69,32 +75,43 @@ pub fn run_blocks(
     Ok(x)
 }
 
-/// Position-wise feed-forward network: fc1 -> activation -> fc2.
+/// Position-wise feed-forward network: fc2(act(fc1(x))), or gated (swiglu, geglu, reglu):
+/// fc2(act(gate(x)) * fc1(x)).
 #[derive(Debug, Clone)]
 pub struct Mlp {
     fc1: Linear,
+    /// The gate's projection of a gated FFN.
+    gate: Option<Linear>,
     fc2: Linear,
     activation: Activation,
 }
 
 impl Mlp {
+    /// `fc1`, `gate` (gated FFNs), `fc2` under `vb`.
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let input = |name: &str| Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), vb.pp(name));
         Ok(Self {
-            fc1: Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), vb.pp("fc1"))?,
+            fc1: input("fc1")?,
+            gate: cfg.activation.gate().map(|_| input("gate")).transpose()?,
             fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), vb.pp("fc2"))?,
             activation: cfg.activation,
         })
     }
 
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward_act(x, self.activation, mode)?, mode)
+        let hidden = match &self.gate {
+            Some(gate) => (gate.forward_act(x, self.activation, mode)? * self.fc1.forward(x, mode)?)?,
+            None => self.fc1.forward_act(x, self.activation, mode)?,
+        };
+        self.fc2.forward(&hidden, mode)
     }
 
     /// The whole FFN sub-layer (Add & Norm included) as one node, where the backend has one.
-    fn sublayer(&self, x: &Tensor, norm: (&LayerNorm, bool), p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
+    fn sublayer(&self, x: &Tensor, norm: Option<SublayerNorm>, p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
+        let (Some(norm), None) = (norm, &self.gate) else { return Ok(None) };
         let (fc1, fc2) = ((&self.fc1.weight, self.fc1.bias.as_ref()), (&self.fc2.weight, self.fc2.bias.as_ref()));
-        kernels::ffn_sublayer(x, norm.0.as_sublayer(norm.1), fc1, fc2, self.activation, p, mode)
+        kernels::ffn_sublayer(x, norm, fc1, fc2, self.activation, p, mode)
     }
 }
 
@@ -117,10 +134,10 @@ pub struct BlockInputs<'a> {
 
 #[derive(Debug, Clone)]
 pub struct Block {
-    ln_1: LayerNorm,
+    ln_1: Norm,
     attn: Attention,
-    cross: Option<(LayerNorm, Attention)>,
-    ln_2: LayerNorm,
+    cross: Option<(Norm, Attention)>,
+    ln_2: Norm,
     mlp: Mlp,
     norm: NormPlacement,
     dropout: f64,
@@ -140,7 +157,7 @@ impl Block {
     /// `cross_attn.*` (with cross-attention), `ln_2`, `mlp.fc1`, `mlp.fc2`.
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let attention = |name: &str| Attention::new(&cfg.attention(), init, vb.pp(name));
-        let norm = |name: &str| LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
+        let norm = |name: &str| Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
         let cross = if cfg.cross_attention { Some((norm("ln_cross")?, attention("cross_attn")?)) } else { None };
         Ok(Self {
             ln_1: norm("ln_1")?,
@@ -176,7 +193,7 @@ impl Block {
             (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
         };
         let pre = self.norm == NormPlacement::Pre;
-        match self.mlp.sublayer(&x, (&self.ln_2, pre), self.dropout, mode)? {
+        match self.mlp.sublayer(&x, self.ln_2.as_sublayer(pre), self.dropout, mode)? {
             Some(out) => Ok(out),
             None => self.residual(&x, &self.ln_2, mode, |h, mode| self.mlp.forward(h, mode)),
         }
@@ -191,8 +208,7 @@ impl Block {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if cache.is_none() {
-            let norm = (&self.ln_1, self.norm == NormPlacement::Pre);
+        if let (None, Some(norm)) = (&cache, self.ln_1.as_sublayer(self.norm == NormPlacement::Pre)) {
             let positions = (&inputs.self_mask, inputs.rope);
             if let Some(out) = self.attn.sublayer(x, norm, positions, self.dropout, mode)? {
                 return Ok(out);
@@ -207,7 +223,7 @@ impl Block {
     fn residual(
         &self,
         x: &Tensor,
-        norm: &LayerNorm,
+        norm: &Norm,
         mode: &mut Mode,
         branch: impl FnOnce(&Tensor, &mut Mode) -> Result<Tensor>,
     ) -> Result<Tensor> {

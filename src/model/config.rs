@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use super::norm::NormKind;
 use crate::kernels::{Activation, Kernels};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,15 +67,23 @@ pub struct ModelConfig {
     pub scale_embeddings: bool,
     #[serde(default)]
     pub n_head: usize,
+    /// Heads of the keys and values (grouped-query attention; 1: multi-query); `n_head` when
+    /// absent. Each key/value head serves n_head / n_kv_head query heads.
+    pub n_kv_head: Option<usize>,
     #[serde(default)]
     pub d_model: usize,
-    /// Width of the feed-forward hidden layer; 4 * d_model when absent.
+    /// Width of the feed-forward hidden layer; 4 * d_model when absent, or for a gated FFN
+    /// (swiglu, geglu, reglu) 8/3 * d_model rounded up to a multiple of 32 (Llama's choice:
+    /// about the parameters of the 4x FFN with three matrices).
     pub d_ff: Option<usize>,
     /// Context length in tokens (an encoder's maximum positions).
     #[serde(default)]
     pub block_size: usize,
     #[serde(default = "default_norm")]
     pub norm: NormPlacement,
+    /// `layer` (LayerNorm) or `rms` (RMSNorm), for every norm of the blocks and the final one.
+    #[serde(default)]
+    pub norm_kind: NormKind,
     #[serde(default = "default_activation")]
     pub activation: Activation,
     #[serde(default = "default_positions")]
@@ -103,7 +112,14 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn d_ff(&self) -> usize {
-        self.d_ff.unwrap_or(4 * self.d_model)
+        match (self.d_ff, self.activation.gate()) {
+            (Some(d_ff), _) => d_ff,
+            (None, Some(_)) => (8 * self.d_model).div_ceil(3).div_ceil(32) * 32,
+            (None, None) => 4 * self.d_model,
+        }
+    }
+    pub fn n_kv_head(&self) -> usize {
+        self.n_kv_head.unwrap_or(self.n_head)
     }
     pub fn head_dim(&self) -> usize {
         self.d_model / self.n_head
@@ -165,6 +181,14 @@ impl ModelConfig {
                 self.n_head,
                 self.d_model
             );
+        }
+        if let Some(kv) = self.n_kv_head {
+            if kv == 0 || !self.n_head.is_multiple_of(kv) {
+                bail!(
+                    "`model.n_kv_head` ({kv}) must divide `model.n_head` ({}): each key/value head serves a group of query heads",
+                    self.n_head
+                );
+            }
         }
         if self.positions == Positions::Rope && self.n_head > 0 && !self.head_dim().is_multiple_of(2) {
             bail!("`model.positions = \"rope\"` needs an even head dimension, got {}", self.head_dim());

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use super::block::{Block, BlockCache, BlockConfig};
 use super::layers::{Embedding, InitPolicy, Linear};
-use super::norm::LayerNorm;
+use super::norm::Norm;
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
 use crate::config::{ModelConfig, NormPlacement};
@@ -31,10 +31,10 @@ pub fn taper_blocks(cfg: &BlockConfig, init: &InitPolicy, n: usize, vb: &VarBuil
     (0..n).map(|i| Block::new(cfg, init, vb.pp(format!("blocks.{i}")))).collect()
 }
 
-/// The final LayerNorm a pre-LN stack ends with (`ln_f` under `vb`).
-pub fn final_norm(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Option<LayerNorm>> {
+/// The final norm a pre-LN stack ends with (`ln_f` under `vb`).
+pub fn final_norm(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Option<Norm>> {
     match cfg.norm {
-        NormPlacement::Pre => Ok(Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
+        NormPlacement::Pre => Ok(Some(Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
         NormPlacement::Post => Ok(None),
     }
 }

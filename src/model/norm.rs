@@ -1,11 +1,23 @@
-//! The norms a block places around its branches. Today: LayerNorm (weight and bias, in f32
-//! whatever the activations' dtype). A new norm (RMSNorm) is a variant here, with its kernels
-//! behind the seam; where it sits (pre, post) is matched in one place, `Block::residual`.
+//! The norms a block places around its branches: LayerNorm (weight and bias) and RMSNorm
+//! (weight only), in f32 whatever the activations' dtype, their kernels behind the seam.
+//! Where a norm sits (pre, post) is matched in one place, `Block::residual`.
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use crate::kernels::{self, Mode, SublayerNorm};
+
+/// `model.norm_kind`: which norm the blocks (and a pre-LN stack's final norm) use.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NormKind {
+    /// LayerNorm: centred and scaled, with a gain and a bias (GPT-2, BERT).
+    #[default]
+    Layer,
+    /// RMSNorm: scaled by the root mean square, gain only (Llama, T5).
+    Rms,
+}
 
 /// LayerNorm over the last dimension.
 #[derive(Debug, Clone)]
@@ -25,9 +37,54 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         kernels::layer_norm(x, &self.weight, &self.bias, self.eps, mode)
     }
+}
 
-    /// This norm as a fused sub-layer's, before (`pre`) or after the branch.
-    pub fn as_sublayer(&self, pre: bool) -> SublayerNorm<'_> {
-        SublayerNorm { weight: &self.weight, bias: &self.bias, eps: self.eps, pre }
+/// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get_with_hints(dim, "weight", Init::Const(1.0))?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        kernels::rms_norm(x, &self.weight, self.eps, mode)
+    }
+}
+
+/// One of the norms, as `model.norm_kind` chooses.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    /// The norm's parameters under `vb`: `weight` (and `bias` for LayerNorm).
+    pub fn new(kind: NormKind, dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            NormKind::Layer => Self::Layer(LayerNorm::new(dim, eps, vb)?),
+            NormKind::Rms => Self::Rms(RmsNorm::new(dim, eps, vb)?),
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+        match self {
+            Self::Layer(norm) => norm.forward(x, mode),
+            Self::Rms(norm) => norm.forward(x, mode),
+        }
+    }
+
+    /// This norm as a fused sub-layer's, before (`pre`) or after the branch; None where the
+    /// sub-layer nodes have no form of it (RMSNorm: the block composes its residual).
+    pub fn as_sublayer(&self, pre: bool) -> Option<SublayerNorm<'_>> {
+        match self {
+            Self::Layer(n) => Some(SublayerNorm { weight: &n.weight, bias: &n.bias, eps: n.eps, pre }),
+            Self::Rms(_) => None,
+        }
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Result, Tensor};
 
 use super::block::{run_blocks, Block, BlockCache, BlockInputs};
 use super::layers::Embedding;
-use super::norm::LayerNorm;
+use super::norm::{LayerNorm, Norm};
 use super::positions::PositionEncoding;
 use crate::kernels::{dropout, Kernels, Mask, Mode};
 
@@ -35,7 +35,7 @@ pub struct Stack {
     pub positions: PositionEncoding,
     pub blocks: Vec<Block>,
     /// The final norm of a pre-LN stack.
-    pub final_norm: Option<LayerNorm>,
+    pub final_norm: Option<Norm>,
     /// Self-attention sees only earlier positions (decoders).
     pub causal: bool,
     /// Dropout on the embedded input.

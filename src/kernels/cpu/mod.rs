@@ -265,10 +265,12 @@ mod attention;
 mod ffn;
 mod gemm;
 mod linear;
+mod rms_norm;
 mod sublayer;
 pub use attention::{attention, attention_packed, self_attention_sublayer, AttentionMask, Rotation};
 pub use ffn::{ffn_sublayer, FfnShape};
 pub use linear::{linear, linear_gelu, Act};
+pub use rms_norm::rms_norm;
 pub use sublayer::{pack_parameters, SublayerNorm, SumProbe};
 
 // ---------------------------------------------------------------------------------------------
