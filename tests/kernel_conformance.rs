@@ -60,7 +60,7 @@ fn packed(t: &[Tensor], bias: bool) -> (Tensor, Tensor) {
     let (w1, b1, w2, b2) = branch_params(t, bias);
     let first: Vec<&Tensor> = [Some(&w1), b1.as_ref()].into_iter().flatten().collect();
     let second: Vec<&Tensor> = [Some(&w2), b2.as_ref()].into_iter().flatten().collect();
-    fused::pack_parameters((&t[1], &t[2]), &first, &second).unwrap()
+    fused::pack_parameters(&[&t[1], &t[2]], &first, &second).unwrap()
 }
 
 /// x W^T (+ b), composed.
@@ -414,7 +414,7 @@ fn fused_and_composed_models_train_alike() {
     let corpus = dir.path().join("c.txt");
     std::fs::write(&corpus, "the quick brown fox jumps over the lazy dog.\n".repeat(60)).unwrap();
     // With dropout too: both paths draw the same masks from the run's RNG, in the same order.
-    // The second model takes the sub-layer nodes with rotary positions, no biases and post-LN.
+    // The others take the sub-layer nodes with rotary positions, no biases and post-LN, or RMSNorm.
     let run = |kernels: &str, dropout: f64, model: &str| {
         let text = format!(
             "[model]\nn_layer = 2\nn_head = 2\nd_model = 32\nblock_size = 16\nkernels = \"{kernels}\"\ndropout = {dropout}\n{model}\
@@ -426,7 +426,8 @@ fn fused_and_composed_models_train_alike() {
         let cfg = taper::config::Config::from_toml_str(&text, &[]).unwrap();
         taper::train::train(cfg, &taper::train::TrainOptions { quiet: true, ..Default::default() }).unwrap().losses
     };
-    for model in ["", "positions = \"rope\"\nbias = false\nnorm = \"post\"\n"] {
+    let rms = "positions = \"rope\"\nbias = false\nnorm_kind = \"rms\"\n";
+    for model in ["", "positions = \"rope\"\nbias = false\nnorm = \"post\"\n", rms] {
         for dropout in [0.0, 0.2] {
             let (fused, composed) = (run("fused", dropout, model), run("composed", dropout, model));
             for ((step, a), (_, b)) in fused.iter().zip(&composed) {
@@ -486,7 +487,7 @@ fn ffn_sublayer_pre_and_post_norm() {
         for (bias, used) in bias_variants(&inputs) {
             for pre_norm in [true, false] {
                 for act in [fused::Act::Gelu, fused::Act::Relu] {
-                    let norm = fused::SublayerNorm { pre_norm, eps: 1e-5, probe: None };
+                    let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, probe: None };
                     let fused_fn = |t: &[Tensor]| {
                         let (first, second) = packed(t, bias);
                         let shape = fused::FfnShape { hidden, act, bias };
@@ -513,6 +514,38 @@ fn ffn_sublayer_pre_and_post_norm() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn ffn_sublayer_with_rms_norm() {
+    // [x, rms.w, W1, b1, W2, b2]: the node's norm packs its gain only.
+    let (shape, hidden) = (vec![4usize, 50, 32], 128usize);
+    let d = shape[2];
+    let inputs = [
+        random(&shape, 41, 1.0),
+        random(&[d], 42, 1.0),
+        random(&[hidden, d], 43, 0.5),
+        random(&[hidden], 44, 0.5),
+        random(&[d, hidden], 45, 0.5),
+        random(&[d], 46, 0.5),
+    ];
+    for pre_norm in [true, false] {
+        let norm = fused::SublayerNorm { pre_norm, rms: true, eps: 1e-5, probe: None };
+        let fused_fn = |t: &[Tensor]| {
+            let (first, second) = fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4], &t[5]]).unwrap();
+            let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true };
+            fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), None).unwrap()
+        };
+        let composed_fn = |t: &[Tensor]| {
+            let rms = |x: &Tensor| fused::rms_norm(x, &t[1], 1e-5).unwrap();
+            let branch = |h: &Tensor| {
+                let a = composed_linear(h, &t[2], Some(&t[3])).relu().unwrap();
+                composed_linear(&a, &t[4], Some(&t[5]))
+            };
+            composed_sublayer(&t[0], rms, branch, None, pre_norm)
+        };
+        check(&format!("ffn rms pre_norm={pre_norm}"), &inputs, fused_fn, composed_fn, 1e-9);
     }
 }
 
@@ -581,7 +614,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
         let variants = bias_variants(&inputs);
         for ((bias, used), pre_norm) in variants.iter().flat_map(|v| [(v, true), (v, false)]) {
             let bias = *bias;
-            let norm = fused::SublayerNorm { pre_norm, eps: 1e-5, probe: None };
+            let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, probe: None };
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone());

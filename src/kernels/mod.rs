@@ -215,12 +215,18 @@ pub fn self_attention(
 #[derive(Clone, Copy)]
 pub struct SublayerNorm<'a> {
     pub weight: &'a Tensor,
-    pub bias: &'a Tensor,
+    /// LayerNorm's bias; None: RMSNorm.
+    pub bias: Option<&'a Tensor>,
     pub eps: f64,
     pub pre: bool,
 }
 
 impl SublayerNorm<'_> {
+    /// [weight, bias] (LayerNorm) or [weight] (RMSNorm).
+    fn parameters(&self) -> Vec<&Tensor> {
+        std::iter::once(self.weight).chain(self.bias).collect()
+    }
+
     /// Runs a sub-layer `node` with LayerNorm probing as the composed residual does it: a
     /// pre-LN norm's input (x) is recorded before the node, a post-LN one's (the sum the node
     /// leaves in its probe) after.
@@ -234,7 +240,8 @@ impl SublayerNorm<'_> {
         if self.pre {
             mode.record_norm_input(x)?;
         }
-        let out = node(cpu::SublayerNorm { pre_norm: self.pre, eps: self.eps, probe: probe.clone() })?;
+        let rms = self.bias.is_none();
+        let out = node(cpu::SublayerNorm { pre_norm: self.pre, rms, eps: self.eps, probe: probe.clone() })?;
         if let Some(sum) = probe.and_then(|p| p.lock().ok()?.take()) {
             mode.record_norm_input(&sum)?;
         }
@@ -279,7 +286,7 @@ pub fn ffn_sublayer(
     if bias1 != bias2 {
         return Ok(None);
     }
-    let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
+    let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
     let dropout = mode.dropout_multipliers(x.elem_count(), p);
     let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: cpu_act, bias: bias1 };
     Ok(Some(norm.probed(x, mode, |norm| cpu::ffn_sublayer(x, (&first, &second), branch, norm, dropout))?))
@@ -325,7 +332,7 @@ pub fn self_attention_sublayer(
     // Drawn in the composed path's order: the weights' mask, then the output's.
     let dropout = mode.dropout_multipliers(b * n_head * t * t, p_attn);
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
-    let (first, second) = cpu::pack_parameters((norm.weight, norm.bias), &first, &second)?;
+    let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout);
     let heads = (n_head, bias1, rotary.map(Rotary::cpu).transpose()?);
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);

@@ -108,8 +108,10 @@ impl Mlp {
     }
 
     /// The whole FFN sub-layer (Add & Norm included) as one node, where the backend has one.
-    fn sublayer(&self, x: &Tensor, norm: Option<SublayerNorm>, p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
-        let (Some(norm), None) = (norm, &self.gate) else { return Ok(None) };
+    fn sublayer(&self, x: &Tensor, norm: SublayerNorm, p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
+        if self.gate.is_some() {
+            return Ok(None);
+        }
         let (fc1, fc2) = ((&self.fc1.weight, self.fc1.bias.as_ref()), (&self.fc2.weight, self.fc2.bias.as_ref()));
         kernels::ffn_sublayer(x, norm, fc1, fc2, self.activation, p, mode)
     }
@@ -208,7 +210,8 @@ impl Block {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if let (None, Some(norm)) = (&cache, self.ln_1.as_sublayer(self.norm == NormPlacement::Pre)) {
+        if cache.is_none() {
+            let norm = self.ln_1.as_sublayer(self.norm == NormPlacement::Pre);
             let positions = (&inputs.self_mask, inputs.rope);
             if let Some(out) = self.attn.sublayer(x, norm, positions, self.dropout, mode)? {
                 return Ok(out);

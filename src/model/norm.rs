@@ -79,12 +79,11 @@ impl Norm {
         }
     }
 
-    /// This norm as a fused sub-layer's, before (`pre`) or after the branch; None where the
-    /// sub-layer nodes have no form of it (RMSNorm: the block composes its residual).
-    pub fn as_sublayer(&self, pre: bool) -> Option<SublayerNorm<'_>> {
+    /// This norm as a fused sub-layer's, before (`pre`) or after the branch.
+    pub fn as_sublayer(&self, pre: bool) -> SublayerNorm<'_> {
         match self {
-            Self::Layer(n) => Some(SublayerNorm { weight: &n.weight, bias: &n.bias, eps: n.eps, pre }),
-            Self::Rms(_) => None,
+            Self::Layer(n) => SublayerNorm { weight: &n.weight, bias: Some(&n.bias), eps: n.eps, pre },
+            Self::Rms(n) => SublayerNorm { weight: &n.weight, bias: None, eps: n.eps, pre },
         }
     }
 }

@@ -19,7 +19,7 @@ fn inverse_rms<T: Real>(row: &[T], eps: f64) -> T {
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
-fn forward<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+pub(super) fn rms_norm_forward<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let mut out = vec![T::of(0.0); x.len()];
     out.par_chunks_mut(d * ROWS_PER_TASK).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(|(out, x)| {
@@ -31,18 +31,29 @@ fn forward<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
     out
 }
 
-/// dx (as x) and dw (d): with g = dy * w, dx = r g - x r^3 mean(g x), dw = sum over rows of dy x r.
-fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
+/// With g = dy * w: dx = r g - x r^3 mean(g x) (plus `residual`, a gradient arriving through a
+/// skip connection), into `dx`; dw += the sum over rows of dy x r, into `dw` (d values).
+pub(super) fn rms_norm_backward<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    residual: Option<&[T]>,
+    eps: f64,
+    (dx, dw): (&mut [T], &mut [T]),
+) {
     let d = w.len();
-    let mut dx = vec![T::of(0.0); x.len()];
     let chunk = d * ROWS_PER_TASK;
     let partials: Vec<Vec<T>> = dx
         .par_chunks_mut(chunk)
-        .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-        .map(|(dx, (x, dy))| {
+        .enumerate()
+        .map(|(task, dx)| {
+            let at = task * chunk;
+            let (x, dy) = (&x[at..at + dx.len()], &dy[at..at + dx.len()]);
+            let skip = residual.map(|r| &r[at..at + dx.len()]);
             let mut dw = vec![T::of(0.0); d];
             let mut g = vec![T::of(0.0); d];
-            for ((dx_row, row), dy_row) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+            for (i, dx_row) in dx.chunks_exact_mut(d).enumerate() {
+                let (row, dy_row) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
                 let r = inverse_rms(row, eps);
                 g.iter_mut().zip(dy_row).zip(w).for_each(|((g, &dy), &w)| *g = dy * w);
                 let mean_gx = lane_dot(&g, row) / T::of(d as f64);
@@ -51,15 +62,16 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
                     dx_row[j] = r * g[j] - row[j] * r3 * mean_gx;
                     dw[j] += dy_row[j] * row[j] * r;
                 }
+                if let Some(skip) = skip {
+                    dx_row.iter_mut().zip(&skip[i * d..(i + 1) * d]).for_each(|(g, &s)| *g += s);
+                }
             }
             dw
         })
         .collect();
-    let mut dw = vec![T::of(0.0); d];
     for part in partials {
         dw.iter_mut().zip(part).for_each(|(a, p)| *a += p);
     }
-    (dx, dw)
 }
 
 impl CustomOp2 for RmsNormOp {
@@ -68,7 +80,7 @@ impl CustomOp2 for RmsNormOp {
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         dispatch!(s1, self.name(), |T| {
-            let out = forward(contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, self.eps);
+            let out = rms_norm_forward(contiguous::<T>(s1, l1)?, contiguous::<T>(s2, l2)?, self.eps);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -83,8 +95,9 @@ impl CustomOp2 for RmsNormOp {
             candle_core::bail!("taper-rms-norm runs on the CPU only")
         };
         let (dx, dw) = dispatch!(xs, self.name(), |T| {
-            let (dx, dw) =
-                backward(contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?, contiguous::<T>(gs, gl)?, self.eps);
+            let (xv, wv, gv) = (contiguous::<T>(xs, xl)?, contiguous::<T>(ws, wl)?, contiguous::<T>(gs, gl)?);
+            let (mut dx, mut dw) = (vec![T::of(0.0); xv.len()], vec![T::of(0.0); wv.len()]);
+            rms_norm_backward(xv, wv, gv, None, self.eps, (&mut dx, &mut dw));
             (Tensor::from_vec(dx, x.shape(), &Device::Cpu)?, Tensor::from_vec(dw, w.shape(), &Device::Cpu)?)
         });
         Ok((Some(dx), Some(dw)))

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, WithDType};
 
+use super::rms_norm::{rms_norm_backward, rms_norm_forward};
 use super::{contiguous, layer_norm_backward, layer_norm_forward, zip_apply, Real};
 
 /// The f of a sub-layer. Its parameters are two flat slices; it keeps what its backward needs.
@@ -38,12 +39,50 @@ pub(super) trait Branch: Send + Sync + 'static {
 /// (the pre-LN norm's input is x itself).
 pub type SumProbe = Arc<Mutex<Option<Tensor>>>;
 
-/// Where the sub-layer's LayerNorm sits, its epsilon, and the probe for its input.
+/// The sub-layer's norm (LayerNorm, or RMSNorm when `rms`), where it sits, its epsilon, and
+/// the probe for its input.
 #[derive(Debug, Clone)]
 pub struct SublayerNorm {
     pub pre_norm: bool,
+    pub rms: bool,
     pub eps: f64,
     pub probe: Option<SumProbe>,
+}
+
+impl SublayerNorm {
+    /// Values of the norm's parameters at the head of the first packed tensor: [weight | bias],
+    /// or [weight] for RMSNorm.
+    fn len(&self, d: usize) -> usize {
+        if self.rms {
+            d
+        } else {
+            2 * d
+        }
+    }
+
+    fn forward<T: Real>(&self, x: &[T], params: &[T], d: usize) -> Vec<T> {
+        match self.rms {
+            true => rms_norm_forward(x, params, self.eps),
+            false => layer_norm_forward(x, &params[..d], &params[d..], self.eps),
+        }
+    }
+
+    /// dx (with `residual` added) into `dx`; the parameters' gradients into `d_params`.
+    fn backward<T: Real>(
+        &self,
+        x: &[T],
+        params: &[T],
+        dy: &[T],
+        residual: Option<&[T]>,
+        dx: &mut [T],
+        d_params: &mut [T],
+    ) {
+        let d = d_params.len() / if self.rms { 1 } else { 2 };
+        match self.rms {
+            true => rms_norm_backward(x, params, dy, residual, self.eps, (dx, d_params)),
+            false => layer_norm_backward(x, &params[..d], dy, residual, self.eps, dx, d_params),
+        }
+    }
 }
 
 pub(super) struct SublayerOp<B: Branch> {
@@ -81,11 +120,12 @@ impl<B: Branch> SublayerOp<B> {
     fn dims(&self, x: &Shape, first: usize, second: usize) -> Result<(usize, usize)> {
         let d = *x.dims().last().unwrap_or(&0);
         let (p1, p2) = self.branch.parameter_lens(d);
-        if first != 2 * d + p1 || second != p2 {
+        let norm = self.norm.len(d);
+        if first != norm + p1 || second != p2 {
             candle_core::bail!(
                 "{}: packed parameters of {first} and {second} values do not fit width {d} (expected {} and {p2})",
                 B::NAME,
-                2 * d + p1
+                norm + p1
             );
         }
         Ok((d, x.elem_count() / d.max(1)))
@@ -110,12 +150,11 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (d, _) = self.dims(l1.shape(), l2.shape().elem_count(), l3.shape().elem_count())?;
-        let SublayerNorm { pre_norm, eps, .. } = self.norm;
+        let pre_norm = self.norm.pre_norm;
         dispatch!(s1, B::NAME, |T| {
             let x = contiguous::<T>(s1, l1)?;
-            let (ln, p1) = contiguous::<T>(s2, l2)?.split_at(2 * d);
-            let (ln_w, ln_b) = ln.split_at(d);
-            let normed = if pre_norm { Some(layer_norm_forward(x, ln_w, ln_b, eps)) } else { None };
+            let (ln, p1) = contiguous::<T>(s2, l2)?.split_at(self.norm.len(d));
+            let normed = if pre_norm { Some(self.norm.forward(x, ln, d)) } else { None };
             let input = normed.as_deref().unwrap_or(x);
             let mut sum = self.branch.forward(input, l1.shape(), (p1, contiguous::<T>(s3, l3)?), self.keep)?;
             if let Some(mask) = &self.dropout {
@@ -124,7 +163,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             zip_apply(&mut sum, x, |y, x| *y += x);
             let (out, normed_or_sum) = match normed {
                 Some(normed) => (sum, normed),
-                None => (layer_norm_forward(&sum, ln_w, ln_b, eps), sum),
+                None => (self.norm.forward(&sum, ln, d), sum),
             };
             if let (false, Some(probe)) = (pre_norm, &self.norm.probe) {
                 let sum = Tensor::from_slice(&normed_or_sum, l1.shape(), &Device::Cpu)?;
@@ -150,7 +189,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             candle_core::bail!("{} backward without a forward pass", B::NAME)
         };
         let (d, rows) = self.dims(x.shape(), first.elem_count(), second.elem_count())?;
-        let SublayerNorm { pre_norm, eps, .. } = self.norm;
+        let pre_norm = self.norm.pre_norm;
         let (x_storage, x_layout) = x.storage_and_layout();
         let (p1_storage, p1_layout) = first.storage_and_layout();
         let (p2_storage, p2_layout) = second.storage_and_layout();
@@ -162,19 +201,18 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
         };
         let (dx, d_first, d_second) = dispatch!(sx, B::NAME, |T| {
             let (x, dy) = (contiguous::<T>(sx, x_layout)?, contiguous::<T>(sg, g_layout)?);
-            let (ln, p1) = contiguous::<T>(s1, p1_layout)?.split_at(2 * d);
+            let (ln, p1) = contiguous::<T>(s1, p1_layout)?.split_at(self.norm.len(d));
             let p2 = contiguous::<T>(s2, p2_layout)?;
-            let ln_w = &ln[..d];
             let normed_or_sum = normed_or_sum.as_slice::<T>()?;
             let mut d_first = vec![T::of(0.0); first.elem_count()];
             let mut d_second = vec![T::of(0.0); second.elem_count()];
-            let (d_ln, d_p1) = d_first.split_at_mut(2 * d);
+            let (d_ln, d_p1) = d_first.split_at_mut(self.norm.len(d));
             // Post-LN: through the norm first; the sum's gradient feeds the branch and the skip.
             let d_sum = if pre_norm {
                 None
             } else {
                 let mut d_sum = vec![T::of(0.0); rows * d];
-                layer_norm_backward(normed_or_sum, ln_w, dy, None, eps, &mut d_sum, d_ln);
+                self.norm.backward(normed_or_sum, ln, dy, None, &mut d_sum, d_ln);
                 Some(d_sum)
             };
             let d_branch = d_sum.as_deref().unwrap_or(dy);
@@ -190,7 +228,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             let dx = if pre_norm {
                 // d(x) = dy (the skip connection) + the norm's backward of d(normed).
                 let mut dx = vec![T::of(0.0); rows * d];
-                layer_norm_backward(x, ln_w, &d_input, Some(dy), eps, &mut dx, d_ln);
+                self.norm.backward(x, ln, &d_input, Some(dy), &mut dx, d_ln);
                 dx
             } else {
                 let mut dx = d_input;
@@ -207,14 +245,15 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
     }
 }
 
-/// Parameters packed for `apply`: [ln.weight | ln.bias | first...] and [second...], built from
-/// the model's own tensors (their gradients flow back through the concatenation).
-pub fn pack_parameters(ln: (&Tensor, &Tensor), first: &[&Tensor], second: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+/// Parameters packed for `apply`: [norm.weight | norm.bias (LayerNorm) | first...] and
+/// [second...], built from the model's own tensors (their gradients flow back through the
+/// concatenation).
+pub fn pack_parameters(norm: &[&Tensor], first: &[&Tensor], second: &[&Tensor]) -> Result<(Tensor, Tensor)> {
     let flat = |ts: &[&Tensor]| -> Result<Tensor> {
         let parts = ts.iter().map(|t| t.flatten_all()).collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 0)
     };
-    let mut head = vec![ln.0, ln.1];
+    let mut head = norm.to_vec();
     head.extend_from_slice(first);
     Ok((flat(&head)?, flat(second)?))
 }
