@@ -215,8 +215,10 @@ pub fn self_attention(
 #[derive(Clone, Copy)]
 pub struct SublayerNorm<'a> {
     pub weight: &'a Tensor,
-    /// LayerNorm's bias; None: RMSNorm.
+    /// LayerNorm's bias (None for RMSNorm).
     pub bias: Option<&'a Tensor>,
+    /// RMSNorm (true) or LayerNorm.
+    pub rms: bool,
     pub eps: f64,
     pub pre: bool,
 }
@@ -240,8 +242,7 @@ impl SublayerNorm<'_> {
         if self.pre {
             mode.record_norm_input(x)?;
         }
-        let rms = self.bias.is_none();
-        let out = node(cpu::SublayerNorm { pre_norm: self.pre, rms, eps: self.eps, probe: probe.clone() })?;
+        let out = node(cpu::SublayerNorm { pre_norm: self.pre, rms: self.rms, eps: self.eps, probe: probe.clone() })?;
         if let Some(sum) = probe.and_then(|p| p.lock().ok()?.take()) {
             mode.record_norm_input(&sum)?;
         }
