@@ -14,7 +14,9 @@ pub use crate::kernels::{Activation, Kernels};
 pub use crate::model::config::{Architecture, InitScheme, ModelConfig, NormPlacement, Positions};
 pub use crate::model::norm::NormKind;
 pub use crate::optim::config::{Decay, OptimConfig, ScheduleConfig};
-pub use crate::train::config::{CheckpointConfig, DTypeName, Metric, PoolingName, TaskConfig, TaskKind, TrainConfig};
+pub use crate::train::config::{
+    CheckpointConfig, DTypeName, EvalBatches, Metric, PoolingName, TaskConfig, TaskKind, TrainConfig,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -194,6 +196,13 @@ impl Config {
                 "an encoder-only model is a BERT (Hugging Face's layout, for export and `init_from`): LayerNorm, an \
                  elementwise activation (gelu, relu, gelu-tanh, silu) and n_kv_head = n_head; remove `model.norm_kind`, \
                  the gated `model.activation` or `model.n_kv_head`"
+            );
+        }
+        if m.init_from.is_some() && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm) {
+            bail!(
+                "`model.norm = \"{}\"` does not fit a pretrained BERT (`model.init_from`): its weights were trained \
+                 post-LN, without sandwich's extra norms or DeepNorm's scaled residual; use \"post\" (or \"pre\")",
+                kebab(&m.norm)
             );
         }
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {

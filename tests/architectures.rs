@@ -1,5 +1,6 @@
 //! The architecture options of `[model]` beyond GPT-2's (RMSNorm, gated and other FFN
-//! activations, grouped-query attention): for each, every parameter learns, a tiny model's
+//! activations, grouped-query attention, ALiBi, T5 and Shaw relative positions, none; sandwich and DeepNorm
+//! placements): for each, every parameter learns, a tiny model's
 //! loss falls, cached decoding equals uncached, the causal mask hides the future; and GQA is
 //! multi-head attention with its key/value heads shared.
 
@@ -13,7 +14,7 @@ use taper::config::ModelConfig;
 use taper::model::{Gpt, Mode, ParamStore};
 
 /// The options, one model each, as `--set` overrides of the tiny config (4 heads, 32 wide).
-const VARIANTS: [&str; 8] = [
+const VARIANTS: [&str; 16] = [
     "model.norm_kind=rms",
     "model.activation=swiglu",
     "model.activation=geglu",
@@ -22,6 +23,14 @@ const VARIANTS: [&str; 8] = [
     "model.activation=silu",
     "model.n_kv_head=2 model.positions=rope",
     "model.n_kv_head=1",
+    "model.positions=alibi",
+    "model.positions=alibi model.n_head=8 model.d_model=48 model.norm=post model.bias=false",
+    "model.positions=t5 model.relative_buckets=8 model.relative_max_distance=16",
+    "model.positions=shaw model.shaw_clip=3",
+    "model.positions=none",
+    "model.norm=sandwich",
+    "model.norm=deepnorm",
+    "model.norm=sandwich model.norm_kind=rms model.activation=swiglu",
 ];
 
 /// The Llama recipe in one model.

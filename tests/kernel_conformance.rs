@@ -305,12 +305,45 @@ fn attention_causal_with_offset_cross_and_parallel() {
         let inputs =
             [random(&[b, t_q, d], seed, 1.0), random(&[b, t_k, d], seed + 1, 1.0), random(&[b, t_k, d], seed + 2, 1.0)];
         let bias = offset.map(|o| causal_mask(t_q, o, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap());
-        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None };
+        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None, alibi: None };
         check(
             &format!("attention case {case}"),
             &inputs,
             |t| fused::attention(&t[0], &t[1], &t[2], n_head, mask.clone(), None).unwrap(),
             |t| composed_attention(t, n_head, bias.as_ref(), None),
+            1e-10,
+        );
+    }
+}
+
+#[test]
+fn alibi_inside_the_attention_kernel_is_the_additive_bias() {
+    // (batch, query length, key length, causal offset, key padding): decoding with a cache puts
+    // the queries at the last key positions; an encoder's ALiBi is symmetric.
+    let cases = [(2usize, 6usize, 6usize, Some(0usize), false), (2, 3, 7, Some(4), false), (3, 5, 5, None, true)];
+    let (d, n_head) = (12usize, 3usize);
+    let slopes = taper::model::positions::alibi_slopes(n_head);
+    for (case, &(b, t_q, t_k, offset, padded)) in cases.iter().enumerate() {
+        let seed = 80 + 3 * case as u64;
+        let inputs =
+            [random(&[b, t_q, d], seed, 1.0), random(&[b, t_k, d], seed + 1, 1.0), random(&[b, t_k, d], seed + 2, 1.0)];
+        let keep: Vec<f32> =
+            (0..b * t_k).map(|i| if padded && i % t_k == t_k - 1 && i > t_k { 0.0 } else { 1.0 }).collect();
+        let keep = Tensor::from_vec(keep, (b, t_k), &Device::Cpu).unwrap();
+        let padding = taper::kernels::padding_mask(&keep).unwrap();
+        let mut additive =
+            taper::kernels::alibi_bias(&slopes, t_q, t_k, &Device::Cpu).unwrap().broadcast_add(&padding).unwrap();
+        if let Some(o) = offset {
+            additive = additive.broadcast_add(&causal_mask(t_q, o, &Device::Cpu).unwrap()).unwrap();
+        }
+        let additive = additive.to_dtype(DType::F64).unwrap();
+        let key_bias = padded.then(|| padding.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let mask = fused::AttentionMask { causal_offset: offset, key_bias, alibi: Some(slopes.clone()) };
+        check(
+            &format!("ALiBi attention case {case}"),
+            &inputs,
+            |t| fused::attention(&t[0], &t[1], &t[2], n_head, mask.clone(), None).unwrap(),
+            |t| composed_attention(t, n_head, Some(&additive), None),
             1e-10,
         );
     }
@@ -329,7 +362,7 @@ fn packed_self_attention() {
         let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
         let dropout_tensor = Tensor::from_vec(multipliers.clone(), (b, n_head, t, t), &Device::Cpu).unwrap();
         let dropout_tensor = dropout_tensor.to_dtype(DType::F64).unwrap();
-        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None };
+        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None, alibi: None };
         check(
             &format!("packed attention, length {t}"),
             &[qkv],
@@ -359,7 +392,7 @@ fn attention_key_padding_and_dropout() {
         .unwrap()
         .to_dtype(DType::F64)
         .unwrap();
-    let mask = fused::AttentionMask { causal_offset: None, key_bias: Some(key_bias) };
+    let mask = fused::AttentionMask { causal_offset: None, key_bias: Some(key_bias), alibi: None };
     let bias = bias.to_dtype(DType::F64).unwrap();
     check(
         "attention with key padding and dropout",
@@ -592,8 +625,8 @@ fn self_attention_sublayer_pre_and_post_norm() {
                 false => padding,
             }
         });
-        let mask =
-            fused::AttentionMask { causal_offset: causal.then_some(0), key_bias: padded.then(|| key_bias.clone()) };
+        let key_bias = padded.then(|| key_bias.clone());
+        let mask = fused::AttentionMask { causal_offset: causal.then_some(0), key_bias, alibi: None };
         let mut rng = Rng::new(seed);
         let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
         let dropout = with_dropout.then(|| multipliers.clone());

@@ -1,5 +1,5 @@
-//! The encoder-decoder: source padding changes nothing, cached decoding equals uncached, beam
-//! size 1 equals greedy, label smoothing is the formula, and a tiny model learns to copy.
+//! The encoder-decoder, with every position encoding and norm placement: source padding changes nothing, cached
+//! decoding equals uncached, beam size 1 equals greedy, label smoothing is the formula, and a tiny model learns to copy.
 
 use candle_core::{DType, Device, Tensor};
 use taper::config::Config;
@@ -9,6 +9,18 @@ use taper::model::{Mode, ParamStore};
 use taper::train::{train, TrainOptions};
 
 const VOCAB: usize = 20;
+/// Every position encoding and every norm placement.
+const POSITIONS: [(&str, &str); 9] = [
+    ("pre", "sinusoidal"),
+    ("post", "learned"),
+    ("pre", "rope"),
+    ("pre", "alibi"),
+    ("post", "t5"),
+    ("pre", "shaw"),
+    ("post", "none"),
+    ("sandwich", "rope"),
+    ("deepnorm", "t5"),
+];
 const LIMITS: DecodeLimits = DecodeLimits { bos: 18, eos: 19, max_len: 12 };
 
 fn model_config(norm: &str, positions: &str) -> Config {
@@ -53,7 +65,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn padding_in_the_source_does_not_change_the_decoder() {
-    for (norm, positions) in [("pre", "sinusoidal"), ("post", "learned"), ("pre", "rope")] {
+    for (norm, positions) in POSITIONS {
         let model = random_model(norm, positions);
         let alone = model.encode(&ids(&[&[3, 4, 5, 19]]), None, &mut Mode::eval()).unwrap();
         let src = ids(&[&[3, 4, 5, 19, 17, 17, 17], &[6, 7, 8, 9, 10, 11, 19]]);
@@ -73,7 +85,7 @@ fn padding_in_the_source_does_not_change_the_decoder() {
 
 #[test]
 fn cached_decoding_equals_uncached() {
-    for (norm, positions) in [("pre", "sinusoidal"), ("post", "learned"), ("pre", "rope")] {
+    for (norm, positions) in POSITIONS {
         let model = random_model(norm, positions);
         let src = ids(&[&[3, 4, 5, 6, 19, 17], &[9, 8, 7, 6, 5, 19]]);
         let keep = ids(&[&[1, 1, 1, 1, 1, 0], &[1, 1, 1, 1, 1, 1]]);
@@ -96,12 +108,17 @@ fn cached_decoding_equals_uncached() {
 
 #[test]
 fn beam_size_one_equals_greedy() {
-    let model = random_model("pre", "sinusoidal");
-    for source in [&[3u32, 4, 5, 19][..], &[10, 11, 12, 13, 14, 19], &[2, 19]] {
+    for (positions, source) in ["sinusoidal", "alibi", "t5", "shaw"].into_iter().zip([
+        &[3u32, 4, 5, 19][..],
+        &[10, 11, 12, 13, 14, 19],
+        &[2, 19],
+        &[7, 6, 5, 4, 19],
+    ]) {
+        let model = random_model("pre", positions);
         let memory = model.encode(&ids(&[source]), None, &mut Mode::eval()).unwrap();
         let want = greedy(&model, &memory, LIMITS, true).unwrap().remove(0);
         let got = beam_search(&model, &memory, LIMITS, BeamOptions { beam_size: 1, length_penalty: 1.0 }).unwrap();
-        assert_eq!(got, want, "source {source:?}");
+        assert_eq!(got, want, "{positions}: source {source:?}");
         let wide = beam_search(&model, &memory, LIMITS, BeamOptions { beam_size: 4, length_penalty: 1.0 }).unwrap();
         assert!(wide.len() <= LIMITS.max_len);
     }

@@ -113,11 +113,78 @@ pub fn attention(
     let (q, k, v) = (split_heads(q, n_head)?, split_heads(k, n_head)?, split_heads(v, n_head)?);
     let scale = 1.0 / ((d / n_head) as f64).sqrt();
     let scores = (matmul(&q, &k.t()?)? * scale)?; // (B, H, T_q, T_k)
-    let scores = match mask.additive(t_q, q.device())? {
+    let scores = match mask.additive(t_q, k.dim(2)?, q.device())? {
         Some(bias) => scores.broadcast_add(&bias.to_dtype(q.dtype())?)?,
         None => scores,
     };
     let weights = dropout(&softmax_last_dim(&scores)?, p, mode)?;
     let context = matmul(&weights, &v)?; // (B, H, T_q, head_dim)
+    context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d)) // -> (B, T_q, H, head_dim) -> (B, T_q, D)
+}
+
+/// Shaw et al.'s relative position representations for one attention layer: key and value
+/// embeddings (2 * clip + 1, head_dim) by clipped distance (key position - query position),
+/// shared by the heads.
+pub struct RelativeTables<'a> {
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+    pub clip: usize,
+}
+
+/// Row of each (query, key) pair's embedding in Shaw's tables, (T_q * T_k) u32: the clipped
+/// distance j - i' + clip for query i at position i' = T_k - T_q + i.
+pub fn relative_indices(t_q: usize, t_k: usize, clip: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let (first, clip) = ((t_k - t_q) as i64, clip as i64);
+    let rows: Vec<u32> = (0..t_q as i64)
+        .flat_map(|i| (0..t_k as i64).map(move |j| ((j - first - i).clamp(-clip, clip) + clip) as u32))
+        .collect();
+    Tensor::from_vec(rows, t_q * t_k, device)
+}
+
+/// Attention with Shaw's relative positions: scores q_i . (k_j + a^K_ij) / sqrt(head_dim) +
+/// mask, output sum_j w_ij (v_j + a^V_ij); shapes as `attention`.
+#[allow(clippy::too_many_arguments)]
+pub fn relative_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_head: usize,
+    mask: &Mask,
+    tables: &RelativeTables,
+    p: f64,
+    mode: &mut Mode,
+) -> Result<Tensor> {
+    let ((b, t_q, d), t_k) = (q.dims3()?, k.dim(1)?);
+    let head_dim = d / n_head;
+    if t_q > t_k {
+        candle_core::bail!("relative attention over {t_q} queries and {t_k} keys: the queries are the last keys");
+    }
+    let rows = relative_indices(t_q, t_k, tables.clip, q.device())?;
+    let embeddings = |table: &Tensor| -> Result<Tensor> {
+        table.to_dtype(q.dtype())?.index_select(&rows, 0)?.reshape((t_q, t_k, head_dim))
+        // (T_q*T_k, hd) -> (T_q, T_k, hd)
+    };
+    let (a_k, a_v) = (embeddings(tables.keys)?, embeddings(tables.values)?);
+    let (q, k, v) = (split_heads(q, n_head)?, split_heads(k, n_head)?, split_heads(v, n_head)?);
+    // (B, H, T_q, X) <-> (T_q, B*H, X): one product per query position against its embeddings.
+    let by_query = |x: &Tensor| -> Result<Tensor> {
+        let x_dim = x.dim(3)?;
+        x.permute((2, 0, 1, 3))?.contiguous()?.reshape((t_q, b * n_head, x_dim))
+        // -> (T_q, B*H, X)
+    };
+    let from_query = |x: Tensor| -> Result<Tensor> {
+        let x_dim = x.dim(2)?;
+        x.reshape((t_q, b, n_head, x_dim))?.permute((1, 2, 0, 3)) // (T_q, B*H, X) -> (B, H, T_q, X)
+    };
+    let relative_scores = from_query(matmul(&by_query(&q)?, &a_k.t()?.contiguous()?)?)?; // (B, H, T_q, T_k)
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scores = ((matmul(&q, &k.t()?)? + relative_scores)? * scale)?; // (B, H, T_q, T_k)
+    let scores = match mask.additive(t_q, t_k, q.device())? {
+        Some(bias) => scores.broadcast_add(&bias.to_dtype(q.dtype())?)?,
+        None => scores,
+    };
+    let weights = dropout(&softmax_last_dim(&scores)?, p, mode)?;
+    let relative_context = from_query(matmul(&by_query(&weights)?, &a_v)?)?; // (B, H, T_q, hd)
+    let context = (matmul(&weights, &v)? + relative_context)?; // (B, H, T_q, head_dim)
     context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d)) // -> (B, T_q, H, head_dim) -> (B, T_q, D)
 }

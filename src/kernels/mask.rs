@@ -1,8 +1,13 @@
 //! Which keys each query may attend to, as a plain description (a causal offset, a key-padding
-//! vector); each backend builds its own form from it, once per forward (the form is kept in
-//! the mask, which every layer of the forward shares).
+//! vector), and what positions add to the scores (ALiBi's slopes, T5's learned bias); each
+//! backend builds its own form from it, once per forward (the form is kept in the mask, which
+//! every layer of the forward shares).
+//!
+//! Positions: the keys are positions 0..T_k and the queries the last T_q of them (query i sits
+//! at T_k - T_q + i), which holds for self-attention with or without a KV-cache.
 
 use std::cell::OnceCell;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -12,13 +17,24 @@ use super::cpu::AttentionMask;
 /// row finite (it then attends uniformly instead of producing NaN).
 pub const MASKED: f32 = -1e4;
 
-/// Which keys each query sees: all of them, a causal prefix, and/or the unpadded ones.
+/// What positions add to self-attention's scores.
+#[derive(Debug, Clone)]
+pub enum ScoreBias {
+    /// ALiBi: -slope_h * |query position - key position|, one slope per head (fixed).
+    Alibi(Arc<[f32]>),
+    /// A learned bias (1, H, T_q, T_k), through which its table gets a gradient (T5).
+    Learned(Tensor),
+}
+
+/// Which keys each query sees: all of them, a causal prefix, and/or the unpadded ones; and the
+/// position bias on the scores, if any.
 #[derive(Debug, Clone, Default)]
 pub struct Mask<'a> {
     /// Query i, at position `offset + i`, sees keys 0..=offset+i only.
     causal_offset: Option<usize>,
     /// (B, T_k): 1 for a real key, 0 for padding.
     key_keep: Option<&'a Tensor>,
+    score_bias: Option<ScoreBias>,
     /// The composed backend's additive form, broadcastable to (B, H, T_q, T_k).
     additive: OnceCell<Option<Tensor>>,
     /// The CPU kernels' form.
@@ -43,33 +59,69 @@ impl<'a> Mask<'a> {
         Self { key_keep: keep, ..Self::default() }
     }
 
-    /// The additive form for `t_q` queries: causal (T_q, offset + T_q), padding (B, 1, 1, T_k),
-    /// or both summed; None when nothing is hidden. Built on the first call (every layer of a
-    /// forward has the same queries) and reused.
-    pub fn additive(&self, t_q: usize, device: &Device) -> Result<Option<&Tensor>> {
+    /// This mask with a position bias on the scores as well.
+    pub fn with_bias(self, score_bias: Option<ScoreBias>) -> Self {
+        Self { score_bias, ..self }
+    }
+
+    /// Whether the scores take a learned bias, which only the composed attention applies.
+    pub fn has_learned_bias(&self) -> bool {
+        matches!(self.score_bias, Some(ScoreBias::Learned(_)))
+    }
+
+    /// The additive form for `t_q` queries over `t_k` keys: causal (T_q, T_k), padding
+    /// (B, 1, 1, T_k), position bias (1, H, T_q, T_k), summed; None when nothing is added.
+    /// Built on the first call (every layer of a forward has the same queries) and reused.
+    pub fn additive(&self, t_q: usize, t_k: usize, device: &Device) -> Result<Option<&Tensor>> {
         if self.additive.get().is_none() {
             let causal = self.causal_offset.map(|offset| causal_mask(t_q, offset, device)).transpose()?;
             let padding = self.key_keep.map(padding_mask).transpose()?;
-            let form = match (causal, padding) {
-                (Some(c), Some(p)) => Some(p.broadcast_add(&c)?),
-                (c, p) => c.or(p),
+            let bias = match &self.score_bias {
+                Some(ScoreBias::Alibi(slopes)) => Some(alibi_bias(slopes, t_q, t_k, device)?),
+                Some(ScoreBias::Learned(bias)) => Some(bias.to_dtype(DType::F32)?),
+                None => None,
             };
+            let mut form: Option<Tensor> = None;
+            for part in [causal, padding, bias].into_iter().flatten() {
+                form = Some(match form {
+                    Some(sum) => sum.broadcast_add(&part)?,
+                    None => part,
+                });
+            }
             let _ = self.additive.set(form);
         }
         Ok(self.additive.get().and_then(Option::as_ref))
     }
 
-    /// The CPU kernels' form: the causal offset and the per-(batch, key) additive bias.
+    /// The CPU kernels' form: the causal offset, the per-(batch, key) additive bias, ALiBi's
+    /// slopes. A learned bias has none (`has_learned_bias`: the caller composes instead).
     pub fn cpu_form(&self) -> Result<&AttentionMask> {
+        if self.has_learned_bias() {
+            candle_core::bail!("a learned attention bias runs on the composed attention only");
+        }
         if self.cpu.get().is_none() {
             let key_bias = match self.key_keep {
                 Some(keep) => Some(padding_mask(keep)?.flatten_all()?.to_vec1::<f32>()?),
                 None => None,
             };
-            let _ = self.cpu.set(AttentionMask { causal_offset: self.causal_offset, key_bias });
+            let alibi = match &self.score_bias {
+                Some(ScoreBias::Alibi(slopes)) => Some(slopes.to_vec()),
+                _ => None,
+            };
+            let _ = self.cpu.set(AttentionMask { causal_offset: self.causal_offset, key_bias, alibi });
         }
         self.cpu.get().ok_or_else(|| candle_core::Error::Msg("attention mask form missing".into()))
     }
+}
+
+/// ALiBi's bias (1, H, T_q, T_k): -slope_h * |i' - j| for query i at position i' = T_k - T_q + i.
+pub fn alibi_bias(slopes: &[f32], t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
+    let first = t_k - t_q;
+    let values: Vec<f32> = slopes
+        .iter()
+        .flat_map(|&m| (0..t_q).flat_map(move |i| (0..t_k).map(move |j| -m * (first + i).abs_diff(j) as f32)))
+        .collect();
+    Tensor::from_vec(values, (1, slopes.len(), t_q, t_k), device)
 }
 
 /// The additive mask for causal self-attention: (q_len, offset + q_len), 0 where query

@@ -16,7 +16,10 @@ mod mode;
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use mask::{causal_mask, padding_mask, Mask, MASKED};
+/// Attention with Shaw et al.'s relative key/value embeddings: composed on every backend
+/// (taper's CPU attention node has no relative embeddings).
+pub use composed::relative_attention;
+pub use mask::{alibi_bias, causal_mask, padding_mask, Mask, ScoreBias, MASKED};
 pub use mode::{Backend, Mode};
 
 /// `model.kernels`: which implementations a run may use.
@@ -165,12 +168,13 @@ pub fn attention(
     mode: &mut Mode,
 ) -> Result<Tensor> {
     match mode.backend() {
-        Backend::Cpu => {
+        // A learned position bias needs its gradient, which the CPU node does not compute.
+        Backend::Cpu if !mask.has_learned_bias() => {
             let (b, t_q, _) = q.dims3()?;
             let dropout = mode.dropout_multipliers(b * n_head * t_q * k.dim(1)?, p);
             cpu::attention(q, k, v, n_head, mask.cpu_form()?.clone(), dropout)
         }
-        Backend::Composed => composed::attention(q, k, v, n_head, mask, p, mode),
+        Backend::Cpu | Backend::Composed => composed::attention(q, k, v, n_head, mask, p, mode),
     }
 }
 
@@ -193,7 +197,7 @@ pub fn self_attention(
     let [wq, wk, wv, _] = proj.weights;
     let [bq, bk, bv, _] = proj.biases;
     match mode.backend() {
-        Backend::Cpu => {
+        Backend::Cpu if !mask.has_learned_bias() => {
             let weight = Tensor::cat(&[wq, wk, wv], 0)?;
             let bias = match (bq, bk, bv) {
                 (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)?),
@@ -204,7 +208,7 @@ pub fn self_attention(
             let dropout = mode.dropout_multipliers(b * n_head * t * t, p);
             cpu::attention_packed(&qkv, n_head, mask.cpu_form()?.clone(), dropout)
         }
-        Backend::Composed => {
+        Backend::Cpu | Backend::Composed => {
             let (q, k, v) = (linear(x, wq, bq, mode)?, linear(x, wk, bk, mode)?, linear(x, wv, bv, mode)?);
             composed::attention(&q, &k, &v, n_head, mask, p, mode)
         }
@@ -319,7 +323,7 @@ pub fn self_attention_sublayer(
     (p_attn, p_out): (f64, f64),
     mode: &mut Mode,
 ) -> Result<Option<Tensor>> {
-    if !sublayer_node(mode) {
+    if !sublayer_node(mode) || mask.has_learned_bias() {
         return Ok(None);
     }
     let [wq, wk, wv, wo] = proj.weights;

@@ -3,10 +3,11 @@
 //! runs behind the seam (`kernels::attention`, `kernels::self_attention`).
 
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 
 use super::layers::{InitPolicy, Linear};
 use super::positions::Rope;
+use crate::kernels::composed::RelativeTables;
 use crate::kernels::{self, Mask, Mode, Projections, SublayerNorm};
 
 /// Keys and values seen so far by one attention layer while decoding, each (B, T_k, D_kv):
@@ -36,6 +37,28 @@ pub struct AttentionConfig {
     pub bias: bool,
     /// Dropout on the attention weights.
     pub dropout: f64,
+    /// Shaw et al.'s relative key/value embeddings, distances clipped at this (self-attention).
+    pub shaw_clip: Option<usize>,
+}
+
+/// Shaw et al.'s relative key and value embeddings of one layer, (2 * clip + 1, head_dim) each.
+#[derive(Debug, Clone)]
+pub struct ShawEmbeddings {
+    pub keys: Tensor,
+    pub values: Tensor,
+    pub clip: usize,
+}
+
+impl ShawEmbeddings {
+    /// `rel_keys` and `rel_values` under `vb`.
+    fn new(clip: usize, head_dim: usize, init: &InitPolicy, vb: &VarBuilder) -> Result<Self> {
+        let table = |name: &str| vb.get_with_hints((2 * clip + 1, head_dim), name, init.embedding(head_dim));
+        Ok(Self { keys: table("rel_keys")?, values: table("rel_values")?, clip })
+    }
+
+    fn tables(&self) -> RelativeTables<'_> {
+        RelativeTables { keys: &self.keys, values: &self.values, clip: self.clip }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,26 +70,35 @@ pub struct Attention {
     n_head: usize,
     n_kv_head: usize,
     dropout: f64,
+    relative: Option<ShawEmbeddings>,
 }
 
 impl Attention {
     /// The projections under `vb`: `q_proj`, `k_proj`, `v_proj` (n_kv_head heads wide),
-    /// `out_proj`.
+    /// `out_proj`; Shaw's `rel_keys` and `rel_values` when `shaw_clip` is set.
     pub fn new(cfg: &AttentionConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         let d_kv = d / cfg.n_head.max(1) * cfg.n_kv_head;
-        let proj = |name: &str, out: usize, residual_output: bool| {
-            Linear::new(d, out, cfg.bias, init.matrix(d, out, residual_output), vb.pp(name))
-        };
+        let proj = |name: &str, out: usize, init: Init| Linear::new(d, out, cfg.bias, init, vb.pp(name));
         Ok(Self {
-            q_proj: proj("q_proj", d, false)?,
-            k_proj: proj("k_proj", d_kv, false)?,
-            v_proj: proj("v_proj", d_kv, false)?,
-            out_proj: proj("out_proj", d, true)?,
+            q_proj: proj("q_proj", d, init.matrix(d, d, false))?,
+            k_proj: proj("k_proj", d_kv, init.matrix(d, d_kv, false))?,
+            // DeepNorm scales the values' and the output's init (`branch_matrix`), not Q's and K's.
+            v_proj: proj("v_proj", d_kv, init.branch_matrix(d, d_kv, false))?,
+            out_proj: proj("out_proj", d, init.branch_matrix(d, d, true))?,
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             dropout: cfg.dropout,
+            relative: cfg
+                .shaw_clip
+                .map(|clip| ShawEmbeddings::new(clip, d / cfg.n_head.max(1), init, &vb))
+                .transpose()?,
         })
+    }
+
+    /// Shaw's relative embeddings of this layer, if it has them.
+    pub fn relative(&self) -> Option<&ShawEmbeddings> {
+        self.relative.as_ref()
     }
 
     /// Keys or values (B, T_k, n_kv_head * head_dim) widened to every query head (B, T_k, D):
@@ -99,7 +131,7 @@ impl Attention {
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
-        if self.n_kv_head != self.n_head {
+        if self.n_kv_head != self.n_head || self.relative.is_some() {
             return Ok(None);
         }
         let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
@@ -123,7 +155,7 @@ impl Attention {
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let context = match (memory, rope, cache) {
-            (None, None, None) if self.n_kv_head == self.n_head => {
+            (None, None, None) if self.n_kv_head == self.n_head && self.relative.is_none() => {
                 kernels::self_attention(x, &self.projections(), self.n_head, mask, self.dropout, mode)?
             }
             (memory, rope, cache) => {
@@ -135,7 +167,13 @@ impl Attention {
                 };
                 let (k, v) = self.keys_values(x, memory, rope, cache, mode)?;
                 let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
-                kernels::attention(&q, &k, &v, self.n_head, mask, self.dropout, mode)?
+                match (&self.relative, memory) {
+                    (Some(relative), None) => {
+                        let tables = relative.tables();
+                        kernels::relative_attention(&q, &k, &v, self.n_head, mask, &tables, self.dropout, mode)?
+                    }
+                    _ => kernels::attention(&q, &k, &v, self.n_head, mask, self.dropout, mode)?,
+                }
             }
         };
         self.out_proj.forward(&context, mode)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::block::{Block, BlockConfig};
 use super::layers::{Embedding, InitPolicy, Linear};
 use super::names::bert::{ENCODER, TASK_MODEL};
-use super::norm::{LayerNorm, Norm};
+use super::norm::{DeepNorm, LayerNorm, Norm, StackRole};
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
 use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormKind, NormPlacement};
@@ -138,7 +138,12 @@ impl BertEncoder {
     /// ...); [`BertEncoder::bare`] and the task models see them through Hugging Face's table.
     pub fn new(cfg: &BertConfig, norm: NormPlacement, kernels: Kernels, dtype: DType, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        let init = InitPolicy { scheme: InitScheme::Normal, std: cfg.initializer_range, residual_scale: 1.0 };
+        let init = InitPolicy {
+            scheme: InitScheme::Normal,
+            std: cfg.initializer_range,
+            residual_scale: 1.0,
+            branch_gain: 1.0,
+        };
         let activation = cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let embedding = |count: usize, name: &str| Embedding::new(count, d, init.embedding(d), vb.pp(name));
         let block_cfg = BlockConfig {
@@ -152,14 +157,19 @@ impl BertEncoder {
             layer_norm_eps: cfg.layer_norm_eps,
             norm_kind: NormKind::Layer,
             n_kv_head: cfg.num_attention_heads,
+            shaw_clip: None,
+            deepnorm: match norm {
+                NormPlacement::DeepNorm => DeepNorm::for_stack(StackRole::Alone { layers: cfg.num_hidden_layers }),
+                _ => DeepNorm::NONE,
+            },
             cross_attention: false,
         };
         let blocks = (0..cfg.num_hidden_layers)
             .map(|i| Block::new(&block_cfg, &init, vb.pp(format!("blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let final_norm = match norm {
-            NormPlacement::Pre => Some(Norm::Layer(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
-            NormPlacement::Post => None,
+        let final_norm = match norm.has_final_norm() {
+            true => Some(Norm::Layer(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
+            false => None,
         };
         let embeddings = Embeddings {
             tokens: embedding(cfg.vocab_size, "tok_emb")?,

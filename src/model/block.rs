@@ -1,13 +1,14 @@
 //! The Transformer block, one implementation for every stack: self-attention, optional
 //! cross-attention (decoder of an encoder-decoder), and the position-wise FFN, each wrapped in
-//! a residual with its norm placed per [`NormPlacement`], matched in one place: [`Block::residual`].
+//! a residual with its norm(s) placed per [`NormPlacement`] (pre, post, sandwich, DeepNorm),
+//! matched in one place: [`Block::residual`].
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::attention::{Attention, AttentionConfig, KvCache};
 use super::layers::{InitPolicy, Linear};
-use super::norm::{Norm, NormKind};
+use super::norm::{DeepNorm, Norm, NormKind, StackRole};
 use super::positions::Rope;
 use crate::config::{Activation, NormPlacement};
 use crate::kernels::{self, dropout, Mask, Mode, SublayerNorm};
@@ -25,6 +26,10 @@ pub struct BlockConfig {
     pub norm_kind: NormKind,
     /// Key/value heads (grouped-query attention when fewer than `n_head`).
     pub n_kv_head: usize,
+    /// Shaw's relative embeddings in self-attention, distances clipped at this.
+    pub shaw_clip: Option<usize>,
+    /// DeepNorm's residual multiplier and init gain (`DeepNorm::NONE` unless `norm = deepnorm`).
+    pub deepnorm: DeepNorm,
     pub cross_attention: bool,
 }
 
@@ -42,13 +47,33 @@ impl BlockConfig {
             layer_norm_eps: cfg.layer_norm_eps,
             norm_kind: cfg.norm_kind,
             n_kv_head: cfg.n_kv_head(),
+            shaw_clip: (cfg.positions == crate::config::Positions::Shaw).then_some(cfg.shaw_clip),
+            deepnorm: match cfg.norm {
+                NormPlacement::DeepNorm => DeepNorm::for_stack(stack_role(cfg, cross_attention)),
+                _ => DeepNorm::NONE,
+            },
             cross_attention,
         }
     }
 
-    fn attention(&self) -> AttentionConfig {
+    /// Self-attention's shape (`relative`: with Shaw's embeddings if configured) or
+    /// cross-attention's (memory positions are not the queries': none).
+    fn attention(&self, relative: bool) -> AttentionConfig {
         let (d_model, n_head, n_kv_head) = (self.d_model, self.n_head, self.n_kv_head);
-        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout: self.dropout }
+        let shaw_clip = if relative { self.shaw_clip } else { None };
+        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout: self.dropout, shaw_clip }
+    }
+}
+
+/// Which of DeepNorm's stacks a block with (`cross_attention`) or without cross-attention is in.
+fn stack_role(cfg: &crate::config::ModelConfig, cross_attention: bool) -> StackRole {
+    let decoder_layers = cfg.n_decoder_layer.unwrap_or(cfg.n_layer);
+    match (cfg.arch, cross_attention) {
+        (crate::config::Architecture::EncoderDecoder, false) => {
+            StackRole::Encoder { layers: cfg.n_layer, decoder_layers }
+        }
+        (crate::config::Architecture::EncoderDecoder, true) => StackRole::Decoder { layers: decoder_layers },
+        _ => StackRole::Alone { layers: cfg.n_layer },
     }
 }
 
@@ -90,11 +115,11 @@ impl Mlp {
     /// `fc1`, `gate` (gated FFNs), `fc2` under `vb`.
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let input = |name: &str| Linear::new(d, ff, cfg.bias, init.matrix(d, ff, false), vb.pp(name));
+        let input = |name: &str| Linear::new(d, ff, cfg.bias, init.branch_matrix(d, ff, false), vb.pp(name));
         Ok(Self {
             fc1: input("fc1")?,
             gate: cfg.activation.gate().map(|_| input("gate")).transpose()?,
-            fc2: Linear::new(ff, d, cfg.bias, init.matrix(ff, d, true), vb.pp("fc2"))?,
+            fc2: Linear::new(ff, d, cfg.bias, init.branch_matrix(ff, d, true), vb.pp("fc2"))?,
             activation: cfg.activation,
         })
     }
@@ -134,42 +159,80 @@ pub struct BlockInputs<'a> {
     pub rope: Option<(&'a Rope, usize)>,
 }
 
+/// The norms of one residual: the one placement puts before or after the branch, and the
+/// sandwich's second norm on the branch's output.
+#[derive(Debug, Clone)]
+struct ResidualNorms {
+    norm: Norm,
+    branch_out: Option<Norm>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Block {
-    ln_1: Norm,
+    ln_1: ResidualNorms,
     attn: Attention,
-    cross: Option<(Norm, Attention)>,
-    ln_2: Norm,
+    cross: Option<(ResidualNorms, Attention)>,
+    ln_2: ResidualNorms,
     mlp: Mlp,
     norm: NormPlacement,
+    /// DeepNorm's residual multiplier (1 otherwise).
+    alpha: f64,
     dropout: f64,
 }
 
 impl Block {
-    /// Names of this block's LayerNorms in the order they run.
+    /// Shaw's relative embedding tables of the self-attention, if it has them.
+    pub fn relative_tables(&self) -> Vec<Tensor> {
+        self.attn.relative().map(|r| vec![r.keys.clone(), r.values.clone()]).unwrap_or_default()
+    }
+
+    /// Names of this block's norms in the order they run.
     pub fn norm_names(&self) -> Vec<&'static str> {
+        let sandwich = self.norm == NormPlacement::Sandwich;
+        let mut names = vec!["ln_1"];
+        names.extend(sandwich.then_some("ln_1_out"));
         if self.cross.is_some() {
-            vec!["ln_1", "ln_cross", "ln_2"]
-        } else {
-            vec!["ln_1", "ln_2"]
+            names.push("ln_cross");
+            names.extend(sandwich.then_some("ln_cross_out"));
         }
+        names.push("ln_2");
+        names.extend(sandwich.then_some("ln_2_out"));
+        names
     }
 
     /// The block's parameters under `vb`: `ln_1`, `attn.{q,k,v,out}_proj`, `ln_cross` and
-    /// `cross_attn.*` (with cross-attention), `ln_2`, `mlp.fc1`, `mlp.fc2`.
+    /// `cross_attn.*` (with cross-attention), `ln_2`, `mlp.fc1`, `mlp.fc2`; with the sandwich
+    /// placement `ln_1_out`, `ln_cross_out`, `ln_2_out`.
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
-        let attention = |name: &str| Attention::new(&cfg.attention(), init, vb.pp(name));
-        let norm = |name: &str| Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
-        let cross = if cfg.cross_attention { Some((norm("ln_cross")?, attention("cross_attn")?)) } else { None };
+        let init = &InitPolicy { branch_gain: cfg.deepnorm.beta, ..*init };
+        let attention = |name: &str, relative| Attention::new(&cfg.attention(relative), init, vb.pp(name));
+        let norms = |name: &str| -> Result<ResidualNorms> {
+            let norm = |name: &str| Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
+            let branch_out = (cfg.norm == NormPlacement::Sandwich).then(|| norm(&format!("{name}_out"))).transpose()?;
+            Ok(ResidualNorms { norm: norm(name)?, branch_out })
+        };
+        let cross =
+            if cfg.cross_attention { Some((norms("ln_cross")?, attention("cross_attn", false)?)) } else { None };
         Ok(Self {
-            ln_1: norm("ln_1")?,
-            attn: attention("attn")?,
+            ln_1: norms("ln_1")?,
+            attn: attention("attn", true)?,
             cross,
-            ln_2: norm("ln_2")?,
+            ln_2: norms("ln_2")?,
             mlp: Mlp::new(cfg, init, vb.pp("mlp"))?,
             norm: cfg.norm,
+            alpha: cfg.deepnorm.alpha,
             dropout: cfg.dropout,
         })
+    }
+
+    /// The residual's norm as a fused sub-layer node takes it, for the placements the nodes
+    /// implement (pre, post); None: compose.
+    fn node_norm<'a>(&self, norms: &'a ResidualNorms) -> Option<SublayerNorm<'a>> {
+        match self.norm {
+            NormPlacement::Pre => Some(norms.norm.as_sublayer(true)),
+            NormPlacement::Post => Some(norms.norm.as_sublayer(false)),
+            NormPlacement::Sandwich | NormPlacement::DeepNorm => None,
+        }
     }
 
     /// The recipe: self-attention, cross-attention (decoder of an encoder-decoder), FFN, each
@@ -194,11 +257,12 @@ impl Block {
             (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
             (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
         };
-        let pre = self.norm == NormPlacement::Pre;
-        match self.mlp.sublayer(&x, self.ln_2.as_sublayer(pre), self.dropout, mode)? {
-            Some(out) => Ok(out),
-            None => self.residual(&x, &self.ln_2, mode, |h, mode| self.mlp.forward(h, mode)),
+        if let Some(norm) = self.node_norm(&self.ln_2) {
+            if let Some(out) = self.mlp.sublayer(&x, norm, self.dropout, mode)? {
+                return Ok(out);
+            }
         }
+        self.residual(&x, &self.ln_2, mode, |h, mode| self.mlp.forward(h, mode))
     }
 
     /// The self-attention sub-layer: one node where the backend has one (not while decoding
@@ -210,8 +274,7 @@ impl Block {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if cache.is_none() {
-            let norm = self.ln_1.as_sublayer(self.norm == NormPlacement::Pre);
+        if let (None, Some(norm)) = (&cache, self.node_norm(&self.ln_1)) {
             let positions = (&inputs.self_mask, inputs.rope);
             if let Some(out) = self.attn.sublayer(x, norm, positions, self.dropout, mode)? {
                 return Ok(out);
@@ -222,23 +285,32 @@ impl Block {
         })
     }
 
-    /// Add & Norm, in the configured order. Pre-LN: x + f(LN(x)). Post-LN: LN(x + f(x)).
+    /// Add & Norm, in the configured order. Pre-LN: x + f(LN(x)). Sandwich: x + LN'(f(LN(x))).
+    /// Post-LN: LN(x + f(x)). DeepNorm: LN(alpha x + f(x)).
     fn residual(
         &self,
         x: &Tensor,
-        norm: &Norm,
+        norms: &ResidualNorms,
         mode: &mut Mode,
         branch: impl FnOnce(&Tensor, &mut Mode) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        match self.norm {
-            NormPlacement::Pre => {
+        let norm = &norms.norm;
+        match (self.norm, &norms.branch_out) {
+            (NormPlacement::Pre, _) | (NormPlacement::Sandwich, None) => {
                 mode.record_norm_input(x)?;
                 let out = branch(&norm.forward(x, mode)?, mode)?;
                 x + dropout(&out, self.dropout, mode)?
             }
-            NormPlacement::Post => {
+            (NormPlacement::Sandwich, Some(branch_out)) => {
+                mode.record_norm_input(x)?;
+                let out = branch(&norm.forward(x, mode)?, mode)?;
+                mode.record_norm_input(&out)?;
+                x + dropout(&branch_out.forward(&out, mode)?, self.dropout, mode)?
+            }
+            (NormPlacement::Post | NormPlacement::DeepNorm, _) => {
                 let out = branch(x, mode)?;
-                let sum = (x + dropout(&out, self.dropout, mode)?)?;
+                let scaled = if self.alpha == 1.0 { x.clone() } else { (x * self.alpha)? };
+                let sum = (scaled + dropout(&out, self.dropout, mode)?)?;
                 mode.record_norm_input(&sum)?;
                 norm.forward(&sum, mode)
             }

@@ -25,14 +25,40 @@ pub enum NormPlacement {
     Pre,
     /// LayerNorm after each residual add (the original Transformer, BERT).
     Post,
+    /// A norm before and after each branch, x + LN_out(f(LN(x))), plus a final norm (Ding et
+    /// al. 2021, CogView).
+    Sandwich,
+    /// Post-LN with the residual scaled up, LN(alpha x + f(x)), and the branches' value, output
+    /// and FFN weights initialised scaled by beta (Wang et al. 2022, DeepNet).
+    #[serde(rename = "deepnorm")]
+    DeepNorm,
+}
+
+impl NormPlacement {
+    /// Whether the stack ends with a final norm (the residual stream is never normed otherwise).
+    pub fn has_final_norm(self) -> bool {
+        matches!(self, Self::Pre | Self::Sandwich)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Positions {
+    /// A learned table added to the embeddings (GPT-2, BERT).
     Learned,
+    /// Fixed sinusoids added to the embeddings (Vaswani et al.).
     Sinusoidal,
+    /// Rotary embeddings of queries and keys (Su et al.; Llama), base `rope_theta`.
     Rope,
+    /// A fixed linear penalty on each head's scores by query-key distance (Press et al. 2022).
+    Alibi,
+    /// A learned per-head bias by bucketed relative distance, one table per stack (T5).
+    T5,
+    /// Learned relative key and value embeddings per layer, distances clipped at `shaw_clip`
+    /// (Shaw et al. 2018).
+    Shaw,
+    /// No position information (a causal decoder can infer order from the mask).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -106,6 +132,15 @@ pub struct ModelConfig {
     /// Base of the rotary frequencies when `positions = "rope"`.
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// `positions = "t5"`: relative-distance buckets (half per direction in an encoder).
+    #[serde(default = "default_relative_buckets")]
+    pub relative_buckets: usize,
+    /// `positions = "t5"`: distances from here on share the last bucket.
+    #[serde(default = "default_relative_max_distance")]
+    pub relative_max_distance: usize,
+    /// `positions = "shaw"`: relative distances beyond this share one embedding (k).
+    #[serde(default = "default_shaw_clip")]
+    pub shaw_clip: usize,
     #[serde(default = "default_kernels")]
     pub kernels: Kernels,
 }
@@ -143,6 +178,15 @@ fn default_positions() -> Positions {
 }
 fn default_ln_eps() -> f64 {
     1e-5
+}
+fn default_relative_buckets() -> usize {
+    32
+}
+fn default_relative_max_distance() -> usize {
+    128
+}
+fn default_shaw_clip() -> usize {
+    16
 }
 fn default_kernels() -> Kernels {
     Kernels::Fused
@@ -192,6 +236,18 @@ impl ModelConfig {
         }
         if self.positions == Positions::Rope && self.n_head > 0 && !self.head_dim().is_multiple_of(2) {
             bail!("`model.positions = \"rope\"` needs an even head dimension, got {}", self.head_dim());
+        }
+        if self.positions == Positions::T5
+            && (self.relative_buckets < 4 || self.relative_max_distance < self.relative_buckets / 2)
+        {
+            bail!(
+                "`model.relative_buckets` must be at least 4 and `model.relative_max_distance` at least half of it, got {} and {}",
+                self.relative_buckets,
+                self.relative_max_distance
+            );
+        }
+        if self.positions == Positions::Shaw && self.shaw_clip == 0 {
+            bail!("`model.shaw_clip` must be at least 1 (the distance k beyond which relative positions share one embedding)");
         }
         if !(0.0..1.0).contains(&self.dropout) {
             bail!("`model.dropout` must be in [0, 1), got {}", self.dropout);

@@ -9,7 +9,7 @@ use super::layers::{Embedding, InitPolicy, Linear};
 use super::norm::Norm;
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
-use crate::config::{ModelConfig, NormPlacement};
+use crate::config::ModelConfig;
 use crate::kernels::{cross_entropy_sum, Mode};
 
 #[derive(Debug, Clone)]
@@ -23,6 +23,7 @@ pub fn init_policy(cfg: &ModelConfig) -> InitPolicy {
         scheme: cfg.init,
         std: cfg.init_std,
         residual_scale: if cfg.scale_residual_init { 1.0 / (2.0 * cfg.n_layer as f64).sqrt() } else { 1.0 },
+        branch_gain: 1.0,
     }
 }
 
@@ -33,9 +34,9 @@ pub fn taper_blocks(cfg: &BlockConfig, init: &InitPolicy, n: usize, vb: &VarBuil
 
 /// The final norm a pre-LN stack ends with (`ln_f` under `vb`).
 pub fn final_norm(cfg: &ModelConfig, vb: &VarBuilder) -> Result<Option<Norm>> {
-    match cfg.norm {
-        NormPlacement::Pre => Ok(Some(Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
-        NormPlacement::Post => Ok(None),
+    match cfg.norm.has_final_norm() {
+        true => Ok(Some(Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp("ln_f"))?)),
+        false => Ok(None),
     }
 }
 
@@ -53,7 +54,7 @@ impl Gpt {
         };
         let stack = Stack {
             embeddings: Embeddings::tokens(tok_emb),
-            positions: PositionEncoding::new(cfg, &init, vb.pp("pos_emb"))?,
+            positions: PositionEncoding::new(cfg, &init, true, vb.pp("pos_emb"))?,
             blocks: taper_blocks(&BlockConfig::from_model(cfg, false), &init, cfg.n_layer, &vb)?,
             final_norm: final_norm(cfg, &vb)?,
             causal: true,

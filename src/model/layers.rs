@@ -14,11 +14,22 @@ pub struct InitPolicy {
     pub std: f64,
     /// Multiplier for the output projection of each residual branch.
     pub residual_scale: f64,
+    /// Gain of the branches' value, output and FFN matrices (DeepNorm's beta; 1 otherwise).
+    pub branch_gain: f64,
 }
 
 impl InitPolicy {
     pub fn matrix(&self, fan_in: usize, fan_out: usize, residual_output: bool) -> Init {
-        let scale = if residual_output { self.residual_scale } else { 1.0 };
+        self.scaled_matrix(fan_in, fan_out, residual_output, 1.0)
+    }
+
+    /// A value, output or FFN matrix of a branch: `matrix` times `branch_gain`.
+    pub fn branch_matrix(&self, fan_in: usize, fan_out: usize, residual_output: bool) -> Init {
+        self.scaled_matrix(fan_in, fan_out, residual_output, self.branch_gain)
+    }
+
+    fn scaled_matrix(&self, fan_in: usize, fan_out: usize, residual_output: bool, gain: f64) -> Init {
+        let scale = gain * if residual_output { self.residual_scale } else { 1.0 };
         match self.scheme {
             InitScheme::Normal => Init::Randn { mean: 0.0, stdev: self.std * scale },
             InitScheme::Xavier => {

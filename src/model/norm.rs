@@ -19,6 +19,48 @@ pub enum NormKind {
     Rms,
 }
 
+/// DeepNorm's constants for one stack (Wang et al. 2022, DeepNet, Table 1): the residual's
+/// multiplier alpha and the init gain beta of the branches' value, output and FFN weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeepNorm {
+    pub alpha: f64,
+    pub beta: f64,
+}
+
+/// Which stack DeepNorm's constants are for.
+#[derive(Debug, Clone, Copy)]
+pub enum StackRole {
+    /// Encoder-only with N layers, or decoder-only with M layers: alpha (2N)^1/4, beta (8N)^-1/4.
+    Alone { layers: usize },
+    /// The encoder of an encoder-decoder (N encoder, M decoder layers):
+    /// alpha 0.81 (N^4 M)^1/16, beta 0.87 (N^4 M)^-1/16.
+    Encoder { layers: usize, decoder_layers: usize },
+    /// The decoder of an encoder-decoder with M layers: alpha (3M)^1/4, beta (12M)^-1/4.
+    Decoder { layers: usize },
+}
+
+impl DeepNorm {
+    pub fn for_stack(role: StackRole) -> Self {
+        match role {
+            StackRole::Alone { layers } => {
+                let n = layers as f64;
+                Self { alpha: (2.0 * n).powf(0.25), beta: (8.0 * n).powf(-0.25) }
+            }
+            StackRole::Encoder { layers, decoder_layers } => {
+                let nm = (layers as f64).powi(4) * decoder_layers as f64;
+                Self { alpha: 0.81 * nm.powf(1.0 / 16.0), beta: 0.87 * nm.powf(-1.0 / 16.0) }
+            }
+            StackRole::Decoder { layers } => {
+                let m = layers as f64;
+                Self { alpha: (3.0 * m).powf(0.25), beta: (12.0 * m).powf(-0.25) }
+            }
+        }
+    }
+
+    /// No scaling: plain post-LN, and the init as configured.
+    pub const NONE: Self = Self { alpha: 1.0, beta: 1.0 };
+}
+
 /// LayerNorm over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {

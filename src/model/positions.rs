@@ -1,12 +1,16 @@
-//! Position information: learned table, fixed sinusoids (added to the embeddings), or rotary
-//! embeddings (applied to queries and keys inside attention).
+//! Position information: a learned table or fixed sinusoids (added to the embeddings), rotary
+//! embeddings (applied to queries and keys inside attention), a bias on the attention scores
+//! (ALiBi's fixed slopes, T5's learned buckets), Shaw's relative embeddings (held by each
+//! attention layer), or none.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::layers::{Embedding, InitPolicy};
 use crate::config::{ModelConfig, Positions};
-use crate::kernels::{add_broadcast, Mode, Rotary};
+use crate::kernels::{add_broadcast, Mode, Rotary, ScoreBias};
 
 /// How a stack learns where its tokens are, as `model.positions` chooses.
 #[derive(Debug, Clone)]
@@ -17,10 +21,20 @@ pub enum PositionEncoding {
     Sinusoidal(Tensor),
     /// Rotary embeddings, applied to queries and keys inside self-attention.
     Rope(Rope),
+    /// ALiBi's slope per head, a fixed penalty on self-attention's scores by distance.
+    Alibi(Arc<[f32]>),
+    /// T5's learned bias on self-attention's scores by bucketed distance.
+    T5(RelativeBias),
+    /// Shaw's relative embeddings: each self-attention layer holds its own.
+    Shaw,
+    /// No position information.
+    None,
 }
 
 impl PositionEncoding {
-    pub fn new(cfg: &ModelConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
+    /// The stack's positions under `vb` (`weight` for a learned table, `rel_bias.weight` for
+    /// T5's); `causal`: the stack is a decoder (T5's buckets then look back only).
+    pub fn new(cfg: &ModelConfig, init: &InitPolicy, causal: bool, vb: VarBuilder) -> Result<Self> {
         let device = vb.device().clone();
         Ok(match cfg.positions {
             Positions::Learned => {
@@ -28,7 +42,33 @@ impl PositionEncoding {
             }
             Positions::Sinusoidal => Self::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.d_model, &device)?),
             Positions::Rope => Self::Rope(Rope::new(cfg.block_size, cfg.head_dim(), cfg.rope_theta, &device)?),
+            Positions::Alibi => Self::Alibi(alibi_slopes(cfg.n_head).into()),
+            Positions::T5 => {
+                let buckets = Buckets { count: cfg.relative_buckets, max_distance: cfg.relative_max_distance, causal };
+                let init = init.embedding(cfg.d_model);
+                let table = Embedding::new(buckets.count, cfg.n_head, init, vb.pp("rel_bias"))?;
+                Self::T5(RelativeBias { table, buckets })
+            }
+            Positions::Shaw => Self::Shaw,
+            Positions::None => Self::None,
         })
+    }
+
+    /// What positions add to self-attention's scores for `t_q` queries over `t_k` keys.
+    pub fn score_bias(&self, t_q: usize, t_k: usize) -> Result<Option<ScoreBias>> {
+        Ok(match self {
+            Self::Alibi(slopes) => Some(ScoreBias::Alibi(slopes.clone())),
+            Self::T5(bias) => Some(ScoreBias::Learned(bias.forward(t_q, t_k)?)),
+            _ => None,
+        })
+    }
+
+    /// The learned table of a T5 bias (an embedding table: no weight decay).
+    pub fn bias_table(&self) -> Option<&Tensor> {
+        match self {
+            Self::T5(bias) => Some(&bias.table.weight),
+            _ => None,
+        }
     }
 
     /// Adds the positions `offset..offset + T` to `x` (B, T, D), or leaves `x` as it is and
@@ -45,6 +85,7 @@ impl PositionEncoding {
                 Ok((add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(dtype)?, mode)?, None))
             }
             Self::Rope(rope) => Ok((x, Some((rope, offset)))),
+            Self::Alibi(_) | Self::T5(_) | Self::Shaw | Self::None => Ok((x, None)),
         }
     }
 }
@@ -110,5 +151,82 @@ impl Rope {
         let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
         let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
         Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)?.reshape((b, t, d)) // -> (B, T, D)
+    }
+}
+
+/// ALiBi's head slopes (Press et al. 2022): the geometric sequence 2^(-8/n), 2^(-16/n), ... for
+/// n a power of two; otherwise those of the power of two below n, then every other slope of
+/// the next power of two up, as the paper's code does.
+pub fn alibi_slopes(n_head: usize) -> Vec<f32> {
+    let power_of_two = |n: usize| -> Vec<f64> {
+        let start = 2f64.powf(-8.0 / n as f64);
+        (1..=n).map(|i| start.powi(i as i32)).collect()
+    };
+    if n_head.is_power_of_two() {
+        return power_of_two(n_head).into_iter().map(|s| s as f32).collect();
+    }
+    let below = 1usize << n_head.ilog2();
+    let mut slopes = power_of_two(below);
+    slopes.extend(power_of_two(2 * below).into_iter().step_by(2).take(n_head - below));
+    slopes.into_iter().map(|s| s as f32).collect()
+}
+
+/// T5's bucketing of relative distances.
+#[derive(Debug, Clone, Copy)]
+pub struct Buckets {
+    pub count: usize,
+    pub max_distance: usize,
+    /// Decoder: only distances to earlier keys count (later ones share bucket 0).
+    pub causal: bool,
+}
+
+impl Buckets {
+    /// The bucket of `relative` = key position - query position, as T5's
+    /// `_relative_position_bucket`: an encoder gives each direction half the buckets; within a
+    /// direction, distances below half the buckets get one each, longer ones share buckets
+    /// spaced logarithmically up to `max_distance`.
+    pub fn of(&self, relative: i64) -> usize {
+        let (mut count, mut bucket) = (self.count, 0);
+        let distance = if self.causal {
+            (-relative).max(0) as usize
+        } else {
+            count /= 2;
+            if relative > 0 {
+                bucket += count;
+            }
+            relative.unsigned_abs() as usize
+        };
+        let exact = count / 2;
+        if distance < exact {
+            return bucket + distance;
+        }
+        let log_ratio = (distance as f64 / exact as f64).ln() / (self.max_distance as f64 / exact as f64).ln();
+        let large = exact + (log_ratio * (count - exact) as f64) as usize;
+        bucket + large.min(count - 1)
+    }
+}
+
+/// T5's relative attention bias: a learned (buckets, n_head) table, looked up by bucketed
+/// distance for every (query, key) pair.
+#[derive(Debug, Clone)]
+pub struct RelativeBias {
+    pub table: Embedding,
+    pub buckets: Buckets,
+}
+
+impl RelativeBias {
+    /// The bias (1, H, T_q, T_k) for query i at position T_k - T_q + i and key j.
+    pub fn forward(&self, t_q: usize, t_k: usize) -> Result<Tensor> {
+        let first = (t_k - t_q) as i64;
+        let rows: Vec<u32> =
+            (0..t_q as i64).flat_map(|i| (0..t_k as i64).map(move |j| self.buckets.of(j - first - i) as u32)).collect();
+        let rows = Tensor::from_vec(rows, t_q * t_k, self.table.weight.device())?;
+        let n_head = self.table.weight.dim(1)?;
+        self.table
+            .weight
+            .index_select(&rows, 0)? // (T_q*T_k, H)
+            .reshape((t_q, t_k, n_head))? // -> (T_q, T_k, H)
+            .permute((2, 0, 1))? // -> (H, T_q, T_k)
+            .unsqueeze(0) // -> (1, H, T_q, T_k)
     }
 }

@@ -62,7 +62,7 @@ impl Seq2Seq {
             let scale = if cfg.scale_embeddings { (d as f64).sqrt() } else { 1.0 };
             Ok(Stack {
                 embeddings: Embeddings { scale, ..Embeddings::tokens(tokens) },
-                positions: PositionEncoding::new(cfg, &init, vb.pp("pos_emb"))?,
+                positions: PositionEncoding::new(cfg, &init, decoder, vb.pp("pos_emb"))?,
                 blocks: taper_blocks(&BlockConfig::from_model(cfg, decoder), &init, layers, &vb)?,
                 final_norm: final_norm(cfg, &vb)?,
                 causal: decoder,

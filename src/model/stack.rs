@@ -87,6 +87,8 @@ impl Stack {
             (true, _) => Mask::causal(offset),
             (false, keep) => Mask::padding_or_none(keep),
         };
+        // Self-attention's keys are positions 0..offset + t, its queries the last t.
+        let self_mask = self_mask.with_bias(self.positions.score_bias(t, offset + t)?);
         let block_inputs = BlockInputs { self_mask, memory: inputs.memory, rope };
         let x = run_blocks(&self.blocks, x, &block_inputs, caches, mode)?;
         match &self.final_norm {
@@ -125,7 +127,8 @@ impl Stack {
         Ok((dropout(&x, self.dropout, mode)?, rope))
     }
 
-    /// The stack's embedding tables: tokens, segments, learned positions.
+    /// The stack's embedding tables: tokens, segments, learned positions, T5's bias table,
+    /// Shaw's relative embeddings.
     pub fn embedding_tables(&self) -> Vec<Tensor> {
         let e = &self.embeddings;
         let mut tables = vec![e.tokens.weight.clone()];
@@ -133,6 +136,8 @@ impl Stack {
         if let PositionEncoding::Learned(table) = &self.positions {
             tables.push(table.weight.clone());
         }
+        tables.extend(self.positions.bias_table().cloned());
+        tables.extend(self.blocks.iter().flat_map(Block::relative_tables));
         tables
     }
 

@@ -26,6 +26,9 @@ pub struct AttentionMask {
     /// An additive bias per (batch, key), (B x T_k) row-major: 0 to keep, a large negative
     /// number to hide (key padding).
     pub key_bias: Option<Vec<f32>>,
+    /// ALiBi's slope per head: query i (at key position T_k - T_q + i) adds
+    /// -slope_h * |T_k - T_q + i - j| to its score of key j.
+    pub alibi: Option<Vec<f32>>,
 }
 
 /// Query rows per block of the causal products.
@@ -87,6 +90,14 @@ impl AttentionOp {
         if t_k == 0 && t_q > 0 {
             candle_core::bail!("attention: {t_q} queries over no keys");
         }
+        if self.mask.alibi.as_ref().is_some_and(|slopes| slopes.len() != self.n_head) {
+            candle_core::bail!("attention: ALiBi has slopes for other than {} heads", self.n_head);
+        }
+        if self.mask.alibi.is_some() && t_q > t_k {
+            candle_core::bail!(
+                "attention: ALiBi over {t_q} queries and {t_k} keys (queries are the last keys' positions)"
+            );
+        }
         if self.mask.key_bias.as_ref().is_some_and(|bias| bias.len() != batch * t_k) {
             candle_core::bail!("attention: the key mask does not have {batch} x {t_k} entries");
         }
@@ -132,16 +143,23 @@ impl AttentionOp {
         self.check(Geometry { batch, t_q: t, t_k: t, n_head: self.n_head, head_dim, q_row, kv_row, k_col, v_col })
     }
 
-    /// Softmax in place over each row of one (T_q, T_k) score matrix of batch row `b`.
-    fn softmax<T: Real>(&self, g: &Geometry, b: usize, scores: &mut [T]) {
+    /// Softmax in place over each row of one (T_q, T_k) score matrix of (batch, head) `pair`.
+    fn softmax<T: Real>(&self, g: &Geometry, pair: usize, scores: &mut [T]) {
+        let (b, h) = (pair / g.n_head, pair % g.n_head);
         let scale = T::of(self.scale);
         let key_bias = self.mask.key_bias.as_ref().map(|bias| &bias[b * g.t_k..(b + 1) * g.t_k]);
+        let slope = self.mask.alibi.as_ref().map(|slopes| slopes[h] as f64);
         for (i, row) in scores.chunks_exact_mut(g.t_k).enumerate() {
             let visible = self.visible(g, i);
             let (seen, hidden) = row.split_at_mut(visible);
             match key_bias {
                 Some(bias) => seen.iter_mut().zip(bias).for_each(|(s, &b)| *s = *s * scale + T::of(b as f64)),
                 None => seen.iter_mut().for_each(|s| *s *= scale),
+            }
+            if let Some(slope) = slope {
+                let position = g.t_k - g.t_q + i;
+                let penalty = |j: usize| T::of(-slope * position.abs_diff(j) as f64);
+                seen.iter_mut().enumerate().for_each(|(j, s)| *s += penalty(j));
             }
             let inv = T::of(1.0) / exp_shifted_in_place(seen, lane_max(seen));
             seen.iter_mut().for_each(|s| *s *= inv);
@@ -202,7 +220,7 @@ impl AttentionOp {
                     }
                     // SAFETY: every block wrote its rows whole, by the product or above.
                     let w = unsafe { &mut *(w as *mut [MaybeUninit<T>] as *mut [T]) };
-                    self.softmax(g, pair / g.n_head, w);
+                    self.softmax(g, pair, w);
                     let w = self.dropped(pair, w, scratch);
                     let v_rows = MatRef::rows(v, at.v, g.kv_row);
                     for (first, rows, keys) in self.query_blocks(g) {
