@@ -138,3 +138,16 @@ fn task_keys_belong_to_their_kind() {
                mask_prob = 0.15\nsource_column = \"source\"\ntarget_column = \"target\"\nlabel_smoothing = 0.0\n";
     assert_eq!(Config::from_toml_str(&(base() + old), &[]).unwrap(), config);
 }
+
+#[test]
+fn eval_batches_takes_a_count_or_all() {
+    use taper::config::EvalBatches;
+    let all = Config::from_toml_str(&base(), &["train.eval_batches=\"all\"".into()]).unwrap();
+    assert_eq!(all.train.eval_batches, EvalBatches::All);
+    let again = Config::from_toml_str(&all.to_toml_string().unwrap(), &[]).unwrap();
+    assert_eq!(again.train.eval_batches, EvalBatches::All);
+    let some = Config::from_toml_str(&base(), &["train.eval_batches=7".into()]).unwrap();
+    assert_eq!(some.train.eval_batches, EvalBatches::Sampled(7));
+    let err = error_of(&base(), &["train.eval_batches=\"most\""]);
+    assert!(err.contains("eval_batches") && err.contains("\"all\""), "{err}");
+}

@@ -120,6 +120,38 @@ impl TokenDataset {
         buf.to_tensors(batch_size, self.block_size, device)
     }
 
+    /// Non-overlapping blocks of the val split (each with its next-token targets).
+    pub fn val_blocks(&self) -> usize {
+        self.val.len().saturating_sub(1) / self.block_size
+    }
+
+    /// Batch `index` of the val split's non-overlapping blocks, in order, on the host: up to
+    /// `batch_size` rows (the last batch may have fewer); returns its rows.
+    pub fn val_block_windows(&self, index: usize, batch_size: usize, buf: &mut BatchBuffers) -> usize {
+        let t = self.block_size;
+        let first = index * batch_size;
+        let rows = batch_size.min(self.val_blocks().saturating_sub(first));
+        buf.inputs.clear();
+        buf.targets.clear();
+        for block in first..first + rows {
+            buf.inputs.extend_from_slice(&self.val[block * t..(block + 1) * t]);
+            buf.targets.extend_from_slice(&self.val[block * t + 1..(block + 1) * t + 1]);
+        }
+        rows
+    }
+
+    /// [`Self::val_block_windows`] as (inputs, targets) tensors, each (rows, T) u32.
+    pub fn val_block_batch(
+        &self,
+        index: usize,
+        batch_size: usize,
+        device: &Device,
+        buf: &mut BatchBuffers,
+    ) -> Result<(Tensor, Tensor)> {
+        let rows = self.val_block_windows(index, batch_size, buf);
+        buf.to_tensors(rows, self.block_size, device)
+    }
+
     /// Evaluation batch `index`: the same blocks at every evaluation, so val curves compare.
     pub fn eval_batch(
         &self,

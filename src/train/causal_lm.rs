@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
-use crate::config::{Config, TaskKind};
+use crate::config::{Config, EvalBatches, TaskKind};
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TextTokenizer, TokenDataset};
 use crate::model::{Gpt, Mode, ParamStore};
 use crate::run_dir::{OpenedCheckpoint, RunDir};
@@ -78,19 +78,27 @@ impl Task for CausalLm {
         Ok(self.model.loss_sum(inputs, targets, mode)?)
     }
 
-    /// Mean next-token loss over the fixed val batches.
+    /// Mean next-token loss over the fixed val batches, or over every val block.
     fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
         let cfg = &self.cfg;
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), vb)?;
         let batch = cfg.train.batch_size;
         let buffers = &mut self.buffers.borrow_mut();
-        let mut total = 0f64;
-        for index in 0..cfg.train.eval_batches {
-            let (inputs, targets) = self.data.eval_batch(cfg.train.seed, index, batch, &self.device, buffers)?;
+        let (mut total, mut tokens) = (0f64, 0usize);
+        let batches = match cfg.train.eval_batches {
+            EvalBatches::Sampled(n) => n,
+            EvalBatches::All => self.data.val_blocks().div_ceil(batch),
+        };
+        for index in 0..batches {
+            let (inputs, targets) = match cfg.train.eval_batches {
+                EvalBatches::Sampled(_) => self.data.eval_batch(cfg.train.seed, index, batch, &self.device, buffers)?,
+                EvalBatches::All => self.data.val_block_batch(index, batch, &self.device, buffers)?,
+            };
             total += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
+            tokens += targets.elem_count();
         }
-        let val_loss = total / (cfg.train.eval_batches.max(1) * batch * cfg.model.block_size) as f64;
+        let val_loss = total / tokens.max(1) as f64;
         Ok(BTreeMap::from([("val_loss".to_string(), val_loss)]))
     }
 

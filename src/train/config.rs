@@ -13,6 +13,51 @@ pub enum DTypeName {
     F16,
 }
 
+/// `train.eval_batches`: how much of the val split an evaluation reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalBatches {
+    /// This many batches of blocks drawn at seeded random offsets (the same at every evaluation).
+    Sampled(usize),
+    /// Every non-overlapping block of the val split, in order.
+    All,
+}
+
+impl Serialize for EvalBatches {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Sampled(n) => serializer.serialize_u64(*n as u64),
+            Self::All => serializer.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EvalBatches {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = EvalBatches;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of batches or \"all\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<EvalBatches, E> {
+                usize::try_from(n)
+                    .map(EvalBatches::Sampled)
+                    .map_err(|_| E::custom("the number of batches cannot be negative"))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<EvalBatches, E> {
+                Ok(EvalBatches::Sampled(n as usize))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<EvalBatches, E> {
+                match s {
+                    "all" => Ok(EvalBatches::All),
+                    other => Err(E::custom(format!("expected a number of batches or \"all\", got \"{other}\""))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -33,8 +78,10 @@ pub struct TrainConfig {
     /// Evaluate on the val split every N steps (and at the end); 0 turns it off.
     #[serde(default = "default_eval_every")]
     pub eval_every: usize,
+    /// Val batches per evaluation: a number of sampled batches (the same ones every time), or
+    /// "all": every non-overlapping block of the val split (language models).
     #[serde(default = "default_eval_batches")]
-    pub eval_batches: usize,
+    pub eval_batches: EvalBatches,
     /// Write per-layer diagnostics (gradient norms, update/weight ratios, residual RMS) every N
     /// steps, step 0 included; 0 turns them off and costs nothing.
     #[serde(default)]
@@ -312,8 +359,8 @@ fn default_log_every() -> usize {
 fn default_eval_every() -> usize {
     250
 }
-fn default_eval_batches() -> usize {
-    20
+fn default_eval_batches() -> EvalBatches {
+    EvalBatches::Sampled(20)
 }
 fn default_ckpt_every() -> usize {
     500
@@ -356,7 +403,7 @@ impl TrainConfig {
                 bail!("`{key}` must be at least 1");
             }
         }
-        if self.eval_every > 0 && self.eval_batches == 0 {
+        if self.eval_every > 0 && self.eval_batches == EvalBatches::Sampled(0) {
             bail!("`train.eval_batches` must be at least 1 (to turn evaluation off, set `train.eval_every = 0`)");
         }
         if let Some(f) = self.divergence_factor.filter(|f| *f <= 1.0) {

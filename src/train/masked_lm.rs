@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 
 use super::encoder::{self, with_loaded};
 use super::task::{Evaluation, Task};
-use crate::config::Config;
+use crate::config::{Config, EvalBatches};
 use crate::data::masking::MaskingRule;
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};
 use crate::kernels::cross_entropy_sum;
@@ -162,8 +162,17 @@ impl Task for MaskedLm {
         let model = MaskedLmModel::new(&self.bert, cfg.model.norm, cfg.model.kernels, vb)?;
         let buffers = &mut self.buffers.borrow_mut();
         let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
-        for index in 0..cfg.train.eval_batches.max(1) {
-            self.data.windows(Split::Val, cfg.train.seed, index, 0, cfg.train.batch_size, buffers);
+        let batches = match cfg.train.eval_batches {
+            EvalBatches::Sampled(n) => n.max(1),
+            EvalBatches::All => self.data.val_blocks().div_ceil(cfg.train.batch_size),
+        };
+        for index in 0..batches {
+            match cfg.train.eval_batches {
+                EvalBatches::Sampled(_) => {
+                    self.data.windows(Split::Val, cfg.train.seed, index, 0, cfg.train.batch_size, buffers)
+                }
+                EvalBatches::All => _ = self.data.val_block_windows(index, cfg.train.batch_size, buffers),
+            }
             let batch = self.corrupt(buffers, &mut Rng::derived(cfg.train.seed, &[EVAL_MASK_STREAM, index as u64]))?;
             let mut mode = Mode::eval();
             let logits = model.logits_at(&batch.inputs, &batch.positions, &mut mode)?;
