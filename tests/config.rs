@@ -151,3 +151,12 @@ fn eval_batches_takes_a_count_or_all() {
     let err = error_of(&base(), &["train.eval_batches=\"most\""]);
     assert!(err.contains("eval_batches") && err.contains("\"all\""), "{err}");
 }
+
+#[test]
+fn a_tokenizer_short_of_its_vocab_size_is_said_with_the_shortfall() {
+    let cfg = Config::from_toml_str(&base(), &["tokenizer.kind=\"bpe\"".into(), "tokenizer.vocab_size=50257".into()])
+        .unwrap();
+    let note = cfg.tokenizer.shortfall(22_911).unwrap();
+    assert!(note.contains("22911 of tokenizer.vocab_size = 50257") && note.contains("27346 fewer rows"), "{note}");
+    assert_eq!(cfg.tokenizer.shortfall(50_257), None);
+}

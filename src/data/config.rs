@@ -69,6 +69,17 @@ impl DataConfig {
 }
 
 impl TokenizerConfig {
+    /// Said at start-up when a trained tokenizer reached fewer tokens than `vocab_size` (a
+    /// small corpus runs out of merges): the model is then smaller than the preset claims.
+    pub fn shortfall(&self, reached: usize) -> Option<String> {
+        let wanted = self.vocab_size.filter(|&v| v > reached)?;
+        Some(format!(
+            "; the tokenizer reached {reached} of tokenizer.vocab_size = {wanted} tokens (the corpus yields no more), \
+             so the embedding has {} fewer rows than the config's vocabulary and the parameter count above is the real one",
+            wanted - reached
+        ))
+    }
+
     /// Which keys each tokenizer kind takes.
     pub fn validate(&self) -> Result<()> {
         match self.kind {

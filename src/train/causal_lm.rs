@@ -54,7 +54,8 @@ impl Task for CausalLm {
     }
 
     fn describe(&self) -> String {
-        format!("{} train / {} val tokens", self.data.len(Split::Train), self.data.len(Split::Val))
+        let shortfall = self.cfg.tokenizer.shortfall(self.vocab_size).unwrap_or_default();
+        format!("{} train / {} val tokens{shortfall}", self.data.len(Split::Train), self.data.len(Split::Val))
     }
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {

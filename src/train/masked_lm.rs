@@ -119,7 +119,9 @@ impl Task for MaskedLm {
     type Batch = MaskedBatch;
 
     fn describe(&self) -> String {
-        let data = format!("{} train / {} val tokens", self.data.len(Split::Train), self.data.len(Split::Val));
+        let shortfall = self.cfg.tokenizer.shortfall(self.bert.vocab_size).unwrap_or_default();
+        let (train, val) = (self.data.len(Split::Train), self.data.len(Split::Val));
+        let data = format!("{train} train / {val} val tokens{shortfall}");
         with_loaded(data, &self.loaded)
     }
 

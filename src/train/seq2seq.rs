@@ -205,12 +205,14 @@ impl Task for Seq2SeqTask {
     }
 
     fn describe(&self) -> String {
+        let shortfall = self.cfg.tokenizer.shortfall(self.vocab.source_size().min(self.vocab.target_size()));
         format!(
-            "{} train / {} val pairs, vocabularies {} / {}",
+            "{} train / {} val pairs, vocabularies {} / {}{}",
             self.train.len(),
             self.val.len(),
             self.vocab.source_size(),
-            self.vocab.target_size()
+            self.vocab.target_size(),
+            shortfall.unwrap_or_default()
         )
     }
 
