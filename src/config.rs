@@ -181,30 +181,7 @@ impl Config {
                 kebab(&arch)
             ),
         }
-        if m.init_from.is_some() && m.arch != Architecture::EncoderOnly {
-            bail!("`model.init_from` loads BERT-family checkpoints and needs `model.arch = \"encoder-only\"`");
-        }
-        if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
-            bail!(
-                "an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\""
-            );
-        }
-        if m.arch == Architecture::EncoderOnly
-            && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head)
-        {
-            bail!(
-                "an encoder-only model is a BERT (Hugging Face's layout, for export and `init_from`): LayerNorm, an \
-                 elementwise activation (gelu, relu, gelu-tanh, silu) and n_kv_head = n_head; remove `model.norm_kind`, \
-                 the gated `model.activation` or `model.n_kv_head`"
-            );
-        }
-        if m.init_from.is_some() && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm) {
-            bail!(
-                "`model.norm = \"{}\"` does not fit a pretrained BERT (`model.init_from`): its weights were trained \
-                 post-LN, without sandwich's extra norms or DeepNorm's scaled residual; use \"post\" (or \"pre\")",
-                kebab(&m.norm)
-            );
-        }
+        validate_encoder(m)?;
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {
             bail!("with `model.init_from` the tokenizer is the checkpoint's tokenizer.json; remove the [tokenizer] section");
         }
@@ -250,6 +227,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What an encoder-only model (a BERT, in Hugging Face's layout) and `init_from` allow.
+fn validate_encoder(m: &ModelConfig) -> Result<()> {
+    if m.init_from.is_some() && m.arch != Architecture::EncoderOnly {
+        bail!("`model.init_from` loads BERT-family checkpoints and needs `model.arch = \"encoder-only\"`");
+    }
+    if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
+        bail!("an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\"");
+    }
+    if m.arch == Architecture::EncoderOnly
+        && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head)
+    {
+        bail!(
+            "an encoder-only model is a BERT (Hugging Face's layout, for export and `init_from`): LayerNorm, an \
+             elementwise activation (gelu, relu, gelu-tanh, silu) and n_kv_head = n_head; remove `model.norm_kind`, \
+             the gated `model.activation` or `model.n_kv_head`"
+        );
+    }
+    if m.init_from.is_some() && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm) {
+        bail!(
+            "`model.norm = \"{}\"` does not fit a pretrained BERT (`model.init_from`): its weights were trained \
+             post-LN, without sandwich's extra norms or DeepNorm's scaled residual; use \"post\" (or \"pre\")",
+            kebab(&m.norm)
+        );
+    }
+    Ok(())
 }
 
 /// An encoder's `model.norm` defaults to BERT's post-LN (a decoder's to GPT-2's pre-LN), so a

@@ -366,11 +366,56 @@ fn packed_self_attention() {
         check(
             &format!("packed attention, length {t}"),
             &[qkv],
-            |t| fused::attention_packed(&t[0], n_head, mask.clone(), dropout.then(|| multipliers.clone())).unwrap(),
+            |t| {
+                fused::attention_packed(&t[0], (n_head, n_head), mask.clone(), dropout.then(|| multipliers.clone()))
+                    .unwrap()
+            },
             |t| {
                 let part = |i: usize| t[0].narrow(2, i * d, d).unwrap();
                 let dropout = dropout.then_some(&dropout_tensor);
                 composed_attention(&[part(0), part(1), part(2)], n_head, bias.as_ref(), dropout)
+            },
+            1e-10,
+        );
+    }
+}
+
+#[test]
+fn packed_grouped_query_attention() {
+    // Q (D wide) then K and V (D_kv = D / group wide each) in one row: the same as multi-head
+    // attention with each key/value head repeated for its group, gradients summed over it.
+    for (n_head, n_kv, offset, dropout) in
+        [(4usize, 2usize, Some(0usize), true), (6, 1, None, false), (4, 4, Some(0), false)]
+    {
+        let (b, t, head_dim) = (2usize, 70usize, 3usize);
+        let (d, d_kv) = (n_head * head_dim, n_kv * head_dim);
+        let qkv = random(&[b, t, d + 2 * d_kv], 90 + n_head as u64, 1.0);
+        let bias = offset.map(|o| causal_mask(t, o, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap());
+        let mut rng = Rng::new(91);
+        let multipliers: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
+        let dropout_tensor = Tensor::from_vec(multipliers.clone(), (b, n_head, t, t), &Device::Cpu).unwrap();
+        let dropout_tensor = dropout_tensor.to_dtype(DType::F64).unwrap();
+        let mask = fused::AttentionMask { causal_offset: offset, key_bias: None, alibi: None };
+        let widen = |x: Tensor| {
+            let heads: Vec<Tensor> =
+                (0..n_head).map(|h| x.narrow(2, (h / (n_head / n_kv)) * head_dim, head_dim).unwrap()).collect();
+            Tensor::cat(&heads, 2).unwrap()
+        };
+        check(
+            &format!("packed GQA, {n_head} heads over {n_kv}"),
+            &[qkv],
+            |t| {
+                fused::attention_packed(&t[0], (n_head, n_kv), mask.clone(), dropout.then(|| multipliers.clone()))
+                    .unwrap()
+            },
+            |t| {
+                let (q, k, v) = (
+                    t[0].narrow(2, 0, d).unwrap(),
+                    t[0].narrow(2, d, d_kv).unwrap(),
+                    t[0].narrow(2, d + d_kv, d_kv).unwrap(),
+                );
+                let dropout = dropout.then_some(&dropout_tensor);
+                composed_attention(&[q, widen(k), widen(v)], n_head, bias.as_ref(), dropout)
             },
             1e-10,
         );
@@ -519,11 +564,11 @@ fn ffn_sublayer_pre_and_post_norm() {
         // With biases: [x, ln.w, ln.b, W1, b1, W2, b2]; without: [x, ln.w, ln.b, W1, W2].
         for (bias, used) in bias_variants(&inputs) {
             for pre_norm in [true, false] {
-                for act in [fused::Act::Gelu, fused::Act::Relu] {
+                for act in [fused::Act::Gelu, fused::Act::Relu, fused::Act::Silu] {
                     let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, probe: None };
                     let fused_fn = |t: &[Tensor]| {
                         let (first, second) = packed(t, bias);
-                        let shape = fused::FfnShape { hidden, act, bias };
+                        let shape = fused::FfnShape { hidden, act, bias, gated: false };
                         fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), dropout.clone()).unwrap()
                     };
                     let composed_fn = |t: &[Tensor]| {
@@ -534,6 +579,7 @@ fn ffn_sublayer_pre_and_post_norm() {
                             let a = match act {
                                 fused::Act::Gelu => z.gelu_erf().unwrap(),
                                 fused::Act::Relu => z.relu().unwrap(),
+                                fused::Act::Silu => z.silu().unwrap(),
                             };
                             composed_linear(&a, &w2, b2.as_ref())
                         };
@@ -547,6 +593,82 @@ fn ffn_sublayer_pre_and_post_norm() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn gated_ffn_sublayer() {
+    // Llama's FFN, fc2(act(gate(h)) * fc1(h)) after RMSNorm, without biases: [x, rms.w, Wg, W1,
+    // W2]; and with LayerNorm and biases: [x, ln.w, ln.b, Wg, W1, bg, b1, W2, b2].
+    let (shape, hidden) = (vec![4usize, 50, 32], 96usize);
+    let d = shape[2];
+    let x = random(&shape, 71, 1.0);
+    let (g, w1, w2) = (random(&[hidden, d], 72, 0.5), random(&[hidden, d], 73, 0.5), random(&[d, hidden], 74, 0.5));
+    let (ln_w, ln_b) = (random(&[d], 75, 1.0), random(&[d], 76, 0.5));
+    let (bg, b1, b2) = (random(&[hidden], 77, 0.5), random(&[hidden], 78, 0.5), random(&[d], 79, 0.5));
+    let mut rng = Rng::new(80);
+    let multipliers: Vec<f32> = dropout_multipliers(shape.iter().product(), 0.8, &mut rng);
+    let dropout_tensor =
+        Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let activate = |z: &Tensor, act: fused::Act| match act {
+        fused::Act::Gelu => z.gelu_erf().unwrap(),
+        fused::Act::Relu => z.relu().unwrap(),
+        fused::Act::Silu => z.silu().unwrap(),
+    };
+    for (bias, pre_norm, act) in [
+        (false, true, fused::Act::Silu),
+        (false, false, fused::Act::Gelu),
+        (false, true, fused::Act::Relu),
+        (true, true, fused::Act::Silu),
+        (true, false, fused::Act::Silu),
+    ] {
+        let used: Vec<Var> = match bias {
+            false => vec![x.clone(), ln_w.clone(), g.clone(), w1.clone(), w2.clone()],
+            true => vec![
+                x.clone(),
+                ln_w.clone(),
+                ln_b.clone(),
+                g.clone(),
+                w1.clone(),
+                bg.clone(),
+                b1.clone(),
+                w2.clone(),
+                b2.clone(),
+            ],
+        };
+        let norm = fused::SublayerNorm { pre_norm, rms: !bias, eps: 1e-5, probe: None };
+        let fused_fn = |t: &[Tensor]| {
+            let (first, second) = match bias {
+                false => fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4]]).unwrap(),
+                true => {
+                    fused::pack_parameters(&[&t[1], &t[2]], &[&t[3], &t[4], &t[5], &t[6]], &[&t[7], &t[8]]).unwrap()
+                }
+            };
+            let shape = fused::FfnShape { hidden, act, bias, gated: true };
+            fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), Some(multipliers.clone())).unwrap()
+        };
+        let composed_fn = |t: &[Tensor]| {
+            let norm = |x: &Tensor| match bias {
+                false => fused::rms_norm(x, &t[1], 1e-5).unwrap(),
+                true => fused::layer_norm(x, &t[1], &t[2], 1e-5).unwrap(),
+            };
+            let branch = |h: &Tensor| match bias {
+                false => {
+                    let a =
+                        (activate(&composed_linear(h, &t[2], None), act) * composed_linear(h, &t[3], None)).unwrap();
+                    composed_linear(&a, &t[4], None)
+                }
+                true => {
+                    let gate = activate(&composed_linear(h, &t[3], Some(&t[5])), act);
+                    let a = (gate * composed_linear(h, &t[4], Some(&t[6]))).unwrap();
+                    composed_linear(&a, &t[7], Some(&t[8]))
+                }
+            };
+            composed_sublayer(&t[0], norm, branch, Some(&dropout_tensor), pre_norm)
+        };
+        // GELU's erf is accurate to 1.5e-7 (see `ffn_sublayer_pre_and_post_norm`); ReLU and SiLU are exact.
+        let tol = if act == fused::Act::Gelu { 1e-4 } else { 1e-10 };
+        check(&format!("gated ffn bias={bias} pre_norm={pre_norm} {act:?}"), &used, fused_fn, composed_fn, tol);
     }
 }
 
@@ -567,7 +689,7 @@ fn ffn_sublayer_with_rms_norm() {
         let norm = fused::SublayerNorm { pre_norm, rms: true, eps: 1e-5, probe: None };
         let fused_fn = |t: &[Tensor]| {
             let (first, second) = fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4], &t[5]]).unwrap();
-            let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true };
+            let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
             fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), None).unwrap()
         };
         let composed_fn = |t: &[Tensor]| {
@@ -651,7 +773,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone());
-                let heads = (n_head, bias, rope.as_ref().map(rotation));
+                let heads = ((n_head, n_head), bias, rope.as_ref().map(rotation));
                 let norm = norm.clone();
                 fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
                     .unwrap()

@@ -72,6 +72,7 @@ impl Activation {
         match self {
             Activation::Gelu => Some(cpu::Act::Gelu),
             Activation::Relu => Some(cpu::Act::Relu),
+            Activation::Silu => Some(cpu::Act::Silu),
             _ => None,
         }
     }
@@ -206,7 +207,7 @@ pub fn self_attention(
             let qkv = cpu::linear(x, &weight, bias.as_ref())?; // (B, T, 3D)
             let (b, t, _) = x.dims3()?;
             let dropout = mode.dropout_multipliers(b * n_head * t * t, p);
-            cpu::attention_packed(&qkv, n_head, mask.cpu_form()?.clone(), dropout)
+            cpu::attention_packed(&qkv, (n_head, n_head), mask.cpu_form()?.clone(), dropout)
         }
         Backend::Cpu | Backend::Composed => {
             let (q, k, v) = (linear(x, wq, bq, mode)?, linear(x, wk, bk, mode)?, linear(x, wv, bv, mode)?);
@@ -271,29 +272,35 @@ fn branch_parameters<'a>(weights: &[&'a Tensor], biases: &[Option<&'a Tensor>]) 
 }
 
 /// The FFN sub-layer, pre-LN x + FFN(LN(x)) or post-LN LN(x + FFN(x)) with FFN(h) =
-/// act(h W1^T + b1) W2^T + b2 and dropout `p` on FFN's output, as one CPU node; None: the
-/// caller composes it.
+/// act(h W1^T + b1) W2^T + b2, or gated (`gate` given: act(h Wg^T + bg) * (h W1^T + b1)),
+/// and dropout `p` on FFN's output, as one CPU node; None: the caller composes it.
+#[allow(clippy::too_many_arguments)]
 pub fn ffn_sublayer(
     x: &Tensor,
     norm: SublayerNorm,
+    gate: Option<(&Tensor, Option<&Tensor>)>,
     (w1, b1): (&Tensor, Option<&Tensor>),
     (w2, b2): (&Tensor, Option<&Tensor>),
     act: Activation,
     p: f64,
     mode: &mut Mode,
 ) -> Result<Option<Tensor>> {
-    if !sublayer_node(mode) {
+    if !sublayer_node(mode) || gate.is_some() != act.gate().is_some() {
         return Ok(None);
     }
-    let (first, bias1) = branch_parameters(&[w1], &[b1])?;
+    // Gated: [Wg; W1] stacked, one product for both input projections.
+    let (first, bias1) = match gate {
+        Some((wg, bg)) => branch_parameters(&[wg, w1], &[bg, b1])?,
+        None => branch_parameters(&[w1], &[b1])?,
+    };
     let (second, bias2) = branch_parameters(&[w2], &[b2])?;
-    let Some(cpu_act) = act.cpu() else { return Ok(None) };
+    let Some(cpu_act) = act.elementwise().cpu() else { return Ok(None) };
     if bias1 != bias2 {
         return Ok(None);
     }
     let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
     let dropout = mode.dropout_multipliers(x.elem_count(), p);
-    let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: cpu_act, bias: bias1 };
+    let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: cpu_act, bias: bias1, gated: gate.is_some() };
     Ok(Some(norm.probed(x, mode, |norm| cpu::ffn_sublayer(x, (&first, &second), branch, norm, dropout))?))
 }
 
@@ -311,14 +318,15 @@ impl Rotary {
     }
 }
 
-/// The self-attention sub-layer (pre- or post-LN, `n_head` heads with rotary positions if
+/// The self-attention sub-layer (pre- or post-LN, `n_head` query heads over `n_kv_head`
+/// key/value heads (`proj`'s K and V weights are that much narrower), rotary positions if
 /// given, dropout `p_attn` on the weights and `p_out` on the output) as one CPU node; None:
 /// the caller composes it.
 pub fn self_attention_sublayer(
     x: &Tensor,
     norm: SublayerNorm,
     proj: &Projections,
-    (n_head, rotary): (usize, Option<&Rotary>),
+    ((n_head, n_kv_head), rotary): ((usize, usize), Option<&Rotary>),
     mask: &Mask,
     (p_attn, p_out): (f64, f64),
     mode: &mut Mode,
@@ -339,7 +347,7 @@ pub fn self_attention_sublayer(
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
     let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout);
-    let heads = (n_head, bias1, rotary.map(Rotary::cpu).transpose()?);
+    let heads = ((n_head, n_kv_head), bias1, rotary.map(Rotary::cpu).transpose()?);
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
     Ok(Some(norm.probed(x, mode, node)?))
 }

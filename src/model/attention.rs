@@ -131,11 +131,11 @@ impl Attention {
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
-        if self.n_kv_head != self.n_head || self.relative.is_some() {
+        if self.relative.is_some() {
             return Ok(None);
         }
         let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
-        let heads = (self.n_head, rotary.as_ref());
+        let heads = ((self.n_head, self.n_kv_head), rotary.as_ref());
         let dropouts = (self.dropout, residual_dropout);
         kernels::self_attention_sublayer(x, norm, &self.projections(), heads, mask, dropouts, mode)
     }

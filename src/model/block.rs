@@ -134,11 +134,9 @@ impl Mlp {
 
     /// The whole FFN sub-layer (Add & Norm included) as one node, where the backend has one.
     fn sublayer(&self, x: &Tensor, norm: SublayerNorm, p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
-        if self.gate.is_some() {
-            return Ok(None);
-        }
+        let gate = self.gate.as_ref().map(|g| (&g.weight, g.bias.as_ref()));
         let (fc1, fc2) = ((&self.fc1.weight, self.fc1.bias.as_ref()), (&self.fc2.weight, self.fc2.bias.as_ref()));
-        kernels::ffn_sublayer(x, norm, fc1, fc2, self.activation, p, mode)
+        kernels::ffn_sublayer(x, norm, gate, fc1, fc2, self.activation, p, mode)
     }
 }
 

@@ -36,6 +36,8 @@ const QUERY_BLOCK: usize = 64;
 
 struct AttentionOp {
     n_head: usize,
+    /// Key/value heads: query head h reads key/value head h / (n_head / n_kv_head).
+    n_kv_head: usize,
     scale: f64,
     mask: AttentionMask,
     /// Inverted-dropout multipliers on the weights, (B, H, T_q, T_k): 0 or 1/(1-p).
@@ -50,9 +52,11 @@ struct Geometry {
     t_q: usize,
     t_k: usize,
     n_head: usize,
+    /// Query heads per key/value head (grouped-query attention; 1: multi-head).
+    group: usize,
     head_dim: usize,
     /// Row strides of Q and of K/V, and the columns where K and V start: (D, D, 0, 0) for
-    /// three (B, T, D) tensors, (3D, 3D, D, 2D) for one packed (B, T, 3D).
+    /// three (B, T, D) tensors, (P, P, D, D + D_kv) for one packed (B, T, P = D + 2 D_kv).
     q_row: usize,
     kv_row: usize,
     k_col: usize,
@@ -71,10 +75,14 @@ impl Geometry {
     fn width(&self) -> usize {
         self.n_head * self.head_dim
     }
+    /// Width of the keys (and of the values).
+    fn kv_width(&self) -> usize {
+        self.width() / self.group
+    }
     fn offsets(&self, pair: usize) -> PairOffsets {
         let (b, h) = (pair / self.n_head, pair % self.n_head);
         let head = h * self.head_dim;
-        let kv = b * self.t_k * self.kv_row + head;
+        let kv = b * self.t_k * self.kv_row + (h / self.group) * self.head_dim;
         PairOffsets {
             q: b * self.t_q * self.q_row + head,
             k: kv + self.k_col,
@@ -127,20 +135,21 @@ impl AttentionOp {
             );
         }
         let head_dim = self.head_dim(width)?;
-        let (q_row, kv_row) = (width, width);
-        self.check(Geometry { batch, t_q, t_k, n_head: self.n_head, head_dim, q_row, kv_row, k_col: 0, v_col: 0 })
+        let (q_row, kv_row, n_head) = (width, width, self.n_head);
+        self.check(Geometry { batch, t_q, t_k, n_head, group: 1, head_dim, q_row, kv_row, k_col: 0, v_col: 0 })
     }
 
-    /// Q, K and V side by side in one (B, T, 3D).
+    /// Q, K and V side by side in one (B, T, D + 2 D_kv), D_kv = D n_kv_head / n_head.
     fn packed_geometry(&self, qkv: &Layout) -> Result<Geometry> {
         let (batch, t, packed) = qkv.shape().dims3()?;
-        if !packed.is_multiple_of(3) {
-            candle_core::bail!("attention: packed queries/keys/values of width {packed}, not a multiple of 3");
+        let (n_head, n_kv) = (self.n_head, self.n_kv_head);
+        if n_kv == 0 || !n_head.is_multiple_of(n_kv) || !(packed * n_head).is_multiple_of(n_head + 2 * n_kv) {
+            candle_core::bail!("attention: packed queries/keys/values of width {packed} do not fit {n_head} query and {n_kv} key/value heads");
         }
-        let width = packed / 3;
-        let head_dim = self.head_dim(width)?;
-        let (q_row, kv_row, k_col, v_col) = (packed, packed, width, 2 * width);
-        self.check(Geometry { batch, t_q: t, t_k: t, n_head: self.n_head, head_dim, q_row, kv_row, k_col, v_col })
+        let width = packed * n_head / (n_head + 2 * n_kv);
+        let (head_dim, group) = (self.head_dim(width)?, n_head / n_kv);
+        let (q_row, kv_row, k_col, v_col) = (packed, packed, width, width + width / group);
+        self.check(Geometry { batch, t_q: t, t_k: t, n_head, group, head_dim, q_row, kv_row, k_col, v_col })
     }
 
     /// Softmax in place over each row of one (T_q, T_k) score matrix of (batch, head) `pair`.
@@ -258,7 +267,10 @@ impl AttentionOp {
         let dst = MatMut::rows(out, 0, 0);
         let scale = T::of(self.scale);
         let per_pair = g.t_q * g.t_k;
-        (0..g.batch * g.n_head).into_par_iter().for_each_init(
+        // In parallel over (batch, key/value head): the query heads of one group accumulate
+        // into the same dK and dV columns, so they take turns.
+        let pairs = |kv_pair: usize| kv_pair * g.group..(kv_pair + 1) * g.group;
+        (0..g.batch * g.n_head / g.group).into_par_iter().flat_map_iter(pairs).for_each_init(
             || (Vec::new(), vec![T::of(0.0); per_pair]),
             |(scratch, dscores), pair| {
                 let at = g.offsets(pair);
@@ -405,9 +417,16 @@ impl CustomOp3 for AttentionOp {
     }
 }
 
-fn op(n_head: usize, width: usize, mask: AttentionMask, dropout: Option<Vec<f32>>) -> AttentionOp {
+/// The op for `n_head` query heads over `n_kv_head` key/value heads, queries `width` wide.
+fn op(
+    (n_head, n_kv_head): (usize, usize),
+    width: usize,
+    mask: AttentionMask,
+    dropout: Option<Vec<f32>>,
+) -> AttentionOp {
     let head_dim = width / n_head.max(1);
-    AttentionOp { n_head, scale: 1.0 / (head_dim as f64).sqrt(), mask, dropout, weights: Mutex::new(None) }
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    AttentionOp { n_head, n_kv_head, scale, mask, dropout, weights: Mutex::new(None) }
 }
 
 /// softmax(Q K^T / sqrt(head_dim) + mask) V over `n_head` heads, for Q (B, T_q, D) and K, V
@@ -421,14 +440,21 @@ pub fn attention(
     mask: AttentionMask,
     dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
-    let op = op(n_head, q.dim(2)?, mask, dropout);
+    let op = op((n_head, n_head), q.dim(2)?, mask, dropout);
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
-/// The same for self-attention with Q, K and V packed side by side in one (B, T, 3D) tensor,
-/// as one projection with the three weight matrices stacked produces them.
-pub fn attention_packed(qkv: &Tensor, n_head: usize, mask: AttentionMask, dropout: Option<Vec<f32>>) -> Result<Tensor> {
-    let op = op(n_head, qkv.dim(2)? / 3, mask, dropout);
+/// The same for self-attention with Q, K and V packed side by side in one (B, T, D + 2 D_kv)
+/// tensor, as one projection with the three weight matrices stacked produces them: `n_head`
+/// query heads over `n_kv_head` key/value heads (grouped-query attention when fewer).
+pub fn attention_packed(
+    qkv: &Tensor,
+    (n_head, n_kv_head): (usize, usize),
+    mask: AttentionMask,
+    dropout: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    let width = qkv.dim(2)? * n_head / (n_head + 2 * n_kv_head).max(1);
+    let op = op((n_head, n_kv_head), width, mask, dropout);
     qkv.contiguous()?.apply_op1(op)
 }
 
@@ -441,7 +467,7 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// Rotates the queries and keys of packed (B, T, 3D) rows in place by each row's position;
+    /// Rotates the queries and keys of packed (B, T, D + 2 D_kv) rows in place by each row's position;
     /// `inverse`: by the opposite angle (the transpose: the backward pass).
     fn rotate<T: Real>(&self, qkv: &mut [T], g: &Geometry, inverse: bool) -> Result<()> {
         let half = g.head_dim / 2;
@@ -451,7 +477,7 @@ impl Rotation {
         qkv.par_chunks_mut(g.q_row).enumerate().for_each(|(row, values)| {
             let at = (row % g.t_q) * half;
             let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
-            for head in values[..2 * g.width()].chunks_exact_mut(g.head_dim) {
+            for head in values[..g.width() + g.kv_width()].chunks_exact_mut(g.head_dim) {
                 let (x1, x2) = head.split_at_mut(half);
                 for (((a, b), &c), &s) in x1.iter_mut().zip(x2.iter_mut()).zip(cos).zip(sin) {
                     let (c, s) = (T::of(c as f64), if inverse { -T::of(s as f64) } else { T::of(s as f64) });
@@ -481,10 +507,15 @@ impl SelfAttentionBranch {
         self.saved.lock().map_err(|_| candle_core::Error::Msg("self-attention lock poisoned".into()))
     }
 
+    /// Width of the packed Q/K/V for model width `d`: D + 2 D_kv.
+    fn packed_width(&self, d: usize) -> usize {
+        d + 2 * d * self.core.n_kv_head / self.core.n_head.max(1)
+    }
+
     /// The geometry of the packed Q/K/V for input of `shape` (B, T, D).
     fn geometry(&self, shape: &Shape) -> Result<Geometry> {
         let (batch, t, d) = shape.dims3()?;
-        self.core.packed_geometry(&Layout::contiguous((batch, t, 3 * d)))
+        self.core.packed_geometry(&Layout::contiguous((batch, t, self.packed_width(d))))
     }
 }
 
@@ -492,17 +523,17 @@ impl Branch for SelfAttentionBranch {
     const NAME: &'static str = "taper-self-attention";
 
     fn parameter_lens(&self, d: usize) -> (usize, usize) {
-        let b = self.bias as usize;
-        (3 * d * d + b * 3 * d, d * d + b * d)
+        let (b, packed) = (self.bias as usize, self.packed_width(d));
+        (packed * d + b * packed, d * d + b * d)
     }
 
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
         let g = self.geometry(shape)?;
-        let d = g.width();
+        let (d, packed) = (g.width(), g.q_row);
         let rows = input.len() / d.max(1);
-        let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(3 * d * d), p2.split_at(d * d));
+        let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(packed * d), p2.split_at(d * d));
         let (b_qkv, b_o) = (self.bias.then_some(b_qkv), self.bias.then_some(b_o));
-        let mut qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, 3 * d));
+        let mut qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, packed));
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut qkv, &g, false)?;
         }
@@ -524,7 +555,7 @@ impl Branch for SelfAttentionBranch {
         (d_p1, d_p2): (&mut [T], &mut [T]),
     ) -> Result<Vec<T>> {
         let g = self.geometry(shape)?;
-        let d = g.width();
+        let (d, packed) = (g.width(), g.q_row);
         let rows = input.len() / d.max(1);
         let saved = self.saved()?;
         let weights = self.core.saved_weights()?;
@@ -532,7 +563,7 @@ impl Branch for SelfAttentionBranch {
             candle_core::bail!("self-attention backward without a forward pass")
         };
         let (qkv, context, weights) = (qkv.as_slice::<T>()?, context.as_slice::<T>()?, weights.as_slice::<T>()?);
-        let (dw_qkv, db_qkv) = d_p1.split_at_mut(3 * d * d);
+        let (dw_qkv, db_qkv) = d_p1.split_at_mut(packed * d);
         let (dw_o, db_o) = d_p2.split_at_mut(d * d);
         let (db_qkv, db_o) = (self.bias.then(|| as_uninit(db_qkv)), self.bias.then(|| as_uninit(db_o)));
         let fill = |d_context: &mut _| {
@@ -541,14 +572,14 @@ impl Branch for SelfAttentionBranch {
         // SAFETY: backward_into writes every element of d(context).
         let d_context = unsafe { written_by(rows * d, fill) };
         // The attention backward accumulates over query blocks: it needs zeros.
-        let mut d_qkv = vec![T::of(0.0); rows * 3 * d];
+        let mut d_qkv = vec![T::of(0.0); rows * packed];
         self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3]);
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut d_qkv, &g, true)?;
         }
         let fill = |d_input: &mut _| {
-            let w_qkv = &p1[..3 * d * d];
-            backward_into(input, w_qkv, &d_qkv, (rows, d, 3 * d), d_input, as_uninit(dw_qkv), db_qkv)
+            let w_qkv = &p1[..packed * d];
+            backward_into(input, w_qkv, &d_qkv, (rows, d, packed), d_input, as_uninit(dw_qkv), db_qkv)
         };
         // SAFETY: as above.
         Ok(unsafe { written_by(rows * d, fill) })
@@ -557,19 +588,19 @@ impl Branch for SelfAttentionBranch {
 
 /// The self-attention sub-layer: pre-LN x + Attn(LN(x)), post-LN LN(x + Attn(x)), with Attn the
 /// packed Q/K/V projection, `rotation` of the queries and keys (rotary positions), `n_head`-head
-/// attention under `mask` (and `dropout` multipliers on its weights) and the output projection,
+/// attention over `n_kv_head` key/value heads under `mask` (and `dropout` multipliers on its weights) and the output projection,
 /// as one node. `first` = [ln.weight | ln.bias | W_q | W_k | W_v | b_q | b_k | b_v] and `second`
 /// = [W_o | b_o] (without the biases when `bias` is false; see `pack_parameters`);
 /// `residual_dropout`: multipliers on Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
-    (n_head, bias, rotation): (usize, bool, Option<Rotation>),
+    ((n_head, n_kv_head), bias, rotation): ((usize, usize), bool, Option<Rotation>),
     (mask, dropout): (AttentionMask, Option<Vec<f32>>),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
-    let core = op(n_head, x.dim(D::Minus1)?, mask, dropout);
+    let core = op((n_head, n_kv_head), x.dim(D::Minus1)?, mask, dropout);
     let branch = SelfAttentionBranch { core, bias, rotation, saved: Mutex::new(None) };
     apply(x, (first, second), branch, norm, residual_dropout)
 }

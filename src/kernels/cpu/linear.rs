@@ -202,6 +202,25 @@ pub(super) fn as_uninit<T>(data: &mut [T]) -> &mut [MaybeUninit<T>] {
 pub enum Act {
     Gelu,
     Relu,
+    /// x * sigmoid(x).
+    Silu,
+}
+
+/// (act(z), act'(z)) for one pre-activation.
+fn value_and_derivative<T: Real>(act: Act, pre: T) -> (T, T) {
+    match act {
+        Act::Gelu => {
+            let (cdf, pdf) = normal_cdf_pdf(pre);
+            (pre * cdf, pre.mul_add_(pdf, cdf))
+        }
+        Act::Relu if pre > T::of(0.0) => (pre, T::of(1.0)),
+        Act::Relu => (T::of(0.0), T::of(0.0)),
+        Act::Silu => {
+            let sigmoid = T::of(1.0) / (T::of(1.0) + (-pre).exp_());
+            // d/dz z s(z) = s (1 + z (1 - s))
+            (pre * sigmoid, sigmoid * pre.mul_add_(T::of(1.0) - sigmoid, T::of(1.0)))
+        }
+    }
 }
 
 /// act(z + b) for z of rows of width `b.len()`. With `keep_derivative`, act'(z + b) is written
@@ -209,17 +228,51 @@ pub enum Act {
 pub(super) fn activate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_derivative: bool) -> Vec<T> {
     // One loop for each case: a branch inside the loop would be evaluated (and blended) for
     // every element.
-    let gelu = |pre: T| {
-        let (cdf, pdf) = normal_cdf_pdf(pre);
-        (pre * cdf, pre.mul_add_(pdf, cdf))
-    };
-    let relu = |pre: T| if pre > T::of(0.0) { (pre, T::of(1.0)) } else { (T::of(0.0), T::of(0.0)) };
     match (act, keep_derivative) {
-        (Act::Gelu, true) => activate_rows::<T, _, true>(z, b, gelu),
-        (Act::Gelu, false) => activate_rows::<T, _, false>(z, b, gelu),
-        (Act::Relu, true) => activate_rows::<T, _, true>(z, b, relu),
-        (Act::Relu, false) => activate_rows::<T, _, false>(z, b, relu),
+        (Act::Gelu, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::Gelu, z)),
+        (Act::Gelu, false) => activate_rows::<T, _, false>(z, b, |z| value_and_derivative(Act::Gelu, z)),
+        (Act::Relu, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::Relu, z)),
+        (Act::Relu, false) => activate_rows::<T, _, false>(z, b, |z| value_and_derivative(Act::Relu, z)),
+        (Act::Silu, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::Silu, z)),
+        (Act::Silu, false) => activate_rows::<T, _, false>(z, b, |z| value_and_derivative(Act::Silu, z)),
     }
+}
+
+/// A gated FFN's hidden layer, act(g + b_g) * (u + b_u), for rows of z = [g | u] (each half
+/// `b.len() / 2` wide, b = [b_g | b_u]). With `keep_derivative`, z is overwritten with the
+/// multipliers of the backward, [act'(g) (u + b_u) | act(g)]: d(g) = d(h) act'(g) (u + b_u),
+/// d(u) = d(h) act(g).
+pub(super) fn gate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_derivative: bool) -> Vec<T> {
+    // One monomorphic loop per activation, as in `activate_with_bias`.
+    match act {
+        Act::Gelu => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::Gelu, z)),
+        Act::Relu => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::Relu, z)),
+        Act::Silu => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::Silu, z)),
+    }
+}
+
+/// The loop of `gate_with_bias`: `f(pre)` is (value, derivative).
+fn gate_rows<T: Real, F: Fn(T) -> (T, T) + Sync>(z: &mut [T], b: &[T], keep_derivative: bool, f: F) -> Vec<T> {
+    let hidden = b.len() / 2;
+    let rows = z.len() / b.len().max(1);
+    let block = PARALLEL_MIN.div_ceil(b.len().max(1)).max(1);
+    let fill = |y: &mut [MaybeUninit<T>]| {
+        y.par_chunks_mut(block * hidden).zip(z.par_chunks_mut(block * 2 * hidden)).for_each(|(y, z)| {
+            for (y, z) in y.chunks_exact_mut(hidden).zip(z.chunks_exact_mut(2 * hidden)) {
+                let (gates, ups) = z.split_at_mut(hidden);
+                for (j, (y, (g, u))) in y.iter_mut().zip(gates.iter_mut().zip(ups.iter_mut())).enumerate() {
+                    let up = *u + b[hidden + j];
+                    let (value, derivative) = f(*g + b[j]);
+                    y.write(value * up);
+                    if keep_derivative {
+                        (*g, *u) = (derivative * up, value);
+                    }
+                }
+            }
+        })
+    };
+    // SAFETY: the blocks cover y (whole rows), and every element is written.
+    unsafe { written_by(rows * hidden, fill) }
 }
 
 /// The loop of `activate_with_bias`: `f(pre)` is (value, derivative).
