@@ -238,12 +238,12 @@ fn validate_encoder(m: &ModelConfig) -> Result<()> {
         bail!("an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\"");
     }
     if m.arch == Architecture::EncoderOnly
-        && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head)
+        && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head || m.qk_norm)
     {
         bail!(
             "an encoder-only model is a BERT (Hugging Face's layout, for export and `init_from`): LayerNorm, an \
-             elementwise activation (gelu, relu, gelu-tanh, silu) and n_kv_head = n_head; remove `model.norm_kind`, \
-             the gated `model.activation` or `model.n_kv_head`"
+             elementwise activation (gelu, relu, gelu-tanh, silu), n_kv_head = n_head and no QK-norm; remove \
+             `model.norm_kind`, the gated `model.activation`, `model.n_kv_head` or `model.qk_norm`"
         );
     }
     if m.init_from.is_some() && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm) {

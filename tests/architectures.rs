@@ -1,6 +1,6 @@
 //! The architecture options of `[model]` beyond GPT-2's (RMSNorm, gated and other FFN
 //! activations, grouped-query attention, ALiBi, T5 and Shaw relative positions, none; sandwich and DeepNorm
-//! placements): for each, every parameter learns, a tiny model's
+//! placements; QK-norm): for each, every parameter learns, a tiny model's
 //! loss falls, cached decoding equals uncached, the causal mask hides the future; and GQA is
 //! multi-head attention with its key/value heads shared.
 
@@ -14,7 +14,7 @@ use taper::config::ModelConfig;
 use taper::model::{Gpt, Mode, ParamStore};
 
 /// The options, one model each, as `--set` overrides of the tiny config (4 heads, 32 wide).
-const VARIANTS: [&str; 16] = [
+const VARIANTS: [&str; 18] = [
     "model.norm_kind=rms",
     "model.activation=swiglu",
     "model.activation=geglu",
@@ -31,6 +31,8 @@ const VARIANTS: [&str; 16] = [
     "model.norm=sandwich",
     "model.norm=deepnorm",
     "model.norm=sandwich model.norm_kind=rms model.activation=swiglu",
+    "model.qk_norm=true",
+    "model.qk_norm=true model.norm_kind=rms model.positions=rope model.n_kv_head=2",
 ];
 
 /// The Llama recipe in one model.
@@ -179,5 +181,32 @@ fn a_tiny_model_of_each_variant_learns() {
         // Uniform over the ~20 characters is ln 20 = 3.0; the pattern is mostly predictable (the
         // bound of tests/training.rs for the GPT-2 shape).
         assert!(first > 2.5 && last < 1.2, "{extra}: loss {first} -> {last}");
+    }
+}
+
+#[test]
+fn qk_norm_makes_the_scores_blind_to_the_scale_of_queries_and_keys() {
+    // RMSNorm of each head's q and k: multiplying W_q and W_k by 10 changes nothing with
+    // QK-norm, and changes the logits without it.
+    for (extra, invariant) in [("model.qk_norm=true model.norm_kind=rms model.bias=false", true), ("", false)] {
+        let cfg = model_config(extra);
+        let params = ParamStore::new();
+        let model = Gpt::new(&cfg, 20, DType::F32, params.var_builder(6, &Device::Cpu)).unwrap();
+        let scaled: HashMap<String, Tensor> = params
+            .detached()
+            .into_iter()
+            .map(|(name, t)| match name.contains("q_proj") || name.contains("k_proj") {
+                true => (name, (t * 10.0).unwrap()),
+                false => (name, t),
+            })
+            .collect();
+        let other = Gpt::new(&cfg, 20, DType::F32, VarBuilder::from_tensors(scaled, DType::F32, &Device::Cpu)).unwrap();
+        let x = ids(&[5, 3, 8, 1, 0, 2, 7]);
+        let diff =
+            max_diff(&model.forward(&x, &mut Mode::eval()).unwrap(), &other.forward(&x, &mut Mode::eval()).unwrap());
+        match invariant {
+            true => assert!(diff < 1e-4, "QK-norm: scaled W_q, W_k changed the logits by {diff}"),
+            false => assert!(diff > 1e-3, "without QK-norm the scale of W_q, W_k must matter ({diff})"),
+        }
     }
 }

@@ -17,7 +17,15 @@ const H: usize = 2;
 fn attention(params: &ParamStore) -> Attention {
     let cfg = common::tiny_config(std::path::Path::new("/tmp"), std::path::Path::new("/tmp/c.txt"), "");
     // Bias on, so the reference must add it.
-    let attn = AttentionConfig { d_model: D, n_head: H, n_kv_head: H, bias: true, dropout: 0.0, shaw_clip: None };
+    let attn = AttentionConfig {
+        d_model: D,
+        n_head: H,
+        n_kv_head: H,
+        bias: true,
+        dropout: 0.0,
+        shaw_clip: None,
+        qk_norm: None,
+    };
     Attention::new(&attn, &init_policy(&cfg.model), params.var_builder(7, &Device::Cpu).pp("attn")).unwrap()
 }
 

@@ -10,7 +10,7 @@ use taper::train::{train, TrainOptions};
 
 const VOCAB: usize = 20;
 /// Every position encoding and every norm placement.
-const POSITIONS: [(&str, &str); 9] = [
+const POSITIONS: [(&str, &str); 10] = [
     ("pre", "sinusoidal"),
     ("post", "learned"),
     ("pre", "rope"),
@@ -20,6 +20,8 @@ const POSITIONS: [(&str, &str); 9] = [
     ("post", "none"),
     ("sandwich", "rope"),
     ("deepnorm", "t5"),
+    // QK-norm in self- and cross-attention, written as a TOML line after `positions`.
+    ("pre", "rope\"\nqk_norm = true\nnorm_kind = \"rms"),
 ];
 const LIMITS: DecodeLimits = DecodeLimits { bos: 18, eos: 19, max_len: 12 };
 

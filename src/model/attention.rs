@@ -6,6 +6,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::layers::{InitPolicy, Linear};
+use super::norm::{Norm, NormKind};
 use super::positions::Rope;
 use crate::kernels::composed::RelativeTables;
 use crate::kernels::{self, Mask, Mode, Projections, SublayerNorm};
@@ -39,6 +40,9 @@ pub struct AttentionConfig {
     pub dropout: f64,
     /// Shaw et al.'s relative key/value embeddings, distances clipped at this (self-attention).
     pub shaw_clip: Option<usize>,
+    /// QK-norm: each head's queries and keys normalised (this norm, this epsilon) before the
+    /// scores, one gain of head_dim shared by the heads.
+    pub qk_norm: Option<(NormKind, f64)>,
 }
 
 /// Shaw et al.'s relative key and value embeddings of one layer, (2 * clip + 1, head_dim) each.
@@ -71,6 +75,8 @@ pub struct Attention {
     n_kv_head: usize,
     dropout: f64,
     relative: Option<ShawEmbeddings>,
+    /// QK-norm's norms of the queries and of the keys (`q_norm`, `k_norm`).
+    qk_norm: Option<(Norm, Norm)>,
 }
 
 impl Attention {
@@ -93,6 +99,7 @@ impl Attention {
                 .shaw_clip
                 .map(|clip| ShawEmbeddings::new(clip, d / cfg.n_head.max(1), init, &vb))
                 .transpose()?,
+            qk_norm: cfg.qk_norm.map(|(kind, eps)| qk_norms(kind, d / cfg.n_head.max(1), eps, &vb)).transpose()?,
         })
     }
 
@@ -131,7 +138,7 @@ impl Attention {
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
-        if self.relative.is_some() {
+        if self.relative.is_some() || self.qk_norm.is_some() {
             return Ok(None);
         }
         let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
@@ -155,11 +162,17 @@ impl Attention {
         mode: &mut Mode,
     ) -> Result<Tensor> {
         let context = match (memory, rope, cache) {
-            (None, None, None) if self.n_kv_head == self.n_head && self.relative.is_none() => {
+            (None, None, None)
+                if self.n_kv_head == self.n_head && self.relative.is_none() && self.qk_norm.is_none() =>
+            {
                 kernels::self_attention(x, &self.projections(), self.n_head, mask, self.dropout, mode)?
             }
             (memory, rope, cache) => {
                 let q = self.q_proj.forward(x, mode)?;
+                let q = match &self.qk_norm {
+                    Some((q_norm, _)) => per_head(q_norm, &q, self.n_head, mode)?,
+                    None => q,
+                };
                 // Rotary positions apply to self-attention only: memory positions are not the queries'.
                 let (q, rope) = match (memory, rope) {
                     (None, Some((rope, offset))) => (rope.apply(&q, self.n_head, offset)?, Some((rope, offset))),
@@ -192,6 +205,10 @@ impl Attention {
     ) -> Result<(Tensor, Tensor)> {
         let project = |src: &Tensor, mode: &Mode| -> Result<(Tensor, Tensor)> {
             let k = self.k_proj.forward(src, mode)?;
+            let k = match &self.qk_norm {
+                Some((_, k_norm)) => per_head(k_norm, &k, self.n_kv_head, mode)?,
+                None => k,
+            };
             let k = match rope {
                 Some((rope, offset)) => rope.apply(&k, self.n_kv_head, offset)?,
                 None => k,
@@ -213,4 +230,16 @@ impl Attention {
         cache.values = Some(v.clone());
         Ok((k, v))
     }
+}
+
+/// QK-norm's two norms of one layer, over head_dim: `q_norm` and `k_norm` under `vb`.
+fn qk_norms(kind: NormKind, head_dim: usize, eps: f64, vb: &VarBuilder) -> Result<(Norm, Norm)> {
+    Ok((Norm::new(kind, head_dim, eps, vb.pp("q_norm"))?, Norm::new(kind, head_dim, eps, vb.pp("k_norm"))?))
+}
+
+/// `norm` over each head of x (B, T, heads * head_dim).
+fn per_head(norm: &Norm, x: &Tensor, heads: usize, mode: &Mode) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    let x = x.reshape((b, t, heads, d / heads))?; // (B, T, D) -> (B, T, H, head_dim)
+    norm.forward(&x, mode)?.reshape((b, t, d)) // -> (B, T, D)
 }

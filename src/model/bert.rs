@@ -162,6 +162,7 @@ impl BertEncoder {
                 NormPlacement::DeepNorm => DeepNorm::for_stack(StackRole::Alone { layers: cfg.num_hidden_layers }),
                 _ => DeepNorm::NONE,
             },
+            qk_norm: false,
             cross_attention: false,
         };
         let blocks = (0..cfg.num_hidden_layers)

@@ -30,6 +30,8 @@ pub struct BlockConfig {
     pub shaw_clip: Option<usize>,
     /// DeepNorm's residual multiplier and init gain (`DeepNorm::NONE` unless `norm = deepnorm`).
     pub deepnorm: DeepNorm,
+    /// QK-norm in every attention layer.
+    pub qk_norm: bool,
     pub cross_attention: bool,
 }
 
@@ -52,6 +54,7 @@ impl BlockConfig {
                 NormPlacement::DeepNorm => DeepNorm::for_stack(stack_role(cfg, cross_attention)),
                 _ => DeepNorm::NONE,
             },
+            qk_norm: cfg.qk_norm,
             cross_attention,
         }
     }
@@ -61,7 +64,8 @@ impl BlockConfig {
     fn attention(&self, relative: bool) -> AttentionConfig {
         let (d_model, n_head, n_kv_head) = (self.d_model, self.n_head, self.n_kv_head);
         let shaw_clip = if relative { self.shaw_clip } else { None };
-        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout: self.dropout, shaw_clip }
+        let qk_norm = self.qk_norm.then_some((self.norm_kind, self.layer_norm_eps));
+        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout: self.dropout, shaw_clip, qk_norm }
     }
 }
 

@@ -138,6 +138,9 @@ pub struct ModelConfig {
     /// `positions = "t5"`: distances from here on share the last bucket.
     #[serde(default = "default_relative_max_distance")]
     pub relative_max_distance: usize,
+    /// QK-norm: normalise each head's queries and keys (with `norm_kind`) before the scores.
+    #[serde(default)]
+    pub qk_norm: bool,
     /// `positions = "shaw"`: relative distances beyond this share one embedding (k).
     #[serde(default = "default_shaw_clip")]
     pub shaw_clip: usize,
