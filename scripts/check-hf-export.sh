@@ -11,12 +11,7 @@ run=${1:?usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]}
 input=${2:?usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]}
 max_len=${3:-$(sed -n 's/^max_len = \([0-9]*\)/\1/p' "$run/config.toml")}
 max_len=${max_len:-512}
-python=${HF_PYTHON:-.cache/hf-venv/bin/python}
-if ! "$python" -c "import torch, transformers" 2>/dev/null; then
-  python3 -m venv .cache/hf-venv
-  .cache/hf-venv/bin/pip install --quiet torch transformers
-  python=.cache/hf-venv/bin/python
-fi
+python=$(scripts/hf-python.sh)
 cargo build --release --quiet
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -231,8 +231,11 @@ impl Config {
 
 /// What an encoder-only model (a BERT, in Hugging Face's layout) and `init_from` allow.
 fn validate_encoder(m: &ModelConfig) -> Result<()> {
-    if m.init_from.is_some() && m.arch != Architecture::EncoderOnly {
-        bail!("`model.init_from` loads BERT-family checkpoints and needs `model.arch = \"encoder-only\"`");
+    if m.init_from.is_some() && m.arch == Architecture::EncoderDecoder {
+        bail!(
+            "`model.init_from` loads BERT-family encoders (`model.arch = \"encoder-only\"`) and GPT-2 or Llama \
+             decoders (\"decoder-only\"); an encoder-decoder starts fresh"
+        );
     }
     if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
         bail!("an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\"");
@@ -246,7 +249,10 @@ fn validate_encoder(m: &ModelConfig) -> Result<()> {
              `model.norm_kind`, the gated `model.activation`, `model.n_kv_head` or `model.qk_norm`"
         );
     }
-    if m.init_from.is_some() && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm) {
+    if m.init_from.is_some()
+        && m.arch == Architecture::EncoderOnly
+        && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm)
+    {
         bail!(
             "`model.norm = \"{}\"` does not fit a pretrained BERT (`model.init_from`): its weights were trained \
              post-LN, without sandwich's extra norms or DeepNorm's scaled residual; use \"post\" (or \"pre\")",

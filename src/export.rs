@@ -1,19 +1,25 @@
 //! `taper export --format hf`: a run's checkpoint as a Hugging Face model directory
-//! (config.json, model.safetensors, tokenizer.json) that transformers' Auto classes and
-//! candle-transformers' `BertModel` load. A BERT-family run stores its parameters under
-//! Hugging Face's names (its models are built through `model::names::bert`), so the weights
-//! are written as they are.
+//! (config.json, model.safetensors, tokenizer.json; generation_config.json for a decoder) that
+//! transformers' Auto classes and candle-transformers load. A BERT-family run stores its
+//! parameters under Hugging Face's names (its models are built through `model::names::bert`),
+//! so the weights are written as they are; a decoder's go through its family's adapter
+//! (`model::names::decoder`: GPT2LMHeadModel or LlamaForCausalLM).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::config::{NormPlacement, PoolingName, TaskKind};
+use candle_core::Device;
+
+use crate::config::{Config, NormPlacement, PoolingName, TaskKind};
+use crate::data::TextTokenizer;
+use crate::model::names::decoder::{DecoderFamily, Specials};
 use crate::run_dir::RunDir;
+use crate::train::causal_lm::decoder_vocab;
 
 /// The files an export writes into its directory.
-const EXPORT_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
+const EXPORT_FILES: [&str; 4] = ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"];
 
 /// Writes the export into `out` (created if needed); every file goes to a temporary name
 /// first, so an interrupted export never leaves a half-written file under its final name.
@@ -29,12 +35,20 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     }
     let run = RunDir::new(run_dir);
     let config = run.load_config(&[])?;
-    if !matches!(config.task.kind(), TaskKind::SequenceClassification | TaskKind::MaskedLm) {
-        bail!(
-            "{}: `export --format hf` writes BERT-family encoders (classification and masked-lm runs)",
+    match config.task.kind() {
+        TaskKind::SequenceClassification | TaskKind::MaskedLm => export_encoder(&run, &config, which, out),
+        TaskKind::CausalLm => export_decoder(&run, &config, which, out),
+        TaskKind::Seq2seq => bail!(
+            "{}: `export --format hf` writes BERT-family encoders and GPT-2 / Llama decoders; a seq2seq run has no \
+             Hugging Face export yet",
             run_dir.display()
-        );
+        ),
     }
+}
+
+/// A classification or masked-lm run as BertForSequenceClassification / BertForMaskedLM.
+fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
+    let run_dir = run.path();
     if config.model.norm != NormPlacement::Post {
         bail!("{}: Hugging Face's BERT is post-LN; a pre-LN encoder has no equivalent there", run_dir.display());
     }
@@ -63,7 +77,7 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     hf["architectures"] = json!([architecture]);
     hf["model_type"] = json!("bert");
     hf["torch_dtype"] = json!("float32");
-    let tokenizer = crate::data::TextTokenizer::load(&run.tokenizer())?;
+    let tokenizer = TextTokenizer::load(&run.tokenizer())?;
     if let Some(pad) = tokenizer.inner().token_to_id("[PAD]") {
         hf["pad_token_id"] = json!(pad);
     }
@@ -77,4 +91,41 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
     tokenizer.save(&out.join("tokenizer.json"))?;
     Ok(())
+}
+
+/// The id of the first of `tokens` the tokenizer has.
+fn first_id(tokenizer: &TextTokenizer, tokens: &[&str]) -> Option<u32> {
+    tokens.iter().find_map(|t| tokenizer.inner().token_to_id(t))
+}
+
+/// A causal-lm run as GPT2LMHeadModel or LlamaForCausalLM, whichever family its [model] is.
+fn export_decoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
+    let run_dir = run.path();
+    let family =
+        DecoderFamily::fitting(&config.model).with_context(|| format!("{}: cannot export", run_dir.display()))?;
+    let tokenizer = TextTokenizer::load(&run.tokenizer())?;
+    let vocab = decoder_vocab(&config.model, &tokenizer)?;
+    let specials = Specials {
+        bos: first_id(&tokenizer, &["<|endoftext|>", "<s>", "[BOS]"]),
+        eos: first_id(&tokenizer, &["<|endoftext|>", "</s>", "[EOS]"]),
+    };
+    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
+    let weights = checkpoint.join("model.safetensors");
+    let tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
+    let tensors =
+        family.to_hf(&tensors).with_context(|| format!("{} as {}", weights.display(), family.architecture()))?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file = out.join("model.safetensors");
+    let tmp = crate::fsutil::tmp_path(&file);
+    candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    crate::fsutil::sync_file(&tmp)?;
+    std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))?;
+    let hf = family.config_json(&config.model, vocab, &specials);
+    crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
+    let generation = json!({ "bos_token_id": specials.bos, "eos_token_id": specials.eos, "_from_model_config": true });
+    crate::fsutil::write_atomic(
+        &out.join("generation_config.json"),
+        serde_json::to_string_pretty(&generation)?.as_bytes(),
+    )?;
+    tokenizer.save(&out.join("tokenizer.json"))
 }

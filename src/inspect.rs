@@ -45,8 +45,12 @@ pub fn inspect_init(config: &Config, depths: &[usize]) -> Result<Vec<InitProfile
             cfg.norm = norm;
             cfg.n_layer = depth;
             let params = ParamStore::new();
-            let model =
-                Gpt::new(&cfg, tokenizer.vocab_size(), DType::F32, params.var_builder(config.train.seed, &device))?;
+            let model = Gpt::new(
+                &cfg,
+                crate::train::causal_lm::decoder_vocab(&cfg, &tokenizer)?,
+                DType::F32,
+                params.var_builder(config.train.seed, &device),
+            )?;
             let loss = (model.loss_sum(&inputs, &targets, &mut Mode::eval())? / tokens)?;
             let store = loss.backward()?;
             let named: Vec<(String, Var)> = params.named_vars();

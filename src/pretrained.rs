@@ -8,7 +8,9 @@ use candle_core::{DType, Device};
 
 use crate::checkpoint::{load_matching, load_tensors, LoadReport};
 use crate::config::{Kernels, ModelConfig, NormPlacement};
+use crate::data::TextTokenizer;
 use crate::model::bert::{BertConfig, BertEncoder};
+use crate::model::names::decoder::{DecoderFamily, DecoderShape};
 use crate::model::ParamStore;
 
 /// The files a pretrained model directory must hold.
@@ -155,4 +157,74 @@ pub fn adopt_shape(model: &mut ModelConfig, bert: &BertConfig, source: &Path) ->
     model.layer_norm_eps = bert.layer_norm_eps;
     model.init_std = bert.initializer_range;
     Ok(())
+}
+
+/// A pretrained decoder (GPT-2, Llama) to start a causal-lm run from.
+pub struct PretrainedDecoder {
+    pub dir: PathBuf,
+    pub family: DecoderFamily,
+    pub shape: DecoderShape,
+    pub tokenizer: TextTokenizer,
+}
+
+/// The family and shape `dir/config.json` describes.
+pub fn read_decoder_config(dir: &Path) -> Result<(DecoderFamily, DecoderShape)> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        bail!("{} has no config.json: a Hugging Face model directory holds {}", dir.display(), MODEL_FILES.join(", "));
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+    let Some(family) = DecoderFamily::of_model_type(model_type) else {
+        bail!(
+            "{}: model_type `{model_type}` is not a decoder taper loads (gpt2, llama){}",
+            path.display(),
+            if model_type == "bert" {
+                "; a BERT loads into an encoder-only run (`model.arch = \"encoder-only\"`)"
+            } else {
+                ""
+            }
+        );
+    };
+    Ok((family, family.shape(config, &path)?))
+}
+
+impl PretrainedDecoder {
+    /// Finds `spec` (a directory or a Hub id), reads its config.json and tokenizer.json, and
+    /// fills `model`'s architecture from it (keys given must agree).
+    pub fn open(spec: &str, model: &mut ModelConfig) -> Result<Self> {
+        let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
+        let (family, shape) = read_decoder_config(&dir)?;
+        shape.adopt(model, &dir.join("config.json"))?;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
+            .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
+        Ok(Self { dir, family, shape, tokenizer })
+    }
+
+    /// Copies the checkpoint's weights into `params` (a decoder built from the adopted
+    /// config); every parameter must be there, every tensor used or a known buffer. Returns
+    /// the start-up line that says what was loaded.
+    pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
+        let file = self.dir.join("model.safetensors");
+        let tensors = load_tensors(&file, device)?;
+        let (tensors, unused) = self.family.to_taper(tensors, model.block_size, model.tie_embeddings)?;
+        for (name, var) in params.named_vars() {
+            match tensors.get(&name) {
+                Some(t) if t.dims() != var.dims() => bail!(
+                    "{}: tensor `{}` (taper's `{name}`) holds {:?} in taper's layout, but {} describes {:?}",
+                    file.display(),
+                    self.family.checkpoint_name(&name),
+                    t.dims(),
+                    self.dir.join("config.json").display(),
+                    var.dims()
+                ),
+                _ => {}
+            }
+        }
+        load_matching(params, tensors, &file, &|_| false, &|_| false)?;
+        let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
+        Ok(format!("loaded {} ({}){unused}", self.dir.display(), self.family.architecture()))
+    }
 }

@@ -20,12 +20,19 @@ pub struct EvalArgs {
     checkpoint: String,
     #[arg(long)]
     device: Option<String>,
+    /// Print the metrics as one JSON object, at full precision (for scripts).
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = run_device(&args.run_dir, args.device)?;
     let trained = TrainedRun::load(&args.run_dir, &args.checkpoint, &device)?;
     let (metrics, scored) = trained.evaluate(args.file.as_deref())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&metrics)?);
+        return Ok(());
+    }
     println!("{} on {scored} ({}):", args.run_dir.display(), trained.checkpoint().display());
     for (name, value) in &metrics {
         match value.fract() == 0.0 {

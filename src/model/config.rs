@@ -75,9 +75,10 @@ pub enum InitScheme {
 pub struct ModelConfig {
     #[serde(default = "default_arch")]
     pub arch: Architecture,
-    /// A pretrained BERT-family checkpoint to start from (encoder-only): a local directory with
-    /// config.json, model.safetensors and tokenizer.json, or a Hugging Face Hub id. Its
-    /// config.json sets the shape; shape keys given here must agree with it.
+    /// A pretrained checkpoint to start from: a BERT-family encoder (encoder-only) or a GPT-2 or
+    /// Llama decoder (decoder-only), as a local directory with config.json, model.safetensors
+    /// and tokenizer.json, or a Hugging Face Hub id. Its config.json sets the architecture;
+    /// keys given here must agree with it.
     pub init_from: Option<String>,
     // The four shape keys are required unless `init_from` supplies them (0 = not given).
     #[serde(default)]
@@ -138,6 +139,9 @@ pub struct ModelConfig {
     /// `positions = "t5"`: distances from here on share the last bucket.
     #[serde(default = "default_relative_max_distance")]
     pub relative_max_distance: usize,
+    /// Rows of a decoder's token embedding and head; the tokenizer's vocabulary when absent
+    /// (it may be larger: a pretrained GPT-2's 50257, or a padded size). Decoder-only.
+    pub vocab_size: Option<usize>,
     /// QK-norm: normalise each head's queries and keys (with `norm_kind`) before the scores.
     #[serde(default)]
     pub qk_norm: bool,
@@ -149,6 +153,10 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Every key at its default (the shape keys 0).
+    pub fn defaults() -> Self {
+        toml::from_str("").expect("every [model] key has a default")
+    }
     pub fn d_ff(&self) -> usize {
         match (self.d_ff, self.activation.gate()) {
             (Some(d_ff), _) => d_ff,
@@ -200,7 +208,7 @@ fn default_init() -> InitScheme {
 fn default_init_std() -> f64 {
     0.02
 }
-fn default_rope_theta() -> f64 {
+pub fn default_rope_theta() -> f64 {
     10_000.0
 }
 
@@ -218,6 +226,9 @@ impl ModelConfig {
             if value == 0 && self.init_from.is_none() {
                 bail!("`{key}` is missing (or 0): the model's shape needs it unless `model.init_from` gives a pretrained one");
             }
+        }
+        if self.vocab_size.is_some() && self.arch != Architecture::DecoderOnly {
+            bail!("`model.vocab_size` sets a decoder-only model's rows; an encoder's vocabulary is its tokenizer's: remove the key");
         }
         if self.d_ff == Some(0) {
             bail!("`model.d_ff` must be at least 1");

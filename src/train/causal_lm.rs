@@ -10,9 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
-use crate::config::{Config, EvalBatches, TaskKind};
+use crate::config::{Config, EvalBatches, ModelConfig, TaskKind};
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TextTokenizer, TokenDataset};
 use crate::model::{Gpt, Mode, ParamStore};
+use crate::pretrained::PretrainedDecoder;
 use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 pub struct CausalLm {
@@ -22,26 +23,48 @@ pub struct CausalLm {
     model: Gpt,
     device: Device,
     buffers: RefCell<BatchBuffers>,
+    /// What loading the pretrained weights did (fresh runs with `model.init_from`).
+    loaded: Option<String>,
 }
 
 impl CausalLm {
-    /// Reads and tokenizes the corpus (training the tokenizer on a fresh run, reading the
-    /// run's own on resume) and builds the GPT over `params`.
+    /// Reads and tokenizes the corpus (training the tokenizer on a fresh run, taking a
+    /// pretrained model's with `model.init_from`, reading the run's own on resume) and builds
+    /// the GPT over `params`, with the pretrained weights on a fresh `init_from` run.
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let text = read_corpus(&cfg.data.path)?;
-        let tokenizer = if resuming {
-            TextTokenizer::load(&run.tokenizer())?
-        } else {
-            let tokenizer = TextTokenizer::from_config(&cfg.tokenizer, &cfg.data.path, &text)?;
-            tokenizer.save(&run.tokenizer())?;
-            tokenizer
+        let mut cfg = cfg.clone();
+        let (tokenizer, pretrained) = match (&cfg.model.init_from, resuming) {
+            (_, true) => (TextTokenizer::load(&run.tokenizer())?, None),
+            (Some(spec), false) => {
+                let pretrained = PretrainedDecoder::open(&spec.clone(), &mut cfg.model)?;
+                cfg.validate()?;
+                (pretrained.tokenizer.clone(), Some(pretrained))
+            }
+            (None, false) => (TextTokenizer::from_config(&cfg.tokenizer, &cfg.data.path, &text)?, None),
         };
+        if !resuming {
+            tokenizer.save(&run.tokenizer())?;
+        }
         let ids = tokenize_cached(&tokenizer, &text, &run.path().join("tokens.bin"))?;
         let data = TokenDataset::new(ids, cfg.data.val_fraction, cfg.model.block_size, &cfg.data.path)?;
-        let vocab_size = tokenizer.vocab_size();
+        let vocab_size = decoder_vocab(&cfg.model, &tokenizer)?;
         let dtype = cfg.train.dtype.to_dtype();
         let model = Gpt::new(&cfg.model, vocab_size, dtype, params.var_builder(cfg.train.seed, device))?;
-        Ok(Self { cfg: cfg.clone(), data, vocab_size, model, device: device.clone(), buffers: Default::default() })
+        let loaded = pretrained.map(|p| p.load_into(params, &cfg.model, device)).transpose()?;
+        Ok(Self { cfg, data, vocab_size, model, device: device.clone(), buffers: Default::default(), loaded })
+    }
+}
+
+/// A decoder's embedding rows: `model.vocab_size`, or the tokenizer's vocabulary.
+pub fn decoder_vocab(model: &ModelConfig, tokenizer: &TextTokenizer) -> Result<usize> {
+    let tokens = tokenizer.vocab_size();
+    match model.vocab_size {
+        Some(n) if n < tokens => anyhow::bail!(
+            "`model.vocab_size` = {n} is smaller than the tokenizer's {tokens} tokens; remove the key or raise it"
+        ),
+        Some(n) => Ok(n),
+        None => Ok(tokens),
     }
 }
 
@@ -55,7 +78,9 @@ impl Task for CausalLm {
 
     fn describe(&self) -> String {
         let shortfall = self.cfg.tokenizer.shortfall(self.vocab_size).unwrap_or_default();
-        format!("{} train / {} val tokens{shortfall}", self.data.len(Split::Train), self.data.len(Split::Val))
+        let data =
+            format!("{} train / {} val tokens{shortfall}", self.data.len(Split::Train), self.data.len(Split::Val));
+        crate::train::encoder::with_loaded(data, &self.loaded)
     }
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
@@ -177,7 +202,7 @@ impl TrainedGpt {
 
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
         let tokenizer = TextTokenizer::load(&opened.run.tokenizer())?;
-        let (cfg, vocab) = (&opened.config, tokenizer.vocab_size());
+        let (cfg, vocab) = (&opened.config, decoder_vocab(&opened.config.model, &tokenizer)?);
         let model = opened.build(|vb| Ok(Gpt::new(&cfg.model, vocab, cfg.train.dtype.to_dtype(), vb)?))?;
         Ok(Self { config: opened.config, tokenizer, model, checkpoint: opened.checkpoint })
     }

@@ -7,6 +7,9 @@
 //! (diagnostics, and reading any name back as a module path).
 
 pub mod bert;
+pub mod decoder;
+pub mod gpt2;
+pub mod llama;
 
 use candle_nn::VarBuilder;
 

@@ -1,0 +1,214 @@
+//! Hugging Face Llama (`LlamaForCausalLM`) for taper's decoder: its config.json and its tensor
+//! names. A rename is all it takes: the projections are (out, in) as taper's, and Hugging
+//! Face's rotary layout (the two halves of each head rotate together) is taper's.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::decoder::{show, DecoderShape, Specials};
+use super::NameTable;
+use crate::kernels::Activation;
+use crate::model::config::{ModelConfig, Positions};
+use crate::model::norm::NormKind;
+
+const RULES: [(&str, &str); 12] = [
+    ("tok_emb", "model.embed_tokens"),
+    ("blocks.{i}.ln_1", "model.layers.{i}.input_layernorm"),
+    ("blocks.{i}.attn.q_proj", "model.layers.{i}.self_attn.q_proj"),
+    ("blocks.{i}.attn.k_proj", "model.layers.{i}.self_attn.k_proj"),
+    ("blocks.{i}.attn.v_proj", "model.layers.{i}.self_attn.v_proj"),
+    ("blocks.{i}.attn.out_proj", "model.layers.{i}.self_attn.o_proj"),
+    ("blocks.{i}.ln_2", "model.layers.{i}.post_attention_layernorm"),
+    ("blocks.{i}.mlp.gate", "model.layers.{i}.mlp.gate_proj"),
+    ("blocks.{i}.mlp.fc1", "model.layers.{i}.mlp.up_proj"),
+    ("blocks.{i}.mlp.fc2", "model.layers.{i}.mlp.down_proj"),
+    ("ln_f", "model.norm"),
+    ("lm_head", "lm_head"),
+];
+
+static TABLE: LazyLock<NameTable> = LazyLock::new(|| NameTable::new(RULES));
+
+/// The fields of Llama's config.json taper reads (transformers' defaults where absent).
+#[derive(Debug, Deserialize)]
+struct LlamaConfig {
+    #[serde(default = "d_vocab")]
+    vocab_size: usize,
+    #[serde(default = "d_width")]
+    hidden_size: usize,
+    #[serde(default = "d_ff")]
+    intermediate_size: usize,
+    #[serde(default = "d_depth")]
+    num_hidden_layers: usize,
+    #[serde(default = "d_depth")]
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    #[serde(default = "d_positions")]
+    max_position_embeddings: usize,
+    #[serde(default = "d_eps")]
+    rms_norm_eps: f64,
+    #[serde(default = "d_theta")]
+    rope_theta: f64,
+    rope_scaling: Option<Value>,
+    #[serde(default = "d_act")]
+    hidden_act: String,
+    #[serde(default)]
+    attention_bias: bool,
+    mlp_bias: Option<bool>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    #[serde(default = "d_std")]
+    initializer_range: f64,
+}
+
+fn d_vocab() -> usize {
+    32000
+}
+fn d_width() -> usize {
+    4096
+}
+fn d_ff() -> usize {
+    11008
+}
+fn d_depth() -> usize {
+    32
+}
+fn d_positions() -> usize {
+    2048
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_theta() -> f64 {
+    10_000.0
+}
+fn d_act() -> String {
+    "silu".into()
+}
+fn d_std() -> f64 {
+    0.02
+}
+
+/// Hugging Face's `hidden_act` of a gated FFN, and taper's activation for it.
+const ACTIVATIONS: [(&str, Activation); 3] =
+    [("silu", Activation::Swiglu), ("gelu", Activation::Geglu), ("relu", Activation::Reglu)];
+
+/// The shape a Llama config.json describes.
+pub fn shape(config: Value) -> Result<DecoderShape> {
+    let c: LlamaConfig = serde_json::from_value(config)?;
+    if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+        bail!("rope_scaling is set: taper's rotary positions have no scaling (Llama 3.1's, YaRN, ...)");
+    }
+    let head_dim = c.hidden_size / c.num_attention_heads.max(1);
+    if c.head_dim.is_some_and(|h| h != head_dim) {
+        bail!(
+            "head_dim = {} is not hidden_size / num_attention_heads = {head_dim}, as taper's heads are",
+            c.head_dim.unwrap()
+        );
+    }
+    if c.mlp_bias.is_some_and(|b| b != c.attention_bias) {
+        bail!("attention_bias and mlp_bias differ: taper's `model.bias` is one switch for every linear layer");
+    }
+    let Some(&(_, activation)) = ACTIVATIONS.iter().find(|(name, _)| *name == c.hidden_act) else {
+        bail!("hidden_act `{}` is not one taper has (it has silu, gelu, relu)", c.hidden_act);
+    };
+    Ok(DecoderShape {
+        n_layer: c.num_hidden_layers,
+        n_head: c.num_attention_heads,
+        n_kv_head: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+        d_model: c.hidden_size,
+        d_ff: c.intermediate_size,
+        max_positions: c.max_position_embeddings,
+        vocab_size: c.vocab_size,
+        norm_kind: NormKind::Rms,
+        activation,
+        positions: Positions::Rope,
+        bias: c.attention_bias,
+        tie_embeddings: c.tie_word_embeddings,
+        eps: c.rms_norm_eps,
+        rope_theta: c.rope_theta,
+        init_std: c.initializer_range,
+    })
+}
+
+/// What keeps `model` from being a Llama, as `model.key = value` notes (empty: it is one).
+pub fn mismatches(model: &ModelConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if model.norm_kind != NormKind::Rms {
+        out.push("`model.norm_kind = \"layer\"` (Llama has RMSNorm)".into());
+    }
+    if model.positions != Positions::Rope {
+        out.push(format!("`model.positions = {}` (Llama has rotary positions)", show(&model.positions)));
+    }
+    if model.activation.gate().is_none() {
+        out.push(format!("`model.activation = {}` (Llama's FFN is gated: swiglu)", show(&model.activation)));
+    }
+    out
+}
+
+/// Llama's config.json for `model` with `vocab_size` rows.
+pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials) -> Value {
+    let act = ACTIVATIONS.iter().find(|(_, a)| *a == model.activation).map_or("silu", |(n, _)| n);
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": model.d_model,
+        "intermediate_size": model.d_ff(),
+        "num_hidden_layers": model.n_layer,
+        "num_attention_heads": model.n_head,
+        "num_key_value_heads": model.n_kv_head(),
+        "head_dim": model.head_dim(),
+        "max_position_embeddings": model.block_size,
+        "rms_norm_eps": model.layer_norm_eps,
+        "rope_theta": model.rope_theta,
+        "rope_scaling": Value::Null,
+        "hidden_act": act,
+        "attention_bias": model.bias,
+        "mlp_bias": model.bias,
+        "attention_dropout": model.dropout,
+        "tie_word_embeddings": model.tie_embeddings,
+        "initializer_range": model.init_std,
+        "pretraining_tp": 1,
+        "use_cache": true,
+        "bos_token_id": specials.bos,
+        "eos_token_id": specials.eos,
+        "torch_dtype": "float32",
+    })
+}
+
+/// A Llama file's tensors under taper's names; the rotary buffers some files hold are
+/// returned apart. A tensor no rule covers keeps its name (the loader reports it).
+pub fn to_taper(tensors: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, Vec<String>) {
+    let (mut out, mut buffers) = (HashMap::new(), Vec::new());
+    for (name, t) in tensors {
+        if name.ends_with("rotary_emb.inv_freq") {
+            buffers.push(name);
+            continue;
+        }
+        out.insert(TABLE.taper_name(&name).unwrap_or(name), t);
+    }
+    (out, buffers)
+}
+
+/// The Llama name of taper's `name`.
+pub fn checkpoint_name(name: &str) -> String {
+    TABLE.checkpoint_name(name).unwrap_or_else(|| name.to_string())
+}
+
+/// taper's tensors of a Llama-shaped decoder under LlamaForCausalLM's names.
+pub fn to_hf(tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+    tensors
+        .iter()
+        .map(|(name, t)| {
+            let hf =
+                TABLE.checkpoint_name(name).with_context(|| format!("`{name}` has no place in LlamaForCausalLM"))?;
+            Ok((hf, t.clone()))
+        })
+        .collect()
+}
