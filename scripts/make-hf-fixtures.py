@@ -1,7 +1,7 @@
-"""Makes the tiny Hugging Face decoders taper's tests load (tests/fixtures/tiny-gpt2 and
-tests/fixtures/tiny-llama): random weights from transformers' own classes, a byte-level BPE
-tokenizer trained on the shipped corpus, and the logits transformers computes for one input
-(expected.safetensors: input_ids, logits). Run once by scripts/make-hf-fixtures.sh; the output
+"""Makes the tiny Hugging Face models taper's tests load (tests/fixtures/tiny-gpt2, tiny-llama
+and tiny-t5): random weights from transformers' own classes, a byte-level BPE tokenizer trained
+on the shipped corpus, and the logits transformers computes for one input (expected.safetensors:
+input_ids, logits; and decoder_input_ids for T5). Run once by scripts/make-hf-fixtures.sh; the output
 (under 1 MB) is committed, so the tests need no PyTorch.
 
 Every parameter is drawn at random (norm gains around 1, biases around 0), so a tensor loaded
@@ -14,7 +14,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -38,7 +38,7 @@ def byte_level_tokenizer(corpus: str, vocab_size: int) -> Tokenizer:
 def randomize(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name or "ln_" in name:
+            if "norm" in name or "ln_" in name or "layer_norm" in name:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.2 * torch.randn_like(p))
@@ -51,9 +51,16 @@ def write(name: str, model: torch.nn.Module, tok: Tokenizer) -> None:
     model.save_pretrained(out, safe_serialization=True)
     tok.save(os.path.join(out, "tokenizer.json"))
     ids = torch.tensor([tok.encode(TEXT).ids[:40]])
+    tensors = {"input_ids": ids}
     with torch.no_grad():
-        logits = model(ids).logits.float()
-    save_file({"input_ids": ids.to(torch.int64), "logits": logits.contiguous()}, os.path.join(out, "expected.safetensors"))
+        if model.config.is_encoder_decoder:
+            tensors["decoder_input_ids"] = torch.tensor([[0] + tok.encode("It is the east").ids[:15]])
+            logits = model(input_ids=ids, decoder_input_ids=tensors["decoder_input_ids"]).logits.float()
+        else:
+            logits = model(ids).logits.float()
+    tensors = {k: v.to(torch.int64) for k, v in tensors.items()}
+    tensors["logits"] = logits.contiguous()
+    save_file(tensors, os.path.join(out, "expected.safetensors"))
     print(f"{out}: {sum(p.numel() for p in model.parameters())} parameters, logits {tuple(logits.shape)}")
 
 
@@ -79,6 +86,16 @@ def main() -> None:
     model = LlamaForCausalLM(llama)
     randomize(model)
     write("tiny-llama", model, tok)
+    # d_model and d_kv powers of four: T5's scalings, folded into taper's weights, are then
+    # powers of two, and a load -> export round trip is exact.
+    t5 = T5Config(
+        vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="relu", tie_word_embeddings=True, pad_token_id=0, eos_token_id=eos,
+        decoder_start_token_id=0,
+    )
+    model = T5ForConditionalGeneration(t5)
+    randomize(model)
+    write("tiny-t5", model, tok)
 
 
 if __name__ == "__main__":

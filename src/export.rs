@@ -3,7 +3,8 @@
 //! transformers' Auto classes and candle-transformers load. A BERT-family run stores its
 //! parameters under Hugging Face's names (its models are built through `model::names::bert`),
 //! so the weights are written as they are; a decoder's go through its family's adapter
-//! (`model::names::decoder`: GPT2LMHeadModel or LlamaForCausalLM).
+//! (`model::names::decoder`: GPT2LMHeadModel or LlamaForCausalLM), a seq2seq run's through
+//! T5's (`model::names::t5`: T5ForConditionalGeneration).
 
 use std::path::Path;
 
@@ -15,6 +16,7 @@ use candle_core::Device;
 use crate::config::{Config, NormPlacement, PoolingName, TaskKind};
 use crate::data::TextTokenizer;
 use crate::model::names::decoder::{DecoderFamily, Specials};
+use crate::model::names::t5;
 use crate::run_dir::RunDir;
 use crate::train::causal_lm::decoder_vocab;
 
@@ -38,11 +40,7 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     match config.task.kind() {
         TaskKind::SequenceClassification | TaskKind::MaskedLm => export_encoder(&run, &config, which, out),
         TaskKind::CausalLm => export_decoder(&run, &config, which, out),
-        TaskKind::Seq2seq => bail!(
-            "{}: `export --format hf` writes BERT-family encoders and GPT-2 / Llama decoders; a seq2seq run has no \
-             Hugging Face export yet",
-            run_dir.display()
-        ),
+        TaskKind::Seq2seq => export_seq2seq(&run, &config, which, out),
     }
 }
 
@@ -93,6 +91,61 @@ fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
     Ok(())
 }
 
+/// Writes `tensors` as `out`/model.safetensors (a temporary name, synced, then renamed).
+fn write_weights(tensors: &std::collections::HashMap<String, candle_core::Tensor>, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file = out.join("model.safetensors");
+    let tmp = crate::fsutil::tmp_path(&file);
+    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    crate::fsutil::sync_file(&tmp)?;
+    std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))
+}
+
+/// A T5-shaped seq2seq run as T5ForConditionalGeneration; the tokenizer gains taper's three
+/// special tokens (`<pad>`, `<s>`, `</s>`) at the ids the model gives them.
+fn export_seq2seq(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
+    let run_dir = run.path();
+    let mismatches = t5::mismatches(&config.model);
+    if !mismatches.is_empty() {
+        bail!(
+            "{}: cannot export: a seq2seq run exports as T5ForConditionalGeneration, and this one has {}",
+            run_dir.display(),
+            mismatches.join(", ")
+        );
+    }
+    let tokenizer = TextTokenizer::load(&run.tokenizer())?;
+    let specials = crate::data::pairs::Specials::after(&tokenizer);
+    let mut inner = tokenizer.inner().clone();
+    let names = ["<pad>", "<s>", "</s>"];
+    inner.add_special_tokens(&names.map(|n| tokenizers::AddedToken::from(n, true)));
+    let ids: Vec<Option<u32>> = names.iter().map(|n| inner.token_to_id(n)).collect();
+    if ids != [Some(specials.pad), Some(specials.bos), Some(specials.eos)] {
+        bail!(
+            "{}: the tokenizer already holds one of {}; it cannot take taper's special ids",
+            run_dir.display(),
+            names.join(", ")
+        );
+    }
+    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
+    let weights = checkpoint.join("model.safetensors");
+    let tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
+    let tensors = t5::to_hf(&tensors, &config.model).with_context(|| format!("{} as T5", weights.display()))?;
+    write_weights(&tensors, out)?;
+    let t5_specials = t5::T5Specials { pad: specials.pad, eos: specials.eos, decoder_start: specials.bos };
+    let hf = t5::config_json(&config.model, tokenizer.vocab_size() + names.len(), t5_specials);
+    crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
+    let generation = json!({
+        "decoder_start_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad,
+        "_from_model_config": true
+    });
+    crate::fsutil::write_atomic(
+        &out.join("generation_config.json"),
+        serde_json::to_string_pretty(&generation)?.as_bytes(),
+    )?;
+    let json = inner.to_string(true).map_err(anyhow::Error::msg)?;
+    crate::fsutil::write_atomic(&out.join("tokenizer.json"), json.as_bytes())
+}
+
 /// The id of the first of `tokens` the tokenizer has.
 fn first_id(tokenizer: &TextTokenizer, tokens: &[&str]) -> Option<u32> {
     tokens.iter().find_map(|t| tokenizer.inner().token_to_id(t))
@@ -114,12 +167,7 @@ fn export_decoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
     let tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
     let tensors =
         family.to_hf(&tensors).with_context(|| format!("{} as {}", weights.display(), family.architecture()))?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let file = out.join("model.safetensors");
-    let tmp = crate::fsutil::tmp_path(&file);
-    candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    crate::fsutil::sync_file(&tmp)?;
-    std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))?;
+    write_weights(&tensors, out)?;
     let hf = family.config_json(&config.model, vocab, &specials);
     crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
     let generation = json!({ "bos_token_id": specials.bos, "eos_token_id": specials.eos, "_from_model_config": true });

@@ -10,6 +10,7 @@ pub mod bert;
 pub mod decoder;
 pub mod gpt2;
 pub mod llama;
+pub mod t5;
 
 use candle_nn::VarBuilder;
 

@@ -1,0 +1,256 @@
+//! Hugging Face T5 (`T5ForConditionalGeneration`) for taper's encoder-decoder: its config.json,
+//! its tensor names, and the two scalings T5 leaves out, folded into the weights so that the
+//! same function is computed: T5 does not divide attention scores by sqrt(head_dim) (the
+//! exported W_q is taper's W_q / sqrt(head_dim), in self- and cross-attention), and a T5 with a
+//! tied head multiplies the decoder's output by d_model^-0.5 (the exported decoder final norm's
+//! gain is taper's times sqrt(d_model)). Both are powers of two when head_dim and d_model are
+//! powers of four; otherwise a load -> export round trip may move a weight by an ulp.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::decoder::show;
+use super::NameTable;
+use crate::kernels::Activation;
+use crate::model::config::{Architecture, ModelConfig, NormPlacement, Positions};
+use crate::model::norm::NormKind;
+
+/// taper's block paths and T5's, per stack; `{ffn}` is the FFN layer's index.
+const SELF: [(&str, &str); 5] = [
+    ("ln_1", "layer.0.layer_norm"),
+    ("attn.q_proj", "layer.0.SelfAttention.q"),
+    ("attn.k_proj", "layer.0.SelfAttention.k"),
+    ("attn.v_proj", "layer.0.SelfAttention.v"),
+    ("attn.out_proj", "layer.0.SelfAttention.o"),
+];
+const CROSS: [(&str, &str); 5] = [
+    ("ln_cross", "layer.1.layer_norm"),
+    ("cross_attn.q_proj", "layer.1.EncDecAttention.q"),
+    ("cross_attn.k_proj", "layer.1.EncDecAttention.k"),
+    ("cross_attn.v_proj", "layer.1.EncDecAttention.v"),
+    ("cross_attn.out_proj", "layer.1.EncDecAttention.o"),
+];
+
+/// T5's names for a model with a gated FFN or not (`wi` vs `wi_0` / `wi_1`).
+fn table(gated: bool) -> NameTable {
+    let mut rules: Vec<(String, String)> = vec![
+        ("shared".into(), "shared".into()),
+        ("lm_head".into(), "lm_head".into()),
+        ("encoder.ln_f".into(), "encoder.final_layer_norm".into()),
+        ("decoder.ln_f".into(), "decoder.final_layer_norm".into()),
+    ];
+    for (stack, ffn) in [("encoder", 1), ("decoder", 2)] {
+        rules.push((
+            format!("{stack}.pos_emb.rel_bias"),
+            format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias"),
+        ));
+        let cross = if stack == "decoder" { &CROSS[..] } else { &[] };
+        let fc1 = if gated { "wi_1" } else { "wi" };
+        let ffn_rules = [
+            ("ln_2".to_string(), format!("layer.{ffn}.layer_norm")),
+            ("mlp.fc1".into(), format!("layer.{ffn}.DenseReluDense.{fc1}")),
+            ("mlp.gate".into(), format!("layer.{ffn}.DenseReluDense.wi_0")),
+            ("mlp.fc2".into(), format!("layer.{ffn}.DenseReluDense.wo")),
+        ];
+        let block = SELF.iter().chain(cross).map(|(t, c)| (t.to_string(), c.to_string())).chain(ffn_rules);
+        rules.extend(block.map(|(t, c)| (format!("{stack}.blocks.{{i}}.{t}"), format!("{stack}.block.{{i}}.{c}"))));
+    }
+    NameTable::new(rules)
+}
+
+/// T5's `feed_forward_proj` of taper's activation, and back.
+const ACTIVATIONS: [(&str, Activation); 6] = [
+    ("relu", Activation::Relu),
+    ("gelu", Activation::Gelu),
+    ("gelu_new", Activation::GeluTanh),
+    ("silu", Activation::Silu),
+    ("gated-relu", Activation::Reglu),
+    ("gated-silu", Activation::Swiglu),
+];
+
+/// The fields of T5's config.json taper reads (transformers' defaults where absent).
+#[derive(Debug, Deserialize)]
+struct T5Config {
+    vocab_size: usize,
+    d_model: usize,
+    d_kv: usize,
+    d_ff: usize,
+    num_layers: usize,
+    num_decoder_layers: Option<usize>,
+    num_heads: usize,
+    #[serde(default = "d_buckets")]
+    relative_attention_num_buckets: usize,
+    #[serde(default = "d_distance")]
+    relative_attention_max_distance: usize,
+    #[serde(default = "d_eps")]
+    layer_norm_epsilon: f64,
+    #[serde(default = "d_ffn")]
+    feed_forward_proj: String,
+    #[serde(default = "yes")]
+    tie_word_embeddings: bool,
+}
+
+fn d_buckets() -> usize {
+    32
+}
+fn d_distance() -> usize {
+    128
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_ffn() -> String {
+    "relu".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// The `[model]` a T5 config.json describes (`block_size` is the caller's: T5 has no limit),
+/// and its vocabulary size.
+pub fn model_config(config: Value, block_size: usize) -> Result<(ModelConfig, usize)> {
+    let c: T5Config = serde_json::from_value(config)?;
+    if c.d_kv * c.num_heads != c.d_model {
+        bail!("d_kv * num_heads = {} is not d_model = {}, as taper's heads are", c.d_kv * c.num_heads, c.d_model);
+    }
+    let Some(&(_, activation)) = ACTIVATIONS.iter().find(|(name, _)| *name == c.feed_forward_proj) else {
+        bail!("feed_forward_proj `{}` is not one taper has (relu, gelu, gelu_new, silu, gated-relu, gated-silu; T5 v1.1's gated-gelu gates with the tanh GELU, which taper's geglu is not)", c.feed_forward_proj);
+    };
+    let model = ModelConfig {
+        arch: Architecture::EncoderDecoder,
+        n_layer: c.num_layers,
+        n_decoder_layer: Some(c.num_decoder_layers.unwrap_or(c.num_layers)),
+        n_head: c.num_heads,
+        d_model: c.d_model,
+        d_ff: Some(c.d_ff),
+        block_size,
+        norm: NormPlacement::Pre,
+        norm_kind: NormKind::Rms,
+        activation,
+        positions: Positions::T5,
+        bias: false,
+        tie_embeddings: c.tie_word_embeddings,
+        layer_norm_eps: c.layer_norm_epsilon,
+        relative_buckets: c.relative_attention_num_buckets,
+        relative_max_distance: c.relative_attention_max_distance,
+        ..ModelConfig::defaults()
+    };
+    Ok((model, c.vocab_size))
+}
+
+/// What keeps the encoder-decoder `model` from being a T5, as `model.key = value` notes.
+pub fn mismatches(model: &ModelConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut need = |ok: bool, note: String| {
+        if !ok {
+            out.push(note);
+        }
+    };
+    need(model.norm == NormPlacement::Pre, format!("`model.norm = {}` (T5 is pre-LN)", show(&model.norm)));
+    need(model.norm_kind == NormKind::Rms, "`model.norm_kind = \"layer\"` (T5 has RMSNorm)".into());
+    need(
+        model.positions == Positions::T5,
+        format!("`model.positions = {}` (T5 has its relative bias, \"t5\")", show(&model.positions)),
+    );
+    need(!model.bias, "`model.bias = true` (T5 has no biases)".into());
+    need(model.share_embeddings, "`model.share_embeddings = false` (T5 has one vocabulary)".into());
+    need(!model.scale_embeddings, "`model.scale_embeddings = true` (T5 does not scale its embeddings)".into());
+    need(
+        model.activation != Activation::Geglu,
+        "`model.activation = \"geglu\"` (T5's gated-gelu gates with the tanh GELU; taper's geglu is exact)".into(),
+    );
+    need(!model.qk_norm, "`model.qk_norm = true` (T5 has no QK-norm)".into());
+    need(model.n_kv_head() == model.n_head, "`model.n_kv_head` (T5 has one key/value head per query head)".into());
+    out
+}
+
+/// The special ids a T5 config.json names.
+#[derive(Debug, Clone, Copy)]
+pub struct T5Specials {
+    pub pad: u32,
+    pub eos: u32,
+    pub decoder_start: u32,
+}
+
+/// T5's config.json for `model` with `vocab_size` rows.
+pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: T5Specials) -> Value {
+    let ffn = ACTIVATIONS.iter().find(|(_, a)| *a == model.activation).map_or("relu", |(n, _)| n);
+    json!({
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "is_encoder_decoder": true,
+        "vocab_size": vocab_size,
+        "d_model": model.d_model,
+        "d_kv": model.head_dim(),
+        "d_ff": model.d_ff(),
+        "num_layers": model.n_layer,
+        "num_decoder_layers": model.n_decoder_layer.unwrap_or(model.n_layer),
+        "num_heads": model.n_head,
+        "relative_attention_num_buckets": model.relative_buckets,
+        "relative_attention_max_distance": model.relative_max_distance,
+        "dropout_rate": model.dropout,
+        "layer_norm_epsilon": model.layer_norm_eps,
+        "initializer_factor": 1.0,
+        "feed_forward_proj": ffn,
+        "tie_word_embeddings": model.tie_embeddings,
+        "pad_token_id": specials.pad,
+        "eos_token_id": specials.eos,
+        "decoder_start_token_id": specials.decoder_start,
+        "use_cache": true,
+        "torch_dtype": "float32",
+    })
+}
+
+/// The factor taper's tensor `name` is multiplied by on its way to T5 (1 for most).
+fn fold(name: &str, model: &ModelConfig) -> f64 {
+    if name.ends_with("attn.q_proj.weight") {
+        1.0 / (model.head_dim() as f64).sqrt()
+    } else if name == "decoder.ln_f.weight" && model.tie_embeddings {
+        (model.d_model as f64).sqrt()
+    } else {
+        1.0
+    }
+}
+
+/// taper's tensors of a T5-shaped encoder-decoder under T5's names, the scalings folded in.
+pub fn to_hf(tensors: &HashMap<String, Tensor>, model: &ModelConfig) -> Result<HashMap<String, Tensor>> {
+    let table = table(model.activation.gate().is_some());
+    let mut out = HashMap::new();
+    for (name, t) in tensors {
+        let hf = table
+            .checkpoint_name(name)
+            .with_context(|| format!("`{name}` has no place in T5ForConditionalGeneration"))?;
+        let factor = fold(name, model);
+        out.insert(hf, if factor == 1.0 { t.clone() } else { (t * factor)? });
+    }
+    Ok(out)
+}
+
+/// A T5 file's tensors under taper's names for `model`, the scalings taken back out; the tied
+/// copies of the shared table (and a tied head's) are returned apart, by name.
+pub fn to_taper(
+    tensors: HashMap<String, Tensor>,
+    model: &ModelConfig,
+) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+    let table = table(model.activation.gate().is_some());
+    let (mut out, mut unused) = (HashMap::new(), Vec::new());
+    for (name, t) in tensors {
+        let copy = name.ends_with("embed_tokens.weight") || (model.tie_embeddings && name == "lm_head.weight");
+        if copy {
+            unused.push(name);
+            continue;
+        }
+        let Some(taper) = table.taper_name(&name) else {
+            out.insert(name, t);
+            continue;
+        };
+        let factor = fold(&taper, model);
+        out.insert(taper, if factor == 1.0 { t } else { (t / factor)? });
+    }
+    unused.sort();
+    Ok((out, unused))
+}

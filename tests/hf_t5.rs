@@ -1,0 +1,123 @@
+//! T5 in and out: the tiny T5 of tests/fixtures (random weights made by transformers,
+//! scripts/make-hf-fixtures.sh) gives transformers' logits in taper's encoder-decoder, and
+//! load -> export gives its tensors back; a T5-shaped seq2seq run's export loads in
+//! candle-transformers' T5 with taper's logits; a run that is not T5-shaped is refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use taper::config::Config;
+use taper::model::names::t5;
+use taper::model::seq2seq::Seq2Seq;
+use taper::model::Mode;
+use taper::train::seq2seq::TrainedSeq2Seq;
+use taper::train::{train, TrainOptions};
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-t5")
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+}
+
+#[test]
+fn hugging_face_t5_gives_transformers_logits_and_exports_its_tensors_back() {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap();
+    let (model, vocab) = t5::model_config(config, 64).unwrap();
+    assert!(t5::mismatches(&model).is_empty());
+    let file = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let (tensors, unused) = t5::to_taper(file.clone(), &model).unwrap();
+    assert!(unused.iter().all(|n| n.ends_with("embed_tokens.weight")), "{unused:?}");
+    let expected = candle_core::safetensors::load(fixture().join("expected.safetensors"), &Device::Cpu).unwrap();
+    let src = expected["input_ids"].to_dtype(DType::U32).unwrap();
+    let tgt = expected["decoder_input_ids"].to_dtype(DType::U32).unwrap();
+    for kernels in [taper::config::Kernels::Fused, taper::config::Kernels::Composed] {
+        let model = taper::config::ModelConfig { kernels, ..model.clone() };
+        let vb = VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+        let s2s = Seq2Seq::new(&model, vocab, vocab, DType::F32, vb).unwrap();
+        let memory = s2s.encode(&src, None, &mut Mode::eval()).unwrap();
+        let logits = s2s.forward(&tgt, &memory, &mut Mode::eval()).unwrap();
+        let diff = max_diff(&logits, &expected["logits"]);
+        assert!(diff <= 1e-4, "{kernels:?}: taper's T5 logits differ from transformers' by {diff}");
+    }
+    let back = t5::to_hf(&tensors, &model).unwrap();
+    let originals: Vec<&String> = file.keys().filter(|k| !k.ends_with("embed_tokens.weight")).collect();
+    assert_eq!(back.len(), originals.len());
+    for name in originals {
+        assert_eq!(max_diff(&back[name], &file[name]), 0.0, "{name} changed on the way through taper");
+    }
+}
+
+/// A seq2seq run on a slice of data/numbers with `extra` overrides.
+fn seq2seq_config(dir: &Path, extra: &str) -> Config {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/numbers");
+    let toml = format!(
+        "[model]\narch = \"encoder-decoder\"\nn_layer = 2\nn_decoder_layer = 2\nn_head = 4\nd_model = 64\nd_ff = 128\n\
+         block_size = 72\n[task]\nkind = \"seq2seq\"\n[data]\npath = \"{}\"\nval_path = \"{}\"\n[optim]\nlr = 3e-3\n\
+         [train]\nsteps = 4\nbatch_size = 16\nlog_every = 1\neval_every = 0\n[checkpoint]\ndir = \"{}\"\nevery = 0\n",
+        root.join("train.tsv").display(),
+        root.join("val.tsv").display(),
+        dir.join("run").display()
+    );
+    Config::from_toml_str(&toml, &common::overrides(extra)).unwrap()
+}
+
+const T5_SHAPE: &str = "model.norm=pre model.norm_kind=rms model.positions=t5 model.bias=false";
+
+#[test]
+fn a_t5_shaped_runs_export_loads_in_candle_transformers_t5_with_tapers_logits() {
+    use candle_transformers::models::t5 as candle_t5;
+    for extra in ["model.activation=relu", "model.activation=swiglu model.tie_embeddings=false"] {
+        let dir = tempfile::tempdir().unwrap();
+        let quiet = TrainOptions { quiet: true, ..Default::default() };
+        train(seq2seq_config(dir.path(), &format!("{T5_SHAPE} {extra}")), &quiet).unwrap();
+        let (run, out) = (dir.path().join("run"), dir.path().join("export"));
+        taper::export::export_hf(&run, "latest", &out, false).unwrap();
+        let text = std::fs::read_to_string(out.join("config.json")).unwrap();
+        let config: candle_t5::Config = serde_json::from_str(&text).unwrap();
+        let weights = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+        let mut candle = candle_t5::T5ForConditionalGeneration::load(vb, &config).unwrap();
+
+        let trained = TrainedSeq2Seq::load(&run, "latest", "cpu").unwrap();
+        let specials = trained.vocab.source_specials;
+        let src = trained.vocab.source.encode("90210").unwrap().into_iter().chain([specials.eos]).collect::<Vec<_>>();
+        let src = Tensor::from_vec(src.clone(), (1, src.len()), &Device::Cpu).unwrap();
+        let tgt: Vec<u32> = [specials.bos].into_iter().chain(trained.vocab.target.encode("ninety").unwrap()).collect();
+        let tgt = Tensor::from_vec(tgt.clone(), (1, tgt.len()), &Device::Cpu).unwrap();
+        let memory = trained.model.encode(&src, None, &mut Mode::eval()).unwrap();
+        let ours = trained.model.forward(&tgt, &memory, &mut Mode::eval()).unwrap(); // (1, T, V)
+                                                                                     // candle-transformers 0.11 multiplies a tied T5's decoder output by sqrt(d_model) where
+                                                                                     // transformers (and Mesh TensorFlow) multiply by d_model^-0.5: its tied logits are
+                                                                                     // d_model times transformers'. taper's agree with transformers' (the test above).
+        let candle_scale = if config.tie_word_embeddings { config.d_model as f64 } else { 1.0 };
+        for t in [1, 3, tgt.dim(1).unwrap()] {
+            candle.clear_kv_cache();
+            let theirs = (candle.forward(&src, &tgt.narrow(1, 0, t).unwrap()).unwrap() / candle_scale).unwrap();
+            let diff = max_diff(&theirs, &ours.i((.., t - 1, ..)).unwrap());
+            assert!(diff <= 1e-4, "{extra}: position {t}: candle-transformers' T5 differs by {diff}");
+        }
+        let tokenizer = taper::data::TextTokenizer::load(&out.join("tokenizer.json")).unwrap();
+        assert_eq!(tokenizer.inner().token_to_id("</s>"), Some(specials.eos));
+        assert_eq!(tokenizer.vocab_size(), config.vocab_size);
+    }
+}
+
+#[test]
+fn a_seq2seq_run_that_is_not_t5_shaped_is_refused_naming_the_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    train(seq2seq_config(dir.path(), "train.steps=1 model.positions=sinusoidal"), &quiet).unwrap();
+    let err = taper::export::export_hf(&dir.path().join("run"), "latest", &dir.path().join("e"), false).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("T5ForConditionalGeneration") && text.contains("`model.positions = \"sinusoidal\"`"),
+        "{text}"
+    );
+    assert!(text.contains("`model.norm_kind = \"layer\"`") && text.contains("`model.bias = true`"), "{text}");
+}
