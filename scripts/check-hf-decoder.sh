@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Checks that a causal-lm run's Hugging Face export (GPT2LMHeadModel or LlamaForCausalLM)
-# scores text as taper does: exports RUN_DIR, runs `taper eval --json` on TEXT_FILE, and loads
-# the export with transformers' AutoModelForCausalLM (scripts/check-hf-decoder.py) to score the
-# same windows. Needs PyTorch and transformers (not part of CI): set HF_PYTHON to a python that
+# Checks that a causal-lm run's Hugging Face export (GPT2LMHeadModel or LlamaForCausalLM), or a
+# T5-shaped seq2seq run's (T5ForConditionalGeneration), scores FILE as taper does: exports
+# RUN_DIR, runs `taper eval --json` on FILE (text; a source/target TSV for seq2seq), and loads
+# the export with transformers (scripts/check-hf-decoder.py) to score the same windows or pairs. Needs PyTorch and transformers (not part of CI): set HF_PYTHON to a python that
 # has them, or let the script make a virtual environment in .cache/hf-venv.
-# Usage: scripts/check-hf-decoder.sh RUN_DIR TEXT_FILE [CHECKPOINT]
+# Usage: scripts/check-hf-decoder.sh RUN_DIR FILE [CHECKPOINT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-run=${1:?usage: scripts/check-hf-decoder.sh RUN_DIR TEXT_FILE [CHECKPOINT]}
-text=${2:?usage: scripts/check-hf-decoder.sh RUN_DIR TEXT_FILE [CHECKPOINT]}
+run=${1:?usage: scripts/check-hf-decoder.sh RUN_DIR FILE [CHECKPOINT]}
+text=${2:?usage: scripts/check-hf-decoder.sh RUN_DIR FILE [CHECKPOINT]}
 checkpoint=${3:-best}
 python=$(scripts/hf-python.sh)
 cargo build --release --quiet

@@ -21,13 +21,13 @@ OUT = os.path.join(ROOT, "tests", "fixtures")
 TEXT = "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun."
 
 
-def byte_level_tokenizer(corpus: str, vocab_size: int) -> Tokenizer:
+def byte_level_tokenizer(corpus: str, vocab_size: int, specials: list) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -68,7 +68,7 @@ def main() -> None:
     torch.manual_seed(0)
     with open(os.path.join(ROOT, "data", "shakespeare.txt"), encoding="utf-8") as f:
         corpus = f.read()[:200_000]
-    tok = byte_level_tokenizer(corpus, 320)
+    tok = byte_level_tokenizer(corpus, 320, ["<|endoftext|>"])
     vocab = tok.get_vocab_size()
     eos = tok.token_to_id("<|endoftext|>")
     gpt2 = GPT2Config(
@@ -88,9 +88,11 @@ def main() -> None:
     write("tiny-llama", model, tok)
     # d_model and d_kv powers of four: T5's scalings, folded into taper's weights, are then
     # powers of two, and a load -> export round trip is exact.
+    # T5's own special tokens, at T5's ids: <pad> 0 (also the decoder's start), </s> 1, <unk> 2.
+    tok = byte_level_tokenizer(corpus, 320, ["<pad>", "</s>", "<unk>"])
     t5 = T5Config(
-        vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-        feed_forward_proj="relu", tie_word_embeddings=True, pad_token_id=0, eos_token_id=eos,
+        vocab_size=tok.get_vocab_size(), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="relu", tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0,
     )
     model = T5ForConditionalGeneration(t5)

@@ -231,12 +231,6 @@ impl Config {
 
 /// What an encoder-only model (a BERT, in Hugging Face's layout) and `init_from` allow.
 fn validate_encoder(m: &ModelConfig) -> Result<()> {
-    if m.init_from.is_some() && m.arch == Architecture::EncoderDecoder {
-        bail!(
-            "`model.init_from` loads BERT-family encoders (`model.arch = \"encoder-only\"`) and GPT-2 or Llama \
-             decoders (\"decoder-only\"); an encoder-decoder starts fresh"
-        );
-    }
     if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
         bail!("an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\"");
     }

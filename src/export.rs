@@ -113,17 +113,21 @@ fn export_seq2seq(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
             mismatches.join(", ")
         );
     }
-    let tokenizer = TextTokenizer::load(&run.tokenizer())?;
-    let specials = crate::data::pairs::Specials::after(&tokenizer);
-    let mut inner = tokenizer.inner().clone();
-    let names = ["<pad>", "<s>", "</s>"];
-    inner.add_special_tokens(&names.map(|n| tokenizers::AddedToken::from(n, true)));
-    let ids: Vec<Option<u32>> = names.iter().map(|n| inner.token_to_id(n)).collect();
-    if ids != [Some(specials.pad), Some(specials.bos), Some(specials.eos)] {
+    let vocab = crate::train::seq2seq::Vocabularies::load(run, &config.model)?;
+    let specials = vocab.source_specials;
+    // The specials the tokenizer lacks, added as special tokens at the ids the model uses.
+    let mut inner = vocab.source.inner().clone();
+    let wanted = [("<pad>", specials.pad), ("<s>", specials.bos), ("</s>", specials.eos)];
+    let wanted: Vec<(&str, u32)> = wanted.into_iter().filter(|&(n, id)| n != "<s>" || id != specials.pad).collect();
+    for (name, _) in &wanted {
+        if vocab.source.special_token_id(name).is_none() {
+            inner.add_special_tokens(&[tokenizers::AddedToken::from(*name, true)]);
+        }
+    }
+    if let Some((name, id)) = wanted.iter().find(|&&(n, id)| inner.token_to_id(n) != Some(id)) {
         bail!(
-            "{}: the tokenizer already holds one of {}; it cannot take taper's special ids",
-            run_dir.display(),
-            names.join(", ")
+            "{}: the tokenizer holds `{name}` as a plain token; it cannot take taper's special id {id}",
+            run_dir.display()
         );
     }
     let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
@@ -132,7 +136,7 @@ fn export_seq2seq(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
     let tensors = t5::to_hf(&tensors, &config.model).with_context(|| format!("{} as T5", weights.display()))?;
     write_weights(&tensors, out)?;
     let t5_specials = t5::T5Specials { pad: specials.pad, eos: specials.eos, decoder_start: specials.bos };
-    let hf = t5::config_json(&config.model, tokenizer.vocab_size() + names.len(), t5_specials);
+    let hf = t5::config_json(&config.model, vocab.source_size(), t5_specials);
     crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
     let generation = json!({
         "decoder_start_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad,

@@ -11,6 +11,7 @@ use crate::config::{Kernels, ModelConfig, NormPlacement};
 use crate::data::TextTokenizer;
 use crate::model::bert::{BertConfig, BertEncoder};
 use crate::model::names::decoder::{DecoderFamily, DecoderShape};
+use crate::model::names::t5;
 use crate::model::ParamStore;
 
 /// The files a pretrained model directory must hold.
@@ -167,8 +168,8 @@ pub struct PretrainedDecoder {
     pub tokenizer: TextTokenizer,
 }
 
-/// The family and shape `dir/config.json` describes.
-pub fn read_decoder_config(dir: &Path) -> Result<(DecoderFamily, DecoderShape)> {
+/// `dir/config.json`, parsed, and its `model_type`.
+fn read_config_json(dir: &Path) -> Result<(serde_json::Value, String)> {
     let path = dir.join("config.json");
     if !path.is_file() {
         bail!("{} has no config.json: a Hugging Face model directory holds {}", dir.display(), MODEL_FILES.join(", "));
@@ -176,19 +177,57 @@ pub fn read_decoder_config(dir: &Path) -> Result<(DecoderFamily, DecoderShape)> 
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let config: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-    let Some(family) = DecoderFamily::of_model_type(model_type) else {
+    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    Ok((config, model_type))
+}
+
+/// Where a checkpoint of `model_type` does load, for an error message.
+fn loads_into(model_type: &str) -> &'static str {
+    match model_type {
+        "bert" => "; a BERT loads into an encoder-only run (`model.arch = \"encoder-only\"`)",
+        "t5" => "; a T5 loads into an encoder-decoder run (`model.arch = \"encoder-decoder\"`)",
+        "gpt2" | "llama" => "; a GPT-2 or Llama loads into a decoder-only run",
+        _ => "",
+    }
+}
+
+/// The family and shape `dir/config.json` describes.
+pub fn read_decoder_config(dir: &Path) -> Result<(DecoderFamily, DecoderShape)> {
+    let (config, model_type) = read_config_json(dir)?;
+    let path = dir.join("config.json");
+    let Some(family) = DecoderFamily::of_model_type(&model_type) else {
         bail!(
             "{}: model_type `{model_type}` is not a decoder taper loads (gpt2, llama){}",
             path.display(),
-            if model_type == "bert" {
-                "; a BERT loads into an encoder-only run (`model.arch = \"encoder-only\"`)"
-            } else {
-                ""
-            }
+            loads_into(&model_type)
         );
     };
     Ok((family, family.shape(config, &path)?))
+}
+
+/// Every parameter's tensor in `tensors` must have its shape; an error names the tensor by the
+/// checkpoint's name (`hf_name`) and taper's, and both shapes.
+fn check_shapes(
+    params: &ParamStore,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    file: &Path,
+    config: &Path,
+    hf_name: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    for (name, var) in params.named_vars() {
+        match tensors.get(&name) {
+            Some(t) if t.dims() != var.dims() => bail!(
+                "{}: tensor `{}` (taper's `{name}`) holds {:?} in taper's layout, but {} describes {:?}",
+                file.display(),
+                hf_name(&name),
+                t.dims(),
+                config.display(),
+                var.dims()
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl PretrainedDecoder {
@@ -210,21 +249,58 @@ impl PretrainedDecoder {
         let file = self.dir.join("model.safetensors");
         let tensors = load_tensors(&file, device)?;
         let (tensors, unused) = self.family.to_taper(tensors, model.block_size, model.tie_embeddings)?;
-        for (name, var) in params.named_vars() {
-            match tensors.get(&name) {
-                Some(t) if t.dims() != var.dims() => bail!(
-                    "{}: tensor `{}` (taper's `{name}`) holds {:?} in taper's layout, but {} describes {:?}",
-                    file.display(),
-                    self.family.checkpoint_name(&name),
-                    t.dims(),
-                    self.dir.join("config.json").display(),
-                    var.dims()
-                ),
-                _ => {}
-            }
-        }
+        check_shapes(params, &tensors, &file, &self.dir.join("config.json"), &|n| self.family.checkpoint_name(n))?;
         load_matching(params, tensors, &file, &|_| false, &|_| false)?;
         let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
         Ok(format!("loaded {} ({}){unused}", self.dir.display(), self.family.architecture()))
+    }
+}
+
+/// A pretrained T5 to start a seq2seq run from.
+pub struct PretrainedT5 {
+    pub dir: PathBuf,
+    pub tokenizer: TextTokenizer,
+    /// config.json's pad, end and decoder-start ids.
+    pub specials: t5::T5Specials,
+}
+
+impl PretrainedT5 {
+    /// Finds `spec`, reads its config.json (model_type t5) and tokenizer.json, and makes
+    /// `model` its architecture (keys given must agree; `block_size` defaults to 512).
+    pub fn open(spec: &str, model: &mut ModelConfig) -> Result<Self> {
+        let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
+        let (config, model_type) = read_config_json(&dir)?;
+        let path = dir.join("config.json");
+        if model_type != "t5" {
+            bail!(
+                "{}: model_type `{model_type}` is not an encoder-decoder taper loads (t5){}",
+                path.display(),
+                loads_into(&model_type)
+            );
+        }
+        let id = |key: &str| config.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
+        let (pad, eos) = (id("pad_token_id").unwrap_or(0), id("eos_token_id").unwrap_or(1));
+        let specials = t5::T5Specials { pad, eos, decoder_start: id("decoder_start_token_id").unwrap_or(pad) };
+        let block_size = if model.block_size == 0 { 512 } else { model.block_size };
+        let (theirs, vocab) = t5::model_config(config, block_size)
+            .with_context(|| format!("{} does not describe a model taper can build", path.display()))?;
+        model.adopt(&ModelConfig { vocab_size: Some(vocab), init_from: model.init_from.clone(), ..theirs }, &path)?;
+        model.block_size = block_size;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
+            .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
+        Ok(Self { dir, tokenizer, specials })
+    }
+
+    /// Copies the checkpoint's weights into `params` (an encoder-decoder built from the adopted
+    /// config); every parameter must be there, every tensor used or a tied copy. Returns the
+    /// start-up line that says what was loaded.
+    pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
+        let file = self.dir.join("model.safetensors");
+        let (tensors, unused) = t5::to_taper(load_tensors(&file, device)?, model)?;
+        let gated = model.activation.gate().is_some();
+        check_shapes(params, &tensors, &file, &self.dir.join("config.json"), &|n| t5::checkpoint_name(n, gated))?;
+        load_matching(params, tensors, &file, &|_| false, &|_| false)?;
+        let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
+        Ok(format!("loaded {} (T5ForConditionalGeneration){unused}", self.dir.display()))
     }
 }

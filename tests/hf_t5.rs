@@ -121,3 +121,64 @@ fn a_seq2seq_run_that_is_not_t5_shaped_is_refused_naming_the_options() {
     );
     assert!(text.contains("`model.norm_kind = \"layer\"`") && text.contains("`model.bias = true`"), "{text}");
 }
+
+#[test]
+fn a_run_from_a_pretrained_t5_fine_tunes_exports_and_reloads_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml_model = format!("model.init_from={} model.n_layer=0 train.steps=30", fixture().display());
+    let mut cfg = seq2seq_config(dir.path(), &toml_model);
+    // The shape keys come from the checkpoint; the ones the helper set must go.
+    cfg.model.n_decoder_layer = None;
+    (cfg.model.n_head, cfg.model.d_model, cfg.model.d_ff) = (0, 0, None);
+    let quiet = TrainOptions { quiet: true, ..Default::default() };
+    let report = train(cfg, &quiet).unwrap();
+    let (first, last) = (report.losses[0].1, report.losses.last().unwrap().1);
+    assert!(last < first - 0.5, "fine-tuning the random T5: loss {first} -> {last}");
+    let run = dir.path().join("run");
+    let trained = TrainedSeq2Seq::load(&run, "latest", "cpu").unwrap();
+    // It started from the checkpoint: 30 Adam steps of 3e-3 leave a weight of std 0.2 near it.
+    let weights = candle_core::safetensors::load(trained.checkpoint.join("model.safetensors"), &Device::Cpu).unwrap();
+    let start = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
+    let (a, b) =
+        (&weights["encoder.blocks.1.attn.k_proj.weight"], &start["encoder.block.1.layer.0.SelfAttention.k.weight"]);
+    let dot = |x: &Tensor, y: &Tensor| (x * y).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let cosine = dot(a, b) / (dot(a, a) * dot(b, b)).sqrt();
+    assert!(cosine > 0.8, "the trained k_proj is not the pretrained one moved a little: cosine {cosine}");
+    assert_eq!(trained.vocab.source_specials.pad, 0, "T5's own <pad>");
+    assert_eq!((trained.vocab.source_specials.bos, trained.vocab.source_specials.eos), (0, 1));
+
+    let out = dir.path().join("export");
+    taper::export::export_hf(&run, "latest", &out, false).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!((config["pad_token_id"].as_u64(), config["decoder_start_token_id"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(config["vocab_size"], 320);
+
+    // The export, loaded as `init_from` loads it, is the trained model.
+    let (model, vocab) = t5::model_config(config, 72).unwrap();
+    let file = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (tensors, _) = t5::to_taper(file, &model).unwrap();
+    let reloaded =
+        Seq2Seq::new(&model, vocab, vocab, DType::F32, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+            .unwrap();
+    let src = Tensor::new(&[[5u32, 9, 2, 7, 1]], &Device::Cpu).unwrap();
+    let tgt = Tensor::new(&[[0u32, 4, 8, 3]], &Device::Cpu).unwrap();
+    let logits = |m: &Seq2Seq| {
+        let memory = m.encode(&src, None, &mut Mode::eval()).unwrap();
+        m.forward(&tgt, &memory, &mut Mode::eval()).unwrap()
+    };
+    let diff = max_diff(&logits(&reloaded), &logits(&trained.model));
+    assert!(diff <= 1e-5, "the export reloads with logits {diff} away from the run's");
+}
+
+#[test]
+fn a_pretrained_t5_whose_keys_disagree_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("model.init_from={} model.positions=rope", fixture().display());
+    let mut cfg = seq2seq_config(dir.path(), &extra);
+    (cfg.model.n_layer, cfg.model.n_decoder_layer, cfg.model.n_head, cfg.model.d_model) = (0, None, 0, 0);
+    cfg.model.d_ff = None;
+    let err = train(cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("`model.positions` = \"rope\" disagrees with") && text.contains("\"t5\""), "{text}");
+}

@@ -27,7 +27,7 @@ pub fn read_pairs(path: &Path, source: &str, target: &str) -> Result<Vec<Pair>> 
         .collect())
 }
 
-/// The ids taper adds after a tokenizer's vocabulary for sequence-to-sequence models.
+/// The padding, decoder-start and end ids of a sequence-to-sequence vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Specials {
     pub pad: u32,
@@ -35,12 +35,32 @@ pub struct Specials {
     pub eos: u32,
 }
 
-impl Specials {
-    pub const COUNT: usize = 3;
+/// The names of the special tokens, as T5's tokenizer (and taper's exports) spell them.
+pub const SPECIAL_NAMES: [&str; 3] = ["<pad>", "<s>", "</s>"];
 
-    pub fn after(tokenizer: &TextTokenizer) -> Self {
-        let v = tokenizer.vocab_size() as u32;
-        Self { pad: v, bos: v + 1, eos: v + 2 }
+impl Specials {
+    /// The tokenizer's own specials when it holds `<pad>` and `</s>` as special tokens (T5's,
+    /// or a taper export's), the decoder starting from `<s>` or else from `<pad>` (as T5's);
+    /// otherwise three ids taper adds after its vocabulary.
+    pub fn of(tokenizer: &TextTokenizer) -> Self {
+        let [pad, bos, eos] = SPECIAL_NAMES.map(|name| tokenizer.special_token_id(name));
+        match (pad, eos) {
+            (Some(pad), Some(eos)) => Self { pad, bos: bos.unwrap_or(pad), eos },
+            _ => {
+                let v = tokenizer.vocab_size() as u32;
+                Self { pad: v, bos: v + 1, eos: v + 2 }
+            }
+        }
+    }
+
+    /// Embedding rows a vocabulary needs: the tokenizer's tokens and these ids.
+    pub fn rows(self, tokenizer: &TextTokenizer) -> usize {
+        tokenizer.vocab_size().max(self.pad.max(self.bos).max(self.eos) as usize + 1)
+    }
+
+    /// Whether `id` is one of these.
+    pub fn contains(self, id: u32) -> bool {
+        id == self.pad || id == self.bos || id == self.eos
     }
 }
 

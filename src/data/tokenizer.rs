@@ -208,6 +208,12 @@ impl TextTokenizer {
         })
     }
 
+    /// The id of `name` if the tokenizer holds it as a special (added) token.
+    pub fn special_token_id(&self, name: &str) -> Option<u32> {
+        let added = self.inner.get_added_tokens_decoder();
+        added.into_iter().find(|(_, t)| t.special && t.content == name).map(|(id, _)| id)
+    }
+
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }

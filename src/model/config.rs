@@ -140,7 +140,8 @@ pub struct ModelConfig {
     #[serde(default = "default_relative_max_distance")]
     pub relative_max_distance: usize,
     /// Rows of a decoder's token embedding and head; the tokenizer's vocabulary when absent
-    /// (it may be larger: a pretrained GPT-2's 50257, or a padded size). Decoder-only.
+    /// (it may be larger: a pretrained GPT-2's 50257, or a padded size). Decoder-only, or an
+    /// encoder-decoder's shared vocabulary (T5's 32128).
     pub vocab_size: Option<usize>,
     /// QK-norm: normalise each head's queries and keys (with `norm_kind`) before the scores.
     #[serde(default)]
@@ -157,6 +158,36 @@ impl ModelConfig {
     pub fn defaults() -> Self {
         toml::from_str("").expect("every [model] key has a default")
     }
+    /// Takes `theirs` (a pretrained checkpoint's architecture, read from `source`) for every
+    /// key but the training choices (`block_size`, `dropout`, init, kernels); a key set here
+    /// (not at its default) that disagrees is an error naming it.
+    pub fn adopt(&mut self, theirs: &ModelConfig, source: &std::path::Path) -> Result<()> {
+        const OURS: [&str; 7] =
+            ["init_from", "block_size", "dropout", "kernels", "init", "init_std", "scale_residual_init"];
+        let table = |m: &ModelConfig| -> Result<toml::Table> { Ok(toml::Table::try_from(m)?) };
+        let (mine, defaults, their) = (table(self)?, table(&Self::defaults())?, table(theirs)?);
+        let mut merged = mine.clone();
+        let keys: std::collections::BTreeSet<&String> = mine.keys().chain(their.keys()).collect();
+        for key in keys.into_iter().filter(|k| !OURS.contains(&k.as_str())) {
+            let (given, theirs) = (mine.get(key), their.get(key));
+            if given != defaults.get(key) && given != theirs {
+                let show = |v: Option<&toml::Value>| v.map_or("nothing".to_string(), |v| v.to_string());
+                bail!(
+                    "`model.{key}` = {} disagrees with {} ({}); remove the key (`model.init_from` sets the architecture)",
+                    show(given),
+                    source.display(),
+                    show(theirs)
+                );
+            }
+            match theirs {
+                Some(value) => merged.insert(key.clone(), value.clone()),
+                None => merged.remove(key),
+            };
+        }
+        *self = merged.try_into()?;
+        Ok(())
+    }
+
     pub fn d_ff(&self) -> usize {
         match (self.d_ff, self.activation.gate()) {
             (Some(d_ff), _) => d_ff,
@@ -227,8 +258,13 @@ impl ModelConfig {
                 bail!("`{key}` is missing (or 0): the model's shape needs it unless `model.init_from` gives a pretrained one");
             }
         }
-        if self.vocab_size.is_some() && self.arch != Architecture::DecoderOnly {
-            bail!("`model.vocab_size` sets a decoder-only model's rows; an encoder's vocabulary is its tokenizer's: remove the key");
+        let one_vocabulary = self.arch == Architecture::DecoderOnly
+            || (self.arch == Architecture::EncoderDecoder && self.share_embeddings);
+        if self.vocab_size.is_some() && !one_vocabulary {
+            bail!(
+                "`model.vocab_size` sets the rows of a decoder-only model or of an encoder-decoder's shared vocabulary; \
+                 here the vocabulary is the tokenizer's: remove the key"
+            );
         }
         if self.d_ff == Some(0) {
             bail!("`model.d_ff` must be at least 1");

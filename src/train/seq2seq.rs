@@ -12,13 +12,14 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
-use crate::config::{Config, TaskKind};
+use crate::config::{Config, ModelConfig, TaskKind};
 use crate::data::pairs::{encode_pairs, encode_source, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
 use crate::decode::{beam_search, greedy, BeamOptions, DecodeLimits};
 use crate::model::seq2seq::Seq2Seq;
 use crate::model::{Mode, ParamStore};
+use crate::pretrained::PretrainedT5;
 use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 /// Pairs per forward pass when evaluating.
@@ -31,26 +32,66 @@ pub struct Vocabularies {
     pub target: TextTokenizer,
     pub source_specials: Specials,
     pub target_specials: Specials,
+    /// Embedding rows of each side.
+    rows: (usize, usize),
 }
 
 impl Vocabularies {
     pub fn source_size(&self) -> usize {
-        self.source.vocab_size() + Specials::COUNT
+        self.rows.0
     }
     pub fn target_size(&self) -> usize {
-        self.target.vocab_size() + Specials::COUNT
+        self.rows.1
     }
 
-    fn new(source: TextTokenizer, target: TextTokenizer) -> Self {
-        let (source_specials, target_specials) = (Specials::after(&source), Specials::after(&target));
-        Self { source, target, source_specials, target_specials }
+    /// `rows`: `model.vocab_size` (a shared vocabulary's rows, when set).
+    fn new(source: TextTokenizer, target: TextTokenizer, rows: Option<usize>) -> Result<Self> {
+        let (source_specials, target_specials) = (Specials::of(&source), Specials::of(&target));
+        let needed = (source_specials.rows(&source), target_specials.rows(&target));
+        let rows = match rows {
+            Some(n) if n < needed.0.max(needed.1) => anyhow::bail!(
+                "`model.vocab_size` = {n} is smaller than the vocabulary with its special tokens ({}); remove the key or raise it",
+                needed.0.max(needed.1)
+            ),
+            Some(n) => (n, n),
+            None => needed,
+        };
+        Ok(Self { source, target, source_specials, target_specials, rows })
     }
 
     /// The run's saved tokenizers.
-    pub fn load(run: &RunDir, shared: bool) -> Result<Self> {
+    pub fn load(run: &RunDir, model: &ModelConfig) -> Result<Self> {
         let source = TextTokenizer::load(&run.tokenizer())?;
-        let target = if shared { source.clone() } else { TextTokenizer::load(&target_tokenizer_path(run))? };
-        Ok(Self::new(source, target))
+        let target = match model.share_embeddings {
+            true => source.clone(),
+            false => TextTokenizer::load(&target_tokenizer_path(run))?,
+        };
+        Self::new(source, target, model.vocab_size)
+    }
+
+    /// The pretrained model's config.json must name the ids its tokenizer's specials have.
+    fn agree_with(&self, pretrained: &PretrainedT5) -> Result<()> {
+        let (ours, theirs) = (self.source_specials, pretrained.specials);
+        if (ours.pad, ours.eos, ours.bos) != (theirs.pad, theirs.eos, theirs.decoder_start) {
+            anyhow::bail!(
+                "{}: config.json's pad / eos / decoder_start ids are {} / {} / {}, its tokenizer.json's <pad> / </s> / \
+                 <s> (or <pad>) are {} / {} / {}; taper needs them to agree",
+                pretrained.dir.display(),
+                theirs.pad,
+                theirs.eos,
+                theirs.decoder_start,
+                ours.pad,
+                ours.eos,
+                ours.bos
+            );
+        }
+        Ok(())
+    }
+
+    /// A pretrained model's shared tokenizer, saved into the run.
+    fn pretrained(tokenizer: TextTokenizer, run: &RunDir, model: &ModelConfig) -> Result<Self> {
+        tokenizer.save(&run.tokenizer())?;
+        Self::new(tokenizer.clone(), tokenizer, model.vocab_size)
     }
 
     /// Trains the tokenizer(s) on the training pairs (both sides when shared) and saves them.
@@ -68,9 +109,9 @@ impl Vocabularies {
         let targets = pairs.iter().map(|p| p.target.as_str());
         let vocabularies = if cfg.model.share_embeddings {
             let shared = make(sources.chain(targets).collect(), "tokenizer-corpus")?;
-            Self::new(shared.clone(), shared)
+            Self::new(shared.clone(), shared, cfg.model.vocab_size)?
         } else {
-            Self::new(make(sources.collect(), "source-corpus")?, make(targets.collect(), "target-corpus")?)
+            Self::new(make(sources.collect(), "source-corpus")?, make(targets.collect(), "target-corpus")?, None)?
         };
         vocabularies.source.save(&run.tokenizer())?;
         if !cfg.model.share_embeddings {
@@ -84,10 +125,10 @@ impl Vocabularies {
         Ok(DecodeLimits { bos, eos, max_len: max_target_len(cfg)? })
     }
 
-    /// A decoded output as text (ids past the tokenizer's vocabulary, the specials, dropped).
+    /// A decoded output as text (the specials, and ids past the tokenizer's vocabulary, dropped).
     pub fn target_text(&self, ids: &[u32]) -> Result<String> {
-        let vocab = self.target.vocab_size() as u32;
-        let ids: Vec<u32> = ids.iter().copied().filter(|&id| id < vocab).collect();
+        let (vocab, specials) = (self.target.vocab_size() as u32, self.target_specials);
+        let ids: Vec<u32> = ids.iter().copied().filter(|&id| id < vocab && !specials.contains(id)).collect();
         self.target.decode(&ids)
     }
 }
@@ -125,6 +166,8 @@ pub struct Seq2SeqTask {
     sampler: EpochSampler,
     device: Device,
     label_smoothing: f64,
+    /// What loading the pretrained weights did (fresh runs with `model.init_from`).
+    loaded: Option<String>,
 }
 
 impl Seq2SeqTask {
@@ -139,18 +182,26 @@ impl Seq2SeqTask {
                 (hold_out(&mut train_pairs, fraction, seed, "pairs", &cfg.data.path)?, cfg.data.path.clone())
             }
         };
-        let vocab = if resuming {
-            Vocabularies::load(run, cfg.model.share_embeddings)?
-        } else {
-            Vocabularies::train(cfg, run, &train_pairs)?
+        let mut cfg = cfg.clone();
+        let (vocab, pretrained) = match (&cfg.model.init_from, resuming) {
+            (_, true) => (Vocabularies::load(run, &cfg.model)?, None),
+            (Some(spec), false) => {
+                let pretrained = PretrainedT5::open(&spec.clone(), &mut cfg.model)?;
+                cfg.validate()?;
+                let vocab = Vocabularies::pretrained(pretrained.tokenizer.clone(), run, &cfg.model)?;
+                vocab.agree_with(&pretrained)?;
+                (vocab, Some(pretrained))
+            }
+            (None, false) => (Vocabularies::train(&cfg, run, &train_pairs)?, None),
         };
-        let train = encode(cfg, &vocab, &train_pairs, &cfg.data.path)?;
-        let val = encode(cfg, &vocab, &val_pairs, &val_path)?;
+        let train = encode(&cfg, &vocab, &train_pairs, &cfg.data.path)?;
+        let val = encode(&cfg, &vocab, &val_pairs, &val_path)?;
         let val_targets = val_pairs.into_iter().map(|p| p.target).collect();
-        let model = build_model(cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
+        let model = build_model(&cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
+        let loaded = pretrained.map(|p| p.load_into(params, &cfg.model, device)).transpose()?;
         let sampler = EpochSampler::new(cfg.train.seed, train.len());
         let (device, label_smoothing) = (device.clone(), task.label_smoothing);
-        Ok(Self { cfg: cfg.clone(), vocab, model, train, val, val_targets, sampler, device, label_smoothing })
+        Ok(Self { cfg, vocab, model, train, val, val_targets, sampler, device, label_smoothing, loaded })
     }
 }
 
@@ -206,14 +257,15 @@ impl Task for Seq2SeqTask {
 
     fn describe(&self) -> String {
         let shortfall = self.cfg.tokenizer.shortfall(self.vocab.source_size().min(self.vocab.target_size()));
-        format!(
+        let data = format!(
             "{} train / {} val pairs, vocabularies {} / {}{}",
             self.train.len(),
             self.val.len(),
             self.vocab.source_size(),
             self.vocab.target_size(),
             shortfall.unwrap_or_default()
-        )
+        );
+        super::encoder::with_loaded(data, &self.loaded)
     }
 
     fn train_batch(&self, step: usize, micro: usize) -> Result<Self::Batch> {
@@ -271,7 +323,7 @@ impl TrainedSeq2Seq {
     }
 
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
-        let vocab = Vocabularies::load(&opened.run, opened.config.model.share_embeddings)?;
+        let vocab = Vocabularies::load(&opened.run, &opened.config.model)?;
         let model = opened.build(|vb| build_model(&opened.config, &vocab, vb))?;
         let OpenedCheckpoint { config, checkpoint, device, .. } = opened;
         Ok(Self { config, vocab, model, checkpoint, device })

@@ -205,6 +205,11 @@ pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: T5Specials)
     })
 }
 
+/// T5's name of taper's `name`.
+pub fn checkpoint_name(name: &str, gated: bool) -> String {
+    table(gated).checkpoint_name(name).unwrap_or_else(|| name.to_string())
+}
+
 /// The factor taper's tensor `name` is multiplied by on its way to T5 (1 for most).
 fn fold(name: &str, model: &ModelConfig) -> f64 {
     if name.ends_with("attn.q_proj.weight") {
