@@ -1,5 +1,5 @@
-"""Makes the tiny Hugging Face models taper's tests load (tests/fixtures/tiny-gpt2, tiny-llama
-and tiny-t5): random weights from transformers' own classes, a byte-level BPE tokenizer trained
+"""Makes the tiny Hugging Face models taper's tests load (tests/fixtures/tiny-gpt2, tiny-llama,
+tiny-t5 and tiny-t5-v1_1): random weights from transformers' own classes, a byte-level BPE tokenizer trained
 on the shipped corpus, and the logits transformers computes for one input (expected.safetensors:
 input_ids, logits; and decoder_input_ids for T5). Run once by scripts/make-hf-fixtures.sh; the output
 (under 1 MB) is committed, so the tests need no PyTorch.
@@ -98,6 +98,15 @@ def main() -> None:
     model = T5ForConditionalGeneration(t5)
     randomize(model)
     write("tiny-t5", model, tok)
+    # T5 v1.1's recipe: gated-gelu (the tanh GELU gating), an untied head.
+    t5 = T5Config(
+        vocab_size=tok.get_vocab_size(), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=1,
+        num_heads=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    model = T5ForConditionalGeneration(t5)
+    randomize(model)
+    write("tiny-t5-v1_1", model, tok)
 
 
 if __name__ == "__main__":

@@ -262,6 +262,8 @@ pub struct PretrainedT5 {
     pub tokenizer: TextTokenizer,
     /// config.json's pad, end and decoder-start ids.
     pub specials: t5::T5Specials,
+    /// Its decoder output is scaled before the head (T5 v1.0).
+    pub scaled_head: bool,
 }
 
 impl PretrainedT5 {
@@ -282,13 +284,14 @@ impl PretrainedT5 {
         let (pad, eos) = (id("pad_token_id").unwrap_or(0), id("eos_token_id").unwrap_or(1));
         let specials = t5::T5Specials { pad, eos, decoder_start: id("decoder_start_token_id").unwrap_or(pad) };
         let block_size = if model.block_size == 0 { 512 } else { model.block_size };
-        let (theirs, vocab) = t5::model_config(config, block_size)
+        let theirs = t5::model_config(config, block_size)
             .with_context(|| format!("{} does not describe a model taper can build", path.display()))?;
-        model.adopt(&ModelConfig { vocab_size: Some(vocab), init_from: model.init_from.clone(), ..theirs }, &path)?;
+        let architecture = ModelConfig { vocab_size: Some(theirs.vocab_size), ..theirs.model };
+        model.adopt(&architecture, &path)?;
         model.block_size = block_size;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
             .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
-        Ok(Self { dir, tokenizer, specials })
+        Ok(Self { dir, tokenizer, specials, scaled_head: theirs.scaled_head })
     }
 
     /// Copies the checkpoint's weights into `params` (an encoder-decoder built from the adopted
@@ -296,7 +299,7 @@ impl PretrainedT5 {
     /// start-up line that says what was loaded.
     pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
         let file = self.dir.join("model.safetensors");
-        let (tensors, unused) = t5::to_taper(load_tensors(&file, device)?, model)?;
+        let (tensors, unused) = t5::to_taper(load_tensors(&file, device)?, model, self.scaled_head)?;
         let gated = model.activation.gate().is_some();
         check_shapes(params, &tensors, &file, &self.dir.join("config.json"), &|n| t5::checkpoint_name(n, gated))?;
         load_matching(params, tensors, &file, &|_| false, &|_| false)?;

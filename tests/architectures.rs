@@ -14,7 +14,7 @@ use taper::config::ModelConfig;
 use taper::model::{Gpt, Mode, ParamStore};
 
 /// The options, one model each, as `--set` overrides of the tiny config (4 heads, 32 wide).
-const VARIANTS: [&str; 18] = [
+const VARIANTS: [&str; 20] = [
     "model.norm_kind=rms",
     "model.activation=swiglu",
     "model.activation=geglu",
@@ -31,6 +31,8 @@ const VARIANTS: [&str; 18] = [
     "model.norm=sandwich",
     "model.norm=deepnorm",
     "model.norm=sandwich model.norm_kind=rms model.activation=swiglu",
+    "model.activation=gelu-tanh",
+    "model.activation=geglu-tanh model.norm_kind=rms",
     "model.qk_norm=true",
     "model.qk_norm=true model.norm_kind=rms model.positions=rope model.n_kv_head=2",
 ];

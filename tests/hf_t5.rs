@@ -17,7 +17,12 @@ use taper::train::seq2seq::TrainedSeq2Seq;
 use taper::train::{train, TrainOptions};
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-t5")
+    fixture_named("tiny-t5")
+}
+
+/// tiny-t5: v1.0's recipe (ReLU, tied head); tiny-t5-v1_1: v1.1's (gated tanh GELU, untied).
+fn fixture_named(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -26,12 +31,19 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn hugging_face_t5_gives_transformers_logits_and_exports_its_tensors_back() {
+    check_fixture(&fixture_named("tiny-t5"));
+    check_fixture(&fixture_named("tiny-t5-v1_1"));
+}
+
+fn check_fixture(fixture: &Path) {
+    let fixture = || fixture.to_path_buf();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap();
-    let (model, vocab) = t5::model_config(config, 64).unwrap();
+    let checkpoint = t5::model_config(config, 64).unwrap();
+    let (model, vocab) = (checkpoint.model, checkpoint.vocab_size);
     assert!(t5::mismatches(&model).is_empty());
     let file = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
-    let (tensors, unused) = t5::to_taper(file.clone(), &model).unwrap();
+    let (tensors, unused) = t5::to_taper(file.clone(), &model, checkpoint.scaled_head).unwrap();
     assert!(unused.iter().all(|n| n.ends_with("embed_tokens.weight")), "{unused:?}");
     let expected = candle_core::safetensors::load(fixture().join("expected.safetensors"), &Device::Cpu).unwrap();
     let src = expected["input_ids"].to_dtype(DType::U32).unwrap();
@@ -43,7 +55,14 @@ fn hugging_face_t5_gives_transformers_logits_and_exports_its_tensors_back() {
         let memory = s2s.encode(&src, None, &mut Mode::eval()).unwrap();
         let logits = s2s.forward(&tgt, &memory, &mut Mode::eval()).unwrap();
         let diff = max_diff(&logits, &expected["logits"]);
-        assert!(diff <= 1e-4, "{kernels:?}: taper's T5 logits differ from transformers' by {diff}");
+        assert!(
+            diff <= 1e-4,
+            "{}: {kernels:?}: taper's T5 logits differ from transformers' by {diff}",
+            fixture().display()
+        );
+    }
+    if !checkpoint.scaled_head {
+        return; // tied and unscaled (transformers 5's T5 v1.1): taper writes a tied head scaled
     }
     let back = t5::to_hf(&tensors, &model).unwrap();
     let originals: Vec<&String> = file.keys().filter(|k| !k.ends_with("embed_tokens.weight")).collect();
@@ -155,9 +174,10 @@ fn a_run_from_a_pretrained_t5_fine_tunes_exports_and_reloads_equal() {
     assert_eq!(config["vocab_size"], 320);
 
     // The export, loaded as `init_from` loads it, is the trained model.
-    let (model, vocab) = t5::model_config(config, 72).unwrap();
+    let checkpoint = t5::model_config(config, 72).unwrap();
+    let (model, vocab) = (checkpoint.model, checkpoint.vocab_size);
     let file = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
-    let (tensors, _) = t5::to_taper(file, &model).unwrap();
+    let (tensors, _) = t5::to_taper(file, &model, checkpoint.scaled_head).unwrap();
     let reloaded =
         Seq2Seq::new(&model, vocab, vocab, DType::F32, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
             .unwrap();

@@ -564,7 +564,7 @@ fn ffn_sublayer_pre_and_post_norm() {
         // With biases: [x, ln.w, ln.b, W1, b1, W2, b2]; without: [x, ln.w, ln.b, W1, W2].
         for (bias, used) in bias_variants(&inputs) {
             for pre_norm in [true, false] {
-                for act in [fused::Act::Gelu, fused::Act::Relu, fused::Act::Silu] {
+                for act in [fused::Act::Gelu, fused::Act::GeluTanh, fused::Act::Relu, fused::Act::Silu] {
                     let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, probe: None };
                     let fused_fn = |t: &[Tensor]| {
                         let (first, second) = packed(t, bias);
@@ -578,6 +578,7 @@ fn ffn_sublayer_pre_and_post_norm() {
                             let z = composed_linear(h, &w1, b1.as_ref());
                             let a = match act {
                                 fused::Act::Gelu => z.gelu_erf().unwrap(),
+                                fused::Act::GeluTanh => gelu_tanh(&z),
                                 fused::Act::Relu => z.relu().unwrap(),
                                 fused::Act::Silu => z.silu().unwrap(),
                             };
@@ -596,6 +597,13 @@ fn ffn_sublayer_pre_and_post_norm() {
     }
 }
 
+/// GPT-2's tanh GELU from candle's exact ops (candle's `gelu` backward rounds its constants to
+/// six digits, 1e-6 relative: too coarse for an f64 reference).
+fn gelu_tanh(z: &Tensor) -> Tensor {
+    let u = ((z + (z.powf(3.0).unwrap() * 0.044715).unwrap()).unwrap() * (2.0 / std::f64::consts::PI).sqrt()).unwrap();
+    ((z * 0.5).unwrap() * (u.tanh().unwrap() + 1.0).unwrap()).unwrap()
+}
+
 #[test]
 fn gated_ffn_sublayer() {
     // Llama's FFN, fc2(act(gate(h)) * fc1(h)) after RMSNorm, without biases: [x, rms.w, Wg, W1,
@@ -612,6 +620,7 @@ fn gated_ffn_sublayer() {
         Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
     let activate = |z: &Tensor, act: fused::Act| match act {
         fused::Act::Gelu => z.gelu_erf().unwrap(),
+        fused::Act::GeluTanh => gelu_tanh(z),
         fused::Act::Relu => z.relu().unwrap(),
         fused::Act::Silu => z.silu().unwrap(),
     };
@@ -619,6 +628,7 @@ fn gated_ffn_sublayer() {
         (false, true, fused::Act::Silu),
         (false, false, fused::Act::Gelu),
         (false, true, fused::Act::Relu),
+        (false, true, fused::Act::GeluTanh),
         (true, true, fused::Act::Silu),
         (true, false, fused::Act::Silu),
     ] {

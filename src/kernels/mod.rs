@@ -49,6 +49,8 @@ pub enum Activation {
     Swiglu,
     /// Gated with the exact GELU.
     Geglu,
+    /// Gated with the tanh GELU (T5 v1.1's gated-gelu).
+    GegluTanh,
     /// Gated with ReLU.
     Reglu,
 }
@@ -59,6 +61,7 @@ impl Activation {
         match self {
             Activation::Swiglu => Some(Activation::Silu),
             Activation::Geglu => Some(Activation::Gelu),
+            Activation::GegluTanh => Some(Activation::GeluTanh),
             Activation::Reglu => Some(Activation::Relu),
             _ => None,
         }
@@ -71,6 +74,7 @@ impl Activation {
     fn cpu(self) -> Option<cpu::Act> {
         match self {
             Activation::Gelu => Some(cpu::Act::Gelu),
+            Activation::GeluTanh => Some(cpu::Act::GeluTanh),
             Activation::Relu => Some(cpu::Act::Relu),
             Activation::Silu => Some(cpu::Act::Silu),
             _ => None,

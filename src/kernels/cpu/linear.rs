@@ -201,6 +201,8 @@ pub(super) fn as_uninit<T>(data: &mut [T]) -> &mut [MaybeUninit<T>] {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     Gelu,
+    /// GPT-2's tanh approximation of GELU.
+    GeluTanh,
     Relu,
     /// x * sigmoid(x).
     Silu,
@@ -212,6 +214,17 @@ fn value_and_derivative<T: Real>(act: Act, pre: T) -> (T, T) {
         Act::Gelu => {
             let (cdf, pdf) = normal_cdf_pdf(pre);
             (pre * cdf, pre.mul_add_(pdf, cdf))
+        }
+        Act::GeluTanh => {
+            // 0.5 z (1 + tanh(u)), u = sqrt(2 / pi) (z + 0.044715 z^3); tanh from one exp.
+            let (c, k) = (T::of(0.797_884_560_802_865_4), T::of(0.044_715));
+            let z2 = pre * pre;
+            let u = c * pre * z2.mul_add_(k, T::of(1.0));
+            let tanh = T::of(1.0) - T::of(2.0) / ((u + u).exp_() + T::of(1.0));
+            let half = T::of(0.5) * (T::of(1.0) + tanh);
+            let du = c * (T::of(3.0) * k).mul_add_(z2, T::of(1.0));
+            // d/dz = 0.5 (1 + t) + 0.5 z (1 - t^2) du
+            (pre * half, (T::of(0.5) * pre * du).mul_add_(T::of(1.0) - tanh * tanh, half))
         }
         Act::Relu if pre > T::of(0.0) => (pre, T::of(1.0)),
         Act::Relu => (T::of(0.0), T::of(0.0)),
@@ -231,6 +244,8 @@ pub(super) fn activate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_d
     match (act, keep_derivative) {
         (Act::Gelu, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::Gelu, z)),
         (Act::Gelu, false) => activate_rows::<T, _, false>(z, b, |z| value_and_derivative(Act::Gelu, z)),
+        (Act::GeluTanh, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::GeluTanh, z)),
+        (Act::GeluTanh, false) => activate_rows::<T, _, false>(z, b, |z| value_and_derivative(Act::GeluTanh, z)),
         (Act::Relu, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::Relu, z)),
         (Act::Relu, false) => activate_rows::<T, _, false>(z, b, |z| value_and_derivative(Act::Relu, z)),
         (Act::Silu, true) => activate_rows::<T, _, true>(z, b, |z| value_and_derivative(Act::Silu, z)),
@@ -246,6 +261,7 @@ pub(super) fn gate_with_bias<T: Real>(z: &mut [T], b: &[T], act: Act, keep_deriv
     // One monomorphic loop per activation, as in `activate_with_bias`.
     match act {
         Act::Gelu => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::Gelu, z)),
+        Act::GeluTanh => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::GeluTanh, z)),
         Act::Relu => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::Relu, z)),
         Act::Silu => gate_rows(z, b, keep_derivative, |z| value_and_derivative(Act::Silu, z)),
     }

@@ -95,8 +95,13 @@ fn d_std() -> f64 {
 }
 
 /// Hugging Face's `hidden_act` of a gated FFN, and taper's activation for it.
-const ACTIVATIONS: [(&str, Activation); 3] =
-    [("silu", Activation::Swiglu), ("gelu", Activation::Geglu), ("relu", Activation::Reglu)];
+const ACTIVATIONS: [(&str, Activation); 5] = [
+    ("silu", Activation::Swiglu),
+    ("gelu", Activation::Geglu),
+    ("gelu_pytorch_tanh", Activation::GegluTanh),
+    ("gelu_new", Activation::GegluTanh),
+    ("relu", Activation::Reglu),
+];
 
 /// The shape a Llama config.json describes.
 pub fn shape(config: Value) -> Result<DecoderShape> {
@@ -115,7 +120,10 @@ pub fn shape(config: Value) -> Result<DecoderShape> {
         bail!("attention_bias and mlp_bias differ: taper's `model.bias` is one switch for every linear layer");
     }
     let Some(&(_, activation)) = ACTIVATIONS.iter().find(|(name, _)| *name == c.hidden_act) else {
-        bail!("hidden_act `{}` is not one taper has (it has silu, gelu, relu)", c.hidden_act);
+        bail!(
+            "hidden_act `{}` is not one taper has (it has silu, gelu, gelu_pytorch_tanh, gelu_new, relu)",
+            c.hidden_act
+        );
     };
     Ok(DecoderShape {
         n_layer: c.num_hidden_layers,

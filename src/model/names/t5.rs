@@ -1,9 +1,10 @@
 //! Hugging Face T5 (`T5ForConditionalGeneration`) for taper's encoder-decoder: its config.json,
 //! its tensor names, and the two scalings T5 leaves out, folded into the weights so that the
 //! same function is computed: T5 does not divide attention scores by sqrt(head_dim) (the
-//! exported W_q is taper's W_q / sqrt(head_dim), in self- and cross-attention), and a T5 with a
-//! tied head multiplies the decoder's output by d_model^-0.5 (the exported decoder final norm's
-//! gain is taper's times sqrt(d_model)). Both are powers of two when head_dim and d_model are
+//! exported W_q is taper's W_q / sqrt(head_dim), in self- and cross-attention), and T5 v1.0
+//! (a tied head) multiplies the decoder's output by d_model^-0.5 (the exported decoder final
+//! norm's gain is taper's times sqrt(d_model)). taper writes a tied head scaled and an untied
+//! one not, and reads whichever a file has (`scale_decoder_outputs`, transformers 5's key). Both are powers of two when head_dim and d_model are
 //! powers of four; otherwise a load -> export round trip may move a weight by an ulp.
 
 use std::collections::HashMap;
@@ -63,13 +64,15 @@ fn table(gated: bool) -> NameTable {
 }
 
 /// T5's `feed_forward_proj` of taper's activation, and back.
-const ACTIVATIONS: [(&str, Activation); 6] = [
+const ACTIVATIONS: [(&str, Activation); 7] = [
     ("relu", Activation::Relu),
     ("gelu", Activation::Gelu),
     ("gelu_new", Activation::GeluTanh),
     ("silu", Activation::Silu),
     ("gated-relu", Activation::Reglu),
     ("gated-silu", Activation::Swiglu),
+    // T5 v1.1: its gated-gelu gates with the tanh GELU.
+    ("gated-gelu", Activation::GegluTanh),
 ];
 
 /// The fields of T5's config.json taper reads (transformers' defaults where absent).
@@ -92,6 +95,9 @@ struct T5Config {
     feed_forward_proj: String,
     #[serde(default = "yes")]
     tie_word_embeddings: bool,
+    /// transformers 5 writes this (and always tie_word_embeddings = true); before, a tied
+    /// head meant a scaled one.
+    scale_decoder_outputs: Option<bool>,
 }
 
 fn d_buckets() -> usize {
@@ -110,15 +116,24 @@ fn yes() -> bool {
     true
 }
 
+/// What a T5 config.json describes.
+#[derive(Debug, Clone)]
+pub struct T5Checkpoint {
+    pub model: ModelConfig,
+    pub vocab_size: usize,
+    /// T5 multiplies the decoder's output by d_model^-0.5 before the head (v1.0's tied head).
+    pub scaled_head: bool,
+}
+
 /// The `[model]` a T5 config.json describes (`block_size` is the caller's: T5 has no limit),
-/// and its vocabulary size.
-pub fn model_config(config: Value, block_size: usize) -> Result<(ModelConfig, usize)> {
+/// its vocabulary size and whether its head input is scaled.
+pub fn model_config(config: Value, block_size: usize) -> Result<T5Checkpoint> {
     let c: T5Config = serde_json::from_value(config)?;
     if c.d_kv * c.num_heads != c.d_model {
         bail!("d_kv * num_heads = {} is not d_model = {}, as taper's heads are", c.d_kv * c.num_heads, c.d_model);
     }
     let Some(&(_, activation)) = ACTIVATIONS.iter().find(|(name, _)| *name == c.feed_forward_proj) else {
-        bail!("feed_forward_proj `{}` is not one taper has (relu, gelu, gelu_new, silu, gated-relu, gated-silu; T5 v1.1's gated-gelu gates with the tanh GELU, which taper's geglu is not)", c.feed_forward_proj);
+        bail!("feed_forward_proj `{}` is not one taper has (relu, gelu, gelu_new, silu, gated-relu, gated-silu, gated-gelu)", c.feed_forward_proj);
     };
     let model = ModelConfig {
         arch: Architecture::EncoderDecoder,
@@ -139,7 +154,8 @@ pub fn model_config(config: Value, block_size: usize) -> Result<(ModelConfig, us
         relative_max_distance: c.relative_attention_max_distance,
         ..ModelConfig::defaults()
     };
-    Ok((model, c.vocab_size))
+    let scaled_head = c.scale_decoder_outputs.unwrap_or(c.tie_word_embeddings);
+    Ok(T5Checkpoint { model, vocab_size: c.vocab_size, scaled_head })
 }
 
 /// What keeps the encoder-decoder `model` from being a T5, as `model.key = value` notes.
@@ -161,7 +177,7 @@ pub fn mismatches(model: &ModelConfig) -> Vec<String> {
     need(!model.scale_embeddings, "`model.scale_embeddings = true` (T5 does not scale its embeddings)".into());
     need(
         model.activation != Activation::Geglu,
-        "`model.activation = \"geglu\"` (T5's gated-gelu gates with the tanh GELU; taper's geglu is exact)".into(),
+        "`model.activation = \"geglu\"` (T5's gated-gelu gates with the tanh GELU: \"geglu-tanh\")".into(),
     );
     need(!model.qk_norm, "`model.qk_norm = true` (T5 has no QK-norm)".into());
     need(model.n_kv_head() == model.n_head, "`model.n_kv_head` (T5 has one key/value head per query head)".into());
@@ -197,6 +213,9 @@ pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: T5Specials)
         "initializer_factor": 1.0,
         "feed_forward_proj": ffn,
         "tie_word_embeddings": model.tie_embeddings,
+        // A tied head is written scaled (T5 v1.0), an untied one not (v1.1), as transformers 4
+        // reads them; transformers 5 reads this key.
+        "scale_decoder_outputs": model.tie_embeddings,
         "pad_token_id": specials.pad,
         "eos_token_id": specials.eos,
         "decoder_start_token_id": specials.decoder_start,
@@ -210,11 +229,12 @@ pub fn checkpoint_name(name: &str, gated: bool) -> String {
     table(gated).checkpoint_name(name).unwrap_or_else(|| name.to_string())
 }
 
-/// The factor taper's tensor `name` is multiplied by on its way to T5 (1 for most).
-fn fold(name: &str, model: &ModelConfig) -> f64 {
+/// The factor taper's tensor `name` is multiplied by on its way to a T5 whose head input is
+/// `scaled` (1 for most).
+fn fold(name: &str, model: &ModelConfig, scaled: bool) -> f64 {
     if name.ends_with("attn.q_proj.weight") {
         1.0 / (model.head_dim() as f64).sqrt()
-    } else if name == "decoder.ln_f.weight" && model.tie_embeddings {
+    } else if name == "decoder.ln_f.weight" && scaled {
         (model.d_model as f64).sqrt()
     } else {
         1.0
@@ -229,17 +249,19 @@ pub fn to_hf(tensors: &HashMap<String, Tensor>, model: &ModelConfig) -> Result<H
         let hf = table
             .checkpoint_name(name)
             .with_context(|| format!("`{name}` has no place in T5ForConditionalGeneration"))?;
-        let factor = fold(name, model);
+        let factor = fold(name, model, model.tie_embeddings);
         out.insert(hf, if factor == 1.0 { t.clone() } else { (t * factor)? });
     }
     Ok(out)
 }
 
-/// A T5 file's tensors under taper's names for `model`, the scalings taken back out; the tied
-/// copies of the shared table (and a tied head's) are returned apart, by name.
+/// A T5 file's tensors under taper's names for `model` (its head input `scaled` or not), the
+/// scalings taken back out; the tied copies of the shared table (and a tied head's) are
+/// returned apart, by name.
 pub fn to_taper(
     tensors: HashMap<String, Tensor>,
     model: &ModelConfig,
+    scaled: bool,
 ) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
     let table = table(model.activation.gate().is_some());
     let (mut out, mut unused) = (HashMap::new(), Vec::new());
@@ -253,7 +275,7 @@ pub fn to_taper(
             out.insert(name, t);
             continue;
         };
-        let factor = fold(&taper, model);
+        let factor = fold(&taper, model, scaled);
         out.insert(taper, if factor == 1.0 { t } else { (t / factor)? });
     }
     unused.sort();
