@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod decode;
 pub mod device;
+pub mod distributed;
 pub mod export;
 pub mod fsutil;
 pub mod generate;

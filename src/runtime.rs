@@ -9,7 +9,8 @@
 ///   (peak RSS of the default run 240 -> 184 MB, same step time).
 /// - thread count: candle's CPU matmul asks for the thread count on every call, and unless
 ///   `RAYON_NUM_THREADS` is set that parses /proc/cpuinfo each time (16 % of generation time
-///   here). Setting it once, to the same value candle would pick, makes that a lookup.
+///   here). Setting it once, to the same value candle would pick, makes that a lookup. Ranks
+///   that mpirun started on this machine share its cores (Open MPI says how many there are).
 pub fn tune_process() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; no other thread exists yet.
@@ -21,7 +22,8 @@ pub fn tune_process() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = candle_core::utils::get_num_threads();
+        let local_ranks = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE").ok().and_then(|n| n.parse::<usize>().ok());
+        let threads = (candle_core::utils::get_num_threads() / local_ranks.unwrap_or(1).max(1)).max(1);
         // Called first thing in main, before any thread is spawned.
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }

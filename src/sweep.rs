@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::checkpoint::list_checkpoints;
 use crate::config::Config;
 use crate::run_dir::RunDir;
-use crate::train::{train, Diverged, TrainOptions};
+use crate::train::{train_with, Diverged, TrainOptions};
 
 /// One run of a sweep: its directory name and the overrides that make it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,7 +134,9 @@ fn plan(run_dir: &Path, cfg: &Config) -> Result<Plan> {
     }
 }
 
-/// Runs every planned run of the sweep of `config` into `out_dir/<name>`.
+/// Runs every planned run of the sweep of `config` into `out_dir/<name>`. Under mpirun every
+/// rank trains every run with the others; rank 0 alone writes sweep.json and returns the
+/// outcomes (the other ranks return none).
 pub fn run_sweep(
     config: &Path,
     base_overrides: &[String],
@@ -152,7 +154,12 @@ pub fn run_sweep(
         let cfg = Config::load(config, &overrides).with_context(|| format!("sweep run {}", run.name))?;
         configs.push((run, run_dir, cfg));
     }
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // Each run may be data-parallel: the ranks train the runs in turn, in one MPI world.
+    let world = crate::distributed::world()?;
+    let (root, quiet) = (world.rank() == 0, quiet || world.rank() > 0);
+    if root {
+        std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    }
     let mut outcomes = Vec::new();
     let total = configs.len();
     for (i, (run, run_dir, cfg)) in configs.into_iter().enumerate() {
@@ -163,7 +170,7 @@ pub fn run_sweep(
                     let how = if options.resume { " (resuming)" } else { "" };
                     eprintln!("sweep: run {}/{total}: {}{how}", i + 1, run.name);
                 }
-                match train(cfg, &TrainOptions { quiet, ..options }) {
+                match train_with(cfg, &TrainOptions { quiet, ..options }, world.as_ref()) {
                     Ok(summary) => summary.status,
                     Err(err) if err.downcast_ref::<Diverged>().is_some() => {
                         if !quiet {
@@ -176,7 +183,10 @@ pub fn run_sweep(
             }
         };
         outcomes.push(SweepOutcome { name: run.name.clone(), run_dir, overrides: run.overrides.clone(), status });
-        crate::fsutil::write_atomic(&out_dir.join("sweep.json"), serde_json::to_string_pretty(&outcomes)?.as_bytes())?;
+        if root {
+            let json = serde_json::to_string_pretty(&outcomes)?;
+            crate::fsutil::write_atomic(&out_dir.join("sweep.json"), json.as_bytes())?;
+        }
     }
-    Ok(outcomes)
+    Ok(if root { outcomes } else { Vec::new() })
 }

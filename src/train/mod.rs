@@ -22,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
 use crate::config::{Config, TaskKind};
+use crate::distributed::Collective;
 use crate::model::ParamStore;
 use crate::optim::{AdamW, Schedule};
 use crate::run_dir::RunDir;
@@ -33,7 +34,7 @@ pub use logger::{peak_rss_mb, Diverged, RunSummary};
 use masked_lm::MaskedLm;
 use seq2seq::Seq2SeqTask;
 pub use step::accumulate_gradients;
-use step::{AllReduce, SingleProcess, Stepper};
+use step::Stepper;
 use task::{Evaluation, Task};
 
 #[derive(Debug, Clone, Default)]
@@ -51,35 +52,82 @@ pub struct TrainOptions {
     pub overwrite: bool,
 }
 
+/// Trains one run in the world this process was started in (one process, or an MPI rank).
 pub fn train(config: Config, options: &TrainOptions) -> Result<RunSummary> {
+    train_with(config, options, crate::distributed::world()?.as_ref())
+}
+
+/// Trains one run as a rank of `world` (a sweep trains its runs in one world).
+pub fn train_with(config: Config, options: &TrainOptions, world: &dyn Collective) -> Result<RunSummary> {
+    match train_in(config, options, world) {
+        // Every rank sees the same signal agreement and the same loss: these end all of them
+        // at the same step. Any other error on one rank ends the job.
+        Err(err)
+            if world.size() > 1
+                && err.downcast_ref::<crate::interrupt::Interrupted>().is_none()
+                && err.downcast_ref::<Diverged>().is_none() =>
+        {
+            eprintln!("taper: rank {} of {}: error: {err:#}", world.rank(), world.size());
+            world.abort(1)
+        }
+        result => result,
+    }
+}
+
+/// `train` in `world`.
+fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> Result<RunSummary> {
+    let (config, resume_from) = prepare(config, options, world)?;
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
     let device = crate::device::open_device(&cfg.train.device)?;
+    let params = ParamStore::new();
+    // The other ranks read what rank 0 made of the run (tokenizer, corpus cache) as a resume does.
+    let resuming = resume_from.is_some() || world.rank() > 0;
+    let (run, device) = (&run, &device);
+    let launch = Launch { run, params: &params, device, resume_from, options, world };
+    match cfg.task.kind() {
+        TaskKind::CausalLm => run_task(&CausalLm::new(cfg, run, resuming, &params, device)?, &launch),
+        TaskKind::SequenceClassification => {
+            run_task(&Classification::new(cfg, run, resuming, &params, device)?, &launch)
+        }
+        TaskKind::MaskedLm => run_task(&MaskedLm::new(cfg, run, resuming, &params, device)?, &launch),
+        TaskKind::Seq2seq => run_task(&Seq2SeqTask::new(cfg, run, resuming, &params, device)?, &launch),
+    }
+}
+
+/// What a task's loop runs with.
+struct Launch<'a> {
+    run: &'a RunDir,
+    params: &'a ParamStore,
+    device: &'a Device,
+    resume_from: Option<PathBuf>,
+    options: &'a TrainOptions,
+    world: &'a dyn Collective,
+}
+
+/// Rank 0 (or the one process) readies the run directory and picks the checkpoint to resume
+/// from; the other ranks wait until it has written the run's config, then read that config and
+/// the same checkpoint. On the command line `train.grad_accum` is per rank; the run keeps the
+/// step's micro-batches over all ranks, so a resume with another world size keeps the batch.
+fn prepare(mut config: Config, options: &TrainOptions, world: &dyn Collective) -> Result<(Config, Option<PathBuf>)> {
+    if !options.resume {
+        config.train.grad_accum *= world.size();
+    }
+    let run = RunDir::new(config.run_dir());
+    if world.rank() > 0 {
+        world.barrier()?; // rank 0's, once the run's config.toml is written
+        let config = run.load_config(&[])?;
+        let which = options.checkpoint.as_deref().unwrap_or("latest");
+        let resume_from =
+            options.resume.then(|| crate::checkpoint::resolve_checkpoint(run.path(), which)).transpose()?;
+        return Ok((config, resume_from));
+    }
     run.clean_leftovers()?;
     let resume_from = starting_point(&run, options)?;
     std::fs::create_dir_all(run.path())
         .with_context(|| format!("cannot create run directory {}", run.path().display()))?;
     crate::fsutil::write_atomic(&run.marker(), concat!("taper ", env!("CARGO_PKG_VERSION"), "\n").as_bytes())?;
-
-    let params = ParamStore::new();
-    let resuming = resume_from.is_some();
-    let (run, device) = (&run, &device);
-    match cfg.task.kind() {
-        TaskKind::CausalLm => {
-            run_task(&CausalLm::new(cfg, run, resuming, &params, device)?, run, &params, device, resume_from, options)
-        }
-        TaskKind::SequenceClassification => {
-            let task = Classification::new(cfg, run, resuming, &params, device)?;
-            run_task(&task, run, &params, device, resume_from, options)
-        }
-        TaskKind::MaskedLm => {
-            run_task(&MaskedLm::new(cfg, run, resuming, &params, device)?, run, &params, device, resume_from, options)
-        }
-        TaskKind::Seq2seq => {
-            let task = Seq2SeqTask::new(cfg, run, resuming, &params, device)?;
-            run_task(&task, run, &params, device, resume_from, options)
-        }
-    }
+    Ok((config, resume_from))
 }
 
 /// The checkpoint a run continues from (`--resume`), or None for a fresh start, which needs a
@@ -154,28 +202,36 @@ fn resume_point(run: &RunDir, which: Option<&str>) -> Result<PathBuf> {
 
 /// The recipe, the same for every task: optimizer and schedule over the task's parameters,
 /// then per step: the step itself, then logging, evaluation and checkpoints on their turns.
-fn run_task<T: Task>(
-    task: &T,
-    run: &RunDir,
-    params: &ParamStore,
-    device: &Device,
-    resume_from: Option<PathBuf>,
-    options: &TrainOptions,
-) -> Result<RunSummary> {
+/// With several ranks, rank 0 alone writes (config, metrics, checkpoints, summary) and
+/// evaluates; every rank starts from rank 0's weights and stops at the same step.
+fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
+    let Launch { run, params, device, options, world, .. } = *launch;
+    let root = world.rank() == 0;
     let cfg = task.config();
     let config_text = cfg.to_toml_string()?;
     let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim, &task.embedding_tables())?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
     let checkpointer = Checkpointer::new(run, cfg, &config_text)?;
-    let mut state = checkpointer.start(cfg, resume_from.as_deref(), params, &mut optimizer, device)?;
-    // Written only once the run really continues: a refused resume leaves the run as it was.
-    crate::fsutil::write_atomic(&run.config(), config_text.as_bytes())?;
-    let mut logger = Logger::open(run, cfg, &state, options.quiet)?;
+    let mut state = checkpointer.start(cfg, launch.resume_from.as_deref(), params, &mut optimizer, device)?;
+    if root {
+        // Written only once the run really continues: a refused resume leaves the run as it was.
+        crate::fsutil::write_atomic(&run.config(), config_text.as_bytes())?;
+        world.barrier()?; // the other ranks read it now
+    }
+    broadcast_parameters(world, params)?;
+    let scratch = (!root).then(|| follower_scratch(world.rank())).transpose()?;
+    let log_dir = scratch.as_ref().map(RunDir::new);
+    let mut logger = Logger::open(log_dir.as_ref().unwrap_or(run), cfg, &state, options.quiet || !root)?;
     let (elements, on) = (params.num_elements(), crate::device::describe(device));
-    logger.say(format!("taper: {elements} parameters on {on}, {}, run dir {}", task.describe(), run.path().display()));
-    let collective: &dyn AllReduce = &SingleProcess;
-    let stepper = Stepper::new(&optimizer, collective, cfg);
+    let ranks = if world.size() > 1 { format!(" x {} ranks", world.size()) } else { String::new() };
+    logger.say(format!(
+        "taper: {elements} parameters on {on}{ranks}, {}, run dir {}",
+        task.describe(),
+        run.path().display()
+    ));
+    let stepper = Stepper::new(&optimizer, world, cfg)?;
     let validator = Validator { every: cfg.train.eval_every };
+    let launch_step = state.step;
     for step in state.step..cfg.train.steps {
         logger.step_started(step, cfg.train.steps, state.tokens_seen);
         let lr = schedule.lr(step);
@@ -183,16 +239,18 @@ fn run_task<T: Task>(
         state.step = step + 1;
         state.tokens_seen += out.tokens;
         let done = state.step == cfg.train.steps;
-        let interrupted = crate::interrupt::requested();
+        let interrupted = agreed_interrupt(world)?;
         logger.step_done(&mut state, &out, lr, done)?;
-        logger.side_work(|logger| {
-            let mut new_best = false;
-            if let Some(evaluation) = validator.evaluate(state.step, done, task, params)? {
-                logger.evaluation(state.step, &evaluation)?;
-                new_best = checkpointer.observe(&mut state, &evaluation)?;
-            }
-            checkpointer.maybe_save(&state, done || interrupted.is_some(), new_best, params, &optimizer)
-        })?;
+        if root {
+            logger.side_work(|logger| {
+                let mut new_best = false;
+                if let Some(evaluation) = validator.evaluate(state.step, done, task, params)? {
+                    logger.evaluation(state.step, &evaluation)?;
+                    new_best = checkpointer.observe(&mut state, &evaluation)?;
+                }
+                checkpointer.maybe_save(&state, done || interrupted.is_some(), new_best, params, &optimizer)
+            })?;
+        }
         if let Some(signal) = interrupted.filter(|_| !done) {
             logger.finish(&state, params.num_elements(), cfg.train.steps, true)?;
             let run_dir = run.path().to_path_buf();
@@ -202,7 +260,51 @@ fn run_task<T: Task>(
             break;
         }
     }
-    logger.finish(&state, params.num_elements(), cfg.train.steps, false)
+    if world.size() > 1 {
+        let steps = (state.step - launch_step).max(1) as f64;
+        let ms = crate::distributed::all_reduce_seconds() * 1e3 / steps;
+        logger.say(format!("all-reduce: {ms:.2} ms per step over {} ranks (rank 0's wait included)", world.size()));
+    }
+    let summary = logger.finish(&state, params.num_elements(), cfg.train.steps, false);
+    if let Some(dir) = scratch {
+        std::fs::remove_dir_all(dir).ok();
+    }
+    summary
+}
+
+/// Every rank's parameters set to rank 0's (its fresh initialisation, pretrained weights or
+/// checkpoint), so the ranks step in lockstep from the first step.
+fn broadcast_parameters(world: &dyn Collective, params: &ParamStore) -> Result<()> {
+    if world.size() == 1 {
+        return Ok(());
+    }
+    let vars: Vec<_> = params.named_vars().into_iter().map(|(_, v)| v).collect();
+    let mut values: Vec<candle_core::Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    world.broadcast_tensors(&mut values)?;
+    for (var, value) in vars.iter().zip(&values) {
+        var.set(value)?;
+    }
+    Ok(())
+}
+
+/// Where a rank other than 0 keeps its logger's files (removed at the end): only rank 0
+/// writes into the run directory.
+fn follower_scratch(rank: usize) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("taper-rank{rank}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The signal any rank received (SIGINT to mpirun reaches every rank, but not at the same
+/// instant): every rank stops after the same step.
+fn agreed_interrupt(world: &dyn Collective) -> Result<Option<i32>> {
+    let mine = crate::interrupt::requested();
+    if world.size() == 1 {
+        return Ok(mine);
+    }
+    let mut any = [mine.is_some() as u64];
+    world.sum_counts(&mut any)?;
+    Ok((any[0] > 0).then(|| mine.unwrap_or(libc::SIGINT)))
 }
 
 /// The evaluation schedule: every `train.eval_every` steps and at the end (0: never).

@@ -7,32 +7,12 @@ use serde_json::Value;
 
 use super::diagnostics;
 use super::task::Task;
+use crate::distributed::Collective;
 use crate::model::Mode;
 use crate::optim::{clip_factor, global_norm, AdamW};
 use crate::rng::Rng;
 
 const DROPOUT_STREAM: u64 = 3;
-
-/// Where a data-parallel run sums what its ranks computed. One process sums nothing.
-pub trait AllReduce {
-    /// The step's target count over every rank, from this rank's `local` count (the loss is
-    /// normalised by it, so every rank's gradients add up to the global batch's).
-    fn sum_targets(&self, local: usize) -> Result<usize>;
-    /// Sums the gradients over the ranks, in place.
-    fn sum_gradients(&self, grads: &mut [Option<Tensor>]) -> Result<()>;
-}
-
-/// The single-process "collective": every sum is of one term.
-pub struct SingleProcess;
-
-impl AllReduce for SingleProcess {
-    fn sum_targets(&self, local: usize) -> Result<usize> {
-        Ok(local)
-    }
-    fn sum_gradients(&self, _grads: &mut [Option<Tensor>]) -> Result<()> {
-        Ok(())
-    }
-}
 
 /// What one step reports, still on the device (the logger reads it on logging steps).
 pub struct StepOutput {
@@ -44,35 +24,52 @@ pub struct StepOutput {
 }
 
 /// Runs the optimizer steps of a run over `vars` (aligned with the optimizer's parameters).
+/// With W ranks, `train.grad_accum` (G) counts the step's micro-batches over all of them: rank
+/// r computes micro-batches r G/W .. (r + 1) G/W - 1, so a W-rank run is the one-process run
+/// with the same G, up to the order of the sums.
 pub struct Stepper<'a> {
     vars: Vec<Var>,
     names: Vec<String>,
-    collective: &'a dyn AllReduce,
+    collective: &'a dyn Collective,
     seed: u64,
-    grad_accum: usize,
+    /// This rank's micro-batches of each step.
+    micro: std::ops::Range<usize>,
     grad_clip: Option<f64>,
     diagnostics_every: usize,
 }
 
 impl<'a> Stepper<'a> {
-    pub fn new(optimizer: &AdamW, collective: &'a dyn AllReduce, cfg: &crate::config::Config) -> Self {
-        Self {
+    pub fn new(optimizer: &AdamW, collective: &'a dyn Collective, cfg: &crate::config::Config) -> Result<Self> {
+        let (global, ranks) = (cfg.train.grad_accum, collective.size());
+        if !global.is_multiple_of(ranks) {
+            anyhow::bail!(
+                "`train.grad_accum` = {global} micro-batches per step cannot be split over {ranks} ranks; \
+                 resume with a world size that divides it"
+            );
+        }
+        let local = global / ranks;
+        let first = collective.rank() * local;
+        Ok(Self {
             vars: optimizer.vars().cloned().collect(),
             names: optimizer.names().map(String::from).collect(),
             collective,
             seed: cfg.train.seed,
-            grad_accum: cfg.train.grad_accum,
+            micro: first..first + local,
             grad_clip: cfg.optim.grad_clip.filter(|c| *c > 0.0),
             diagnostics_every: cfg.train.diagnostics_every,
-        }
+        })
     }
 
     /// Optimizer step `step` at learning rate `lr`.
     pub fn step<T: Task>(&self, task: &T, optimizer: &mut AdamW, step: usize, lr: f64) -> Result<StepOutput> {
-        let batches = (0..self.grad_accum).map(|micro| task.train_batch(step, micro)).collect::<Result<Vec<_>>>()?;
-        let targets = self.collective.sum_targets(batches.iter().map(|b| task.targets(b)).sum())?;
-        let tokens: u64 = batches.iter().map(|b| task.tokens(b) as u64).sum();
-        let micro_losses = batches.iter().enumerate().map(|(micro, batch)| {
+        let batches = self.micro.clone().map(|micro| task.train_batch(step, micro)).collect::<Result<Vec<_>>>()?;
+        // The loss is normalised by the step's target count over every rank, so the ranks'
+        // gradients add up to the global batch's.
+        let mut counts =
+            [batches.iter().map(|b| task.targets(b) as u64).sum(), batches.iter().map(|b| task.tokens(b) as u64).sum()];
+        self.collective.sum_counts(&mut counts)?;
+        let [targets, tokens] = counts;
+        let micro_losses = self.micro.clone().zip(&batches).map(|(micro, batch)| {
             let rng = Rng::derived(self.seed, &[DROPOUT_STREAM, step as u64, micro as u64]);
             if let Some(device) = self.vars.first().map(|v| v.device()).filter(|d| !d.is_cpu()) {
                 // Device-side dropout draws from the device RNG: reseeded from (seed, step,
@@ -86,8 +83,8 @@ impl<'a> Stepper<'a> {
             let mut mode = Mode::train(rng);
             Ok((task.loss_sum(batch, &mut mode)? / targets.max(1) as f64)?)
         });
-        let (mut grads, loss) = accumulate_gradients(&self.vars, micro_losses)?;
-        self.collective.sum_gradients(&mut grads)?;
+        let (grads, loss) = accumulate_gradients(&self.vars, micro_losses)?;
+        let (grads, loss) = self.sum_over_ranks(grads, loss)?;
         let grad_norm = global_norm(&grads)?;
         let diagnose = self.diagnostics_every > 0 && step.is_multiple_of(self.diagnostics_every);
         let before_update = match diagnose {
@@ -105,6 +102,23 @@ impl<'a> Stepper<'a> {
             None => None,
         };
         Ok(StepOutput { loss, grad_norm, tokens, diagnostics })
+    }
+
+    /// The gradients and the loss summed over the ranks (one collective call for both; a
+    /// parameter without a gradient here counts as zeros, since another rank may have one).
+    fn sum_over_ranks(&self, grads: Vec<Option<Tensor>>, loss: Tensor) -> Result<(Vec<Option<Tensor>>, Tensor)> {
+        if self.collective.size() == 1 {
+            return Ok((grads, loss));
+        }
+        let mut flat: Vec<Tensor> = grads
+            .into_iter()
+            .zip(&self.vars)
+            .map(|(g, var)| g.map_or_else(|| var.as_tensor().zeros_like(), Ok))
+            .collect::<candle_core::Result<_>>()?;
+        flat.push(loss);
+        self.collective.sum_tensors(&mut flat)?;
+        let loss = flat.pop().context("the loss went missing in the all-reduce")?;
+        Ok((flat.into_iter().map(Some).collect(), loss))
     }
 }
 
