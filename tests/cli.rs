@@ -87,3 +87,27 @@ fn logs_without_a_terminal_get_a_line_per_logged_step() {
     assert!(ok, "{err}");
     assert!(err.contains("step 10/20: loss") && err.contains("step 20/20: loss"), "{err}");
 }
+
+#[test]
+fn shell_completions_and_the_man_page_describe_the_commands() {
+    let out = Command::new(env!("CARGO_BIN_EXE_taper")).args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.contains("--resume") && script.contains("inspect-init"), "every subcommand and flag");
+    // bash loads it and registers the completion for `taper`.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("taper.bash"), &script).unwrap();
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p taper", dir.path().join("taper.bash").display()))
+        .output()
+        .unwrap();
+    assert!(check.status.success() && String::from_utf8_lossy(&check.stdout).contains("taper"), "{check:?}");
+    for shell in ["zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_taper")).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("resume"), "{shell}");
+    }
+    let man = Command::new(env!("CARGO_BIN_EXE_taper")).arg("man").output().unwrap();
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(page.contains(".TH taper 1") && page.contains("train"), "{page}");
+}

@@ -1,6 +1,7 @@
 //! The `taper` command line: one file per subcommand (its arguments and what it runs).
 
 mod compare;
+mod completions;
 mod eval;
 mod export;
 mod generate;
@@ -16,7 +17,7 @@ use crate::run_dir::RunDir;
 
 #[derive(Parser)]
 #[command(name = "taper", version, about = "Train Transformers from one TOML file, on candle")]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +42,10 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Write a run's checkpoint in another format: `hf` = a Hugging Face model directory.
     Export(export::ExportArgs),
+    /// Print a shell completion script: `taper completions bash > ~/.local/share/bash-completion/completions/taper`.
+    Completions(completions::CompletionsArgs),
+    /// Print taper's man page (roff): `taper man > ~/.local/share/man/man1/taper.1`.
+    Man,
 }
 
 /// The device a command on a run uses: the one asked for, else the run's own.
@@ -61,5 +66,7 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man => completions::man(),
     }
 }
