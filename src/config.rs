@@ -160,6 +160,9 @@ impl Config {
         self.validate_task()?;
         self.model.validate()?;
         self.train.validate()?;
+        if self.train.sample_every > 0 && !matches!(self.task.kind(), TaskKind::CausalLm | TaskKind::Seq2seq) {
+            bail!("`train.sample_every` shows generated text: causal-lm and seq2seq runs only; remove the key");
+        }
         self.checkpoint.validate()?;
         self.data.validate()?;
         self.tokenizer.validate()?;

@@ -5,13 +5,14 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
 use crate::config::{Config, EvalBatches, ModelConfig, TaskKind};
 use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TextTokenizer, TokenDataset};
+use crate::generate::{generate, SamplingOptions};
 use crate::model::{Gpt, Mode, ParamStore};
 use crate::pretrained::PretrainedDecoder;
 use crate::run_dir::{OpenedCheckpoint, RunDir};
@@ -25,6 +26,7 @@ pub struct CausalLm {
     buffers: RefCell<BatchBuffers>,
     /// What loading the pretrained weights did (fresh runs with `model.init_from`).
     loaded: Option<String>,
+    tokenizer: TextTokenizer,
 }
 
 impl CausalLm {
@@ -52,7 +54,12 @@ impl CausalLm {
         let dtype = cfg.train.dtype.to_dtype();
         let model = Gpt::new(&cfg.model, vocab_size, dtype, params.var_builder(cfg.train.seed, device))?;
         let loaded = pretrained.map(|p| p.load_into(params, &cfg.model, device)).transpose()?;
-        Ok(Self { cfg, data, vocab_size, model, device: device.clone(), buffers: Default::default(), loaded })
+        if !resuming && cfg.train.sample_every > 0 {
+            // A prompt the vocabulary cannot encode fails here, not at the first sample.
+            tokenizer.encode(&cfg.train.sample_prompt).context("`train.sample_prompt`")?;
+        }
+        let buffers = Default::default();
+        Ok(Self { cfg, data, vocab_size, model, device: device.clone(), buffers, loaded, tokenizer })
     }
 }
 
@@ -126,6 +133,19 @@ impl Task for CausalLm {
         }
         let val_loss = total / tokens.max(1) as f64;
         Ok(BTreeMap::from([("val_loss".to_string(), val_loss)]))
+    }
+
+    /// `train.sample_tokens` tokens after `train.sample_prompt`, sampled as `taper generate`
+    /// does by default (temperature 0.8, top-k 200) with the run's seed: the same draw each time.
+    fn sample(&self, params: &ParamStore) -> Result<Vec<String>> {
+        let cfg = &self.cfg;
+        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
+        let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), vb)?;
+        let prompt = self.tokenizer.encode(&cfg.train.sample_prompt)?;
+        let opts =
+            SamplingOptions { max_new_tokens: cfg.train.sample_tokens, seed: cfg.train.seed, ..Default::default() };
+        let tokens = generate(&model, &prompt, &opts)?;
+        Ok(vec![self.tokenizer.decode(&[prompt, tokens].concat())?])
     }
 
     fn residual_rms(&self, (inputs, _): &Self::Batch) -> Result<BTreeMap<String, f64>> {

@@ -89,6 +89,24 @@ pub struct TrainConfig {
     /// Stop the run as diverged when the loss exceeds this factor times its first logged value
     /// (a NaN or infinite loss always stops it).
     pub divergence_factor: Option<f64>,
+    /// Every N steps (and at the end) show what the model makes: a GPT continues
+    /// `sample_prompt` by `sample_tokens` tokens (fixed seed), a seq2seq model decodes the
+    /// first three val sources greedily; written to the console and metrics.jsonl. 0: never.
+    #[serde(default)]
+    pub sample_every: usize,
+    /// The prompt of a GPT's samples.
+    #[serde(default = "default_sample_prompt")]
+    pub sample_prompt: String,
+    /// Tokens a GPT's sample adds.
+    #[serde(default = "default_sample_tokens")]
+    pub sample_tokens: usize,
+}
+
+fn default_sample_prompt() -> String {
+    "\n".into()
+}
+fn default_sample_tokens() -> usize {
+    100
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

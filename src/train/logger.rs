@@ -183,6 +183,16 @@ impl Logger {
         Ok(())
     }
 
+    /// A sample of what the model generates at `step`: one metrics.jsonl record
+    /// `{"step", "samples": [...]}`, and the text above the progress bar.
+    pub fn samples(&mut self, step: usize, samples: &[String]) -> Result<()> {
+        self.metrics.write(json!({"step": step, "samples": samples}))?;
+        for sample in samples {
+            self.say(format!("step {step:>6}: sample: {sample:?}"));
+        }
+        Ok(())
+    }
+
     /// Runs `work` (evaluation, checkpoints) outside the throughput figure.
     pub fn side_work<R>(&mut self, work: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
         let started = Instant::now();

@@ -231,6 +231,7 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     ));
     let stepper = Stepper::new(&optimizer, world, cfg)?;
     let validator = Validator { every: cfg.train.eval_every };
+    let sampler = Validator { every: cfg.train.sample_every };
     let launch_step = state.step;
     for step in state.step..cfg.train.steps {
         logger.step_started(step, cfg.train.steps, state.tokens_seen);
@@ -247,6 +248,9 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
                 if let Some(evaluation) = validator.evaluate(state.step, done, task, params)? {
                     logger.evaluation(state.step, &evaluation)?;
                     new_best = checkpointer.observe(&mut state, &evaluation)?;
+                }
+                if sampler.is_due(state.step, done) {
+                    logger.samples(state.step, &task.sample(params)?)?;
                 }
                 checkpointer.maybe_save(&state, done || interrupted.is_some(), new_best, params, &optimizer)
             })?;
@@ -307,14 +311,19 @@ fn agreed_interrupt(world: &dyn Collective) -> Result<Option<i32>> {
     Ok((any[0] > 0).then(|| mine.unwrap_or(libc::SIGINT)))
 }
 
-/// The evaluation schedule: every `train.eval_every` steps and at the end (0: never).
+/// The evaluation (and sample) schedule: every `train.eval_every` (`train.sample_every`) steps
+/// and at the end (0: never).
 struct Validator {
     every: usize,
 }
 
 impl Validator {
+    fn is_due(&self, step: usize, done: bool) -> bool {
+        self.every > 0 && (step.is_multiple_of(self.every) || done)
+    }
+
     fn evaluate<T: Task>(&self, step: usize, done: bool, task: &T, params: &ParamStore) -> Result<Option<Evaluation>> {
-        if self.every > 0 && (step.is_multiple_of(self.every) || done) {
+        if self.is_due(step, done) {
             return Ok(Some(task.evaluate(params)?));
         }
         Ok(None)

@@ -24,6 +24,8 @@ use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 /// Pairs per forward pass when evaluating.
 const EVAL_BATCH: usize = 64;
+/// Val sources a sample (`train.sample_every`) decodes.
+const SAMPLES: usize = 3;
 
 /// The two sides' tokenizers (the same one when embeddings are shared) and special ids.
 #[derive(Clone)]
@@ -302,6 +304,26 @@ impl Task for Seq2SeqTask {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.vocab, vb)?;
         score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg)?, &self.device)
+    }
+
+    /// The first `SAMPLES` val sources decoded greedily, as `source -> output`.
+    fn sample(&self, params: &ParamStore) -> Result<Vec<String>> {
+        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
+        let model = build_model(&self.cfg, &self.vocab, vb)?;
+        let pairs = &self.val[..self.val.len().min(SAMPLES)];
+        let batch = pad_pairs(pairs.iter(), self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)?;
+        let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut Mode::eval())?;
+        let outputs = greedy(&model, &memory, self.vocab.limits(&self.cfg)?, true)?;
+        let eos = self.vocab.source_specials.eos;
+        let source_text = |p: &EncodedPair| -> Result<String> {
+            let ids: Vec<u32> = p.source.iter().copied().filter(|&id| id != eos).collect();
+            self.vocab.source.decode(&ids)
+        };
+        pairs
+            .iter()
+            .zip(outputs)
+            .map(|(p, out)| Ok(format!("{} -> {}", source_text(p)?, self.vocab.target_text(&out)?)))
+            .collect()
     }
 }
 

@@ -43,6 +43,12 @@ pub trait Task {
     /// Metrics on the validation data, computed over detached `params` (no graph).
     fn evaluate(&self, params: &ParamStore) -> Result<Evaluation>;
 
+    /// What the model generates now (`train.sample_every`), over detached `params`: a GPT's
+    /// continuation of the sample prompt, a seq2seq model's outputs for the first val sources.
+    fn sample(&self, _params: &ParamStore) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// RMS of the residual stream entering each LayerNorm on `batch` (diagnostics), where the
     /// model exposes it.
     fn residual_rms(&self, _batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
