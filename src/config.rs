@@ -246,6 +246,12 @@ fn validate_encoder(m: &ModelConfig) -> Result<()> {
              `model.norm_kind`, the gated `model.activation`, `model.n_kv_head` or `model.qk_norm`"
         );
     }
+    if m.arch == Architecture::EncoderOnly && m.emb_dropout() != m.resid_dropout() {
+        bail!(
+            "a BERT's embedding dropout is its hidden_dropout_prob, the residual branches' too: remove \
+             `model.emb_dropout` or make it `model.resid_dropout`"
+        );
+    }
     if m.init_from.is_some()
         && m.arch == Architecture::EncoderOnly
         && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm)

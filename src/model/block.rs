@@ -20,7 +20,10 @@ pub struct BlockConfig {
     pub d_ff: usize,
     pub activation: Activation,
     pub norm: NormPlacement,
-    pub dropout: f64,
+    /// Dropout on the attention weights.
+    pub attn_dropout: f64,
+    /// Dropout on each branch's output, before the residual add.
+    pub resid_dropout: f64,
     pub bias: bool,
     pub layer_norm_eps: f64,
     pub norm_kind: NormKind,
@@ -44,7 +47,8 @@ impl BlockConfig {
             d_ff: cfg.d_ff(),
             activation: cfg.activation,
             norm: cfg.norm,
-            dropout: cfg.dropout,
+            attn_dropout: cfg.attn_dropout(),
+            resid_dropout: cfg.resid_dropout(),
             bias: cfg.bias,
             layer_norm_eps: cfg.layer_norm_eps,
             norm_kind: cfg.norm_kind,
@@ -65,7 +69,8 @@ impl BlockConfig {
         let (d_model, n_head, n_kv_head) = (self.d_model, self.n_head, self.n_kv_head);
         let shaw_clip = if relative { self.shaw_clip } else { None };
         let qk_norm = self.qk_norm.then_some((self.norm_kind, self.layer_norm_eps));
-        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout: self.dropout, shaw_clip, qk_norm }
+        let dropout = self.attn_dropout;
+        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout, shaw_clip, qk_norm }
     }
 }
 
@@ -223,7 +228,7 @@ impl Block {
             mlp: Mlp::new(cfg, init, vb.pp("mlp"))?,
             norm: cfg.norm,
             alpha: cfg.deepnorm.alpha,
-            dropout: cfg.dropout,
+            dropout: cfg.resid_dropout,
         })
     }
 

@@ -115,8 +115,15 @@ pub struct ModelConfig {
     pub activation: Activation,
     #[serde(default = "default_positions")]
     pub positions: Positions,
+    /// Dropout at every site unless a site's own key is set.
     #[serde(default)]
     pub dropout: f64,
+    /// Dropout on the attention weights (`dropout` when absent).
+    pub attn_dropout: Option<f64>,
+    /// Dropout on each residual branch's output (`dropout` when absent).
+    pub resid_dropout: Option<f64>,
+    /// Dropout on the embedded input (`dropout` when absent).
+    pub emb_dropout: Option<f64>,
     #[serde(default = "yes")]
     pub bias: bool,
     #[serde(default = "yes")]
@@ -194,6 +201,15 @@ impl ModelConfig {
             (None, Some(_)) => (8 * self.d_model).div_ceil(3).div_ceil(32) * 32,
             (None, None) => 4 * self.d_model,
         }
+    }
+    pub fn attn_dropout(&self) -> f64 {
+        self.attn_dropout.unwrap_or(self.dropout)
+    }
+    pub fn resid_dropout(&self) -> f64 {
+        self.resid_dropout.unwrap_or(self.dropout)
+    }
+    pub fn emb_dropout(&self) -> f64 {
+        self.emb_dropout.unwrap_or(self.dropout)
     }
     pub fn n_kv_head(&self) -> usize {
         self.n_kv_head.unwrap_or(self.n_head)
@@ -299,8 +315,16 @@ impl ModelConfig {
         if self.positions == Positions::Shaw && self.shaw_clip == 0 {
             bail!("`model.shaw_clip` must be at least 1 (the distance k beyond which relative positions share one embedding)");
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("`model.dropout` must be in [0, 1), got {}", self.dropout);
+        let sites = [
+            ("dropout", Some(self.dropout)),
+            ("attn_dropout", self.attn_dropout),
+            ("resid_dropout", self.resid_dropout),
+            ("emb_dropout", self.emb_dropout),
+        ];
+        for (key, p) in sites {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                bail!("`model.{key}` must be in [0, 1), got {p}");
+            }
         }
         if self.init_std <= 0.0 {
             bail!("`model.init_std` must be positive, got {}", self.init_std);

@@ -58,7 +58,7 @@ impl Gpt {
             blocks: taper_blocks(&BlockConfig::from_model(cfg, false), &init, cfg.n_layer, &vb)?,
             final_norm: final_norm(cfg, &vb)?,
             causal: true,
-            dropout: cfg.dropout,
+            dropout: cfg.emb_dropout(),
             max_len: (cfg.block_size, "block_size"),
             dtype,
             kernels: cfg.kernels,

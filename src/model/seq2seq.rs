@@ -66,7 +66,7 @@ impl Seq2Seq {
                 blocks: taper_blocks(&BlockConfig::from_model(cfg, decoder), &init, layers, &vb)?,
                 final_norm: final_norm(cfg, &vb)?,
                 causal: decoder,
-                dropout: cfg.dropout,
+                dropout: cfg.emb_dropout(),
                 max_len: (cfg.block_size, "block_size"),
                 dtype,
                 kernels: cfg.kernels,

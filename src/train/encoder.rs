@@ -33,7 +33,7 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
         let bert: BertConfig = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
         // The saved architecture fills the shape keys, as on the fresh run.
         adopt_shape(&mut config.model, &bert, &path)?;
-        config.model.dropout = bert.hidden_dropout_prob;
+        adopt_dropout(&mut config.model, &bert);
         let tokenizer = TextTokenizer::load(&run.tokenizer())?;
         return Ok(EncoderSetup { bert, tokenizer, config, pretrained: None });
     }
@@ -42,12 +42,14 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
             let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
             let mut bert = BertConfig::from_dir(&dir)?;
             adopt_shape(&mut config.model, &bert, &dir.join("config.json"))?;
-            // Dropout is a training choice: the [model] value wins when given.
-            if cfg.model.dropout > 0.0 {
-                bert.hidden_dropout_prob = cfg.model.dropout;
-                bert.attention_probs_dropout_prob = cfg.model.dropout;
+            // Dropout is a training choice: the [model] values win when given.
+            if cfg.model.dropout > 0.0 || cfg.model.resid_dropout.is_some() {
+                bert.hidden_dropout_prob = cfg.model.resid_dropout();
             }
-            config.model.dropout = bert.hidden_dropout_prob;
+            if cfg.model.dropout > 0.0 || cfg.model.attn_dropout.is_some() {
+                bert.attention_probs_dropout_prob = cfg.model.attn_dropout();
+            }
+            adopt_dropout(&mut config.model, &bert);
             let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
                 .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
             (bert, tokenizer, Some(dir))
@@ -65,6 +67,15 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
     tokenizer.save(&run.tokenizer())?;
     crate::fsutil::write_atomic(&run.bert_config(), serde_json::to_string_pretty(&bert)?.as_bytes())?;
     Ok(EncoderSetup { bert, tokenizer, config, pretrained })
+}
+
+/// `model`'s dropout keys as a BERT config's: hidden (residual and embeddings) and attention.
+fn adopt_dropout(model: &mut crate::config::ModelConfig, bert: &BertConfig) {
+    model.dropout = bert.hidden_dropout_prob;
+    model.resid_dropout = None;
+    model.emb_dropout = None;
+    model.attn_dropout =
+        (bert.attention_probs_dropout_prob != bert.hidden_dropout_prob).then_some(bert.attention_probs_dropout_prob);
 }
 
 /// Loads `setup`'s pretrained weights (fresh runs with `model.init_from`) into a task model.

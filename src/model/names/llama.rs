@@ -179,7 +179,7 @@ pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials) 
         "hidden_act": act,
         "attention_bias": model.bias,
         "mlp_bias": model.bias,
-        "attention_dropout": model.dropout,
+        "attention_dropout": model.attn_dropout(),
         "tie_word_embeddings": model.tie_embeddings,
         "initializer_range": model.init_std,
         "pretraining_tp": 1,
