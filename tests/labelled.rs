@@ -54,6 +54,13 @@ fn bad_files_name_the_file_and_line() {
         ("badjson.jsonl", Some("{\"text\": \"a\", \"label\": \"b\"}\n{oops\n"), "badjson.jsonl:2: not a JSON object"),
         ("cols.csv", Some("sentence,label\na,b\n"), "no column `text` in the header (columns: sentence, label)"),
         ("quote.csv", Some("text,label\n\"never closed,pos\n"), "never closed"),
+        // An unquoted comma in a text: a field too many, never a silently cut row.
+        (
+            "comma.csv",
+            Some("text,label\nfine,pos\ngreat, really,pos\n"),
+            "comma.csv:3: the row has 3 fields, the header 2",
+        ),
+        ("short.tsv", Some("text\tlabel\nonly text\n"), "short.tsv:2: the row has 1 fields, the header 2"),
         ("data.xlsx", Some("x"), "unknown data format"),
     ];
     for (name, body, want) in cases {

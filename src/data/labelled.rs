@@ -32,48 +32,31 @@ pub struct Example {
     pub line: usize,
 }
 
-/// Splits CSV/TSV text into records of fields with their starting line (RFC 4180 quoting:
-/// fields in double quotes may hold the delimiter, newlines and doubled quotes). Written here
-/// because the project's fixed crate list has no CSV reader; 40 lines cover the format.
-fn split_records(text: &str, delimiter: char) -> Result<Vec<(usize, Vec<String>)>> {
+/// CSV/TSV records with the line each starts on (RFC 4180 quoting: fields in double quotes may
+/// hold the delimiter, newlines and doubled quotes; blank lines skipped), read by the csv crate.
+/// A row whose field count is not the header's is an error naming its line: an unquoted
+/// delimiter inside a text would otherwise shift or cut its fields.
+fn read_records(text: &str, delimiter: u8, path: &Path) -> Result<Vec<(usize, Vec<String>)>> {
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).has_headers(false).from_reader(text.as_bytes());
+    // The file's line at a record's byte offset (the csv crate's own line count skips newlines
+    // inside quoted fields; after a CRLF its offset is that of the LF, hence `<=`).
+    let newlines: Vec<usize> = text.bytes().enumerate().filter(|(_, b)| *b == b'\n').map(|(i, _)| i).collect();
+    let line_at = |byte: u64| newlines.partition_point(|&n| (n as u64) <= byte) + 1;
     let mut records = Vec::new();
-    let (mut field, mut fields) = (String::new(), Vec::new());
-    let (mut line, mut start_line) = (1usize, 1usize);
-    let mut chars = text.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                field.push('"');
-            }
-            (true, '"') => quoted = false,
-            (false, '"') if field.is_empty() => quoted = true,
-            (false, c) if c == delimiter => fields.push(std::mem::take(&mut field)),
-            (false, '\r') if chars.peek() == Some(&'\n') => {}
-            (false, '\n') => {
-                fields.push(std::mem::take(&mut field));
-                if !(fields.len() == 1 && fields[0].is_empty()) {
-                    records.push((start_line, std::mem::take(&mut fields)));
-                }
-                fields.clear();
-                line += 1;
-                start_line = line;
-            }
-            (_, c) => {
-                if c == '\n' {
-                    line += 1;
-                }
-                field.push(c);
-            }
-        }
-    }
-    if quoted {
-        bail!("line {start_line}: a quoted field is never closed");
-    }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        records.push((start_line, fields));
+    for record in reader.records() {
+        let record = record.map_err(|err| match err.kind() {
+            csv::ErrorKind::UnequalLengths { pos, expected_len, len } => anyhow::anyhow!(
+                "{}:{}: the row has {len} fields, the header {expected_len}: quote a text that holds the delimiter \
+                 (\"like, this\"){}",
+                path.display(),
+                pos.as_ref().map_or(0, |p| line_at(p.byte())),
+                // An unclosed quote swallows the rest of the file into one field.
+                if text.matches('"').count() % 2 == 1 { "; or a quoted field is never closed" } else { "" }
+            ),
+            _ => anyhow::anyhow!("{}: {err}", path.display()),
+        })?;
+        let line = record.position().map_or(0, |p| line_at(p.byte()));
+        records.push((line, record.iter().map(String::from).collect()));
     }
     Ok(records)
 }
@@ -100,8 +83,8 @@ pub fn read_labelled(path: &Path, columns: &Columns, require_label: bool) -> Res
     let mut examples = Vec::new();
     match extension.as_str() {
         "csv" | "tsv" => {
-            let delimiter = if extension == "csv" { ',' } else { '\t' };
-            let records = split_records(&text, delimiter).with_context(|| format!("in {}", path.display()))?;
+            let delimiter = if extension == "csv" { b',' } else { b'\t' };
+            let records = read_records(&text, delimiter, path)?;
             let (_, header) = &records[0];
             let find = |name: &str| header.iter().position(|h| h.trim() == name);
             let column = |name: &str| {
