@@ -42,7 +42,7 @@ impl RunDir {
 
     /// What of a run is already here: those of [`RUN_FILES`] that exist, and `checkpoints/`.
     pub fn existing(&self) -> Vec<PathBuf> {
-        let names = RUN_FILES.iter().copied().chain(["checkpoints"]);
+        let names = RUN_FILES.iter().copied().chain(["checkpoints", "tensorboard"]);
         names.map(|n| self.path.join(n)).filter(|p| p.exists()).collect()
     }
 
@@ -75,6 +75,10 @@ impl RunDir {
     }
     pub fn metrics(&self) -> PathBuf {
         self.path.join("metrics.jsonl")
+    }
+    /// TensorBoard's event files (`train.tensorboard`).
+    pub fn tensorboard(&self) -> PathBuf {
+        self.path.join("tensorboard")
     }
     /// Written when the run ends (finished, stopped, interrupted or diverged).
     pub fn summary(&self) -> PathBuf {

@@ -100,6 +100,9 @@ pub struct TrainConfig {
     /// Tokens a GPT's sample adds.
     #[serde(default = "default_sample_tokens")]
     pub sample_tokens: usize,
+    /// Also write metrics.jsonl's scalars as TensorBoard event files in `<run>/tensorboard/`.
+    #[serde(default)]
+    pub tensorboard: bool,
 }
 
 fn default_sample_prompt() -> String {

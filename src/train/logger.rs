@@ -88,7 +88,10 @@ impl Logger {
         let progress = progress_bar(cfg.train.steps, state.step, quiet);
         Ok(Self {
             run_dir: run.path().to_path_buf(),
-            metrics: MetricsLog::open(&run.metrics(), Some(state.step))?,
+            metrics: match cfg.train.tensorboard {
+                true => MetricsLog::open(&run.metrics(), Some(state.step))?.with_tensorboard(&run.tensorboard())?,
+                false => MetricsLog::open(&run.metrics(), Some(state.step))?,
+            },
             progress,
             quiet,
             log_every: cfg.train.log_every,

@@ -11,6 +11,8 @@ use serde_json::Value;
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    /// The same scalars as TensorBoard events (`train.tensorboard`).
+    tensorboard: Option<super::tensorboard::EventWriter>,
 }
 
 impl MetricsLog {
@@ -41,12 +43,24 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), file })
+        Ok(Self { path: path.to_path_buf(), file, tensorboard: None })
+    }
+
+    /// Also writes each record's numbers as TensorBoard scalars, into a new event file in `dir`.
+    pub fn with_tensorboard(mut self, dir: &Path) -> Result<Self> {
+        self.tensorboard = Some(super::tensorboard::EventWriter::create(dir)?);
+        Ok(self)
     }
 
     pub fn write(&mut self, record: Value) -> Result<()> {
         writeln!(self.file, "{record}").with_context(|| format!("cannot write {}", self.path.display()))?;
         self.file.flush()?;
+        if let (Some(events), Some(step)) = (self.tensorboard.as_mut(), record.get("step").and_then(Value::as_u64)) {
+            let fields = record.as_object().into_iter().flatten();
+            let scalars: Vec<(&str, f64)> =
+                fields.filter(|(k, _)| *k != "step").filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?))).collect();
+            events.scalars(step, &scalars)?;
+        }
         Ok(())
     }
 }

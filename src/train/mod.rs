@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod seq2seq;
 pub mod step;
 pub mod task;
+pub mod tensorboard;
 
 use std::path::PathBuf;
 
