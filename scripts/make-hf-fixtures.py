@@ -1,5 +1,5 @@
 """Makes the tiny Hugging Face models taper's tests load (tests/fixtures/tiny-gpt2, tiny-llama,
-tiny-t5 and tiny-t5-v1_1): random weights from transformers' own classes, a byte-level BPE tokenizer trained
+tiny-qwen2, tiny-t5 and tiny-t5-v1_1): random weights from transformers' own classes, a byte-level BPE tokenizer trained
 on the shipped corpus, and the logits transformers computes for one input (expected.safetensors:
 input_ids, logits; and decoder_input_ids for T5). Run once by scripts/make-hf-fixtures.sh; the output
 (under 1 MB) is committed, so the tests need no PyTorch.
@@ -14,7 +14,16 @@ import sys
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 OUT = os.path.join(ROOT, "tests", "fixtures")
@@ -86,6 +95,7 @@ def main() -> None:
     model = LlamaForCausalLM(llama)
     randomize(model)
     write("tiny-llama", model, tok)
+    gpt_tok = tok
     # d_model and d_kv powers of four: T5's scalings, folded into taper's weights, are then
     # powers of two, and a load -> export round trip is exact.
     # T5's own special tokens, at T5's ids: <pad> 0 (also the decoder's start), </s> 1, <unk> 2.
@@ -107,6 +117,15 @@ def main() -> None:
     model = T5ForConditionalGeneration(t5)
     randomize(model)
     write("tiny-t5-v1_1", model, tok)
+    # Qwen2: Llama's layout with biases on q, k and v alone; a tied head here.
+    qwen2 = Qwen2Config(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos, use_sliding_window=False,
+    )
+    model = Qwen2ForCausalLM(qwen2)
+    randomize(model)
+    write("tiny-qwen2", model, gpt_tok)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ use taper::config::ModelConfig;
 use taper::model::{Gpt, Mode, ParamStore};
 
 /// The options, one model each, as `--set` overrides of the tiny config (4 heads, 32 wide).
-const VARIANTS: [&str; 20] = [
+const VARIANTS: [&str; 22] = [
     "model.norm_kind=rms",
     "model.activation=swiglu",
     "model.activation=geglu",
@@ -34,6 +34,9 @@ const VARIANTS: [&str; 20] = [
     "model.activation=gelu-tanh",
     "model.activation=geglu-tanh model.norm_kind=rms",
     "model.qk_norm=true",
+    // Biases per linear group: Qwen2's (query/key/value alone), and the FFN's alone.
+    "model.bias=false model.qkv_bias=true",
+    "model.bias=false model.ffn_bias=true model.norm_kind=rms",
     "model.qk_norm=true model.norm_kind=rms model.positions=rope model.n_kv_head=2",
 ];
 
@@ -84,6 +87,31 @@ fn fused_and_composed_kernels_agree_for_every_variant() {
         };
         let diff = max_diff(&logits("fused"), &logits("composed"));
         assert!(diff < 1e-5, "{extra}: fused and composed logits differ by {diff}");
+    }
+}
+
+#[test]
+fn fused_and_composed_kernels_give_the_same_gradients_for_every_variant() {
+    for extra in VARIANTS.iter().copied().chain([LLAMA]) {
+        let grads = |kernels: &str| {
+            let cfg = model_config(&format!("{extra} model.kernels={kernels}"));
+            let params = ParamStore::new();
+            let model = Gpt::new(&cfg, 20, DType::F32, params.var_builder(8, &Device::Cpu)).unwrap();
+            let x = Tensor::from_vec((0..30u32).map(|i| (i * 3) % 20).collect(), (3, 10), &Device::Cpu).unwrap();
+            let y = Tensor::from_vec((0..30u32).map(|i| (i * 3 + 1) % 20).collect(), (3, 10), &Device::Cpu).unwrap();
+            let loss = model.loss_sum(&x, &y, &mut Mode::train(taper::rng::Rng::new(5))).unwrap();
+            let store = loss.backward().unwrap();
+            params
+                .named_vars()
+                .into_iter()
+                .map(|(n, v)| (n, store.get(v.as_tensor()).unwrap().clone()))
+                .collect::<Vec<_>>()
+        };
+        for ((name, a), (_, b)) in grads("fused").iter().zip(grads("composed")) {
+            let scale = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1e-3);
+            let diff = max_diff(a, &b) / scale;
+            assert!(diff < 1e-3, "{extra}: the gradient of {name} differs by {diff} (relative) between kernels");
+        }
     }
 }
 

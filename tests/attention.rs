@@ -21,7 +21,7 @@ fn attention(params: &ParamStore) -> Attention {
         d_model: D,
         n_head: H,
         n_kv_head: H,
-        bias: true,
+        bias: (true, true),
         dropout: 0.0,
         shaw_clip: None,
         qk_norm: None,

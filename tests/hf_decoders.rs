@@ -1,4 +1,4 @@
-//! Hugging Face decoders in and out: the tiny GPT-2 and Llama of tests/fixtures (random weights
+//! Hugging Face decoders in and out: the tiny GPT-2, Llama and Qwen2 of tests/fixtures (random weights
 //! made by transformers, scripts/make-hf-fixtures.sh) load with transformers' logits; load ->
 //! export gives the file's tensors back; a run started from one trains and exports; a Llama
 //! run's export loads in candle-transformers' Llama with taper's logits; bad directories and
@@ -44,7 +44,7 @@ fn expected(dir: &Path) -> (Tensor, Tensor) {
 
 #[test]
 fn hugging_face_gpt2_and_llama_load_with_transformers_logits() {
-    for name in ["tiny-gpt2", "tiny-llama"] {
+    for name in ["tiny-gpt2", "tiny-llama", "tiny-qwen2"] {
         for kernels in [taper::config::Kernels::Fused, taper::config::Kernels::Composed] {
             let (gpt, _, _) = load(&fixture(name), |m| m.kernels = kernels).unwrap();
             let (ids, want) = expected(&fixture(name));
@@ -57,7 +57,12 @@ fn hugging_face_gpt2_and_llama_load_with_transformers_logits() {
 
 #[test]
 fn load_then_export_gives_the_files_tensors_back() {
-    for (name, family) in [("tiny-gpt2", DecoderFamily::Gpt2), ("tiny-llama", DecoderFamily::Llama)] {
+    let families = [
+        ("tiny-gpt2", DecoderFamily::Gpt2),
+        ("tiny-llama", DecoderFamily::Llama),
+        ("tiny-qwen2", DecoderFamily::Qwen2),
+    ];
+    for (name, family) in families {
         let (_, model, params) = load(&fixture(name), |_| {}).unwrap();
         assert_eq!(DecoderFamily::fitting(&model).unwrap(), family);
         let exported = family.to_hf(&params.detached()).unwrap();

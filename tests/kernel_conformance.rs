@@ -783,7 +783,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone());
-                let heads = ((n_head, n_head), bias, rope.as_ref().map(rotation));
+                let heads = ((n_head, n_head), (bias, bias), rope.as_ref().map(rotation));
                 let norm = norm.clone();
                 fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
                     .unwrap()

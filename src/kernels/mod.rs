@@ -342,16 +342,13 @@ pub fn self_attention_sublayer(
     let [bq, bk, bv, bo] = proj.biases;
     let (first, bias1) = branch_parameters(&[wq, wk, wv], &[bq, bk, bv])?;
     let (second, bias2) = branch_parameters(&[wo], &[bo])?;
-    if bias1 != bias2 {
-        return Ok(None);
-    }
     let (b, t, _) = x.dims3()?;
     // Drawn in the composed path's order: the weights' mask, then the output's.
     let dropout = mode.dropout_multipliers(b * n_head * t * t, p_attn);
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
     let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout);
-    let heads = ((n_head, n_kv_head), bias1, rotary.map(Rotary::cpu).transpose()?);
+    let heads = ((n_head, n_kv_head), (bias1, bias2), rotary.map(Rotary::cpu).transpose()?);
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
     Ok(Some(norm.probed(x, mode, node)?))
 }

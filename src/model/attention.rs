@@ -35,7 +35,8 @@ pub struct AttentionConfig {
     pub n_head: usize,
     /// Key/value heads: n_head (multi-head), fewer (grouped-query), 1 (multi-query).
     pub n_kv_head: usize,
-    pub bias: bool,
+    /// Biases of the query/key/value projections, and of the output projection.
+    pub bias: (bool, bool),
     /// Dropout on the attention weights.
     pub dropout: f64,
     /// Shaw et al.'s relative key/value embeddings, distances clipped at this (self-attention).
@@ -85,13 +86,14 @@ impl Attention {
     pub fn new(cfg: &AttentionConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         let d_kv = d / cfg.n_head.max(1) * cfg.n_kv_head;
-        let proj = |name: &str, out: usize, init: Init| Linear::new(d, out, cfg.bias, init, vb.pp(name));
+        let (qkv_bias, out_bias) = cfg.bias;
+        let proj = |name: &str, out: usize, init: Init, bias| Linear::new(d, out, bias, init, vb.pp(name));
         Ok(Self {
-            q_proj: proj("q_proj", d, init.matrix(d, d, false))?,
-            k_proj: proj("k_proj", d_kv, init.matrix(d, d_kv, false))?,
+            q_proj: proj("q_proj", d, init.matrix(d, d, false), qkv_bias)?,
+            k_proj: proj("k_proj", d_kv, init.matrix(d, d_kv, false), qkv_bias)?,
             // DeepNorm scales the values' and the output's init (`branch_matrix`), not Q's and K's.
-            v_proj: proj("v_proj", d_kv, init.branch_matrix(d, d_kv, false))?,
-            out_proj: proj("out_proj", d, init.branch_matrix(d, d, true))?,
+            v_proj: proj("v_proj", d_kv, init.branch_matrix(d, d_kv, false), qkv_bias)?,
+            out_proj: proj("out_proj", d, init.branch_matrix(d, d, true), out_bias)?,
             n_head: cfg.n_head,
             n_kv_head: cfg.n_kv_head,
             dropout: cfg.dropout,

@@ -154,7 +154,7 @@ impl BertEncoder {
             norm,
             attn_dropout: cfg.attention_probs_dropout_prob,
             resid_dropout: cfg.hidden_dropout_prob,
-            bias: true,
+            biases: (true, true, true),
             layer_norm_eps: cfg.layer_norm_eps,
             norm_kind: NormKind::Layer,
             n_kv_head: cfg.num_attention_heads,

@@ -24,7 +24,8 @@ pub struct BlockConfig {
     pub attn_dropout: f64,
     /// Dropout on each branch's output, before the residual add.
     pub resid_dropout: f64,
-    pub bias: bool,
+    /// Biases of the query/key/value projections, the attention output, the FFN.
+    pub biases: (bool, bool, bool),
     pub layer_norm_eps: f64,
     pub norm_kind: NormKind,
     /// Key/value heads (grouped-query attention when fewer than `n_head`).
@@ -49,7 +50,7 @@ impl BlockConfig {
             norm: cfg.norm,
             attn_dropout: cfg.attn_dropout(),
             resid_dropout: cfg.resid_dropout(),
-            bias: cfg.bias,
+            biases: cfg.biases(),
             layer_norm_eps: cfg.layer_norm_eps,
             norm_kind: cfg.norm_kind,
             n_kv_head: cfg.n_kv_head(),
@@ -70,7 +71,8 @@ impl BlockConfig {
         let shaw_clip = if relative { self.shaw_clip } else { None };
         let qk_norm = self.qk_norm.then_some((self.norm_kind, self.layer_norm_eps));
         let dropout = self.attn_dropout;
-        AttentionConfig { d_model, n_head, n_kv_head, bias: self.bias, dropout, shaw_clip, qk_norm }
+        let bias = (self.biases.0, self.biases.1);
+        AttentionConfig { d_model, n_head, n_kv_head, bias, dropout, shaw_clip, qk_norm }
     }
 }
 
@@ -124,11 +126,12 @@ impl Mlp {
     /// `fc1`, `gate` (gated FFNs), `fc2` under `vb`.
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
-        let input = |name: &str| Linear::new(d, ff, cfg.bias, init.branch_matrix(d, ff, false), vb.pp(name));
+        let bias = cfg.biases.2;
+        let input = |name: &str| Linear::new(d, ff, bias, init.branch_matrix(d, ff, false), vb.pp(name));
         Ok(Self {
             fc1: input("fc1")?,
             gate: cfg.activation.gate().map(|_| input("gate")).transpose()?,
-            fc2: Linear::new(ff, d, cfg.bias, init.branch_matrix(ff, d, true), vb.pp("fc2"))?,
+            fc2: Linear::new(ff, d, bias, init.branch_matrix(ff, d, true), vb.pp("fc2"))?,
             activation: cfg.activation,
         })
     }

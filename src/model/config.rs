@@ -124,8 +124,15 @@ pub struct ModelConfig {
     pub resid_dropout: Option<f64>,
     /// Dropout on the embedded input (`dropout` when absent).
     pub emb_dropout: Option<f64>,
+    /// Biases in every linear layer, unless a group's own key says otherwise.
     #[serde(default = "yes")]
     pub bias: bool,
+    /// Biases of the query, key and value projections (`bias` when absent; Qwen2: true alone).
+    pub qkv_bias: Option<bool>,
+    /// Bias of the attention output projection (`bias` when absent).
+    pub out_bias: Option<bool>,
+    /// Biases of the FFN's projections (`bias` when absent).
+    pub ffn_bias: Option<bool>,
     #[serde(default = "yes")]
     pub tie_embeddings: bool,
     #[serde(default = "default_ln_eps")]
@@ -201,6 +208,11 @@ impl ModelConfig {
             (None, Some(_)) => (8 * self.d_model).div_ceil(3).div_ceil(32) * 32,
             (None, None) => 4 * self.d_model,
         }
+    }
+    /// The biases of the linear groups: (query/key/value, attention output, FFN).
+    pub fn biases(&self) -> (bool, bool, bool) {
+        let or = |b: Option<bool>| b.unwrap_or(self.bias);
+        (or(self.qkv_bias), or(self.out_bias), or(self.ffn_bias))
     }
     pub fn attn_dropout(&self) -> f64 {
         self.attn_dropout.unwrap_or(self.dropout)

@@ -493,10 +493,11 @@ impl Rotation {
 
 /// The self-attention branch of a fused sub-layer (`sublayer.rs`): the packed Q/K/V projection,
 /// rotary positions (if any), attention, and the output projection, with the parameters as
-/// [W_qkv | b_qkv] and [W_o | b_o] (or [W_qkv] and [W_o] without biases).
+/// [W_qkv | b_qkv] and [W_o | b_o] (each without its bias when that product has none).
 struct SelfAttentionBranch {
     core: AttentionOp,
-    bias: bool,
+    /// Whether the Q/K/V product and the output product have biases.
+    bias: (bool, bool),
     rotation: Option<Rotation>,
     /// The packed Q/K/V and the attention output (the softmax weights stay in `core`).
     saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
@@ -523,8 +524,8 @@ impl Branch for SelfAttentionBranch {
     const NAME: &'static str = "taper-self-attention";
 
     fn parameter_lens(&self, d: usize) -> (usize, usize) {
-        let (b, packed) = (self.bias as usize, self.packed_width(d));
-        (packed * d + b * packed, d * d + b * d)
+        let ((b1, b2), packed) = ((self.bias.0 as usize, self.bias.1 as usize), self.packed_width(d));
+        (packed * d + b1 * packed, d * d + b2 * d)
     }
 
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
@@ -532,7 +533,7 @@ impl Branch for SelfAttentionBranch {
         let (d, packed) = (g.width(), g.q_row);
         let rows = input.len() / d.max(1);
         let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(packed * d), p2.split_at(d * d));
-        let (b_qkv, b_o) = (self.bias.then_some(b_qkv), self.bias.then_some(b_o));
+        let (b_qkv, b_o) = (self.bias.0.then_some(b_qkv), self.bias.1.then_some(b_o));
         let mut qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, packed));
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut qkv, &g, false)?;
@@ -565,7 +566,7 @@ impl Branch for SelfAttentionBranch {
         let (qkv, context, weights) = (qkv.as_slice::<T>()?, context.as_slice::<T>()?, weights.as_slice::<T>()?);
         let (dw_qkv, db_qkv) = d_p1.split_at_mut(packed * d);
         let (dw_o, db_o) = d_p2.split_at_mut(d * d);
-        let (db_qkv, db_o) = (self.bias.then(|| as_uninit(db_qkv)), self.bias.then(|| as_uninit(db_o)));
+        let (db_qkv, db_o) = (self.bias.0.then(|| as_uninit(db_qkv)), self.bias.1.then(|| as_uninit(db_o)));
         let fill = |d_context: &mut _| {
             backward_into(context, &p2[..d * d], d_out, (rows, d, d), d_context, as_uninit(dw_o), db_o)
         };
@@ -590,12 +591,12 @@ impl Branch for SelfAttentionBranch {
 /// packed Q/K/V projection, `rotation` of the queries and keys (rotary positions), `n_head`-head
 /// attention over `n_kv_head` key/value heads under `mask` (and `dropout` multipliers on its weights) and the output projection,
 /// as one node. `first` = [ln.weight | ln.bias | W_q | W_k | W_v | b_q | b_k | b_v] and `second`
-/// = [W_o | b_o] (without the biases when `bias` is false; see `pack_parameters`);
+/// = [W_o | b_o] (each without its biases when `bias` says so; see `pack_parameters`);
 /// `residual_dropout`: multipliers on Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
-    ((n_head, n_kv_head), bias, rotation): ((usize, usize), bool, Option<Rotation>),
+    ((n_head, n_kv_head), bias, rotation): ((usize, usize), (bool, bool), Option<Rotation>),
     (mask, dropout): (AttentionMask, Option<Vec<f32>>),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,

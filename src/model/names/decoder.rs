@@ -29,7 +29,8 @@ pub struct DecoderShape {
     pub norm_kind: NormKind,
     pub activation: Activation,
     pub positions: Positions,
-    pub bias: bool,
+    /// Biases of the query/key/value projections, the attention output, the FFN.
+    pub biases: (bool, bool, bool),
     pub tie_embeddings: bool,
     pub eps: f64,
     pub rope_theta: f64,
@@ -63,6 +64,24 @@ fn agree<T: PartialEq + Serialize>(key: &str, ours: &mut T, default: T, theirs: 
     Ok(())
 }
 
+/// Sets `model`'s bias keys to the checkpoint's `biases`; bias keys the user gave must agree.
+fn adopt_biases(model: &mut ModelConfig, biases: (bool, bool, bool), source: &Path) -> Result<()> {
+    let given = (model.bias, model.qkv_bias, model.out_bias, model.ffn_bias) != (true, None, None, None);
+    if given && model.biases() != biases {
+        bail!(
+            "`model.bias` (or qkv_bias, out_bias, ffn_bias) disagrees with {}: its query/key/value, output and FFN \
+             biases are {biases:?}; remove the keys (`model.init_from` sets the architecture)",
+            source.display()
+        );
+    }
+    let (qkv, out, ffn) = biases;
+    model.bias = ffn;
+    model.qkv_bias = (qkv != ffn).then_some(qkv);
+    model.out_bias = (out != ffn).then_some(out);
+    model.ffn_bias = None;
+    Ok(())
+}
+
 impl DecoderShape {
     /// Fills `model`'s architecture from this shape (read from `source`). Keys the user gave
     /// must agree, except `block_size`, which may be shorter than the checkpoint's positions.
@@ -78,7 +97,7 @@ impl DecoderShape {
         agree("norm_kind", &mut model.norm_kind, defaults.norm_kind, self.norm_kind, source)?;
         agree("activation", &mut model.activation, defaults.activation, self.activation, source)?;
         agree("positions", &mut model.positions, defaults.positions, self.positions, source)?;
-        agree("bias", &mut model.bias, defaults.bias, self.bias, source)?;
+        adopt_biases(model, self.biases, source)?;
         agree("tie_embeddings", &mut model.tie_embeddings, defaults.tie_embeddings, self.tie_embeddings, source)?;
         agree("layer_norm_eps", &mut model.layer_norm_eps, defaults.layer_norm_eps, self.eps, source)?;
         agree("rope_theta", &mut model.rope_theta, defaults.rope_theta, self.rope_theta, source)?;
@@ -102,16 +121,19 @@ impl DecoderShape {
 pub enum DecoderFamily {
     Gpt2,
     Llama,
+    /// Llama's layout with biases on the query, key and value projections only.
+    Qwen2,
 }
 
 impl DecoderFamily {
-    const ALL: [Self; 2] = [Self::Gpt2, Self::Llama];
+    const ALL: [Self; 3] = [Self::Gpt2, Self::Llama, Self::Qwen2];
 
     /// The family of a config.json's `model_type`.
     pub fn of_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "gpt2" => Some(Self::Gpt2),
             "llama" => Some(Self::Llama),
+            "qwen2" => Some(Self::Qwen2),
             _ => None,
         }
     }
@@ -121,6 +143,7 @@ impl DecoderFamily {
         match self {
             Self::Gpt2 => "GPT2LMHeadModel",
             Self::Llama => "LlamaForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
         }
     }
 
@@ -128,7 +151,8 @@ impl DecoderFamily {
     pub fn shape(self, config: Value, source: &Path) -> Result<DecoderShape> {
         let shape = match self {
             Self::Gpt2 => gpt2::shape(config),
-            Self::Llama => llama::shape(config),
+            Self::Llama => llama::shape(config, false),
+            Self::Qwen2 => llama::shape(config, true),
         };
         shape.with_context(|| format!("{} does not describe a model taper can build", source.display()))
     }
@@ -137,7 +161,8 @@ impl DecoderFamily {
     fn mismatches(self, model: &ModelConfig) -> Vec<String> {
         let mut out = match self {
             Self::Gpt2 => gpt2::mismatches(model),
-            Self::Llama => llama::mismatches(model),
+            Self::Llama => llama::mismatches(model, false),
+            Self::Qwen2 => llama::mismatches(model, true),
         };
         if model.norm != NormPlacement::Pre {
             out.push(format!("`model.norm = {}` (it is pre-LN)", show(&model.norm)));
@@ -167,7 +192,8 @@ impl DecoderFamily {
     pub fn config_json(self, model: &ModelConfig, vocab_size: usize, specials: &Specials) -> Value {
         match self {
             Self::Gpt2 => gpt2::config_json(model, vocab_size, specials),
-            Self::Llama => llama::config_json(model, vocab_size, specials),
+            Self::Llama => llama::config_json(model, vocab_size, specials, false),
+            Self::Qwen2 => llama::config_json(model, vocab_size, specials, true),
         }
     }
 
@@ -182,7 +208,7 @@ impl DecoderFamily {
     ) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
         let (mut out, mut unused) = match self {
             Self::Gpt2 => gpt2::to_taper(tensors, block_size)?,
-            Self::Llama => llama::to_taper(tensors),
+            Self::Llama | Self::Qwen2 => llama::to_taper(tensors),
         };
         if tied && out.remove("lm_head.weight").is_some() {
             unused.push("lm_head.weight".into());
@@ -195,7 +221,7 @@ impl DecoderFamily {
     pub fn checkpoint_name(self, name: &str) -> String {
         match self {
             Self::Gpt2 => gpt2::checkpoint_name(name),
-            Self::Llama => llama::checkpoint_name(name),
+            Self::Llama | Self::Qwen2 => llama::checkpoint_name(name),
         }
     }
 
@@ -203,7 +229,7 @@ impl DecoderFamily {
     pub fn to_hf(self, tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
         match self {
             Self::Gpt2 => gpt2::to_hf(tensors),
-            Self::Llama => llama::to_hf(tensors),
+            Self::Llama | Self::Qwen2 => llama::to_hf(tensors),
         }
     }
 }

@@ -116,7 +116,7 @@ pub fn shape(config: Value) -> Result<DecoderShape> {
         norm_kind: NormKind::Layer,
         activation,
         positions: Positions::Learned,
-        bias: true,
+        biases: (true, true, true),
         tie_embeddings: c.tie_word_embeddings,
         eps: c.layer_norm_epsilon,
         rope_theta: crate::model::config::default_rope_theta(),
@@ -145,8 +145,8 @@ pub fn mismatches(model: &ModelConfig) -> Vec<String> {
     if model.n_kv_head() != model.n_head {
         out.push("`model.n_kv_head` (GPT-2 has one key/value head per query head)".into());
     }
-    if !model.bias {
-        out.push("`model.bias = false` (GPT-2's linear layers have biases)".into());
+    if model.biases() != (true, true, true) {
+        out.push("`model.bias = false` or a group's (GPT-2's linear layers all have biases)".into());
     }
     out
 }

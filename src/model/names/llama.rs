@@ -1,6 +1,7 @@
-//! Hugging Face Llama (`LlamaForCausalLM`) for taper's decoder: its config.json and its tensor
-//! names. A rename is all it takes: the projections are (out, in) as taper's, and Hugging
-//! Face's rotary layout (the two halves of each head rotate together) is taper's.
+//! Hugging Face Llama (`LlamaForCausalLM`) and Qwen2 (`Qwen2ForCausalLM`: Llama's layout with
+//! biases on the query, key and value projections alone) for taper's decoder: their config.json
+//! and their tensor names. A rename is all it takes: the projections are (out, in) as taper's,
+//! and Hugging Face's rotary layout (the two halves of each head rotate together) is taper's.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -55,11 +56,16 @@ struct LlamaConfig {
     #[serde(default = "d_theta")]
     rope_theta: f64,
     rope_scaling: Option<Value>,
+    /// transformers 5's form of the rotary settings: {rope_theta, rope_type}.
+    rope_parameters: Option<Value>,
     #[serde(default = "d_act")]
     hidden_act: String,
     #[serde(default)]
     attention_bias: bool,
     mlp_bias: Option<bool>,
+    /// Qwen2's sliding-window attention (taper attends to the whole context).
+    #[serde(default)]
+    use_sliding_window: bool,
     #[serde(default)]
     tie_word_embeddings: bool,
     #[serde(default = "d_std")]
@@ -103,21 +109,29 @@ const ACTIVATIONS: [(&str, Activation); 5] = [
     ("relu", Activation::Reglu),
 ];
 
-/// The shape a Llama config.json describes.
-pub fn shape(config: Value) -> Result<DecoderShape> {
+/// The shape a Llama (or, with `qwen2`, a Qwen2) config.json describes.
+pub fn shape(config: Value, qwen2: bool) -> Result<DecoderShape> {
     let c: LlamaConfig = serde_json::from_value(config)?;
+    if c.use_sliding_window {
+        bail!(
+            "use_sliding_window is true: taper attends to the whole context; set it false (or give a model without it)"
+        );
+    }
     if c.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
         bail!("rope_scaling is set: taper's rotary positions have no scaling (Llama 3.1's, YaRN, ...)");
     }
+    let parameters = c.rope_parameters.as_ref().filter(|v| !v.is_null());
+    let rope_type = parameters.and_then(|p| p.get("rope_type")).and_then(Value::as_str).unwrap_or("default");
+    if rope_type != "default" {
+        bail!("rope_parameters.rope_type is `{rope_type}`: taper's rotary positions are the default kind (no scaling)");
+    }
+    let rope_theta = parameters.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).unwrap_or(c.rope_theta);
     let head_dim = c.hidden_size / c.num_attention_heads.max(1);
     if c.head_dim.is_some_and(|h| h != head_dim) {
         bail!(
             "head_dim = {} is not hidden_size / num_attention_heads = {head_dim}, as taper's heads are",
             c.head_dim.unwrap()
         );
-    }
-    if c.mlp_bias.is_some_and(|b| b != c.attention_bias) {
-        bail!("attention_bias and mlp_bias differ: taper's `model.bias` is one switch for every linear layer");
     }
     let Some(&(_, activation)) = ACTIVATIONS.iter().find(|(name, _)| *name == c.hidden_act) else {
         bail!(
@@ -136,17 +150,33 @@ pub fn shape(config: Value) -> Result<DecoderShape> {
         norm_kind: NormKind::Rms,
         activation,
         positions: Positions::Rope,
-        bias: c.attention_bias,
+        biases: match qwen2 {
+            true => (true, false, false),
+            false => (c.attention_bias, c.attention_bias, c.mlp_bias.unwrap_or(c.attention_bias)),
+        },
         tie_embeddings: c.tie_word_embeddings,
         eps: c.rms_norm_eps,
-        rope_theta: c.rope_theta,
+        rope_theta,
         init_std: c.initializer_range,
     })
 }
 
-/// What keeps `model` from being a Llama, as `model.key = value` notes (empty: it is one).
-pub fn mismatches(model: &ModelConfig) -> Vec<String> {
+/// What keeps `model` from being a Llama (or a Qwen2), as `model.key = value` notes (empty:
+/// it is one).
+pub fn mismatches(model: &ModelConfig, qwen2: bool) -> Vec<String> {
     let mut out = Vec::new();
+    let (qkv, o, ffn) = model.biases();
+    match qwen2 {
+        true if (qkv, o, ffn) != (true, false, false) => out.push(format!(
+            "biases (query/key/value, output, FFN) {:?} (Qwen2 has them on query, key and value alone: \
+             `model.bias = false`, `model.qkv_bias = true`)",
+            (qkv, o, ffn)
+        )),
+        false if qkv != o => {
+            out.push("`model.qkv_bias` differs from `model.out_bias` (Llama's attention_bias is both)".into())
+        }
+        _ => {}
+    }
     if model.norm_kind != NormKind::Rms {
         out.push("`model.norm_kind = \"layer\"` (Llama has RMSNorm)".into());
     }
@@ -159,12 +189,15 @@ pub fn mismatches(model: &ModelConfig) -> Vec<String> {
     out
 }
 
-/// Llama's config.json for `model` with `vocab_size` rows.
-pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials) -> Value {
+/// Llama's (or Qwen2's) config.json for `model` with `vocab_size` rows.
+pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials, qwen2: bool) -> Value {
     let act = ACTIVATIONS.iter().find(|(_, a)| *a == model.activation).map_or("silu", |(n, _)| n);
+    let (qkv_bias, _, ffn_bias) = model.biases();
+    let (architecture, model_type) = if qwen2 { ("Qwen2ForCausalLM", "qwen2") } else { ("LlamaForCausalLM", "llama") };
     json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": model_type,
+        "use_sliding_window": false,
         "vocab_size": vocab_size,
         "hidden_size": model.d_model,
         "intermediate_size": model.d_ff(),
@@ -176,9 +209,10 @@ pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials) 
         "rms_norm_eps": model.layer_norm_eps,
         "rope_theta": model.rope_theta,
         "rope_scaling": Value::Null,
+        "rope_parameters": {"rope_theta": model.rope_theta, "rope_type": "default"},
         "hidden_act": act,
-        "attention_bias": model.bias,
-        "mlp_bias": model.bias,
+        "attention_bias": qkv_bias,
+        "mlp_bias": ffn_bias,
         "attention_dropout": model.attn_dropout(),
         "tie_word_embeddings": model.tie_embeddings,
         "initializer_range": model.init_std,

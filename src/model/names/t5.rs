@@ -172,7 +172,7 @@ pub fn mismatches(model: &ModelConfig) -> Vec<String> {
         model.positions == Positions::T5,
         format!("`model.positions = {}` (T5 has its relative bias, \"t5\")", show(&model.positions)),
     );
-    need(!model.bias, "`model.bias = true` (T5 has no biases)".into());
+    need(model.biases() == (false, false, false), "`model.bias = true` or a group's (T5 has no biases)".into());
     need(model.share_embeddings, "`model.share_embeddings = false` (T5 has one vocabulary)".into());
     need(!model.scale_embeddings, "`model.scale_embeddings = true` (T5 does not scale its embeddings)".into());
     need(
