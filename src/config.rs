@@ -234,8 +234,10 @@ impl Config {
 
 /// What an encoder-only model (a BERT, in Hugging Face's layout) and `init_from` allow.
 fn validate_encoder(m: &ModelConfig) -> Result<()> {
-    if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned {
-        bail!("an encoder-only (BERT) model has learned positions; remove `model.positions` or set it to \"learned\"");
+    if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned && m.init_from.is_some() {
+        bail!(
+            "a pretrained BERT (`model.init_from`) has learned positions; remove `model.positions` or set it to \"learned\""
+        );
     }
     if m.arch == Architecture::EncoderOnly
         && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head || m.qk_norm)

@@ -51,6 +51,14 @@ fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
         bail!("{}: Hugging Face's BERT is post-LN; a pre-LN encoder has no equivalent there", run_dir.display());
     }
     let bert = run.read_bert_config()?;
+    if let Some(p) = &bert.taper_positions {
+        bail!(
+            "{}: `model.positions = {}` has no place in Hugging Face's BERT (learned positions only); the run stays in \
+             taper's format",
+            run_dir.display(),
+            crate::model::names::decoder::show(&p.positions)
+        );
+    }
     let mut hf = serde_json::to_value(&bert)?;
     let architecture = match config.task.kind() {
         TaskKind::SequenceClassification => {

@@ -130,7 +130,7 @@ fn encoder_config_errors_name_the_key() {
     let cases = [
         ("model.arch=decoder-only", "task.kind"),
         ("checkpoint.best_metric=accuracy", "masked_accuracy"),
-        ("model.positions=rope", "learned"),
+        ("model.emb_dropout=0.3", "model.emb_dropout"),
         ("task.mask_prob=1.5", "task.mask_prob"),
         ("data.val_path=x.csv", "data.val_path"),
     ];

@@ -17,7 +17,7 @@ use super::names::bert::{ENCODER, TASK_MODEL};
 use super::norm::{DeepNorm, LayerNorm, Norm, StackRole};
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
-use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormKind, NormPlacement};
+use crate::config::{Activation, InitScheme, Kernels, ModelConfig, NormKind, NormPlacement, Positions};
 use crate::kernels::{dropout, Mode};
 
 fn default_max_positions() -> usize {
@@ -59,6 +59,47 @@ pub struct BertConfig {
     pub initializer_range: f64,
     pub model_type: Option<String>,
     pub position_embedding_type: Option<String>,
+    /// taper's positions for an encoder trained here with other than BERT's learned table (not
+    /// a Hugging Face field: such an encoder has no Hugging Face export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taper_positions: Option<EncoderPositions>,
+}
+
+/// An encoder's positions other than learned ones, with their settings (`[model]`'s keys).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct EncoderPositions {
+    pub positions: Positions,
+    pub rope_theta: f64,
+    pub relative_buckets: usize,
+    pub relative_max_distance: usize,
+    pub shaw_clip: usize,
+}
+
+impl EncoderPositions {
+    fn of(model: &ModelConfig) -> Option<Self> {
+        (model.positions != Positions::Learned).then_some(Self {
+            positions: model.positions,
+            rope_theta: model.rope_theta,
+            relative_buckets: model.relative_buckets,
+            relative_max_distance: model.relative_max_distance,
+            shaw_clip: model.shaw_clip,
+        })
+    }
+
+    /// The `[model]` keys `PositionEncoding::new` reads, for an encoder of `cfg`'s shape.
+    fn model_config(&self, cfg: &BertConfig) -> ModelConfig {
+        ModelConfig {
+            d_model: cfg.hidden_size,
+            n_head: cfg.num_attention_heads,
+            block_size: cfg.max_position_embeddings,
+            positions: self.positions,
+            rope_theta: self.rope_theta,
+            relative_buckets: self.relative_buckets,
+            relative_max_distance: self.relative_max_distance,
+            shaw_clip: self.shaw_clip,
+            ..ModelConfig::defaults()
+        }
+    }
 }
 
 impl BertConfig {
@@ -112,6 +153,7 @@ impl BertConfig {
             initializer_range: model.init_std,
             model_type: Some("bert".into()),
             position_embedding_type: Some("absolute".into()),
+            taper_positions: EncoderPositions::of(model),
         }
     }
 
@@ -158,7 +200,7 @@ impl BertEncoder {
             layer_norm_eps: cfg.layer_norm_eps,
             norm_kind: NormKind::Layer,
             n_kv_head: cfg.num_attention_heads,
-            shaw_clip: None,
+            shaw_clip: cfg.taper_positions.filter(|p| p.positions == Positions::Shaw).map(|p| p.shaw_clip),
             deepnorm: match norm {
                 NormPlacement::DeepNorm => DeepNorm::for_stack(StackRole::Alone { layers: cfg.num_hidden_layers }),
                 _ => DeepNorm::NONE,
@@ -179,7 +221,10 @@ impl BertEncoder {
             token_types: Some(embedding(cfg.type_vocab_size, "type_emb")?),
             norm: Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_emb"))?),
         };
-        let positions = PositionEncoding::Learned(embedding(cfg.max_position_embeddings, "pos_emb")?);
+        let positions = match &cfg.taper_positions {
+            None => PositionEncoding::Learned(embedding(cfg.max_position_embeddings, "pos_emb")?),
+            Some(p) => PositionEncoding::new(&p.model_config(cfg), &init, false, vb.pp("pos_emb"))?,
+        };
         let stack = Stack {
             embeddings,
             positions,
