@@ -127,11 +127,8 @@ pub fn shape(config: Value, qwen2: bool) -> Result<DecoderShape> {
     }
     let rope_theta = parameters.and_then(|p| p.get("rope_theta")).and_then(Value::as_f64).unwrap_or(c.rope_theta);
     let head_dim = c.hidden_size / c.num_attention_heads.max(1);
-    if c.head_dim.is_some_and(|h| h != head_dim) {
-        bail!(
-            "head_dim = {} is not hidden_size / num_attention_heads = {head_dim}, as taper's heads are",
-            c.head_dim.unwrap()
-        );
+    if let Some(h) = c.head_dim.filter(|&h| h != head_dim) {
+        bail!("head_dim = {h} is not hidden_size / num_attention_heads = {head_dim}, as taper's heads are");
     }
     let Some(&(_, activation)) = ACTIVATIONS.iter().find(|(name, _)| *name == c.hidden_act) else {
         bail!(
