@@ -111,3 +111,26 @@ fn shell_completions_and_the_man_page_describe_the_commands() {
     let page = String::from_utf8(man.stdout).unwrap();
     assert!(page.contains(".TH taper 1") && page.contains("train"), "{page}");
 }
+
+#[test]
+fn half_precision_on_the_cpu_is_said_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(100));
+    let config = dir.path().join("c.toml");
+    let run = |dtype: &str| {
+        let cfg = common::tiny_config(
+            dir.path(),
+            &corpus,
+            &format!("train.steps=1 train.dtype={dtype} schedule.warmup_steps=0"),
+        );
+        std::fs::write(&config, cfg.to_toml_string().unwrap()).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_taper"))
+            .args(["train", config.to_str().unwrap(), "--overwrite"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    };
+    assert!(run("bf16").contains("note: train.dtype = \"bf16\" on the CPU"), "the note is missing");
+    assert!(!run("f32").contains("note: train.dtype"), "no note for f32");
+}

@@ -106,6 +106,13 @@ impl Logger {
         })
     }
 
+    /// `line`, if there is one (see `say`).
+    pub fn say_some(&self, line: Option<String>) {
+        if let Some(line) = line {
+            self.say(line);
+        }
+    }
+
     /// A console line above the progress bar (nothing when quiet).
     pub fn say(&self, line: String) {
         if self.quiet {

@@ -230,6 +230,7 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
         task.describe(),
         run.path().display()
     ));
+    logger.say_some(half_precision_note(cfg, device));
     let stepper = Stepper::new(&optimizer, world, cfg)?;
     let validator = Validator { every: cfg.train.eval_every };
     let sampler = Validator { every: cfg.train.sample_every };
@@ -275,6 +276,19 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
         std::fs::remove_dir_all(dir).ok();
     }
     summary
+}
+
+/// What bf16 or f16 costs on the CPU, said at start-up (docs/performance.md §28: 10.6x the
+/// f32 step on the default model; the f32 master weights and moments stay, so little memory
+/// is saved).
+fn half_precision_note(cfg: &Config, device: &Device) -> Option<String> {
+    (device.is_cpu() && cfg.train.dtype != config::DTypeName::F32).then(|| {
+        format!(
+            "taper: note: train.dtype = {} on the CPU runs candle's composed ops in half precision, about 10x \
+             slower than f32 here, for little memory; use f32 on the CPU (bf16 and f16 pay on GPUs)",
+            crate::model::names::decoder::show(&cfg.train.dtype)
+        )
+    })
 }
 
 /// Every rank's parameters set to rank 0's (its fresh initialisation, pretrained weights or
