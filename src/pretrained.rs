@@ -205,15 +205,18 @@ pub fn read_decoder_config(dir: &Path) -> Result<(DecoderFamily, DecoderShape)> 
     Ok((family, family.shape(config, &path)?))
 }
 
-/// Every parameter's tensor in `tensors` must have its shape; an error names the tensor by the
-/// checkpoint's name (`hf_name`) and taper's, and both shapes.
-fn check_shapes(
+/// Copies a checkpoint's tensors of `dir`, already under taper's names (`converted`: them and
+/// the names left unused), into `params`; every parameter must be there with its shape (an error
+/// names the tensor by the checkpoint's name, `hf_name`, and taper's, and both shapes), every
+/// tensor used. Returns the start-up line that says what was loaded.
+fn load_converted(
     params: &ParamStore,
-    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
-    file: &Path,
-    config: &Path,
+    dir: &Path,
+    (tensors, unused): (std::collections::HashMap<String, candle_core::Tensor>, Vec<String>),
+    architecture: &str,
     hf_name: &dyn Fn(&str) -> String,
-) -> Result<()> {
+) -> Result<String> {
+    let (file, config) = (dir.join("model.safetensors"), dir.join("config.json"));
     for (name, var) in params.named_vars() {
         match tensors.get(&name) {
             Some(t) if t.dims() != var.dims() => bail!(
@@ -227,7 +230,9 @@ fn check_shapes(
             _ => {}
         }
     }
-    Ok(())
+    load_matching(params, tensors, &file, &|_| false, &|_| false)?;
+    let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
+    Ok(format!("loaded {} ({architecture}){unused}", dir.display()))
 }
 
 impl PretrainedDecoder {
@@ -246,13 +251,9 @@ impl PretrainedDecoder {
     /// config); every parameter must be there, every tensor used or a known buffer. Returns
     /// the start-up line that says what was loaded.
     pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
-        let file = self.dir.join("model.safetensors");
-        let tensors = load_tensors(&file, device)?;
-        let (tensors, unused) = self.family.to_taper(tensors, model.block_size, model.tie_embeddings)?;
-        check_shapes(params, &tensors, &file, &self.dir.join("config.json"), &|n| self.family.checkpoint_name(n))?;
-        load_matching(params, tensors, &file, &|_| false, &|_| false)?;
-        let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
-        Ok(format!("loaded {} ({}){unused}", self.dir.display(), self.family.architecture()))
+        let tensors = load_tensors(&self.dir.join("model.safetensors"), device)?;
+        let converted = self.family.to_taper(tensors, model.block_size, model.tie_embeddings)?;
+        load_converted(params, &self.dir, converted, self.family.architecture(), &|n| self.family.checkpoint_name(n))
     }
 }
 
@@ -298,12 +299,9 @@ impl PretrainedT5 {
     /// config); every parameter must be there, every tensor used or a tied copy. Returns the
     /// start-up line that says what was loaded.
     pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
-        let file = self.dir.join("model.safetensors");
-        let (tensors, unused) = t5::to_taper(load_tensors(&file, device)?, model, self.scaled_head)?;
+        let tensors = load_tensors(&self.dir.join("model.safetensors"), device)?;
+        let converted = t5::to_taper(tensors, model, self.scaled_head)?;
         let gated = model.activation.gate().is_some();
-        check_shapes(params, &tensors, &file, &self.dir.join("config.json"), &|n| t5::checkpoint_name(n, gated))?;
-        load_matching(params, tensors, &file, &|_| false, &|_| false)?;
-        let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
-        Ok(format!("loaded {} (T5ForConditionalGeneration){unused}", self.dir.display()))
+        load_converted(params, &self.dir, converted, "T5ForConditionalGeneration", &|n| t5::checkpoint_name(n, gated))
     }
 }
