@@ -188,10 +188,6 @@ impl Config {
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {
             bail!("with `model.init_from` the tokenizer is the checkpoint's tokenizer.json; remove the [tokenizer] section");
         }
-        if !matches!(task.kind(), TaskKind::SequenceClassification | TaskKind::Seq2seq) && self.data.val_path.is_some()
-        {
-            bail!("`data.val_path` applies to sequence-classification and seq2seq; language models hold out `data.val_fraction`");
-        }
         if m.arch != Architecture::EncoderDecoder
             && (m.n_decoder_layer.is_some() || !m.share_embeddings || m.scale_embeddings)
         {

@@ -9,7 +9,7 @@ use anyhow::Result;
 use candle_core::{DType, Var};
 
 use crate::config::{Config, NormPlacement};
-use crate::data::{read_corpus, BatchBuffers, TextTokenizer, TokenDataset};
+use crate::data::{BatchBuffers, Corpus};
 use crate::model::{Gpt, Mode, ParamStore};
 use crate::plot::{Chart, Series, PALETTE};
 use crate::train::diagnostics::grad_norms;
@@ -26,14 +26,9 @@ pub struct InitProfile {
 /// Builds the config's model at each depth and placement and measures one batch.
 pub fn inspect_init(config: &Config, depths: &[usize]) -> Result<Vec<InitProfile>> {
     let device = crate::device::open_device(&config.train.device)?;
-    let text = read_corpus(&config.data.path)?;
-    let tokenizer = TextTokenizer::from_config(&config.tokenizer, &config.data.path, &text)?;
-    let data = TokenDataset::new(
-        tokenizer.encode_corpus(&text)?,
-        config.data.val_fraction,
-        config.model.block_size,
-        &config.data.path,
-    )?;
+    let corpus = Corpus::resolve(&config.data)?;
+    let tokenizer = crate::data::corpus_tokenizer(&config.tokenizer, &config.data, &corpus)?;
+    let (data, _) = crate::data::corpus_dataset(&config.data, &corpus, &tokenizer, config.model.block_size)?;
     let mut buffers = BatchBuffers::default();
     let (inputs, targets) =
         data.train_batch(config.train.seed, 0, 0, config.train.batch_size, &device, &mut buffers)?;

@@ -109,8 +109,8 @@ fn a_resumed_encoder_run_equals_the_uninterrupted_one() {
     let mut cfg = mlm_config(&dir.path().join("b"), &corpus, extra);
     cfg.tokenizer = taper::config::TokenizerConfig {
         kind: taper::config::TokenizerKind::File,
-        vocab_size: None,
         path: Some(tokenizer),
+        ..Default::default()
     };
     train(cfg.clone(), &TrainOptions { quiet: true, stop_after: Some(15), ..Default::default() }).unwrap();
     let resumed = train(cfg, &TrainOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
@@ -132,10 +132,14 @@ fn encoder_config_errors_name_the_key() {
         ("checkpoint.best_metric=accuracy", "masked_accuracy"),
         ("model.emb_dropout=0.3", "model.emb_dropout"),
         ("task.mask_prob=1.5", "task.mask_prob"),
-        ("data.val_path=x.csv", "data.val_path"),
+        ("data.val_path=x.csv", "corpus file x.csv does not exist (set `data.val_path`)"),
     ];
     for (set, expected) in cases {
-        let err = format!("{:#}", Config::from_toml_str(&text, &[set.to_string()]).unwrap_err());
+        // A config error, or else the error of the run it would start.
+        let err = match Config::from_toml_str(&text, &[set.to_string()]) {
+            Err(err) => format!("{err:#}"),
+            Ok(cfg) => format!("{:#}", train(cfg, &quiet()).unwrap_err()),
+        };
         assert!(err.contains(expected), "--set {set}: {err}");
     }
     let err = format!(

@@ -94,3 +94,26 @@ fn label_sets_are_sorted_and_refuse_unknown_labels() {
     let one = write(dir.path(), "one.csv", "text,label\na,pos\n");
     assert!(LabelSet::from_examples(&read_labelled(&one, &Columns::default(), true).unwrap()).is_err());
 }
+
+/// A Parquet file written by pyarrow (scripts/make-corpus-fixtures.py) reads as the same
+/// examples as its rows written out as JSONL; a missing column names the ones it has.
+#[test]
+fn parquet_labelled_files_read_as_their_jsonl() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus/labelled.parquet");
+    let rows = read_labelled(&fixture, &Columns::default(), true).unwrap();
+    assert_eq!(rows.len(), 40);
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("same.jsonl");
+    let lines: String =
+        rows.iter().map(|r| serde_json::json!({"text": r.text, "label": r.label}).to_string() + "\n").collect();
+    std::fs::write(&jsonl, lines).unwrap();
+    let again = read_labelled(&jsonl, &Columns::default(), true).unwrap();
+    assert_eq!(rows, again, "rows and lines are both numbered from 1");
+    assert_eq!(rows[1].label.as_deref(), Some("pos"));
+    assert!(rows[0].text.starts_with("Anna helps fred"));
+    let columns = Columns { label: "stars".into(), ..Columns::default() };
+    let err = format!("{:#}", read_labelled(&fixture, &columns, true).unwrap_err());
+    assert!(err.contains("has no column `stars` (its columns: text, label)"), "{err}");
+    // Inputs to predict: a missing label column is fine.
+    assert!(read_labelled(&fixture, &columns, false).unwrap().iter().all(|r| r.label.is_none()));
+}

@@ -3,7 +3,7 @@
 mod common;
 
 use taper::config::{TokenizerConfig, TokenizerKind};
-use taper::data::TextTokenizer;
+use taper::data::{Corpus, TextTokenizer};
 
 #[test]
 fn every_kind_trains_encodes_decodes_and_reloads() {
@@ -18,8 +18,8 @@ fn every_kind_trains_encodes_decodes_and_reloads() {
         (TokenizerKind::Wordpiece, Some(60)),
         (TokenizerKind::Unigram, Some(60)),
     ] {
-        let cfg = TokenizerConfig { kind, vocab_size: vocab, path: None };
-        let tokenizer = TextTokenizer::from_config(&cfg, &corpus, &text).unwrap();
+        let cfg = TokenizerConfig { kind, vocab_size: vocab, ..Default::default() };
+        let tokenizer = TextTokenizer::from_config(&cfg, &Corpus::text_file(&corpus).unwrap()).unwrap();
         if let Some(v) = vocab {
             assert!(
                 tokenizer.vocab_size() <= v && tokenizer.vocab_size() > 20,
@@ -39,9 +39,8 @@ fn every_kind_trains_encodes_decodes_and_reloads() {
         let path = dir.path().join(format!("{kind:?}.json"));
         tokenizer.save(&path).unwrap();
         let loaded = TextTokenizer::from_config(
-            &TokenizerConfig { kind: TokenizerKind::File, vocab_size: None, path: Some(path) },
-            &corpus,
-            &text,
+            &TokenizerConfig { kind: TokenizerKind::File, path: Some(path), ..Default::default() },
+            &Corpus::text_file(&corpus).unwrap(),
         )
         .unwrap();
         assert_eq!(loaded.encode(sample).unwrap(), ids, "{kind:?} reload");
@@ -60,23 +59,6 @@ fn char_tokenizer_refuses_unseen_characters() {
     assert!(tokenizer.encode("abz").is_err());
 }
 
-#[test]
-fn token_cache_is_reused_and_a_damaged_one_rebuilt() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = common::pattern_corpus(200);
-    let tokenizer = TextTokenizer::char_level(&text).unwrap();
-    let cache = dir.path().join("tokens.bin");
-    let ids = taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap();
-    assert_eq!(ids, tokenizer.encode_corpus(&text).unwrap());
-    assert_eq!(taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap(), ids, "read back");
-    // Cut short, or shorter than its header: ignored and rewritten, never a panic.
-    for len in [std::fs::metadata(&cache).unwrap().len() - 3, 5] {
-        let bytes = std::fs::read(&cache).unwrap();
-        std::fs::write(&cache, &bytes[..len as usize]).unwrap();
-        assert_eq!(taper::data::tokenize_cached(&tokenizer, &text, &cache).unwrap(), ids, "length {len}");
-    }
-}
-
 /// Training is a pure function of the corpus: each kind trained five times on the same text
 /// gives the same tokenizer.json (tokenizers' WordPiece trainer numbers its pieces in a randomly
 /// seeded hash map's order, huggingface/tokenizers#1794; taper trains WordPiece itself). Not
@@ -89,8 +71,9 @@ fn training_twice_gives_the_same_tokenizer() {
     let corpus = common::write_corpus(dir.path(), &text);
     for (kind, vocab) in [(TokenizerKind::Bpe, 60), (TokenizerKind::ByteLevelBpe, 300), (TokenizerKind::Wordpiece, 60)]
     {
-        let cfg = TokenizerConfig { kind, vocab_size: Some(vocab), path: None };
-        let json = || TextTokenizer::from_config(&cfg, &corpus, &text).unwrap().inner().to_string(false).unwrap();
+        let cfg = TokenizerConfig { kind, vocab_size: Some(vocab), ..Default::default() };
+        let corpus = Corpus::text_file(&corpus).unwrap();
+        let json = || TextTokenizer::from_config(&cfg, &corpus).unwrap().inner().to_string(false).unwrap();
         let first = json();
         for _ in 0..4 {
             assert_eq!(json(), first, "{kind:?}");

@@ -7,6 +7,7 @@ mod export;
 mod generate;
 mod inspect_init;
 mod predict;
+mod prepare;
 mod sweep;
 mod train;
 
@@ -26,6 +27,8 @@ pub(crate) struct Cli {
 enum Command {
     /// Train a model from a config (or continue a run with --resume RUN_DIR).
     Train(train::TrainArgs),
+    /// Tokenize a config's corpus into its shard set in the cache, and stop (train then maps it).
+    Prepare(prepare::PrepareArgs),
     /// Train a grid of settings (and seeds), one run directory each; resumes and skips finished runs.
     Sweep(sweep::SweepArgs),
     /// Compare runs: loss curves and per-layer plots (SVG) and a table (console and Markdown).
@@ -59,6 +62,7 @@ fn run_device(run_dir: &std::path::Path, device: Option<String>) -> Result<Strin
 pub fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Train(args) => train::run(args),
+        Command::Prepare(args) => prepare::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Compare(args) => compare::run(args),
         Command::InspectInit(args) => inspect_init::run(args),

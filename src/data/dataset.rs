@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::tokenizer::TextTokenizer;
-use crate::rng::{hash_str, Rng};
+use super::shards::TokenStream;
+use crate::rng::Rng;
 
 const TRAIN_STREAM: u64 = 1;
 const EVAL_STREAM: u64 = 2;
@@ -20,8 +20,8 @@ pub enum Split {
 }
 
 pub struct TokenDataset {
-    train: Vec<u32>,
-    val: Vec<u32>,
+    train: TokenStream,
+    val: TokenStream,
     block_size: usize,
 }
 
@@ -41,20 +41,30 @@ pub fn read_corpus(path: &Path) -> Result<String> {
 impl TokenDataset {
     /// Splits `tokens`: the first (1 - val_fraction) for training, the rest for validation.
     pub fn new(tokens: Vec<u32>, val_fraction: f64, block_size: usize, source: &Path) -> Result<Self> {
-        let n = tokens.len();
-        let split = ((1.0 - val_fraction) * n as f64) as usize;
-        let need = block_size + 1;
-        if split < need || n - split < need {
-            bail!(
-                "corpus {} has {n} tokens: its train split has {split} and its val split {}, but each needs at least \
-                 block_size + 1 = {need} tokens; use a longer corpus, a smaller `model.block_size`, or another `data.val_fraction`",
-                source.display(),
-                n - split
-            );
-        }
+        let split = ((1.0 - val_fraction) * tokens.len() as f64) as usize;
         let val = tokens[split..].to_vec();
         let mut train = tokens;
         train.truncate(split);
+        Self::from_streams(TokenStream::from_vec(train), TokenStream::from_vec(val), block_size, &source.display())
+    }
+
+    /// The two splits as given (a mapped shard set's), each needing a block and its target.
+    pub fn from_streams(
+        train: TokenStream,
+        val: TokenStream,
+        block_size: usize,
+        source: &dyn std::fmt::Display,
+    ) -> Result<Self> {
+        let need = block_size + 1;
+        if train.len() < need || val.len() < need {
+            bail!(
+                "corpus {source} has {} tokens: its train split has {} and its val split {}, but each needs at least \
+                 block_size + 1 = {need} tokens; use a longer corpus, a smaller `model.block_size`, or another `data.val_fraction`",
+                train.len() + val.len(),
+                train.len(),
+                val.len(),
+            );
+        }
         Ok(Self { train, val, block_size })
     }
 
@@ -67,7 +77,7 @@ impl TokenDataset {
     }
 
     /// The token ids of `split`, in corpus order.
-    pub fn tokens(&self, split: Split) -> &[u32] {
+    pub fn tokens(&self, split: Split) -> &TokenStream {
         match split {
             Split::Train => &self.train,
             Split::Val => &self.val,
@@ -82,8 +92,8 @@ impl TokenDataset {
         targets.clear();
         for _ in 0..batch_size {
             let start = rng.below(src.len() - t);
-            inputs.extend_from_slice(&src[start..start + t]);
-            targets.extend_from_slice(&src[start + 1..start + 1 + t]);
+            src.copy(start, t, inputs);
+            src.copy(start + 1, t, targets);
         }
     }
 
@@ -134,8 +144,8 @@ impl TokenDataset {
         buf.inputs.clear();
         buf.targets.clear();
         for block in first..first + rows {
-            buf.inputs.extend_from_slice(&self.val[block * t..(block + 1) * t]);
-            buf.targets.extend_from_slice(&self.val[block * t + 1..(block + 1) * t + 1]);
+            self.val.copy(block * t, t, &mut buf.inputs);
+            self.val.copy(block * t + 1, t, &mut buf.targets);
         }
         rows
     }
@@ -183,37 +193,4 @@ impl BatchBuffers {
     fn to_tensors(&self, b: usize, t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         Ok((Tensor::from_slice(&self.inputs, (b, t), device)?, Tensor::from_slice(&self.targets, (b, t), device)?))
     }
-}
-
-/// The ids of a token cache: [key | count | count ids], little-endian; None if it does not hold
-/// exactly that under `key`.
-fn read_token_cache(bytes: &[u8], key: u64) -> Option<Vec<u32>> {
-    let (header, ids) = bytes.split_first_chunk::<16>()?;
-    let (stored_key, count) = header.split_at(8);
-    let count = u64::from_le_bytes(count.try_into().ok()?) as usize;
-    if stored_key != key.to_le_bytes() || ids.len() != 4 * count {
-        return None;
-    }
-    let (words, _) = ids.as_chunks::<4>();
-    Some(words.iter().map(|&w| u32::from_le_bytes(w)).collect())
-}
-
-/// Tokenizes `text`, or reads the ids cached at `cache` when they were made from the same text
-/// by the same tokenizer.
-pub fn tokenize_cached(tokenizer: &TextTokenizer, text: &str, cache: &Path) -> Result<Vec<u32>> {
-    let tokenizer_json = tokenizer.inner().to_string(false).map_err(anyhow::Error::msg)?;
-    let key = hash_str(text) ^ hash_str(&tokenizer_json).rotate_left(17);
-    // A cache of other text, another tokenizer, or cut short is ignored and rewritten.
-    if let Some(ids) = std::fs::read(cache).ok().and_then(|bytes| read_token_cache(&bytes, key)) {
-        return Ok(ids);
-    }
-    let ids = tokenizer.encode_corpus(text)?;
-    let mut bytes = Vec::with_capacity(16 + 4 * ids.len());
-    bytes.extend_from_slice(&key.to_le_bytes());
-    bytes.extend_from_slice(&(ids.len() as u64).to_le_bytes());
-    for id in &ids {
-        bytes.extend_from_slice(&id.to_le_bytes());
-    }
-    crate::fsutil::write_atomic(cache, &bytes)?;
-    Ok(ids)
 }

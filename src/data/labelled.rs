@@ -74,6 +74,9 @@ pub fn read_labelled(path: &Path, columns: &Columns, require_label: bool) -> Res
     if !path.is_file() {
         bail!("data file {} does not exist", path.display());
     }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet")) {
+        return read_parquet(path, columns, require_label);
+    }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
     if text.trim().is_empty() {
@@ -134,12 +137,50 @@ pub fn read_labelled(path: &Path, columns: &Columns, require_label: bool) -> Res
                 examples.push(Example { text, text_pair, label, line });
             }
         }
-        other => bail!("{}: unknown data format `.{other}` (use .csv, .tsv or .jsonl)", path.display()),
+        other => bail!("{}: unknown data format `.{other}` (use .csv, .tsv, .jsonl or .parquet)", path.display()),
     }
     if examples.is_empty() {
         bail!("data file {} has a header but no examples", path.display());
     }
     Ok(examples)
+}
+
+/// The examples of a Parquet file, one per row (`line` is the 1-based row); the label column
+/// is optional without `require_label`.
+#[cfg(feature = "parquet")]
+fn read_parquet(path: &Path, columns: &Columns, require_label: bool) -> Result<Vec<Example>> {
+    let mut names = vec![columns.text.as_str()];
+    names.extend(columns.text_pair.as_deref());
+    let with_label = [names.clone(), vec![columns.label.as_str()]].concat();
+    let (rows, labelled) = match super::parquet_columns::read_strings(path, &with_label) {
+        Ok(rows) => (Box::new(rows) as Box<dyn Iterator<Item = Result<Vec<Option<String>>>>>, true),
+        Err(_) if !require_label => (Box::new(super::parquet_columns::read_strings(path, &names)?) as Box<_>, false),
+        Err(err) => return Err(err),
+    };
+    let mut examples = Vec::new();
+    for (i, row) in rows.enumerate() {
+        let (mut row, line) = (row?, i + 1);
+        let label = if labelled { row.pop().flatten() } else { None };
+        let text_pair = match &columns.text_pair {
+            Some(name) => Some(need(row.pop().flatten(), "second text", name, path, line)?),
+            None => None,
+        };
+        let text = need(row.pop().flatten(), "text", &columns.text, path, line)?;
+        let label = match label {
+            _ if !require_label => label.filter(|l| !l.trim().is_empty()),
+            label => Some(need(label, "label", &columns.label, path, line)?),
+        };
+        examples.push(Example { text, text_pair, label, line });
+    }
+    if examples.is_empty() {
+        bail!("data file {} has no rows", path.display());
+    }
+    Ok(examples)
+}
+
+#[cfg(not(feature = "parquet"))]
+fn read_parquet(path: &Path, _columns: &Columns, _require_label: bool) -> Result<Vec<Example>> {
+    bail!("{} is Parquet, and this taper was built without its `parquet` feature", path.display())
 }
 
 /// The labels a classifier knows, in a fixed (sorted) order: label i is output i.

@@ -21,6 +21,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer, Trainer};
 
+use super::corpus::Corpus;
 use super::trainers::WordPieceTrainer;
 
 use crate::config::{TokenizerConfig, TokenizerKind};
@@ -31,8 +32,9 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Builds the tokenizer a config asks for: loaded from a file, or made from the corpus.
-    pub fn from_config(cfg: &TokenizerConfig, corpus: &Path, text: &str) -> Result<Self> {
+    /// Builds the tokenizer a config asks for: loaded from a file, or made from the corpus
+    /// (char-level: its characters; trained kinds: its first `tokenizer.sample_bytes`).
+    pub fn from_config(cfg: &TokenizerConfig, corpus: &Corpus) -> Result<Self> {
         let special = |names: &[&str]| names.iter().map(|n| AddedToken::from(n.to_string(), true)).collect::<Vec<_>>();
         let vocab_size = cfg.vocab_size.unwrap_or(0);
         let mut tokenizer = match cfg.kind {
@@ -40,7 +42,12 @@ impl TextTokenizer {
                 let path = cfg.path.as_deref().context("`tokenizer.path` is required for kind = \"file\"")?;
                 return Self::load(path);
             }
-            TokenizerKind::Char => return Self::char_level(text),
+            TokenizerKind::Char => {
+                return match corpus.single_text() {
+                    Some(path) => Self::char_level(&super::read_corpus(path)?),
+                    None => Self::char_level(&corpus.chars()?.into_iter().collect::<String>()),
+                }
+            }
             TokenizerKind::Bpe => {
                 let mut tokenizer =
                     Tokenizer::new(BPE::builder().unk_token("<unk>".into()).build().map_err(anyhow::Error::msg)?);
@@ -52,7 +59,7 @@ impl TextTokenizer {
                     .vocab_size(vocab_size)
                     .special_tokens(special(&["<unk>"]))
                     .build();
-                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+                train(tokenizer, TrainerWrapper::from(trainer), corpus, cfg.sample_bytes)?
             }
             TokenizerKind::ByteLevelBpe => {
                 let mut tokenizer = Tokenizer::new(BPE::default());
@@ -64,7 +71,7 @@ impl TextTokenizer {
                     .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
                     .special_tokens(special(&["<|endoftext|>"]))
                     .build();
-                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+                train(tokenizer, TrainerWrapper::from(trainer), corpus, cfg.sample_bytes)?
             }
             TokenizerKind::Wordpiece => {
                 let mut tokenizer = Tokenizer::new(WordPiece::default());
@@ -72,7 +79,8 @@ impl TextTokenizer {
                 tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
                 tokenizer.with_decoder(Some(WordPieceDecoder::default()));
                 let specials = special(&["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]);
-                let mut tokenizer = train(tokenizer, WordPieceTrainer::new(vocab_size, specials), corpus)?;
+                let mut tokenizer =
+                    train(tokenizer, WordPieceTrainer::new(vocab_size, specials), corpus, cfg.sample_bytes)?;
                 // BERT's input template, applied when encoding with special tokens (classifier
                 // inputs); corpus encoding for language models leaves it out.
                 let id = |name: &str| tokenizer.token_to_id(name).context("trained WordPiece lacks a special token");
@@ -98,7 +106,7 @@ impl TextTokenizer {
                     .unk_token(Some("<unk>".into()))
                     .build()
                     .map_err(anyhow::Error::msg)?;
-                train(tokenizer, TrainerWrapper::from(trainer), corpus)?
+                train(tokenizer, TrainerWrapper::from(trainer), corpus, cfg.sample_bytes)?
             }
         };
         tokenizer.with_truncation(None).map_err(anyhow::Error::msg)?;
@@ -172,29 +180,26 @@ impl TextTokenizer {
 
     /// Tokenizes a whole corpus, in parallel chunks cut at line ends.
     pub fn encode_corpus(&self, text: &str) -> Result<Vec<u32>> {
-        const CHUNK: usize = 1 << 16;
         let mut chunks = Vec::new();
-        let mut start = 0;
-        while start < text.len() {
-            let mut end = (start + CHUNK).min(text.len());
-            while !text.is_char_boundary(end) {
-                end += 1;
-            }
-            if end < text.len() {
-                if let Some(nl) = text[end..].find('\n') {
-                    end += nl + 1;
-                } else {
-                    end = text.len();
+        let mut chunker = LineChunker::default();
+        chunker.push(text, &mut |c| chunks.push(c));
+        chunker.finish(&mut |c| chunks.push(c));
+        Ok(self.encode_chunks(chunks)?.concat())
+    }
+
+    /// The ids of each chunk, encoded in parallel (the result does not depend on the thread
+    /// count: each chunk is encoded alone).
+    pub fn encode_chunks(&self, chunks: Vec<String>) -> Result<Vec<Vec<u32>>> {
+        match self.inner.encode_batch_fast(chunks.clone(), false) {
+            Ok(encodings) => Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect()),
+            // The one-text path names the characters the vocabulary lacks.
+            Err(e) => {
+                for chunk in &chunks {
+                    self.encode(chunk)?;
                 }
+                bail!("cannot tokenize the corpus: {e}")
             }
-            chunks.push(&text[start..end]);
-            start = end;
         }
-        let encodings = self
-            .inner
-            .encode_batch_fast(chunks, false)
-            .map_err(|e| anyhow::anyhow!("cannot tokenize the corpus: {e}"))?;
-        Ok(encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect())
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
@@ -219,15 +224,85 @@ impl TextTokenizer {
     }
 }
 
+/// Trains on the corpus file itself when it is one text file within `sample_bytes`, else on
+/// the lines of its first `sample_bytes`.
 fn train<T: Trainer<Model = ModelWrapper> + Sync>(
     mut tokenizer: Tokenizer,
     mut trainer: T,
-    corpus: &Path,
+    corpus: &Corpus,
+    sample_bytes: usize,
 ) -> Result<Tokenizer> {
-    let file = corpus.to_str().context("corpus path is not valid UTF-8")?.to_string();
-    tokenizer
-        .train_from_files(&mut trainer, vec![file])
+    let whole = corpus.single_text().filter(|_| corpus.sources[0].size <= sample_bytes as u64);
+    let trained = match whole {
+        Some(path) => {
+            let file = path.to_str().context("corpus path is not valid UTF-8")?.to_string();
+            tokenizer.train_from_files(&mut trainer, vec![file]).map(|_| ())
+        }
+        None => {
+            let lines = corpus.sample_lines(sample_bytes)?;
+            tokenizer.train(&mut trainer, lines.into_iter()).map(|_| ())
+        }
+    };
+    trained
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot train the tokenizer on {}", corpus.display()))?;
+        .with_context(|| format!("cannot train the tokenizer on {}", corpus.describe()))?;
     Ok(tokenizer)
+}
+
+/// Cuts a stream of text into chunks of at least 64 KiB that end just after a newline (the
+/// last chunk takes what is left): the pieces a corpus is tokenized in, the same cuts however
+/// the text arrives.
+#[derive(Default)]
+pub struct LineChunker {
+    buf: String,
+    /// Bytes of `buf` past the 64 KiB mark already searched for a newline.
+    searched: usize,
+}
+
+impl LineChunker {
+    const CHUNK: usize = 1 << 16;
+
+    pub fn push(&mut self, text: &str, out: &mut dyn FnMut(String)) {
+        self.buf.push_str(text);
+        self.drain(false, out);
+    }
+
+    /// Hands out what is left.
+    pub fn finish(&mut self, out: &mut dyn FnMut(String)) {
+        self.drain(true, out);
+    }
+
+    fn drain(&mut self, eof: bool, out: &mut dyn FnMut(String)) {
+        let mut start = 0;
+        loop {
+            let rest = &self.buf[start..];
+            if rest.is_empty() {
+                break;
+            }
+            let mut end = Self::CHUNK.min(rest.len());
+            while !rest.is_char_boundary(end) {
+                end += 1;
+            }
+            let from = end + if start == 0 { self.searched } else { 0 };
+            match rest[from.min(rest.len())..].find('\n') {
+                Some(nl) if end < rest.len() => {
+                    let cut = from + nl + 1;
+                    out(rest[..cut].to_string());
+                    start += cut;
+                    self.searched = 0;
+                }
+                _ if eof => {
+                    out(rest.to_string());
+                    start = self.buf.len();
+                }
+                _ => {
+                    self.searched = rest.len().saturating_sub(end);
+                    break;
+                }
+            }
+        }
+        if start > 0 {
+            self.buf.drain(..start);
+        }
+    }
 }

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use super::task::{Evaluation, Task};
 use crate::config::{Config, EvalBatches, ModelConfig, TaskKind};
-use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TextTokenizer, TokenDataset};
+use crate::data::{corpus_dataset, read_corpus, BatchBuffers, Corpus, Split, TextTokenizer, TokenDataset};
 use crate::generate::{generate, SamplingOptions};
 use crate::model::{Gpt, Mode, ParamStore};
 use crate::pretrained::PretrainedDecoder;
@@ -20,6 +20,8 @@ use crate::run_dir::{OpenedCheckpoint, RunDir};
 pub struct CausalLm {
     cfg: Config,
     data: TokenDataset,
+    /// How the corpus was split (many documents), for the start-up line.
+    corpus_note: String,
     vocab_size: usize,
     model: Gpt,
     device: Device,
@@ -34,7 +36,7 @@ impl CausalLm {
     /// pretrained model's with `model.init_from`, reading the run's own on resume) and builds
     /// the GPT over `params`, with the pretrained weights on a fresh `init_from` run.
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
-        let text = read_corpus(&cfg.data.path)?;
+        let corpus = Corpus::resolve(&cfg.data)?;
         let mut cfg = cfg.clone();
         let (tokenizer, pretrained) = match (&cfg.model.init_from, resuming) {
             (_, true) => (TextTokenizer::load(&run.tokenizer())?, None),
@@ -43,13 +45,12 @@ impl CausalLm {
                 cfg.validate()?;
                 (pretrained.tokenizer.clone(), Some(pretrained))
             }
-            (None, false) => (TextTokenizer::from_config(&cfg.tokenizer, &cfg.data.path, &text)?, None),
+            (None, false) => (crate::data::corpus_tokenizer(&cfg.tokenizer, &cfg.data, &corpus)?, None),
         };
         if !resuming {
             tokenizer.save(&run.tokenizer())?;
         }
-        let ids = tokenize_cached(&tokenizer, &text, &run.path().join("tokens.bin"))?;
-        let data = TokenDataset::new(ids, cfg.data.val_fraction, cfg.model.block_size, &cfg.data.path)?;
+        let (data, corpus_note) = corpus_dataset(&cfg.data, &corpus, &tokenizer, cfg.model.block_size)?;
         let vocab_size = decoder_vocab(&cfg.model, &tokenizer)?;
         let dtype = cfg.train.dtype.to_dtype();
         let model = Gpt::new(&cfg.model, vocab_size, dtype, params.var_builder(cfg.train.seed, device))?;
@@ -59,7 +60,7 @@ impl CausalLm {
             tokenizer.encode(&cfg.train.sample_prompt).context("`train.sample_prompt`")?;
         }
         let buffers = Default::default();
-        Ok(Self { cfg, data, vocab_size, model, device: device.clone(), buffers, loaded, tokenizer })
+        Ok(Self { cfg, data, corpus_note, vocab_size, model, device: device.clone(), buffers, loaded, tokenizer })
     }
 }
 
@@ -85,8 +86,12 @@ impl Task for CausalLm {
 
     fn describe(&self) -> String {
         let shortfall = self.cfg.tokenizer.shortfall(self.vocab_size).unwrap_or_default();
-        let data =
-            format!("{} train / {} val tokens{shortfall}", self.data.len(Split::Train), self.data.len(Split::Val));
+        let data = format!(
+            "{} train / {} val tokens{}{shortfall}",
+            self.data.len(Split::Train),
+            self.data.len(Split::Val),
+            self.corpus_note
+        );
         crate::train::encoder::with_loaded(data, &self.loaded)
     }
 
@@ -193,13 +198,11 @@ fn score_stream(model: &Gpt, ids: &[u32], device: &Device) -> Result<Evaluation>
 
 /// The token ids `taper eval` scores a GPT run on: `file` tokenized with the run's
 /// tokenizer, or else the run's own validation split of its corpus.
-fn eval_tokens(cfg: &Config, run: &RunDir, tokenizer: &TextTokenizer, file: Option<&Path>) -> Result<Vec<u32>> {
+fn eval_tokens(cfg: &Config, tokenizer: &TextTokenizer, file: Option<&Path>) -> Result<Vec<u32>> {
     match file {
         Some(path) => tokenizer.encode_corpus(&read_corpus(path)?),
         None => {
-            let text = read_corpus(&cfg.data.path)?;
-            let ids = tokenize_cached(tokenizer, &text, &run.path().join("tokens.bin"))?;
-            let data = TokenDataset::new(ids, cfg.data.val_fraction, cfg.model.block_size, &cfg.data.path)?;
+            let (data, _) = corpus_dataset(&cfg.data, &Corpus::resolve(&cfg.data)?, tokenizer, cfg.model.block_size)?;
             Ok(data.tokens(Split::Val).to_vec())
         }
     }
@@ -229,8 +232,7 @@ impl TrainedGpt {
 
     /// `taper eval`: loss and perplexity over `file`, or the run's validation split.
     pub fn evaluate(&self, file: Option<&Path>) -> Result<Evaluation> {
-        let run = RunDir::new(self.config.run_dir());
-        let ids = eval_tokens(&self.config, &run, &self.tokenizer, file)?;
+        let ids = eval_tokens(&self.config, &self.tokenizer, file)?;
         score_stream(&self.model, &ids, self.model.device())
     }
 }

@@ -96,13 +96,12 @@ impl Classification {
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let setup = encoder::setup(cfg, run, resuming, None)?;
         let columns = columns(cfg)?;
-        let mut train_examples = read_labelled(&cfg.data.path, &columns, true)?;
+        let mut train_examples = read_labelled(cfg.data.path.file()?, &columns, true)?;
         let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
         let labels = if resuming {
             run.read_labels()?
         } else {
-            let labels =
-                LabelSet::from_examples(&train_examples).with_context(|| format!("in {}", cfg.data.path.display()))?;
+            let labels = LabelSet::from_examples(&train_examples).with_context(|| format!("in {}", cfg.data.path))?;
             crate::fsutil::write_atomic(&run.labels(), serde_json::to_string_pretty(&labels.names)?.as_bytes())?;
             labels
         };
@@ -111,10 +110,13 @@ impl Classification {
             Some(path) => (read_labelled(path, &columns, true)?, path.clone()),
             None => {
                 let (fraction, seed) = (cfg.data.val_fraction, cfg.train.seed);
-                (hold_out(&mut train_examples, fraction, seed, "examples", &cfg.data.path)?, cfg.data.path.clone())
+                (
+                    hold_out(&mut train_examples, fraction, seed, "examples", cfg.data.path.file()?)?,
+                    cfg.data.path.file()?.to_path_buf(),
+                )
             }
         };
-        let train = encode_labelled(tokenizer, &train_examples, &labels, max_len, &cfg.data.path)?;
+        let train = encode_labelled(tokenizer, &train_examples, &labels, max_len, cfg.data.path.file()?)?;
         let val = encode_labelled(tokenizer, &val_examples, &labels, max_len, &val_source)?;
         let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
 

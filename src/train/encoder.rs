@@ -25,7 +25,7 @@ pub struct EncoderSetup {
 }
 
 /// `corpus`: the text a tokenizer is trained on when there is no pretrained one.
-pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -> Result<EncoderSetup> {
+pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::data::Corpus>) -> Result<EncoderSetup> {
     let mut config = cfg.clone();
     if resuming {
         let path = run.bert_config();
@@ -59,7 +59,7 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&str>) -
                 "sequence-classification starts from a pretrained encoder: set `model.init_from` (a Hugging Face \
                  BERT directory or hub id, or the `taper export` of your own masked-lm run)"
             })?;
-            let tokenizer = TextTokenizer::from_config(&cfg.tokenizer, &cfg.data.path, corpus)?;
+            let tokenizer = crate::data::corpus_tokenizer(&cfg.tokenizer, &cfg.data, corpus)?;
             (BertConfig::from_model_config(&cfg.model, tokenizer.vocab_size()), tokenizer, None)
         }
     };

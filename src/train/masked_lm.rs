@@ -14,7 +14,7 @@ use super::encoder::{self, with_loaded};
 use super::task::{Evaluation, Task};
 use crate::config::{Config, EvalBatches};
 use crate::data::masking::MaskingRule;
-use crate::data::{read_corpus, tokenize_cached, BatchBuffers, Split, TokenDataset};
+use crate::data::{BatchBuffers, Corpus, Split, TokenDataset};
 use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
 use crate::model::{Mode, ParamStore};
@@ -29,6 +29,8 @@ pub struct MaskedLm {
     bert: BertConfig,
     model: MaskedLmModel,
     data: TokenDataset,
+    /// How the corpus was split (many documents), for the start-up line.
+    corpus_note: String,
     rule: MaskingRule,
     cls_id: u32,
     sep_id: u32,
@@ -47,8 +49,8 @@ pub struct MaskedBatch {
 
 impl MaskedLm {
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
-        let text = read_corpus(&cfg.data.path)?;
-        let setup = encoder::setup(cfg, run, resuming, Some(&text))?;
+        let corpus = Corpus::resolve(&cfg.data)?;
+        let setup = encoder::setup(cfg, run, resuming, Some(&corpus))?;
         let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
         let what = "masked-lm";
         let (cls_id, sep_id) = (tokenizer.special_id("[CLS]", what)?, tokenizer.special_id("[SEP]", what)?);
@@ -59,13 +61,12 @@ impl MaskedLm {
             vocab_size: bert.vocab_size,
             special_ids,
         };
-        let ids = tokenize_cached(tokenizer, &text, &run.path().join("tokens.bin"))?;
         let positions = bert.max_position_embeddings.min(config.model.block_size);
         if positions < 3 {
             anyhow::bail!("masked-lm frames windows as [CLS] tokens [SEP]: `model.block_size` must be at least 3, got {positions}");
         }
         let window = positions - 2;
-        let data = TokenDataset::new(ids, config.data.val_fraction, window, &config.data.path)?;
+        let (data, corpus_note) = crate::data::corpus_dataset(&config.data, &corpus, tokenizer, window)?;
         let model = MaskedLmModel::new(
             &bert,
             config.model.norm,
@@ -86,6 +87,7 @@ impl MaskedLm {
             bert,
             model,
             data,
+            corpus_note,
             rule,
             cls_id,
             sep_id,
@@ -121,7 +123,7 @@ impl Task for MaskedLm {
     fn describe(&self) -> String {
         let shortfall = self.cfg.tokenizer.shortfall(self.bert.vocab_size).unwrap_or_default();
         let (train, val) = (self.data.len(Split::Train), self.data.len(Split::Val));
-        let data = format!("{train} train / {val} val tokens{shortfall}");
+        let data = format!("{train} train / {val} val tokens{}{shortfall}", self.corpus_note);
         with_loaded(data, &self.loaded)
     }
 

@@ -100,10 +100,11 @@ impl Vocabularies {
     fn train(cfg: &Config, run: &RunDir, pairs: &[Pair]) -> Result<Self> {
         let make = |texts: Vec<&str>, name: &str| -> Result<TextTokenizer> {
             let text = texts.join("\n");
-            // The trained kinds read a file; char reads the text.
+            // The tokenizer learns from a corpus file of the pairs' texts.
             let corpus = run.path().join(format!("{name}.tmp"));
             std::fs::write(&corpus, &text).with_context(|| format!("cannot write {}", corpus.display()))?;
-            let tokenizer = TextTokenizer::from_config(&cfg.tokenizer, &corpus, &text);
+            let tokenizer =
+                crate::data::Corpus::text_file(&corpus).and_then(|c| TextTokenizer::from_config(&cfg.tokenizer, &c));
             std::fs::remove_file(&corpus).ok();
             tokenizer
         };
@@ -176,12 +177,15 @@ impl Seq2SeqTask {
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let task = cfg.task.seq2seq()?;
         let (source, target) = (&task.source_column, &task.target_column);
-        let mut train_pairs = read_pairs(&cfg.data.path, source, target)?;
+        let mut train_pairs = read_pairs(cfg.data.path.file()?, source, target)?;
         let (val_pairs, val_path) = match &cfg.data.val_path {
             Some(path) => (read_pairs(path, source, target)?, path.clone()),
             None => {
                 let (fraction, seed) = (cfg.data.val_fraction, cfg.train.seed);
-                (hold_out(&mut train_pairs, fraction, seed, "pairs", &cfg.data.path)?, cfg.data.path.clone())
+                (
+                    hold_out(&mut train_pairs, fraction, seed, "pairs", cfg.data.path.file()?)?,
+                    cfg.data.path.file()?.to_path_buf(),
+                )
             }
         };
         let mut cfg = cfg.clone();
@@ -196,7 +200,7 @@ impl Seq2SeqTask {
             }
             (None, false) => (Vocabularies::train(&cfg, run, &train_pairs)?, None),
         };
-        let train = encode(&cfg, &vocab, &train_pairs, &cfg.data.path)?;
+        let train = encode(&cfg, &vocab, &train_pairs, cfg.data.path.file()?)?;
         let val = encode(&cfg, &vocab, &val_pairs, &val_path)?;
         let val_targets = val_pairs.into_iter().map(|p| p.target).collect();
         let model = build_model(&cfg, &vocab, params.var_builder(cfg.train.seed, device))?;
