@@ -24,6 +24,8 @@ pub trait Collective {
     fn size(&self) -> usize;
     /// Sums `counts` over the ranks, in place.
     fn sum_counts(&self, counts: &mut [u64]) -> Result<()>;
+    /// Sums `values` over the ranks, in place (an evaluation's sums).
+    fn sum_values(&self, values: &mut [f64]) -> Result<()>;
     /// Sums the tensors over the ranks, in place, in a few flat buckets (not one call each).
     fn sum_tensors(&self, tensors: &mut [Tensor]) -> Result<()>;
     /// Replaces the tensors with rank 0's.
@@ -46,6 +48,9 @@ impl Collective for SingleProcess {
         1
     }
     fn sum_counts(&self, _counts: &mut [u64]) -> Result<()> {
+        Ok(())
+    }
+    fn sum_values(&self, _values: &mut [f64]) -> Result<()> {
         Ok(())
     }
     fn sum_tensors(&self, _tensors: &mut [Tensor]) -> Result<()> {
@@ -151,6 +156,11 @@ mod mpi_world {
         fn sum_counts(&self, counts: &mut [u64]) -> Result<()> {
             let send = counts.to_vec();
             self.world.all_reduce_into(&send[..], counts, SystemOperation::sum());
+            Ok(())
+        }
+        fn sum_values(&self, values: &mut [f64]) -> Result<()> {
+            let send = values.to_vec();
+            self.world.all_reduce_into(&send[..], values, SystemOperation::sum());
             Ok(())
         }
         fn sum_tensors(&self, tensors: &mut [Tensor]) -> Result<()> {

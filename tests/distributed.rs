@@ -3,7 +3,8 @@
 //! every step and the same weights, up to the order of the sums) for a GPT with dropout, a
 //! seq2seq model (padded pairs, label smoothing), a masked-lm BERT and a fine-tuned
 //! classifier; a 2-rank run resumes in one process; a killed rank ends the job with its rank
-//! named and the last checkpoint intact. Without the feature, a process started by mpirun is
+//! named and the last checkpoint intact; evaluation split over the ranks gives the one-process
+//! numbers. Without the feature, a process started by mpirun is
 //! refused with the way to build one that works.
 
 #![cfg(unix)]
@@ -223,4 +224,105 @@ fn a_process_started_by_mpirun_without_mpi_support_says_how_to_build_it() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--features mpi"), "{stderr}");
     assert!(!dir.path().join("run").exists(), "nothing is written");
+}
+
+/// Every evaluation metric (`val_*`, `masked_accuracy`) in a run's metrics.jsonl, by step.
+#[cfg(feature = "mpi")]
+fn val_metrics(run: &Path) -> Vec<(u64, String, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let mut out = Vec::new();
+    for record in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
+        let step = record["step"].as_u64().unwrap();
+        for (key, value) in record.as_object().unwrap() {
+            if key.starts_with("val_") || key == "masked_accuracy" {
+                out.push((step, key.clone(), value.as_f64().unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Evaluation is split over the ranks (batch i on rank i mod 2) and summed: the val metrics
+/// of one process, for an odd number of sampled batches and for the whole val split, for a
+/// GPT and a masked-lm BERT.
+#[cfg(feature = "mpi")]
+#[test]
+fn evaluation_split_over_two_ranks_gives_the_one_process_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs: [(&str, &[&str]); 3] = [
+        ("configs/gpt-shakespeare-char.toml", &["train.eval_batches=3"]),
+        ("configs/gpt-shakespeare-char.toml", &["train.eval_batches=\"all\""]),
+        ("configs/bert-mlm-shakespeare.toml", &["train.eval_batches=3"]),
+    ];
+    for (i, (config, eval)) in runs.iter().enumerate() {
+        let sets = [&["train.steps=4", "schedule.warmup_steps=1", "train.eval_every=2"][..], eval].concat();
+        let (two, one) = (dir.path().join(format!("two-{i}")), dir.path().join(format!("one-{i}")));
+        ok(mpirun(2, &train_args(config, &two, &[&sets[..], &["train.grad_accum=1"]].concat())));
+        ok(taper(&train_args(config, &one, &[&sets[..], &["train.grad_accum=2"]].concat())));
+        let (a, b) = (val_metrics(&two), val_metrics(&one));
+        assert!(b.len() >= 2 && a.len() == b.len(), "{config} {eval:?}: {a:?} vs {b:?}");
+        for ((step, key, x), (_, _, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-9, "{config} {eval:?}: step {step}: {key} {x} on 2 ranks, {y} in one process");
+        }
+    }
+}
+
+/// Rank 0 of a pretend two-rank world whose other rank adds nothing: what rank 0's share of an
+/// evaluation is, seen through the sums it hands to the collective.
+struct FirstOfTwo {
+    values: std::cell::RefCell<Vec<Vec<f64>>>,
+}
+
+impl taper::distributed::Collective for FirstOfTwo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        2
+    }
+    fn sum_counts(&self, _counts: &mut [u64]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn sum_values(&self, values: &mut [f64]) -> anyhow::Result<()> {
+        self.values.borrow_mut().push(values.to_vec());
+        Ok(())
+    }
+    fn sum_tensors(&self, _tensors: &mut [candle_core::Tensor]) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn broadcast_tensors(&self, tensors: &mut [candle_core::Tensor]) -> anyhow::Result<()> {
+        // Rank 0's own values, as new tensors (as a real broadcast gives).
+        for t in tensors.iter_mut() {
+            *t = t.copy()?;
+        }
+        Ok(())
+    }
+    fn barrier(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        panic!("abort({code})")
+    }
+}
+
+/// Each rank scores only its share of the val batches (rank 0 of 2: batches 0 and 2 of 3),
+/// not all of them: the split is real, not the same work twice.
+#[test]
+fn each_rank_scores_only_its_share_of_the_val_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = root().join("configs/gpt-shakespeare-char.toml");
+    let sets: Vec<String> = ["train.steps=2", "schedule.warmup_steps=1", "train.eval_every=2", "train.eval_batches=3"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("checkpoint.dir={:?}", dir.path().join("run").display().to_string())])
+        .collect();
+    let mut cfg = taper::config::Config::load(&config, &sets).unwrap();
+    cfg.data.path = taper::data::config::CorpusPaths::One(root().join("data/shakespeare.txt"));
+    let world = FirstOfTwo { values: Default::default() };
+    let options = taper::train::TrainOptions { quiet: true, ..Default::default() };
+    taper::train::train_with(cfg.clone(), &options, &world).unwrap();
+    let values = world.values.borrow();
+    let [_, targets] = values.last().unwrap()[..] else { panic!("{values:?}") };
+    let per_batch = (cfg.train.batch_size * cfg.model.block_size) as f64;
+    assert_eq!(targets, 2.0 * per_batch, "rank 0 of 2 scores batches 0 and 2 of 3");
 }

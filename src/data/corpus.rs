@@ -92,20 +92,32 @@ impl Corpus {
 
     /// Every character of the corpus (train and val files), for a char-level vocabulary.
     pub fn chars(&self) -> Result<BTreeSet<char>> {
-        struct Chars(BTreeSet<char>);
+        /// ASCII in a table, the rest in a set: one byte-wise pass over the corpus.
+        struct Chars {
+            ascii: [bool; 128],
+            other: BTreeSet<char>,
+        }
         impl DocumentSink for Chars {
             fn text(&mut self, piece: &str) -> Result<()> {
-                self.0.extend(piece.chars());
+                for (i, b) in piece.bytes().enumerate() {
+                    if b < 128 {
+                        self.ascii[b as usize] = true;
+                    } else if b >= 0xC0 {
+                        // A character's leading byte: `i` is a char boundary.
+                        self.other.extend(piece[i..].chars().next());
+                    }
+                }
                 Ok(())
             }
             fn end_document(&mut self) -> Result<()> {
                 Ok(())
             }
         }
-        let mut chars = Chars(BTreeSet::new());
+        let mut chars = Chars { ascii: [false; 128], other: BTreeSet::new() };
         let all: Vec<Source> = self.sources.iter().chain(&self.val_sources).cloned().collect();
         self.read(&all, &mut chars, &mut |_| {}, &mut Vec::new())?;
-        Ok(chars.0)
+        let ascii = (0u8..128).filter(|&b| chars.ascii[b as usize]).map(char::from);
+        Ok(ascii.chain(chars.other).collect())
     }
 
     /// The lines of the first `bytes` of training text (whole lines, in corpus order).

@@ -95,6 +95,7 @@ impl TokenDataset {
             src.copy(start, t, inputs);
             src.copy(start + 1, t, targets);
         }
+        src.release();
     }
 
     /// The inputs of [`Self::train_batch`] (or, with `Split::Val` and `index` for `step`,
@@ -147,6 +148,7 @@ impl TokenDataset {
             self.val.copy(block * t, t, &mut buf.inputs);
             self.val.copy(block * t + 1, t, &mut buf.targets);
         }
+        self.val.release();
         rows
     }
 

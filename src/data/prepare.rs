@@ -66,7 +66,8 @@ pub fn corpus_tokenizer(cfg: &TokenizerConfig, data: &DataConfig, corpus: &Corpu
         return TextTokenizer::from_config(cfg, corpus);
     }
     let settings = toml::to_string(cfg).context("cannot write the tokenizer settings")?;
-    let what = format!("v1\n{}\n{}\n{settings}", fingerprint(&corpus.sources), fingerprint(&corpus.val_sources));
+    let (train, val) = (fingerprint(&corpus.sources), fingerprint(&corpus.val_sources));
+    let what = format!("v1\n{train}\n{val}\n{}\n{:?}\n{settings}", corpus.text_column, corpus.documents);
     let path = cache_root(data).with_file_name("tokenizers").join(format!("{:016x}.json", hash_str(&what)));
     if path.is_file() {
         if let Ok(tokenizer) = TextTokenizer::load(&path) {
@@ -317,7 +318,12 @@ struct Tokenizing<'a> {
 }
 
 impl Tokenizing<'_> {
-    const BATCH_BYTES: usize = 16 << 20;
+    /// Text per parallel batch: 16 chunks per thread keeps every core busy, while the
+    /// batch's encodings (tokenizers keeps offsets and token strings per id, about 100 bytes
+    /// each) stay within tens of MB.
+    fn batch_bytes() -> usize {
+        (16 << 16) * rayon::current_num_threads().max(2)
+    }
 
     fn writer(&self) -> usize {
         match self.split {
@@ -351,21 +357,21 @@ impl Tokenizing<'_> {
     fn flush(&mut self) -> Result<()> {
         let batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        let texts: Vec<String> = batch.iter().map(|(t, ..)| t.clone()).collect();
-        let ids = match self.tokenizer.encode_chunks(texts) {
+        let (texts, places): (Vec<String>, Vec<(usize, bool, usize)>) =
+            batch.into_iter().map(|(text, w, ends, file)| (text, (w, ends, file))).unzip();
+        let ids = match self.tokenizer.encode_chunks(&texts) {
             Ok(ids) => ids,
             Err(err) => {
                 // The first chunk that fails names its file.
-                let (_, _, _, file) =
-                    batch.iter().find(|(t, ..)| self.tokenizer.encode(t).is_err()).unwrap_or(&batch[0]);
-                let shown = self.files.get(*file).map(|p| p.display().to_string()).unwrap_or_default();
+                let failing = texts.iter().position(|t| self.tokenizer.encode(t).is_err()).unwrap_or(0);
+                let shown = self.files.get(places[failing].2).map(|p| p.display().to_string()).unwrap_or_default();
                 return Err(err.context(format!("cannot tokenize corpus file {shown}")));
             }
         };
-        for ((_, w, ends, _), ids) in batch.iter().zip(ids) {
-            self.writers[*w].push(&ids)?;
-            if *ends {
-                self.writers[*w].push(&self.separator)?;
+        for ((w, ends, _), ids) in places.into_iter().zip(ids) {
+            self.writers[w].push(&ids)?;
+            if ends {
+                self.writers[w].push(&self.separator)?;
             }
         }
         Ok(())
@@ -379,7 +385,7 @@ impl DocumentSink for Tokenizing<'_> {
 
     fn text(&mut self, piece: &str) -> Result<()> {
         self.take_chunks(false, piece);
-        if self.pending_bytes >= Self::BATCH_BYTES {
+        if self.pending_bytes >= Self::batch_bytes() {
             self.flush()?;
         }
         Ok(())
@@ -389,8 +395,12 @@ impl DocumentSink for Tokenizing<'_> {
         let w = self.writer();
         self.take_chunks(true, "");
         self.documents[w] += 1;
-        self.bar.set_message(format!("{} documents", self.documents[0] + self.documents[1]));
-        if self.pending_bytes >= Self::BATCH_BYTES {
+        let n = self.documents[0] + self.documents[1];
+        if n % 256 == 1 {
+            let per_s = n as f64 / self.bar.elapsed().as_secs_f64().max(1e-3);
+            self.bar.set_message(format!("{n} documents ({per_s:.0}/s)"));
+        }
+        if self.pending_bytes >= Self::batch_bytes() {
             self.flush()?;
         }
         Ok(())

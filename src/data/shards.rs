@@ -83,7 +83,9 @@ impl ShardWriter {
             }
             let take = rest.len().min(self.shard_tokens - self.in_shard);
             let (now, later) = rest.split_at(take);
-            let out = self.out.as_mut().expect("opened above");
+            let (Some(out), Some(shard)) = (self.out.as_mut(), self.shards.last_mut()) else {
+                bail!("a shard writer without an open shard");
+            };
             let mut bytes = Vec::with_capacity(take * self.width);
             for &id in now {
                 match self.width {
@@ -93,7 +95,7 @@ impl ShardWriter {
             }
             out.write_all(&bytes).context("cannot write a shard file (is the disk full?)")?;
             self.in_shard += take;
-            self.shards.last_mut().expect("opened above").tokens += take;
+            shard.tokens += take;
             rest = later;
         }
         Ok(())
@@ -131,16 +133,25 @@ impl Storage {
     fn copy(&self, start: usize, len: usize, out: &mut Vec<u32>) {
         match self {
             Self::Memory(ids) => out.extend_from_slice(&ids[start..start + len]),
-            Self::Mapped { map, width: 2 } => {
-                let bytes = &map[2 * start..2 * (start + len)];
-                out.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32));
-            }
-            Self::Mapped { map, .. } => {
-                let bytes = &map[4 * start..4 * (start + len)];
-                out.extend(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            Self::Mapped { map, width } => {
+                let (from, to) = (width * start, width * (start + len));
+                let bytes = &map[from..to];
+                match width {
+                    2 => out.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32)),
+                    _ => out.extend(bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                }
             }
         }
     }
+}
+
+/// Drops the process's mapping of `len` bytes of `map` from `offset` (the pages stay in the
+/// page cache, and the next read faults them back in).
+fn release(map: &Mmap, offset: usize, len: usize) {
+    // SAFETY: the map is a read-only, shared file mapping and no slice of it is borrowed
+    // (TokenStream::copy copies out): MADV_DONTNEED only drops page-table entries. A failure
+    // only leaves the pages mapped.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
 }
 
 /// One split's ids as one sequence, over any number of ranges of storage.
@@ -184,6 +195,18 @@ impl TokenStream {
             storage.copy(offset + within, take, out);
             at += take;
             part += 1;
+        }
+    }
+
+    /// Unmaps every page read so far. Random blocks over a corpus of GBs would otherwise leave
+    /// each page they touched (and the 64 KiB or more the kernel maps around it) resident, and
+    /// the process's RSS would grow with the steps towards the corpus's size; one call per
+    /// batch keeps it at a batch's pages. Zapping a mostly unmapped range costs microseconds.
+    pub fn release(&self) {
+        for (storage, offset, len) in &self.parts {
+            if let Storage::Mapped { map, width } = storage {
+                release(map, offset * width, len * width);
+            }
         }
     }
 
@@ -232,6 +255,8 @@ pub fn open(dir: &Path, index: &ShardIndex) -> Result<(TokenStream, TokenStream)
         // SAFETY: a published shard set is never written again (taper builds a new set in a
         // new folder); a file changed under a running job by someone else is outside this.
         let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map shard {}", path.display()))?;
+        // Blocks are drawn at random: no read-ahead around them.
+        let _ = map.advise(memmap2::Advice::Random);
         maps.push(Arc::new(map));
     }
     let stream = |ranges: &[Range]| -> Result<TokenStream> {

@@ -184,20 +184,25 @@ impl TextTokenizer {
         let mut chunker = LineChunker::default();
         chunker.push(text, &mut |c| chunks.push(c));
         chunker.finish(&mut |c| chunks.push(c));
-        Ok(self.encode_chunks(chunks)?.concat())
+        Ok(self.encode_chunks(&chunks)?.concat())
     }
 
-    /// The ids of each chunk, encoded in parallel (the result does not depend on the thread
-    /// count: each chunk is encoded alone).
-    pub fn encode_chunks(&self, chunks: Vec<String>) -> Result<Vec<Vec<u32>>> {
-        match self.inner.encode_batch_fast(chunks.clone(), false) {
-            Ok(encodings) => Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect()),
+    /// The ids of each chunk, encoded on rayon's threads (each chunk alone, so the result does
+    /// not depend on the thread count; each thread also frees its chunks' encodings).
+    pub fn encode_chunks(&self, chunks: &[String]) -> Result<Vec<Vec<u32>>> {
+        use rayon::prelude::*;
+        let encoded: Option<Vec<Vec<u32>>> = chunks
+            .par_iter()
+            .map(|chunk| self.inner.encode_fast(chunk.as_str(), false).ok().map(|e| e.get_ids().to_vec()))
+            .collect();
+        match encoded {
+            Some(ids) => Ok(ids),
             // The one-text path names the characters the vocabulary lacks.
-            Err(e) => {
-                for chunk in &chunks {
+            None => {
+                for chunk in chunks {
                     self.encode(chunk)?;
                 }
-                bail!("cannot tokenize the corpus: {e}")
+                bail!("cannot tokenize the corpus")
             }
         }
     }

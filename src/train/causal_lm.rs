@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use super::task::{Evaluation, Task};
 use crate::config::{Config, EvalBatches, ModelConfig, TaskKind};
 use crate::data::{corpus_dataset, read_corpus, BatchBuffers, Corpus, Split, TextTokenizer, TokenDataset};
+use crate::distributed::Collective;
 use crate::generate::{generate, SamplingOptions};
 use crate::model::{Gpt, Mode, ParamStore};
 use crate::pretrained::PretrainedDecoder;
@@ -116,28 +117,34 @@ impl Task for CausalLm {
         Ok(self.model.loss_sum(inputs, targets, mode)?)
     }
 
-    /// Mean next-token loss over the fixed val batches, or over every val block.
-    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+    /// Mean next-token loss over the fixed val batches, or over every val block; each rank
+    /// scores batches rank, rank + size, ... and the sums are added over the ranks.
+    fn evaluate(&self, params: &ParamStore, world: &dyn Collective) -> Result<Evaluation> {
         let cfg = &self.cfg;
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), vb)?;
         let batch = cfg.train.batch_size;
         let buffers = &mut self.buffers.borrow_mut();
-        let (mut total, mut tokens) = (0f64, 0usize);
+        // [loss sum, targets]
+        let mut sums = [0f64; 2];
         let batches = match cfg.train.eval_batches {
             EvalBatches::Sampled(n) => n,
             EvalBatches::All => self.data.val_blocks().div_ceil(batch),
         };
-        for index in 0..batches {
+        for index in (world.rank()..batches).step_by(world.size()) {
             let (inputs, targets) = match cfg.train.eval_batches {
                 EvalBatches::Sampled(_) => self.data.eval_batch(cfg.train.seed, index, batch, &self.device, buffers)?,
                 EvalBatches::All => self.data.val_block_batch(index, batch, &self.device, buffers)?,
             };
-            total += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
-            tokens += targets.elem_count();
+            sums[0] += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
+            sums[1] += targets.elem_count() as f64;
         }
-        let val_loss = total / tokens.max(1) as f64;
-        Ok(BTreeMap::from([("val_loss".to_string(), val_loss)]))
+        world.sum_values(&mut sums)?;
+        Ok(BTreeMap::from([("val_loss".to_string(), sums[0] / sums[1].max(1.0))]))
+    }
+
+    fn splits_evaluation(&self) -> bool {
+        true
     }
 
     /// `train.sample_tokens` tokens after `train.sample_prompt`, sampled as `taper generate`

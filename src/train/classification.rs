@@ -238,7 +238,7 @@ impl Task for Classification {
         Ok(cross_entropy_sum(&logits, labels, mode)?)
     }
 
-    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+    fn evaluate(&self, params: &ParamStore, _world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.bert, self.labels.names.len(), vb)?;
         score(&model, &self.val, self.labels.names.len(), self.pad_id, &self.device)

@@ -160,17 +160,20 @@ impl Task for MaskedLm {
         Ok(cross_entropy_sum(&logits, &batch.labels, mode)?)
     }
 
-    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+    /// Loss and accuracy at the masked positions of the val windows; each rank scores windows
+    /// batches rank, rank + size, ... and the sums are added over the ranks.
+    fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
         let cfg = &self.cfg;
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = MaskedLmModel::new(&self.bert, cfg.model.norm, cfg.model.kernels, vb)?;
         let buffers = &mut self.buffers.borrow_mut();
-        let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
+        // [loss sum, correct, masked positions]
+        let mut sums = [0f64; 3];
         let batches = match cfg.train.eval_batches {
             EvalBatches::Sampled(n) => n.max(1),
             EvalBatches::All => self.data.val_blocks().div_ceil(cfg.train.batch_size),
         };
-        for index in 0..batches {
+        for index in (world.rank()..batches).step_by(world.size()) {
             match cfg.train.eval_batches {
                 EvalBatches::Sampled(_) => {
                     self.data.windows(Split::Val, cfg.train.seed, index, 0, cfg.train.batch_size, buffers)
@@ -180,16 +183,21 @@ impl Task for MaskedLm {
             let batch = self.corrupt(buffers, &mut Rng::derived(cfg.train.seed, &[EVAL_MASK_STREAM, index as u64]))?;
             let mut mode = Mode::eval();
             let logits = model.logits_at(&batch.inputs, &batch.positions, &mut mode)?;
-            loss += cross_entropy_sum(&logits, &batch.labels, &mode)?.to_scalar::<f32>()? as f64;
+            sums[0] += cross_entropy_sum(&logits, &batch.labels, &mode)?.to_scalar::<f32>()? as f64;
             let predicted: Vec<u32> = logits.argmax(1)?.to_vec1()?;
             let labels: Vec<u32> = batch.labels.to_vec1()?;
-            correct += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count();
-            count += labels.len();
+            sums[1] += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count() as f64;
+            sums[2] += labels.len() as f64;
         }
-        let count = count.max(1) as f64;
+        world.sum_values(&mut sums)?;
+        let count = sums[2].max(1.0);
         Ok(BTreeMap::from([
-            ("val_loss".to_string(), loss / count),
-            ("masked_accuracy".to_string(), correct as f64 / count),
+            ("val_loss".to_string(), sums[0] / count),
+            ("masked_accuracy".to_string(), sums[1] / count),
         ]))
+    }
+
+    fn splits_evaluation(&self) -> bool {
+        true
     }
 }

@@ -244,19 +244,21 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
         let done = state.step == cfg.train.steps;
         let interrupted = agreed_interrupt(world)?;
         logger.step_done(&mut state, &out, lr, done)?;
-        if root {
-            logger.side_work(|logger| {
-                let mut new_best = false;
-                if let Some(evaluation) = validator.evaluate(state.step, done, task, params)? {
-                    logger.evaluation(state.step, &evaluation)?;
-                    new_best = checkpointer.observe(&mut state, &evaluation)?;
-                }
-                if sampler.is_due(state.step, done) {
-                    logger.samples(state.step, &task.sample(params)?)?;
-                }
-                checkpointer.maybe_save(&state, done || interrupted.is_some(), new_best, params, &optimizer)
-            })?;
-        }
+        logger.side_work(|logger| {
+            let evaluation = validator.evaluate(state.step, done, task, params, world)?;
+            if !root {
+                return Ok(());
+            }
+            let mut new_best = false;
+            if let Some(evaluation) = evaluation {
+                logger.evaluation(state.step, &evaluation)?;
+                new_best = checkpointer.observe(&mut state, &evaluation)?;
+            }
+            if sampler.is_due(state.step, done) {
+                logger.samples(state.step, &task.sample(params)?)?;
+            }
+            checkpointer.maybe_save(&state, done || interrupted.is_some(), new_best, params, &optimizer)
+        })?;
         if let Some(signal) = interrupted.filter(|_| !done) {
             logger.finish(&state, params.num_elements(), cfg.train.steps, true)?;
             let run_dir = run.path().to_path_buf();
@@ -337,9 +339,17 @@ impl Validator {
         self.every > 0 && (step.is_multiple_of(self.every) || done)
     }
 
-    fn evaluate<T: Task>(&self, step: usize, done: bool, task: &T, params: &ParamStore) -> Result<Option<Evaluation>> {
-        if self.is_due(step, done) {
-            return Ok(Some(task.evaluate(params)?));
+    /// The evaluation when it is due: on every rank for a task that splits it, else on rank 0.
+    fn evaluate<T: Task>(
+        &self,
+        step: usize,
+        done: bool,
+        task: &T,
+        params: &ParamStore,
+        world: &dyn Collective,
+    ) -> Result<Option<Evaluation>> {
+        if self.is_due(step, done) && (task.splits_evaluation() || world.rank() == 0) {
+            return Ok(Some(task.evaluate(params, world)?));
         }
         Ok(None)
     }

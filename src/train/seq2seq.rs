@@ -304,7 +304,7 @@ impl Task for Seq2SeqTask {
         Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.label_smoothing, mode)?)
     }
 
-    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation> {
+    fn evaluate(&self, params: &ParamStore, _world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.vocab, vb)?;
         score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg)?, &self.device)

@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 
 use crate::config::Config;
+use crate::distributed::Collective;
 use crate::model::{Mode, ParamStore};
 
 /// Metrics of one evaluation, by name (`val_loss`, `accuracy`, ...).
@@ -40,8 +41,16 @@ pub trait Task {
     /// Summed loss over the batch's targets, recording a graph.
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor>;
 
-    /// Metrics on the validation data, computed over detached `params` (no graph).
-    fn evaluate(&self, params: &ParamStore) -> Result<Evaluation>;
+    /// Metrics on the validation data, computed over detached `params` (no graph). A task whose
+    /// `splits_evaluation` is true is called on every rank of `world`, scores its share of the
+    /// batches and sums with the others (the same numbers as one process, up to the order of
+    /// the sums); any other is called on rank 0 alone.
+    fn evaluate(&self, params: &ParamStore, world: &dyn Collective) -> Result<Evaluation>;
+
+    /// Whether `evaluate` splits its batches over the ranks.
+    fn splits_evaluation(&self) -> bool {
+        false
+    }
 
     /// What the model generates now (`train.sample_every`), over detached `params`: a GPT's
     /// continuation of the sample prompt, a seq2seq model's outputs for the first val sources.
