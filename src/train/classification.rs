@@ -170,20 +170,44 @@ fn score(
     pad_id: u32,
     device: &Device,
 ) -> Result<Evaluation> {
+    let rows: Vec<&(Encoded, u32)> = rows.iter().collect();
+    from_tally(&tally(model, &rows, num_labels, pad_id, device)?, num_labels)
+}
+
+/// What the metrics are computed from, as sums (so ranks' shares add up): [loss sum, rows,
+/// confusion counts with predicted p and label y at 2 + p * num_labels + y].
+fn tally(
+    model: &SequenceClassifier,
+    rows: &[&(Encoded, u32)],
+    num_labels: usize,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<f64>> {
     let inputs: Vec<&Encoded> = rows.iter().map(|(e, _)| e).collect();
     let all = logits(model, &inputs, pad_id, device)?;
-    let mut loss = 0.0;
-    let mut predicted = Vec::with_capacity(rows.len());
+    let mut sums = vec![0f64; 2 + num_labels * num_labels];
     for (row, (_, label)) in all.iter().zip(rows) {
         let p = probabilities(row);
-        loss -= p[*label as usize].max(1e-300).ln();
+        sums[0] -= p[*label as usize].max(1e-300).ln();
+        sums[1] += 1.0;
         let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
-        predicted.push(best as u32);
+        sums[2 + best * num_labels + *label as usize] += 1.0;
     }
-    let labels: Vec<u32> = rows.iter().map(|(_, l)| *l).collect();
+    Ok(sums)
+}
+
+/// The metrics of summed tallies.
+fn from_tally(sums: &[f64], num_labels: usize) -> Result<Evaluation> {
+    let (mut predicted, mut labels) = (Vec::new(), Vec::new());
+    for (cell, &count) in sums[2..].iter().enumerate() {
+        for _ in 0..count as usize {
+            predicted.push((cell / num_labels) as u32);
+            labels.push((cell % num_labels) as u32);
+        }
+    }
     let scores = classification_scores(&predicted, &labels, num_labels)?;
     Ok(BTreeMap::from([
-        ("val_loss".to_string(), loss / rows.len().max(1) as f64),
+        ("val_loss".to_string(), sums[0] / sums[1].max(1.0)),
         ("accuracy".to_string(), scores.accuracy),
         ("macro_f1".to_string(), scores.macro_f1),
     ]))
@@ -238,10 +262,20 @@ impl Task for Classification {
         Ok(cross_entropy_sum(&logits, labels, mode)?)
     }
 
-    fn evaluate(&self, params: &ParamStore, _world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
+    /// Each rank scores val rows rank, rank + size, ...; the loss and the confusion counts are
+    /// summed over the ranks, so accuracy and macro-F1 are the one process's.
+    fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = build_model(&self.cfg, &self.bert, self.labels.names.len(), vb)?;
-        score(&model, &self.val, self.labels.names.len(), self.pad_id, &self.device)
+        let n = self.labels.names.len();
+        let model = build_model(&self.cfg, &self.bert, n, vb)?;
+        let mine: Vec<&(Encoded, u32)> = self.val.iter().skip(world.rank()).step_by(world.size()).collect();
+        let mut sums = tally(&model, &mine, n, self.pad_id, &self.device)?;
+        world.sum_values(&mut sums)?;
+        from_tally(&sums, n)
+    }
+
+    fn splits_evaluation(&self) -> bool {
+        true
     }
 }
 
