@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 
 use super::config::{DataConfig, TextDocuments};
 use super::documents::{read_documents, DocumentSink, ReadOptions};
-use super::sources::{resolve, Format, Source};
+use super::sources::{fingerprint, resolve, Format, Source};
 
 pub struct Corpus {
     pub sources: Vec<Source>,
@@ -61,13 +61,7 @@ impl Corpus {
     /// Streams every document of `sources` into `sink`; `progress` gets the bytes of all files
     /// read so far. An unreadable file stops it, or with `data.skip_unreadable` is skipped and
     /// named.
-    pub fn read(
-        &self,
-        sources: &[Source],
-        sink: &mut dyn DocumentSink,
-        progress: &mut dyn FnMut(u64),
-        skipped: &mut Vec<String>,
-    ) -> Result<()> {
+    pub fn read(&self, sources: &[Source], sink: &mut dyn DocumentSink, progress: &mut dyn FnMut(u64)) -> Result<()> {
         let mut done = 0;
         for source in sources {
             match read_documents(source, &self.options(), sink, &mut |n| progress(done + n)) {
@@ -77,7 +71,6 @@ impl Corpus {
                         "taper: skipping corpus file {} (`data.skip_unreadable`): {err:#}",
                         source.path.display()
                     );
-                    skipped.push(source.path.display().to_string());
                 }
                 Err(err) => {
                     let hint =
@@ -115,7 +108,7 @@ impl Corpus {
         }
         let mut chars = Chars { ascii: [false; 128], other: BTreeSet::new() };
         let all: Vec<Source> = self.sources.iter().chain(&self.val_sources).cloned().collect();
-        self.read(&all, &mut chars, &mut |_| {}, &mut Vec::new())?;
+        self.read(&all, &mut chars, &mut |_| {})?;
         let ascii = (0u8..128).filter(|&b| chars.ascii[b as usize]).map(char::from);
         Ok(ascii.chain(chars.other).collect())
     }
@@ -157,12 +150,19 @@ impl Corpus {
             if sample.left == 0 {
                 break;
             }
-            self.read(std::slice::from_ref(source), &mut sample, &mut |_| {}, &mut Vec::new())?;
+            self.read(std::slice::from_ref(source), &mut sample, &mut |_| {})?;
         }
         if sample.lines.is_empty() {
             bail!("the corpus ({}) holds no text to train the tokenizer on", self.describe());
         }
         Ok(sample.lines)
+    }
+
+    /// What the corpus is, for cache keys: each file's canonical path, size and modification
+    /// time (train, then val), and how documents are read from them.
+    pub fn identity(&self) -> String {
+        let (train, val) = (fingerprint(&self.sources), fingerprint(&self.val_sources));
+        format!("{train}\n{val}\n{}\n{:?}", self.text_column, self.documents)
     }
 
     /// The corpus's files, for messages: the one file, or how many and the first.
@@ -179,5 +179,5 @@ impl Corpus {
 fn is_unreadable(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() != std::io::ErrorKind::InvalidData)
-    }) && !err.chain().any(|cause| cause.to_string().starts_with("line "))
+    })
 }

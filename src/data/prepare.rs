@@ -14,7 +14,6 @@ use super::corpus::Corpus;
 use super::dataset::TokenDataset;
 use super::documents::DocumentSink;
 use super::shards::{self, new_index, ShardIndex, ShardWriter, TokenStream};
-use super::sources::fingerprint;
 use super::tokenizer::{LineChunker, TextTokenizer};
 use crate::rng::{hash_str, Rng};
 
@@ -66,8 +65,7 @@ pub fn corpus_tokenizer(cfg: &TokenizerConfig, data: &DataConfig, corpus: &Corpu
         return TextTokenizer::from_config(cfg, corpus);
     }
     let settings = toml::to_string(cfg).context("cannot write the tokenizer settings")?;
-    let (train, val) = (fingerprint(&corpus.sources), fingerprint(&corpus.val_sources));
-    let what = format!("v1\n{train}\n{val}\n{}\n{:?}\n{settings}", corpus.text_column, corpus.documents);
+    let what = format!("v1\n{}\n{settings}", corpus.identity());
     let path = cache_root(data).with_file_name("tokenizers").join(format!("{:016x}.json", hash_str(&what)));
     if path.is_file() {
         if let Ok(tokenizer) = TextTokenizer::load(&path) {
@@ -97,14 +95,7 @@ pub fn separator(tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
 
 fn key(data: &DataConfig, corpus: &Corpus, tokenizer_hash: &str) -> String {
     let split = if data.val_path.is_some() { "val-path".to_string() } else { format!("{}", data.val_fraction) };
-    let what = format!(
-        "v1\n{}\n{}\n{}\n{:?}\n{split}\n{}\n{tokenizer_hash}",
-        fingerprint(&corpus.sources),
-        fingerprint(&corpus.val_sources),
-        corpus.text_column,
-        corpus.documents,
-        data.shard_tokens,
-    );
+    let what = format!("v1\n{}\n{split}\n{}\n{tokenizer_hash}", corpus.identity(), data.shard_tokens);
     format!("{:016x}", hash_str(&what))
 }
 
@@ -117,16 +108,16 @@ pub fn prepare(data: &DataConfig, corpus: &Corpus, tokenizer: &TextTokenizer) ->
     let dir = root.join(key(data, corpus, &tokenizer_hash));
     if let Some(index) = shards::read_index(&dir) {
         let why = if index.tokenizer != tokenizer_hash {
-            Some("it was made by another tokenizer".to_string())
+            "it was made by another tokenizer".to_string()
         } else if !same_files(&index.sources, &corpus.sources) || !same_files(&index.val_sources, &corpus.val_sources) {
-            Some("it was made from other corpus files".to_string())
+            "it was made from other corpus files".to_string()
         } else {
             match shards::open(&dir, &index) {
                 Ok((train, val)) => return Ok(Prepared { dir, index, train, val, built: None }),
-                Err(err) => Some(format!("{err:#}")),
+                Err(err) => format!("{err:#}"),
             }
         };
-        eprintln!("taper: rebuilding the tokenized corpus in {}: {}", dir.display(), why.unwrap_or_default());
+        eprintln!("taper: rebuilding the tokenized corpus in {}: {why}", dir.display());
     }
     let started = Instant::now();
     let tmp = root.join(format!(
@@ -167,13 +158,11 @@ fn same_files(a: &[super::sources::Source], b: &[super::sources::Source]) -> boo
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x.size, x.mtime_ns, x.format) == (y.size, y.mtime_ns, y.format))
 }
 
-/// Moves a finished set into place; a set another process published first is kept.
+/// Moves a finished set into place. A whole set another process published under the same
+/// key meanwhile (made from the same inputs) is kept; a damaged one is replaced.
 fn publish(tmp: &Path, dir: &Path) -> Result<()> {
     if dir.exists() {
-        // A damaged or stale set under this key: replaced.
-        if shards::read_index(dir).is_some_and(|i| shards::open(dir, &i).is_ok())
-            && shards::read_index(tmp) == shards::read_index(dir)
-        {
+        if shards::read_index(dir).is_some_and(|i| shards::open(dir, &i).is_ok()) {
             let _ = std::fs::remove_dir_all(tmp);
             return Ok(());
         }
@@ -235,19 +224,15 @@ fn build(
         files: Vec::new(),
         pending_bytes: 0,
         separator: separator.clone(),
-        split: Split::Draw(data.val_fraction),
+        split: if corpus.val_sources.is_empty() { Split::Draw(data.val_fraction) } else { Split::All(0) },
         documents: [0, 0],
         bar: bar.clone(),
     };
-    let mut skipped = Vec::new();
-    if !corpus.val_sources.is_empty() {
-        sink.split = Split::All(0);
-    }
-    corpus.read(&corpus.sources, &mut sink, &mut |n| bar.set_position(n), &mut skipped)?;
+    corpus.read(&corpus.sources, &mut sink, &mut |n| bar.set_position(n))?;
     if !corpus.val_sources.is_empty() {
         let done: u64 = corpus.sources.iter().map(|s| s.size).sum();
         sink.split = Split::All(1);
-        corpus.read(&corpus.val_sources, &mut sink, &mut |n| bar.set_position(done + n), &mut skipped)?;
+        corpus.read(&corpus.val_sources, &mut sink, &mut |n| bar.set_position(done + n))?;
     }
     sink.flush()?;
     bar.finish_and_clear();
@@ -364,7 +349,8 @@ impl Tokenizing<'_> {
             Err(err) => {
                 // The first chunk that fails names its file.
                 let failing = texts.iter().position(|t| self.tokenizer.encode(t).is_err()).unwrap_or(0);
-                let shown = self.files.get(places[failing].2).map(|p| p.display().to_string()).unwrap_or_default();
+                let file = places.get(failing).and_then(|&(_, _, file)| self.files.get(file));
+                let shown = file.map(|p| p.display().to_string()).unwrap_or_default();
                 return Err(err.context(format!("cannot tokenize corpus file {shown}")));
             }
         };

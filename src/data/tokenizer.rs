@@ -42,12 +42,8 @@ impl TextTokenizer {
                 let path = cfg.path.as_deref().context("`tokenizer.path` is required for kind = \"file\"")?;
                 return Self::load(path);
             }
-            TokenizerKind::Char => {
-                return match corpus.single_text() {
-                    Some(path) => Self::char_level(&super::read_corpus(path)?),
-                    None => Self::char_level(&corpus.chars()?.into_iter().collect::<String>()),
-                }
-            }
+            // Streamed, so a corpus of any size is never held whole.
+            TokenizerKind::Char => return Self::char_level(&corpus.chars()?.into_iter().collect::<String>()),
             TokenizerKind::Bpe => {
                 let mut tokenizer =
                     Tokenizer::new(BPE::builder().unk_token("<unk>".into()).build().map_err(anyhow::Error::msg)?);
