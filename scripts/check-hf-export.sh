@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Checks that a classification run's Hugging Face export predicts what taper predicts:
+# Checks that a classification or token-classification run's Hugging Face export predicts what taper predicts:
 # exports RUN_DIR, runs `taper predict` on INPUT, and loads the export with transformers'
-# AutoModelForSequenceClassification (scripts/check-hf-export.py) to compare probabilities.
+# AutoModelForSequenceClassification or AutoModelForTokenClassification
+# (scripts/check-hf-export.py) to compare probabilities (and a tagger's tags).
 # Needs PyTorch and transformers (a few GB; not part of CI): set HF_PYTHON to a python that has
 # them, or let the script make a virtual environment in .cache/hf-venv.
 # Usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]

@@ -15,7 +15,8 @@ pub use crate::model::config::{Architecture, InitScheme, ModelConfig, NormPlacem
 pub use crate::model::norm::NormKind;
 pub use crate::optim::config::{Decay, OptimConfig, ScheduleConfig};
 pub use crate::train::config::{
-    CheckpointConfig, DTypeName, EvalBatches, Metric, PoolingName, TaskConfig, TaskKind, TrainConfig,
+    CheckpointConfig, DTypeName, EvalBatches, Metric, PoolingName, TaskConfig, TaskKind, TokenClassificationTask,
+    TrainConfig,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -175,11 +176,15 @@ impl Config {
         let (m, task) = (&self.model, &self.task);
         match (m.arch, task.kind()) {
             (Architecture::DecoderOnly, TaskKind::CausalLm) => {}
-            (Architecture::EncoderOnly, TaskKind::SequenceClassification | TaskKind::MaskedLm) => {}
+            (
+                Architecture::EncoderOnly,
+                TaskKind::SequenceClassification | TaskKind::TokenClassification | TaskKind::MaskedLm,
+            ) => {}
             (Architecture::EncoderDecoder, TaskKind::Seq2seq) => {}
             (arch, kind) => bail!(
                 "`task.kind = \"{}\"` does not go with `model.arch = \"{}\"`: causal-lm needs decoder-only; \
-                 sequence-classification and masked-lm need encoder-only; seq2seq needs encoder-decoder",
+                 sequence-classification, token-classification and masked-lm need encoder-only; seq2seq needs \
+                 encoder-decoder",
                 kebab(&kind),
                 kebab(&arch)
             ),
@@ -211,6 +216,9 @@ impl Config {
                 bail!("`task.mask_prob` must be in (0, 1), got {}", task.mask_prob);
             }
             TaskConfig::SequenceClassification(task) if task.max_len.is_some_and(|n| n < 3) => {
+                bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
+            }
+            TaskConfig::TokenClassification(task) if task.max_len.is_some_and(|n| n < 3) => {
                 bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
             }
             _ => {}

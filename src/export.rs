@@ -38,13 +38,16 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     let run = RunDir::new(run_dir);
     let config = run.load_config(&[])?;
     match config.task.kind() {
-        TaskKind::SequenceClassification | TaskKind::MaskedLm => export_encoder(&run, &config, which, out),
+        TaskKind::SequenceClassification | TaskKind::TokenClassification | TaskKind::MaskedLm => {
+            export_encoder(&run, &config, which, out)
+        }
         TaskKind::CausalLm => export_decoder(&run, &config, which, out),
         TaskKind::Seq2seq => export_seq2seq(&run, &config, which, out),
     }
 }
 
-/// A classification or masked-lm run as BertForSequenceClassification / BertForMaskedLM.
+/// A classification or masked-lm run as BertForSequenceClassification /
+/// BertForTokenClassification / BertForMaskedLM.
 fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
     let run_dir = run.path();
     if config.model.norm != NormPlacement::Post {
@@ -68,14 +71,12 @@ fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
                     run_dir.display()
                 );
             }
-            let labels = run.read_labels()?;
-            let id2label: serde_json::Map<String, Value> =
-                labels.names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
-            let label2id: serde_json::Map<String, Value> =
-                labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
-            hf["id2label"] = Value::Object(id2label);
-            hf["label2id"] = Value::Object(label2id);
+            add_labels(&mut hf, run)?;
             "BertForSequenceClassification"
+        }
+        TaskKind::TokenClassification => {
+            add_labels(&mut hf, run)?;
+            "BertForTokenClassification"
         }
         TaskKind::MaskedLm => "BertForMaskedLM",
         TaskKind::CausalLm | TaskKind::Seq2seq => bail!("{}: not an encoder run", run_dir.display()),
@@ -96,6 +97,18 @@ fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
     std::fs::rename(&tmp, out.join("model.safetensors"))?;
     crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
     tokenizer.save(&out.join("tokenizer.json"))?;
+    Ok(())
+}
+
+/// The run's labels (or tags) as config.json's `id2label` and `label2id`.
+fn add_labels(hf: &mut Value, run: &RunDir) -> Result<()> {
+    let labels = run.read_labels()?;
+    let id2label: serde_json::Map<String, Value> =
+        labels.names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+    let label2id: serde_json::Map<String, Value> =
+        labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+    hf["id2label"] = Value::Object(id2label);
+    hf["label2id"] = Value::Object(label2id);
     Ok(())
 }
 

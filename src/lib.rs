@@ -13,6 +13,7 @@ pub mod data;
 pub mod decode;
 pub mod device;
 pub mod distributed;
+pub mod entity_metrics;
 pub mod export;
 pub mod fsutil;
 pub mod generate;

@@ -12,11 +12,13 @@ pub use crate::train::causal_lm::TrainedGpt;
 pub use crate::train::classification::TrainedClassifier;
 pub use crate::train::seq2seq::TrainedSeq2Seq;
 use crate::train::task::Evaluation;
+pub use crate::train::token_classification::TrainedTagger;
 
 /// Boxed: the models are kilobytes of tensor handles each.
 pub enum TrainedRun {
     Gpt(Box<TrainedGpt>),
     Classifier(Box<TrainedClassifier>),
+    Tagger(Box<TrainedTagger>),
     Seq2Seq(Box<TrainedSeq2Seq>),
 }
 
@@ -30,6 +32,7 @@ impl TrainedRun {
             TaskKind::SequenceClassification => {
                 Self::Classifier(Box::new(TrainedClassifier::from_checkpoint(open()?)?))
             }
+            TaskKind::TokenClassification => Self::Tagger(Box::new(TrainedTagger::from_checkpoint(open()?)?)),
             TaskKind::Seq2seq => Self::Seq2Seq(Box::new(TrainedSeq2Seq::from_checkpoint(open()?)?)),
             TaskKind::MaskedLm => bail!(
                 "{}: a masked-lm run has no inference command; its val loss and masked-token accuracy are in \
@@ -44,6 +47,7 @@ impl TrainedRun {
         match self {
             Self::Gpt(t) => &t.checkpoint,
             Self::Classifier(t) => &t.checkpoint,
+            Self::Tagger(t) => &t.checkpoint,
             Self::Seq2Seq(t) => &t.checkpoint,
         }
     }
@@ -63,10 +67,24 @@ impl TrainedRun {
                 let file = labelled(&t.config)?;
                 (t.evaluate(&file)?, file.display().to_string())
             }
+            Self::Tagger(t) => {
+                let file = labelled(&t.config)?;
+                (t.evaluate(&file)?, file.display().to_string())
+            }
             Self::Seq2Seq(t) => {
                 let file = labelled(&t.config)?;
                 (t.evaluate(&file)?, file.display().to_string())
             }
         })
+    }
+
+    /// `taper predict`: one JSON record per input of `input` (a classifier's label, or a
+    /// tagger's tag per word).
+    pub fn predict(&self, input: &Path) -> Result<Vec<serde_json::Value>> {
+        match self {
+            Self::Classifier(t) => t.predict(input),
+            Self::Tagger(t) => t.predict(input),
+            Self::Gpt(_) | Self::Seq2Seq(_) => bail!("`taper predict` needs a sequence- or token-classification run"),
+        }
     }
 }

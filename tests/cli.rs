@@ -55,7 +55,7 @@ fn train_then_generate_from_the_command_line() {
     for (args, expected) in [
         (vec!["generate", run, "--input", "x"], "seq2seq"),
         (vec!["eval", run, "--file", "/nonexistent/x.txt", "--checkpoint", "latest"], "/nonexistent/x.txt"),
-        (vec!["predict", run, "--input", "x.csv"], "not a sequence-classification run"),
+        (vec!["predict", run, "--input", "x.csv"], "not a sequence- or token-classification run"),
         (vec!["export", run, "--out", "x", "--checkpoint", "latest"], "`model.norm = \"post\"` (it is pre-LN)"),
         (vec!["export", run, "--out", "x", "--format", "onnx"], "valid: hf"),
     ] {

@@ -120,27 +120,33 @@ fn two_ranks_train_as_one_process_with_twice_the_accumulation() {
 
 #[cfg(feature = "mpi")]
 #[test]
-fn a_fine_tuned_classifier_trains_the_same_on_two_ranks() {
-    // Padded batches of different lengths and target counts on each rank.
+fn fine_tuned_classifiers_train_the_same_on_two_ranks() {
+    // Padded batches of different lengths and target counts on each rank: a label per text,
+    // and a tag per word (sub-words left out).
     let model = root().join(".cache/models/all-MiniLM-L6-v2");
     assert!(model.join("model.safetensors").is_file(), "run scripts/fetch-minilm.sh first");
     let dir = tempfile::tempdir().unwrap();
     let sets =
         ["train.steps=3", "schedule.warmup_steps=1", "train.batch_size=4", "train.log_every=1", "train.eval_every=3"];
-    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
-    let config = "configs/bert-finetune-sentiment.toml";
-    ok(mpirun(2, &train_args(config, &two, &[&sets[..], &["train.grad_accum=1"]].concat())));
-    ok(taper(&train_args(config, &one, &[&sets[..], &["train.grad_accum=2"]].concat())));
-    assert_same_runs(&two, &one, "classification");
-    // The evaluation, split over the ranks (each pads its own share's batches): the same
-    // accuracy and macro-F1 (from summed confusion counts), the loss within float rounding.
-    let (a, b) = (val_metrics(&two), val_metrics(&one));
-    assert!(!b.is_empty() && a.len() == b.len(), "{a:?} vs {b:?}");
-    for ((_, key, x), (_, _, y)) in a.iter().zip(&b) {
-        assert!((x - y).abs() <= 1e-6, "classification {key}: {x} on 2 ranks, {y} in one process");
+    let runs: [(&str, &[&str]); 2] = [
+        ("configs/bert-finetune-sentiment.toml", &["accuracy", "macro_f1"]),
+        ("configs/bert-finetune-ner.toml", &["token_accuracy", "precision", "recall", "f1"]),
+    ];
+    for (i, (config, metrics)) in runs.iter().enumerate() {
+        let (two, one) = (dir.path().join(format!("two-{i}")), dir.path().join(format!("one-{i}")));
+        ok(mpirun(2, &train_args(config, &two, &[&sets[..], &["train.grad_accum=1"]].concat())));
+        ok(taper(&train_args(config, &one, &[&sets[..], &["train.grad_accum=2"]].concat())));
+        assert_same_runs(&two, &one, config);
+        // The evaluation, split over the ranks (each pads its own share's batches): the same
+        // counted metrics (from summed counts), the loss within float rounding.
+        let (a, b) = (val_metrics(&two), val_metrics(&one));
+        assert!(!b.is_empty() && a.len() == b.len(), "{a:?} vs {b:?}");
+        for ((_, key, x), (_, _, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6, "{config} {key}: {x} on 2 ranks, {y} in one process");
+        }
+        let keys: Vec<&str> = b.iter().map(|(_, k, _)| k.as_str()).collect();
+        assert!(metrics.iter().all(|m| keys.contains(m)), "{config}: {keys:?}");
     }
-    let keys: Vec<&str> = b.iter().map(|(_, k, _)| k.as_str()).collect();
-    assert!(keys.contains(&"accuracy") && keys.contains(&"macro_f1"), "{keys:?}");
 }
 
 #[cfg(feature = "mpi")]
@@ -235,7 +241,7 @@ fn a_process_started_by_mpirun_without_mpi_support_says_how_to_build_it() {
     assert!(!dir.path().join("run").exists(), "nothing is written");
 }
 
-/// Every evaluation metric (`val_*`, `masked_accuracy`, `accuracy`, `macro_f1`) in a run's
+/// Every evaluation metric (`val_*`, the accuracies, F1s, precision, recall) in a run's
 /// metrics.jsonl, by step.
 #[cfg(feature = "mpi")]
 fn val_metrics(run: &Path) -> Vec<(u64, String, f64)> {
@@ -244,7 +250,8 @@ fn val_metrics(run: &Path) -> Vec<(u64, String, f64)> {
     for record in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
         let step = record["step"].as_u64().unwrap();
         for (key, value) in record.as_object().unwrap() {
-            if key.starts_with("val_") || ["masked_accuracy", "accuracy", "macro_f1"].contains(&key.as_str()) {
+            let counted = ["masked_accuracy", "accuracy", "macro_f1", "token_accuracy", "precision", "recall", "f1"];
+            if key.starts_with("val_") || counted.contains(&key.as_str()) {
                 out.push((step, key.clone(), value.as_f64().unwrap()));
             }
         }

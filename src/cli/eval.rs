@@ -11,7 +11,8 @@ use crate::trained::TrainedRun;
 #[derive(Args)]
 pub struct EvalArgs {
     run_dir: PathBuf,
-    /// Labelled (or source/target) .csv/.tsv/.jsonl file (default: the run's `data.val_path`);
+    /// Labelled (or source/target) .csv/.tsv/.jsonl file, a tagged .conll/.jsonl file for a tagger
+    /// (default: the run's `data.val_path`);
     /// for a causal-lm run, a text file (default: the validation split of its corpus).
     #[arg(long)]
     file: Option<PathBuf>,

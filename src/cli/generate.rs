@@ -62,7 +62,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let trained = match TrainedRun::load(&args.run_dir, &args.checkpoint, &device)? {
         TrainedRun::Seq2Seq(trained) => return translate(&args, &trained),
         TrainedRun::Gpt(trained) => trained,
-        TrainedRun::Classifier(_) => {
+        TrainedRun::Classifier(_) | TrainedRun::Tagger(_) => {
             bail!("{} is a classification run: label inputs with `taper predict`", args.run_dir.display())
         }
     };

@@ -14,6 +14,7 @@ pub mod prepare;
 pub mod sampling;
 pub mod shards;
 pub mod sources;
+pub mod tagged;
 pub mod tokenizer;
 pub mod trainers;
 

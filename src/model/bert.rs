@@ -348,6 +348,50 @@ impl SequenceClassifier {
     }
 }
 
+/// Hugging Face's `BertForTokenClassification`: the encoder (no pooler), dropout, and a linear
+/// `classifier` over tokens' hidden states. Built over the root of a store in Hugging Face's
+/// names (`bert.`, `classifier`).
+#[derive(Debug, Clone)]
+pub struct TokenClassifier {
+    pub encoder: BertEncoder,
+    classifier: Linear,
+    dropout: f64,
+}
+
+impl TokenClassifier {
+    pub fn new(
+        cfg: &BertConfig,
+        num_labels: usize,
+        norm: NormPlacement,
+        kernels: Kernels,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let init = candle_nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range };
+        let vb = TASK_MODEL.renamed(vb);
+        Ok(Self {
+            encoder: BertEncoder::new(cfg, norm, kernels, DType::F32, vb.pp("encoder"))?,
+            classifier: Linear::new(cfg.hidden_size, num_labels, true, init, vb.pp("classifier"))?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// Tag logits (N, num_labels) at the flat positions `positions` (N) u32 of the batch (B * T
+    /// positions); other arguments as for [`BertEncoder::forward`].
+    pub fn logits_at(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        positions: &Tensor,
+        mode: &mut Mode,
+    ) -> Result<Tensor> {
+        let hidden = self.encoder.forward(input_ids, token_type_ids, attention_mask, mode)?;
+        let (b, t, d) = hidden.dims3()?;
+        let selected = hidden.reshape((b * t, d))?.index_select(positions, 0)?; // (B, T, D) -> (B*T, D) -> (N, D)
+        self.classifier.forward(&dropout(&selected, self.dropout, mode)?, mode)
+    }
+}
+
 /// Hugging Face's `BertForMaskedLM`: the encoder, then a transform (dense, activation,
 /// LayerNorm) and a decoder that shares the token embeddings, plus an output bias. Built over
 /// the root of a store in Hugging Face's names (`bert.`, `cls.predictions.`).
@@ -383,7 +427,7 @@ impl MaskedLm {
     pub fn logits_at(&self, input_ids: &Tensor, positions: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let hidden = self.encoder.forward(input_ids, None, None, mode)?;
         let (b, t, d) = hidden.dims3()?;
-        let selected = hidden.reshape((b * t, d))?.index_select(positions, 0)?;
+        let selected = hidden.reshape((b * t, d))?.index_select(positions, 0)?; // (B, T, D) -> (B*T, D) -> (N, D)
         let x = crate::kernels::activate(&self.transform.forward(&selected, mode)?, self.activation, mode)?;
         self.decoder.forward(&self.transform_norm.forward(&x, mode)?, mode)
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::json;
@@ -59,14 +59,7 @@ fn pooling(cfg: &Config) -> Result<Pooling> {
 
 /// The longest input the model takes: `task.max_len`, at most the model's positions.
 fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
-    let positions = bert.max_position_embeddings;
-    match cfg.task.classification()?.max_len {
-        Some(n) if n > positions => {
-            bail!("`task.max_len` = {n} exceeds the model's max_position_embeddings = {positions}")
-        }
-        Some(n) => Ok(n),
-        None => Ok(positions),
-    }
+    encoder::max_len(cfg.task.classification()?.max_len, bert)
 }
 
 /// Encodes `examples` and maps their labels to ids; a label outside `labels` is an error
@@ -154,8 +147,8 @@ fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device: &D
     Ok(out)
 }
 
-/// Softmax of each row, computed in f64.
-fn probabilities(logits: &[f32]) -> Vec<f64> {
+/// Softmax of a row of logits, computed in f64.
+pub fn probabilities(logits: &[f32]) -> Vec<f64> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
     let total: f64 = exps.iter().sum();

@@ -124,7 +124,8 @@ pub struct CheckpointConfig {
     #[serde(default = "default_keep_last")]
     pub keep_last: usize,
     /// The evaluation metric that picks the best checkpoint: `val_loss` (lowest), or
-    /// `accuracy` / `macro_f1` (classification) / `masked_accuracy` (masked-lm), highest.
+    /// `accuracy` / `macro_f1` (classification), `masked_accuracy` (masked-lm), `f1` /
+    /// `precision` / `recall` / `token_accuracy` (token-classification), highest.
     #[serde(default = "default_best_metric")]
     pub best_metric: String,
 }
@@ -140,6 +141,8 @@ pub enum TaskKind {
     MaskedLm,
     /// Source -> target pairs with teacher forcing (encoder-decoder).
     Seq2seq,
+    /// One tag per word (named entities, NER-style), from CoNLL or JSONL files (encoder-only).
+    TokenClassification,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,6 +167,8 @@ pub enum TaskConfig {
     MaskedLm(MaskedLmTask),
     /// Source -> target pairs with teacher forcing (encoder-decoder).
     Seq2seq(Seq2seqTask),
+    /// One tag per word (named entities, NER-style), from CoNLL or JSONL files (encoder-only).
+    TokenClassification(TokenClassificationTask),
 }
 
 impl Default for TaskConfig {
@@ -193,6 +198,29 @@ pub struct ClassificationTask {
     pub max_len: Option<usize>,
     #[serde(default = "default_pooling")]
     pub pooling: PoolingName,
+}
+
+/// `[task]` of `kind = "token-classification"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenClassificationTask {
+    /// JSONL keys of a sentence's word list and its tag list (CoNLL files: the first and the
+    /// last whitespace-separated field of each line).
+    #[serde(default = "default_tokens_column")]
+    pub tokens_column: String,
+    #[serde(default = "default_tags_column")]
+    pub tags_column: String,
+    /// Truncate encoded sentences to this many sub-word tokens ([CLS] and [SEP] included); the
+    /// words cut off are left out of the loss and the metrics. The model's maximum positions
+    /// when absent.
+    pub max_len: Option<usize>,
+    /// How the tags mark entities: "iob2" (B- starts every entity), "iob1", "iobes".
+    #[serde(default = "default_scheme")]
+    pub scheme: crate::entity_metrics::Scheme,
+    /// Entity metrics as seqeval's `mode="strict"` with the scheme (an entity counts only when
+    /// its tags form a well-made span); false: seqeval's default (conlleval's) matching.
+    #[serde(default = "yes")]
+    pub strict: bool,
 }
 
 /// `[task]` of `kind = "masked-lm"`.
@@ -230,6 +258,14 @@ impl TaskConfig {
             Self::SequenceClassification(_) => TaskKind::SequenceClassification,
             Self::MaskedLm(_) => TaskKind::MaskedLm,
             Self::Seq2seq(_) => TaskKind::Seq2seq,
+            Self::TokenClassification(_) => TaskKind::TokenClassification,
+        }
+    }
+
+    pub fn token_classification(&self) -> Result<&TokenClassificationTask> {
+        match self {
+            Self::TokenClassification(task) => Ok(task),
+            other => bail!("not a token-classification task (kind {:?})", other.kind()),
         }
     }
 
@@ -311,6 +347,8 @@ const CAUSAL_LM: [Metric; 1] = [VAL_LOSS];
 const CLASSIFICATION: [Metric; 3] = [VAL_LOSS, higher("accuracy"), higher("macro_f1")];
 const MASKED_LM: [Metric; 2] = [VAL_LOSS, higher("masked_accuracy")];
 const SEQ2SEQ: [Metric; 4] = [VAL_LOSS, higher("token_accuracy"), higher("exact_match"), higher("bleu")];
+const TOKEN_CLASSIFICATION: [Metric; 5] =
+    [VAL_LOSS, higher("token_accuracy"), higher("precision"), higher("recall"), higher("f1")];
 
 impl std::fmt::Display for TaskKind {
     /// As `task.kind` spells it.
@@ -320,6 +358,7 @@ impl std::fmt::Display for TaskKind {
             TaskKind::SequenceClassification => "sequence-classification",
             TaskKind::MaskedLm => "masked-lm",
             TaskKind::Seq2seq => "seq2seq",
+            TaskKind::TokenClassification => "token-classification",
         })
     }
 }
@@ -332,6 +371,7 @@ impl TaskKind {
             TaskKind::SequenceClassification => &CLASSIFICATION,
             TaskKind::MaskedLm => &MASKED_LM,
             TaskKind::Seq2seq => &SEQ2SEQ,
+            TaskKind::TokenClassification => &TOKEN_CLASSIFICATION,
         }
     }
 
@@ -400,6 +440,18 @@ fn default_label_column() -> String {
 }
 fn default_pooling() -> PoolingName {
     PoolingName::Cls
+}
+fn default_tokens_column() -> String {
+    "tokens".into()
+}
+fn default_tags_column() -> String {
+    "tags".into()
+}
+fn default_scheme() -> crate::entity_metrics::Scheme {
+    crate::entity_metrics::Scheme::Iob2
+}
+fn yes() -> bool {
+    true
 }
 fn default_mask_prob() -> f64 {
     0.15

@@ -56,8 +56,11 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::
         }
         None => {
             let corpus = corpus.with_context(|| {
-                "sequence-classification starts from a pretrained encoder: set `model.init_from` (a Hugging Face \
-                 BERT directory or hub id, or the `taper export` of your own masked-lm run)"
+                format!(
+                    "{} starts from a pretrained encoder: set `model.init_from` (a Hugging Face BERT directory or \
+                     hub id, or the `taper export` of your own masked-lm run)",
+                    cfg.task.kind()
+                )
             })?;
             let tokenizer = crate::data::corpus_tokenizer(&cfg.tokenizer, &cfg.data, corpus)?;
             (BertConfig::from_model_config(&cfg.model, tokenizer.vocab_size()), tokenizer, None)
@@ -67,6 +70,19 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::
     tokenizer.save(&run.tokenizer())?;
     crate::fsutil::write_atomic(&run.bert_config(), serde_json::to_string_pretty(&bert)?.as_bytes())?;
     Ok(EncoderSetup { bert, tokenizer, config, pretrained })
+}
+
+/// The longest input the model takes: `requested` (`task.max_len`), at most the model's
+/// positions.
+pub fn max_len(requested: Option<usize>, bert: &BertConfig) -> anyhow::Result<usize> {
+    let positions = bert.max_position_embeddings;
+    match requested {
+        Some(n) if n > positions => {
+            anyhow::bail!("`task.max_len` = {n} exceeds the model's max_position_embeddings = {positions}")
+        }
+        Some(n) => Ok(n),
+        None => Ok(positions),
+    }
 }
 
 /// `model`'s dropout keys as a BERT config's: hidden (residual and embeddings) and attention.

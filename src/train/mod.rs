@@ -16,6 +16,7 @@ pub mod seq2seq;
 pub mod step;
 pub mod task;
 pub mod tensorboard;
+pub mod token_classification;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,7 @@ use seq2seq::Seq2SeqTask;
 pub use step::accumulate_gradients;
 use step::Stepper;
 use task::{Evaluation, Task};
+use token_classification::TokenClassification;
 
 #[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
@@ -90,6 +92,9 @@ fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> R
         TaskKind::CausalLm => run_task(&CausalLm::new(cfg, run, resuming, &params, device)?, &launch),
         TaskKind::SequenceClassification => {
             run_task(&Classification::new(cfg, run, resuming, &params, device)?, &launch)
+        }
+        TaskKind::TokenClassification => {
+            run_task(&TokenClassification::new(cfg, run, resuming, &params, device)?, &launch)
         }
         TaskKind::MaskedLm => run_task(&MaskedLm::new(cfg, run, resuming, &params, device)?, &launch),
         TaskKind::Seq2seq => run_task(&Seq2SeqTask::new(cfg, run, resuming, &params, device)?, &launch),
