@@ -35,6 +35,9 @@ pub struct Config {
     pub checkpoint: CheckpointConfig,
     #[serde(default)]
     pub task: TaskConfig,
+    /// LoRA fine-tuning: train low-rank adapters of the pretrained model's layers alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<crate::model::lora::LoraConfig>,
 }
 
 /// An error in a `--set` override (not in the config file).
@@ -100,7 +103,7 @@ impl Config {
         }
         let default_norm = encoder_norm_default(&mut table);
         let upgraded = upgrade_task(&mut table);
-        let config: Config = if overrides.is_empty() && !default_norm && !upgraded {
+        let mut config: Config = if overrides.is_empty() && !default_norm && !upgraded {
             toml::from_str(text)?
         } else {
             match toml::Value::Table(table).try_into() {
@@ -112,6 +115,7 @@ impl Config {
             let file_alone_is_valid = !overrides.is_empty() && Self::from_toml_str(text, &[]).is_ok();
             return Err(if file_alone_is_valid { on_overrides(err, overrides) } else { err });
         }
+        config.model.lora = config.lora.as_ref().map(|lora| lora.spec()).transpose()?;
         Ok(config)
     }
 
@@ -168,6 +172,14 @@ impl Config {
         self.data.validate()?;
         self.tokenizer.validate()?;
         self.optim.validate()?;
+        if let Some(lora) = &self.lora {
+            lora.validate()?;
+            if self.model.init_from.is_none() {
+                bail!(
+                    "[lora] adapts a pretrained model: set `model.init_from` (or remove [lora] to train every weight)"
+                );
+            }
+        }
         self.schedule.validate(self.train.steps, self.optim.lr)
     }
 

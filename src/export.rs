@@ -6,15 +6,17 @@
 //! (`model::names::decoder`: GPT2LMHeadModel or LlamaForCausalLM), a seq2seq run's through
 //! T5's (`model::names::t5`: T5ForConditionalGeneration).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use crate::config::{Config, NormPlacement, PoolingName, TaskKind};
 use crate::data::TextTokenizer;
+use crate::model::lora::merge_adapters;
 use crate::model::names::decoder::{DecoderFamily, Specials};
 use crate::model::names::t5;
 use crate::run_dir::RunDir;
@@ -89,12 +91,8 @@ fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
         hf["pad_token_id"] = json!(pad);
     }
 
-    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let weights = checkpoint.join("model.safetensors");
-    let tmp = out.join("model.safetensors.tmp");
-    std::fs::copy(&weights, &tmp).with_context(|| format!("cannot copy {}", weights.display()))?;
-    std::fs::rename(&tmp, out.join("model.safetensors"))?;
+    let (tensors, _) = checkpoint_tensors(run_dir, which, config)?;
+    write_weights(&tensors, out)?;
     crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
     tokenizer.save(&out.join("tokenizer.json"))?;
     Ok(())
@@ -112,8 +110,21 @@ fn add_labels(hf: &mut Value, run: &RunDir) -> Result<()> {
     Ok(())
 }
 
+/// The tensors of checkpoint `which` (and the file they came from), with a LoRA run's adapters
+/// merged into their weights: the plain model the adapted one computes.
+fn checkpoint_tensors(run_dir: &Path, which: &str, config: &Config) -> Result<(HashMap<String, Tensor>, PathBuf)> {
+    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
+    let weights = checkpoint.join("model.safetensors");
+    let mut tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
+    if let Some(spec) = &config.model.lora {
+        merge_adapters(&mut tensors, spec)
+            .with_context(|| format!("merging the LoRA adapters of {}", weights.display()))?;
+    }
+    Ok((tensors, weights))
+}
+
 /// Writes `tensors` as `out`/model.safetensors (a temporary name, synced, then renamed).
-fn write_weights(tensors: &std::collections::HashMap<String, candle_core::Tensor>, out: &Path) -> Result<()> {
+fn write_weights(tensors: &HashMap<String, Tensor>, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let file = out.join("model.safetensors");
     let tmp = crate::fsutil::tmp_path(&file);
@@ -151,9 +162,7 @@ fn export_seq2seq(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
             run_dir.display()
         );
     }
-    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
-    let weights = checkpoint.join("model.safetensors");
-    let tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
+    let (tensors, weights) = checkpoint_tensors(run_dir, which, config)?;
     let tensors = t5::to_hf(&tensors, &config.model).with_context(|| format!("{} as T5", weights.display()))?;
     write_weights(&tensors, out)?;
     let t5_specials = t5::T5Specials { pad: specials.pad, eos: specials.eos, decoder_start: specials.bos };
@@ -187,9 +196,7 @@ fn export_decoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
         bos: first_id(&tokenizer, &["<|endoftext|>", "<s>", "[BOS]"]),
         eos: first_id(&tokenizer, &["<|endoftext|>", "</s>", "[EOS]"]),
     };
-    let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
-    let weights = checkpoint.join("model.safetensors");
-    let tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
+    let (tensors, weights) = checkpoint_tensors(run_dir, which, config)?;
     let tensors =
         family.to_hf(&tensors).with_context(|| format!("{} as {}", weights.display(), family.architecture()))?;
     write_weights(&tensors, out)?;

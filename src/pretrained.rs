@@ -10,6 +10,7 @@ use crate::checkpoint::{load_matching, load_tensors, LoadReport};
 use crate::config::{Kernels, ModelConfig, NormPlacement};
 use crate::data::TextTokenizer;
 use crate::model::bert::{BertConfig, BertEncoder};
+use crate::model::lora::is_adapter;
 use crate::model::names::decoder::{DecoderFamily, DecoderShape};
 use crate::model::names::t5;
 use crate::model::ParamStore;
@@ -108,8 +109,9 @@ pub fn load_bert(
 /// Loads the pretrained tensors of `dir` into a task model whose encoder lives under `bert.`
 /// (Hugging Face's task-model names). A bare `BertModel` file (no `bert.` prefix, as
 /// all-MiniLM-L6-v2) is mapped by adding the prefix. Parameters `may_start_fresh` allows
-/// (the task's head) keep their initialisation; tensors `may_ignore` allows (another task's
-/// head, buffers) are skipped; anything else missing or left over is an error naming it.
+/// (the task's head) and LoRA adapters keep their initialisation (adapters are not reported);
+/// tensors `may_ignore` allows (another task's head, buffers) are skipped; anything else
+/// missing or left over is an error naming it.
 pub fn load_task_weights(
     params: &ParamStore,
     dir: &Path,
@@ -124,7 +126,10 @@ pub fn load_task_weights(
         tensors =
             tensors.into_iter().map(|(k, v)| if is_head(&k) { (k, v) } else { (format!("bert.{k}"), v) }).collect();
     }
-    load_matching(params, tensors, &file, may_start_fresh, may_ignore)
+    let fresh = |n: &str| is_adapter(n) || may_start_fresh(n);
+    let mut report = load_matching(params, tensors, &file, &fresh, may_ignore)?;
+    report.fresh.retain(|n| !is_adapter(n));
+    Ok(report)
 }
 
 /// Makes `model`'s shape keys agree with a pretrained `bert` config (read from the file
@@ -230,7 +235,8 @@ fn load_converted(
             _ => {}
         }
     }
-    load_matching(params, tensors, &file, &|_| false, &|_| false)?;
+    // LoRA adapters start fresh (B at zero: the model starts as the checkpoint).
+    load_matching(params, tensors, &file, &|n| is_adapter(n), &|_| false)?;
     let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
     Ok(format!("loaded {} ({architecture}){unused}", dir.display()))
 }

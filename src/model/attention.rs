@@ -87,7 +87,9 @@ impl Attention {
         let d = cfg.d_model;
         let d_kv = d / cfg.n_head.max(1) * cfg.n_kv_head;
         let (qkv_bias, out_bias) = cfg.bias;
-        let proj = |name: &str, out: usize, init: Init, bias| Linear::new(d, out, bias, init, vb.pp(name));
+        let proj = |name: &str, out: usize, values: Init, bias| {
+            Linear::new(d, out, bias, values, vb.pp(name))?.with_lora(init.lora_for(name), &vb.pp(name))
+        };
         Ok(Self {
             q_proj: proj("q_proj", d, init.matrix(d, d, false), qkv_bias)?,
             k_proj: proj("k_proj", d_kv, init.matrix(d, d_kv, false), qkv_bias)?,
@@ -124,9 +126,23 @@ impl Attention {
             .reshape((b, t, self.n_head * head_dim)) // -> (B, T, D): query head h reads kv head h / group
     }
 
-    fn projections(&self) -> Projections<'_> {
-        let all = [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj];
-        Projections { weights: all.map(|p| &p.weight), biases: all.map(|p| p.bias.as_ref()) }
+    fn all_projections(&self) -> [&Linear; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj]
+    }
+
+    /// The weights the projections apply (adapters included), for the kernels that take them.
+    fn weights(&self) -> Result<[Tensor; 4]> {
+        let [q, k, v, o] = self.all_projections().map(Linear::weight);
+        Ok([q?, k?, v?, o?])
+    }
+
+    fn projections<'a>(&'a self, weights: &'a [Tensor; 4]) -> Projections<'a> {
+        Projections { weights: weights.each_ref(), biases: self.all_projections().map(|p| p.bias.as_ref()) }
+    }
+
+    /// Whether this forward applies each projection as one product (the fused kernels' input).
+    fn one_product_each(&self, mode: &Mode) -> bool {
+        self.all_projections().iter().all(|p| p.is_one_product(mode))
     }
 
     /// The whole self-attention sub-layer (`norm` before or after, rotary positions from
@@ -140,13 +156,14 @@ impl Attention {
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
-        if self.relative.is_some() || self.qk_norm.is_some() {
+        if self.relative.is_some() || self.qk_norm.is_some() || !self.one_product_each(mode) {
             return Ok(None);
         }
         let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
         let heads = ((self.n_head, self.n_kv_head), rotary.as_ref());
         let dropouts = (self.dropout, residual_dropout);
-        kernels::self_attention_sublayer(x, norm, &self.projections(), heads, mask, dropouts, mode)
+        let weights = self.weights()?;
+        kernels::self_attention_sublayer(x, norm, &self.projections(&weights), heads, mask, dropouts, mode)
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
@@ -165,9 +182,13 @@ impl Attention {
     ) -> Result<Tensor> {
         let context = match (memory, rope, cache) {
             (None, None, None)
-                if self.n_kv_head == self.n_head && self.relative.is_none() && self.qk_norm.is_none() =>
+                if self.n_kv_head == self.n_head
+                    && self.relative.is_none()
+                    && self.qk_norm.is_none()
+                    && self.one_product_each(mode) =>
             {
-                kernels::self_attention(x, &self.projections(), self.n_head, mask, self.dropout, mode)?
+                let weights = self.weights()?;
+                kernels::self_attention(x, &self.projections(&weights), self.n_head, mask, self.dropout, mode)?
             }
             (memory, rope, cache) => {
                 let q = self.q_proj.forward(x, mode)?;
@@ -205,7 +226,7 @@ impl Attention {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<(Tensor, Tensor)> {
-        let project = |src: &Tensor, mode: &Mode| -> Result<(Tensor, Tensor)> {
+        let project = |src: &Tensor, mode: &mut Mode| -> Result<(Tensor, Tensor)> {
             let k = self.k_proj.forward(src, mode)?;
             let k = match &self.qk_norm {
                 Some((_, k_norm)) => per_head(k_norm, &k, self.n_kv_head, mode)?,

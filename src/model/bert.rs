@@ -63,6 +63,9 @@ pub struct BertConfig {
     /// a Hugging Face field: such an encoder has no Hugging Face export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taper_positions: Option<EncoderPositions>,
+    /// The run's LoRA adapters (`[lora]`; not a config.json field).
+    #[serde(skip)]
+    pub lora: Option<super::lora::LoraSpec>,
 }
 
 /// An encoder's positions other than learned ones, with their settings (`[model]`'s keys).
@@ -154,6 +157,7 @@ impl BertConfig {
             model_type: Some("bert".into()),
             position_embedding_type: Some("absolute".into()),
             taper_positions: EncoderPositions::of(model),
+            lora: model.lora,
         }
     }
 
@@ -185,6 +189,7 @@ impl BertEncoder {
             std: cfg.initializer_range,
             residual_scale: 1.0,
             branch_gain: 1.0,
+            lora: cfg.lora,
         };
         let activation = cfg.activation().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let embedding = |count: usize, name: &str| Embedding::new(count, d, init.embedding(d), vb.pp(name));

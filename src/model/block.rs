@@ -127,16 +127,19 @@ impl Mlp {
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let bias = cfg.biases.2;
-        let input = |name: &str| Linear::new(d, ff, bias, init.branch_matrix(d, ff, false), vb.pp(name));
+        let layer = |name: &str, (fan_in, fan_out): (usize, usize), residual_output: bool| {
+            let values = init.branch_matrix(fan_in, fan_out, residual_output);
+            Linear::new(fan_in, fan_out, bias, values, vb.pp(name))?.with_lora(init.lora_for(name), &vb.pp(name))
+        };
         Ok(Self {
-            fc1: input("fc1")?,
-            gate: cfg.activation.gate().map(|_| input("gate")).transpose()?,
-            fc2: Linear::new(ff, d, bias, init.branch_matrix(ff, d, true), vb.pp("fc2"))?,
+            fc1: layer("fc1", (d, ff), false)?,
+            gate: cfg.activation.gate().map(|_| layer("gate", (d, ff), false)).transpose()?,
+            fc2: layer("fc2", (ff, d), true)?,
             activation: cfg.activation,
         })
     }
 
-    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let hidden = match &self.gate {
             Some(gate) => (gate.forward_act(x, self.activation, mode)? * self.fc1.forward(x, mode)?)?,
             None => self.fc1.forward_act(x, self.activation, mode)?,
@@ -146,8 +149,14 @@ impl Mlp {
 
     /// The whole FFN sub-layer (Add & Norm included) as one node, where the backend has one.
     fn sublayer(&self, x: &Tensor, norm: SublayerNorm, p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
-        let gate = self.gate.as_ref().map(|g| (&g.weight, g.bias.as_ref()));
-        let (fc1, fc2) = ((&self.fc1.weight, self.fc1.bias.as_ref()), (&self.fc2.weight, self.fc2.bias.as_ref()));
+        let layers = [Some(&self.fc1), self.gate.as_ref(), Some(&self.fc2)];
+        if !layers.iter().flatten().all(|l| l.is_one_product(mode)) {
+            return Ok(None);
+        }
+        let (fc1_w, fc2_w) = (self.fc1.weight()?, self.fc2.weight()?);
+        let gate_w = self.gate.as_ref().map(Linear::weight).transpose()?;
+        let gate = self.gate.as_ref().zip(gate_w.as_ref()).map(|(g, w)| (w, g.bias.as_ref()));
+        let (fc1, fc2) = ((&fc1_w, self.fc1.bias.as_ref()), (&fc2_w, self.fc2.bias.as_ref()));
         kernels::ffn_sublayer(x, norm, gate, fc1, fc2, self.activation, p, mode)
     }
 }

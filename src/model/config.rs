@@ -165,6 +165,9 @@ pub struct ModelConfig {
     pub shaw_clip: usize,
     #[serde(default = "default_kernels")]
     pub kernels: Kernels,
+    /// The run's LoRA adapters: `[lora]`, resolved when the config is read (`Config::from_toml_str`).
+    #[serde(skip)]
+    pub lora: Option<super::lora::LoraSpec>,
 }
 
 impl ModelConfig {

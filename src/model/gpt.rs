@@ -24,6 +24,7 @@ pub fn init_policy(cfg: &ModelConfig) -> InitPolicy {
         std: cfg.init_std,
         residual_scale: if cfg.scale_residual_init { 1.0 / (2.0 * cfg.n_layer as f64).sqrt() } else { 1.0 },
         branch_gain: 1.0,
+        lora: cfg.lora,
     }
 }
 
@@ -109,12 +110,12 @@ impl Gpt {
         let mut mode = Mode::eval();
         let inputs = StackInputs { offset, ..Default::default() };
         let hidden = self.stack.forward(ids, inputs, Some(caches), &mut mode)?;
-        last_position_logits(&self.lm_head, &hidden, &mode)
+        last_position_logits(&self.lm_head, &hidden, &mut mode)
     }
 }
 
 /// The head's logits (B, vocab), in f32, for the last position of `hidden` (B, T, D).
-pub fn last_position_logits(head: &Linear, hidden: &Tensor, mode: &Mode) -> Result<Tensor> {
+pub fn last_position_logits(head: &Linear, hidden: &Tensor, mode: &mut Mode) -> Result<Tensor> {
     let t = hidden.dim(1)?;
     let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?; // (B, T, D) -> (B, D)
     head.forward(&last, mode)?.to_dtype(DType::F32)

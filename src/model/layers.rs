@@ -1,13 +1,16 @@
-//! The small modules every stack is made of: initialisation policy, linear layer, embedding
-//! table. Each holds only its tensors; `crate::kernels` runs their ops.
+//! The small modules every stack is made of: initialisation policy, linear layer (with its LoRA
+//! adapter, if any), embedding table. Each holds only its tensors; `crate::kernels` runs their
+//! ops.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use super::lora::{Adapter, LoraSpec};
 use crate::config::InitScheme;
 use crate::kernels::{self, Activation, Mode};
 
-/// How a model's weights are initialised, from `[model]` init settings.
+/// How a model's layers are made: their weights' initialisation, from `[model]` init
+/// settings, and the LoRA adapters of `[lora]`.
 #[derive(Debug, Clone, Copy)]
 pub struct InitPolicy {
     pub scheme: InitScheme,
@@ -16,6 +19,8 @@ pub struct InitPolicy {
     pub residual_scale: f64,
     /// Gain of the branches' value, output and FFN matrices (DeepNorm's beta; 1 otherwise).
     pub branch_gain: f64,
+    /// The adapters of a LoRA run.
+    pub lora: Option<LoraSpec>,
 }
 
 impl InitPolicy {
@@ -39,6 +44,11 @@ impl InitPolicy {
         }
     }
 
+    /// The adapter spec of the block's layer `name` (`q_proj`, `fc1`, ...), when LoRA targets it.
+    pub fn lora_for(&self, name: &str) -> Option<&LoraSpec> {
+        self.lora.as_ref().filter(|spec| spec.targets(name))
+    }
+
     pub fn embedding(&self, dim: usize) -> Init {
         match self.scheme {
             InitScheme::Normal => Init::Randn { mean: 0.0, stdev: self.std },
@@ -47,32 +57,70 @@ impl InitPolicy {
     }
 }
 
-/// y = x W^T + b over the last dimension, for input of any rank. Holds only its tensors; the
-/// seam (`kernels::linear`) picks the implementation for the forward's backend.
+/// y = x W^T + b over the last dimension, for input of any rank; with a LoRA adapter, W is
+/// frozen and the layer applies W + scale B A. Holds only its tensors; the seam
+/// (`kernels::linear`) picks the implementation for the forward's backend.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub adapter: Option<Adapter>,
 }
 
 impl Linear {
     pub fn new(fan_in: usize, fan_out: usize, bias: bool, init: Init, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((fan_out, fan_in), "weight", init)?;
         let bias = if bias { Some(vb.get_with_hints(fan_out, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self { weight, bias, adapter: None })
+    }
+
+    /// The layer with an adapter (`lora_a`, `lora_b` under `vb`, the layer's own prefix) when
+    /// `lora` is given.
+    pub fn with_lora(mut self, lora: Option<&LoraSpec>, vb: &VarBuilder) -> Result<Self> {
+        if let Some(spec) = lora {
+            let (fan_out, fan_in) = self.weight.dims2()?;
+            self.adapter = Some(Adapter::new(spec, fan_in, fan_out, vb)?);
+        }
+        Ok(self)
     }
 
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight, bias, adapter: None }
     }
 
-    pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        kernels::linear(x, &self.weight, self.bias.as_ref(), mode)
+    /// The weight the layer applies: W, or W + scale B A with an adapter (a graph node over A
+    /// and B, so a fused kernel's weight gradient reaches the adapter).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.adapter {
+            None => Ok(self.weight.clone()),
+            Some(adapter) => &self.weight + adapter.delta()?,
+        }
+    }
+
+    /// Whether this forward applies the layer as one product with [`Linear::weight`]: not while
+    /// training an adapter with dropout on its input.
+    pub fn is_one_product(&self, mode: &Mode) -> bool {
+        !(mode.train && self.adapter.as_ref().is_some_and(|a| a.dropout > 0.0))
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        match &self.adapter {
+            Some(adapter) if !self.is_one_product(mode) => {
+                let base = kernels::linear(x, &self.weight, self.bias.as_ref(), mode)?;
+                let input = kernels::dropout(x, adapter.dropout, mode)?;
+                let low = kernels::linear(&kernels::linear(&input, &adapter.a, None, mode)?, &adapter.b, None, mode)?;
+                base + (low * adapter.scale)?
+            }
+            _ => kernels::linear(x, &self.weight()?, self.bias.as_ref(), mode),
+        }
     }
 
     /// act(x W^T + b), one node on the CPU.
-    pub fn forward_act(&self, x: &Tensor, act: Activation, mode: &Mode) -> Result<Tensor> {
-        kernels::linear_act(x, &self.weight, self.bias.as_ref(), act, mode)
+    pub fn forward_act(&self, x: &Tensor, act: Activation, mode: &mut Mode) -> Result<Tensor> {
+        match self.is_one_product(mode) {
+            true => kernels::linear_act(x, &self.weight()?, self.bias.as_ref(), act, mode),
+            false => kernels::activate(&self.forward(x, mode)?, act, mode),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod block;
 pub mod config;
 pub mod gpt;
 pub mod layers;
+pub mod lora;
 pub mod names;
 pub mod norm;
 pub mod params;

@@ -11,15 +11,33 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::rng::{hash_str, Rng};
 
-/// The trainable parameters of a model, by name, in f32 (master weights).
+/// The parameters of a model, by name, in f32 (master weights); all trainable, or those a
+/// predicate accepts (LoRA: the adapters), the others frozen.
 #[derive(Clone, Default)]
 pub struct ParamStore {
     vars: Arc<Mutex<HashMap<String, Var>>>,
+    trainable: Option<fn(&str) -> bool>,
 }
 
 impl ParamStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store whose parameters train only where `trainable` accepts their name: a model built
+    /// over it sees the others detached (no gradient, no optimizer state); loading and
+    /// checkpoints still reach every parameter.
+    pub fn with_trainable(trainable: fn(&str) -> bool) -> Self {
+        Self { trainable: Some(trainable), ..Self::default() }
+    }
+
+    fn is_trainable(&self, name: &str) -> bool {
+        self.trainable.is_none_or(|accept| accept(name))
+    }
+
+    /// The parameters the optimizer updates, sorted by name.
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_vars().into_iter().filter(|(name, _)| self.is_trainable(name)).collect()
     }
 
     // A poisoned lock means a panic elsewhere while inserting; the map itself is still whole.
@@ -61,17 +79,21 @@ struct SeededParams {
 impl candle_nn::var_builder::SimpleBackend for SeededParams {
     fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, device: &Device) -> Result<Tensor> {
         let mut vars = self.store.vars.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let as_used = |var: &Var| match self.store.is_trainable(name) {
+            true => var.as_tensor().clone(),
+            false => var.as_tensor().detach(), // shares the storage: loading still reaches it
+        };
         if let Some(var) = vars.get(name) {
             if var.shape() != &shape {
                 candle_core::bail!("parameter `{name}` requested as {shape:?} but exists as {:?}", var.shape());
             }
-            return Ok(var.as_tensor().clone());
+            return Ok(as_used(var));
         }
         let values = draw(&shape, &init, &mut Rng::derived(self.seed, &[hash_str(name)]));
         let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
         let var = Var::from_tensor(&tensor)?;
         vars.insert(name.to_string(), var.clone());
-        Ok(var.as_tensor().clone())
+        Ok(as_used(&var))
     }
 
     fn get_unchecked(&self, name: &str, _dtype: DType, _device: &Device) -> Result<Tensor> {

@@ -164,6 +164,6 @@ impl Seq2Seq {
         let offset = caches.first().map_or(0, |c| c.self_attn.len());
         let mut mode = Mode::eval();
         let hidden = self.decode_hidden(tgt, memory, offset, Some(caches), &mut mode)?;
-        last_position_logits(&self.lm_head, &hidden, &mode)
+        last_position_logits(&self.lm_head, &hidden, &mut mode)
     }
 }

@@ -30,7 +30,9 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::
     if resuming {
         let path = run.bert_config();
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let bert: BertConfig = serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        let mut bert: BertConfig =
+            serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?;
+        bert.lora = cfg.model.lora;
         // The saved architecture fills the shape keys, as on the fresh run.
         adopt_shape(&mut config.model, &bert, &path)?;
         adopt_dropout(&mut config.model, &bert);
@@ -41,6 +43,7 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::
         Some(spec) => {
             let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
             let mut bert = BertConfig::from_dir(&dir)?;
+            bert.lora = cfg.model.lora;
             adopt_shape(&mut config.model, &bert, &dir.join("config.json"))?;
             // Dropout is a training choice: the [model] values win when given.
             if cfg.model.dropout > 0.0 || cfg.model.resid_dropout.is_some() {
@@ -70,6 +73,13 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::
     tokenizer.save(&run.tokenizer())?;
     crate::fsutil::write_atomic(&run.bert_config(), serde_json::to_string_pretty(&bert)?.as_bytes())?;
     Ok(EncoderSetup { bert, tokenizer, config, pretrained })
+}
+
+/// A trained encoder run's architecture, with its LoRA adapters (`[lora]`).
+pub fn trained_bert(opened: &crate::run_dir::OpenedCheckpoint) -> Result<BertConfig> {
+    let mut bert = opened.run.read_bert_config()?;
+    bert.lora = opened.config.model.lora;
+    Ok(bert)
 }
 
 /// The longest input the model takes: `requested` (`task.max_len`), at most the model's

@@ -83,7 +83,10 @@ fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> R
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
     let device = crate::device::open_device(&cfg.train.device)?;
-    let params = ParamStore::new();
+    let params = match cfg.lora {
+        Some(_) => ParamStore::with_trainable(crate::model::lora::is_trainable),
+        None => ParamStore::new(),
+    };
     // The other ranks read what rank 0 made of the run (tokenizer, corpus cache) as a resume does.
     let resuming = resume_from.is_some() || world.rank() > 0;
     let (run, device) = (&run, &device);
@@ -206,6 +209,17 @@ fn resume_point(run: &RunDir, which: Option<&str>) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What a LoRA run trains, for the start-up line (nothing without `[lora]`).
+fn lora_note(cfg: &Config, params: &ParamStore) -> String {
+    match &cfg.lora {
+        Some(lora) => {
+            let trainable: usize = params.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+            format!(" ({trainable} trained: LoRA rank {} on {})", lora.rank, lora.targets.join(", "))
+        }
+        None => String::new(),
+    }
+}
+
 /// The recipe, the same for every task: optimizer and schedule over the task's parameters,
 /// then per step: the step itself, then logging, evaluation and checkpoints on their turns.
 /// With several ranks, rank 0 alone writes (config, metrics, checkpoints, summary) and
@@ -215,7 +229,7 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     let root = world.rank() == 0;
     let cfg = task.config();
     let config_text = cfg.to_toml_string()?;
-    let mut optimizer = AdamW::new(params.named_vars(), &cfg.optim, &task.embedding_tables())?;
+    let mut optimizer = AdamW::new(params.trainable_vars(), &cfg.optim, &task.embedding_tables())?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
     let checkpointer = Checkpointer::new(run, cfg, &config_text)?;
     let mut state = checkpointer.start(cfg, launch.resume_from.as_deref(), params, &mut optimizer, device)?;
@@ -231,7 +245,8 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     let (elements, on) = (params.num_elements(), crate::device::describe(device));
     let ranks = if world.size() > 1 { format!(" x {} ranks", world.size()) } else { String::new() };
     logger.say(format!(
-        "taper: {elements} parameters on {on}{ranks}, {}, run dir {}",
+        "taper: {elements} parameters{} on {on}{ranks}, {}, run dir {}",
+        lora_note(cfg, params),
         task.describe(),
         run.path().display()
     ));

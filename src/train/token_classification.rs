@@ -320,7 +320,7 @@ pub struct TrainedTagger {
 
 impl TrainedTagger {
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
-        let bert = opened.run.read_bert_config()?;
+        let bert = encoder::trained_bert(&opened)?;
         let tokenizer = TextTokenizer::load(&opened.run.tokenizer())?;
         let labels = opened.run.read_labels()?;
         let model = opened.build(|vb| build_model(&opened.config, &bert, labels.names.len(), vb))?;
