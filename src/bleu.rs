@@ -78,50 +78,97 @@ fn ngram_counts<'a>(tokens: &'a [&'a str], n: usize) -> HashMap<&'a [&'a str], u
     counts
 }
 
+/// What corpus BLEU is computed from, as sums over sentences (so shares of a corpus add up):
+/// clipped n-gram matches and hypothesis n-grams for n = 1..4, and both lengths in tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BleuStats {
+    pub correct: [usize; MAX_ORDER],
+    pub total: [usize; MAX_ORDER],
+    pub sys_len: usize,
+    pub ref_len: usize,
+}
+
+/// The values of [`BleuStats::to_values`].
+pub const BLEU_VALUES: usize = 2 * MAX_ORDER + 2;
+
+impl BleuStats {
+    /// The statistics of `hypotheses` against one reference each.
+    pub fn of(hypotheses: &[String], references: &[String]) -> Result<Self> {
+        if hypotheses.len() != references.len() {
+            bail!("{} hypotheses but {} references", hypotheses.len(), references.len());
+        }
+        let mut stats = Self::default();
+        for (hyp, reference) in hypotheses.iter().zip(references) {
+            let (hyp, reference) = (tokenize_13a(hyp), tokenize_13a(reference));
+            let hyp: Vec<&str> = hyp.split_whitespace().collect();
+            let reference: Vec<&str> = reference.split_whitespace().collect();
+            stats.sys_len += hyp.len();
+            stats.ref_len += reference.len();
+            for n in 1..=MAX_ORDER {
+                let ref_counts = ngram_counts(&reference, n);
+                for (gram, count) in ngram_counts(&hyp, n) {
+                    stats.correct[n - 1] += count.min(ref_counts.get(gram).copied().unwrap_or(0));
+                }
+                stats.total[n - 1] += hyp.len().saturating_sub(n - 1);
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The counts as numbers, to be summed (over ranks) and read back with `from_values`.
+    pub fn to_values(&self) -> [f64; BLEU_VALUES] {
+        let mut values = [0.0; BLEU_VALUES];
+        for n in 0..MAX_ORDER {
+            values[n] = self.correct[n] as f64;
+            values[MAX_ORDER + n] = self.total[n] as f64;
+        }
+        values[2 * MAX_ORDER] = self.sys_len as f64;
+        values[2 * MAX_ORDER + 1] = self.ref_len as f64;
+        values
+    }
+
+    pub fn from_values(values: &[f64]) -> Self {
+        let count = |i: usize| values.get(i).copied().unwrap_or(0.0) as usize;
+        Self {
+            correct: std::array::from_fn(count),
+            total: std::array::from_fn(|n| count(MAX_ORDER + n)),
+            sys_len: count(2 * MAX_ORDER),
+            ref_len: count(2 * MAX_ORDER + 1),
+        }
+    }
+
+    /// Corpus BLEU of these statistics, as sacreBLEU computes it (exp smoothing).
+    pub fn bleu(&self) -> Bleu {
+        let Self { correct, total, sys_len, ref_len } = *self;
+        let brevity_penalty = match (sys_len, ref_len) {
+            (s, r) if s >= r => 1.0,
+            (0, _) => 0.0,
+            (s, r) => (1.0 - r as f64 / s as f64).exp(),
+        };
+        let mut precisions = [0.0; MAX_ORDER];
+        if correct.iter().all(|&c| c == 0) {
+            return Bleu { score: 0.0, precisions, brevity_penalty, sys_len, ref_len };
+        }
+        let mut smooth = 1.0;
+        for n in 0..MAX_ORDER {
+            if total[n] == 0 {
+                break;
+            }
+            precisions[n] = if correct[n] == 0 {
+                smooth *= 2.0;
+                100.0 / (smooth * total[n] as f64)
+            } else {
+                100.0 * correct[n] as f64 / total[n] as f64
+            };
+        }
+        // sacreBLEU's log(0) is -9999999999, which makes the score 0.
+        let log = |p: f64| if p == 0.0 { -9_999_999_999.0 } else { p.ln() };
+        let score = brevity_penalty * (precisions.iter().map(|&p| log(p)).sum::<f64>() / MAX_ORDER as f64).exp();
+        Bleu { score, precisions, brevity_penalty, sys_len, ref_len }
+    }
+}
+
 /// Corpus BLEU of `hypotheses` against one reference each.
 pub fn corpus_bleu(hypotheses: &[String], references: &[String]) -> Result<Bleu> {
-    if hypotheses.len() != references.len() {
-        bail!("{} hypotheses but {} references", hypotheses.len(), references.len());
-    }
-    let (mut correct, mut total) = ([0usize; MAX_ORDER], [0usize; MAX_ORDER]);
-    let (mut sys_len, mut ref_len) = (0, 0);
-    for (hyp, reference) in hypotheses.iter().zip(references) {
-        let (hyp, reference) = (tokenize_13a(hyp), tokenize_13a(reference));
-        let hyp: Vec<&str> = hyp.split_whitespace().collect();
-        let reference: Vec<&str> = reference.split_whitespace().collect();
-        sys_len += hyp.len();
-        ref_len += reference.len();
-        for n in 1..=MAX_ORDER {
-            let ref_counts = ngram_counts(&reference, n);
-            for (gram, count) in ngram_counts(&hyp, n) {
-                correct[n - 1] += count.min(ref_counts.get(gram).copied().unwrap_or(0));
-            }
-            total[n - 1] += hyp.len().saturating_sub(n - 1);
-        }
-    }
-    let brevity_penalty = match (sys_len, ref_len) {
-        (s, r) if s >= r => 1.0,
-        (0, _) => 0.0,
-        (s, r) => (1.0 - r as f64 / s as f64).exp(),
-    };
-    let mut precisions = [0.0; MAX_ORDER];
-    if correct.iter().all(|&c| c == 0) {
-        return Ok(Bleu { score: 0.0, precisions, brevity_penalty, sys_len, ref_len });
-    }
-    let mut smooth = 1.0;
-    for n in 0..MAX_ORDER {
-        if total[n] == 0 {
-            break;
-        }
-        precisions[n] = if correct[n] == 0 {
-            smooth *= 2.0;
-            100.0 / (smooth * total[n] as f64)
-        } else {
-            100.0 * correct[n] as f64 / total[n] as f64
-        };
-    }
-    // sacreBLEU's log(0) is -9999999999, which makes the score 0.
-    let log = |p: f64| if p == 0.0 { -9_999_999_999.0 } else { p.ln() };
-    let score = brevity_penalty * (precisions.iter().map(|&p| log(p)).sum::<f64>() / MAX_ORDER as f64).exp();
-    Ok(Bleu { score, precisions, brevity_penalty, sys_len, ref_len })
+    Ok(BleuStats::of(hypotheses, references)?.bleu())
 }

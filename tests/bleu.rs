@@ -79,3 +79,25 @@ fn corpus_scores_match_sacrebleu() {
     }
     assert!(corpus_bleu(&strings(&["a"]), &[]).is_err());
 }
+
+/// A corpus split in shares (as ranks score it): the shares' summed statistics give the whole
+/// corpus's BLEU.
+#[test]
+fn summed_statistics_of_shares_give_the_corpus_score() {
+    use taper::bleu::BleuStats;
+    let hyps = strings(&["the the the cat sat", "a cat is on a mat.", "the cat sat", "on mat", "there is a cat"]);
+    let refs =
+        strings(&["the cat sat on the mat", "the cat is on the mat.", "the cat sat on the mat", "on the mat", "a cat"]);
+    let whole = corpus_bleu(&hyps, &refs).unwrap();
+    let mut sums = vec![0.0; taper::bleu::BLEU_VALUES];
+    for rank in 0..2 {
+        let (h, r): (Vec<String>, Vec<String>) =
+            hyps.iter().zip(&refs).skip(rank).step_by(2).map(|(h, r)| (h.clone(), r.clone())).unzip();
+        for (sum, value) in sums.iter_mut().zip(BleuStats::of(&h, &r).unwrap().to_values()) {
+            *sum += value;
+        }
+    }
+    let summed = BleuStats::from_values(&sums).bleu();
+    assert_eq!(summed, whole);
+    assert!(whole.score > 0.0 && whole.score < 100.0, "{whole:?}");
+}

@@ -250,7 +250,17 @@ fn val_metrics(run: &Path) -> Vec<(u64, String, f64)> {
     for record in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
         let step = record["step"].as_u64().unwrap();
         for (key, value) in record.as_object().unwrap() {
-            let counted = ["masked_accuracy", "accuracy", "macro_f1", "token_accuracy", "precision", "recall", "f1"];
+            let counted = [
+                "masked_accuracy",
+                "accuracy",
+                "macro_f1",
+                "token_accuracy",
+                "precision",
+                "recall",
+                "f1",
+                "bleu",
+                "exact_match",
+            ];
             if key.starts_with("val_") || counted.contains(&key.as_str()) {
                 out.push((step, key.clone(), value.as_f64().unwrap()));
             }
@@ -281,6 +291,33 @@ fn evaluation_split_over_two_ranks_gives_the_one_process_numbers() {
         for ((step, key, x), (_, _, y)) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-9, "{config} {eval:?}: step {step}: {key} {x} on 2 ranks, {y} in one process");
         }
+    }
+}
+
+/// A seq2seq run's evaluation (teacher-forced loss, greedy decoding's exact match and BLEU, from
+/// summed n-gram counts) split over the ranks: the one process's numbers.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_seq2seq_evaluation_split_over_two_ranks_gives_the_one_process_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let val = dir.path().join("val.tsv");
+    let text = std::fs::read_to_string(root().join("data/numbers/val.tsv")).unwrap();
+    std::fs::write(&val, text.lines().take(42).collect::<Vec<_>>().join("\n") + "\n").unwrap(); // 41 pairs
+    let config = "configs/seq2seq-numbers.toml";
+    let val_path = format!("data.val_path=\"{}\"", val.display());
+    let sets = ["train.steps=150", "schedule.warmup_steps=10", "train.eval_every=75", &val_path];
+    let (two, one) = (dir.path().join("two"), dir.path().join("one"));
+    ok(mpirun(2, &train_args(config, &two, &[&sets[..], &["train.grad_accum=1"]].concat())));
+    ok(taper(&train_args(config, &one, &[&sets[..], &["train.grad_accum=2"]].concat())));
+    let (a, b) = (val_metrics(&two), val_metrics(&one));
+    let keys: Vec<&str> = b.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert!(["bleu", "exact_match", "token_accuracy"].iter().all(|k| keys.contains(k)), "{keys:?}");
+    assert!(b.len() >= 8 && a.len() == b.len(), "{a:?} vs {b:?}");
+    assert!(b.iter().any(|(_, k, v)| k == "bleu" && *v > 0.0), "BLEU is 0 throughout: {b:?}");
+    for ((step, key, x), (_, _, y)) in a.iter().zip(&b) {
+        // Each rank pads its own share's batches: the loss within float rounding.
+        let tolerance = if key == "val_loss" { 1e-6 } else { 1e-12 };
+        assert!((x - y).abs() <= tolerance, "step {step}: {key} {x} on 2 ranks, {y} in one process");
     }
 }
 

@@ -212,19 +212,20 @@ impl Seq2SeqTask {
 }
 
 /// Teacher-forced loss (plain NLL) and token accuracy, then greedy decoding: exact match and
-/// corpus BLEU against `references`.
-fn score(
+/// corpus BLEU against `references`. What the metrics are computed from, as sums (so ranks'
+/// shares add up): [loss sum, correct tokens, tokens, exact matches, pairs, BLEU's statistics].
+fn tally(
     model: &Seq2Seq,
     vocab: &Vocabularies,
-    pairs: &[EncodedPair],
-    references: &[String],
+    pairs: &[&EncodedPair],
+    references: &[&String],
     limits: DecodeLimits,
     device: &Device,
-) -> Result<Evaluation> {
+) -> Result<Vec<f64>> {
     let (mut loss, mut correct, mut count) = (0f64, 0usize, 0usize);
     let mut hypotheses = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(EVAL_BATCH) {
-        let batch = pad_pairs(chunk.iter(), vocab.source_specials.pad, vocab.target_specials, device)?;
+        let batch = pad_pairs(chunk.iter().copied(), vocab.source_specials.pad, vocab.target_specials, device)?;
         let mut mode = Mode::eval();
         let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut mode)?;
         let logits = model.forward(&batch.target_in, &memory, &mut mode)?;
@@ -244,14 +245,22 @@ fn score(
         .zip(pairs)
         .filter(|(hyp, pair)| vocab.target_text(&pair.target).is_ok_and(|reference| reference.trim() == hyp.trim()))
         .count();
-    let bleu = crate::bleu::corpus_bleu(&hypotheses, references)?;
-    let count = count.max(1) as f64;
-    Ok(BTreeMap::from([
-        ("val_loss".to_string(), loss / count),
-        ("token_accuracy".to_string(), correct as f64 / count),
-        ("exact_match".to_string(), exact as f64 / pairs.len().max(1) as f64),
-        ("bleu".to_string(), bleu.score),
-    ]))
+    let references: Vec<String> = references.iter().map(|r| r.to_string()).collect();
+    let bleu = crate::bleu::BleuStats::of(&hypotheses, &references)?;
+    let mut sums = vec![loss, correct as f64, count as f64, exact as f64, pairs.len() as f64];
+    sums.extend(bleu.to_values());
+    Ok(sums)
+}
+
+/// The metrics of summed tallies.
+fn from_tally(sums: &[f64]) -> Evaluation {
+    let count = sums[2].max(1.0);
+    BTreeMap::from([
+        ("val_loss".to_string(), sums[0] / count),
+        ("token_accuracy".to_string(), sums[1] / count),
+        ("exact_match".to_string(), sums[3] / sums[4].max(1.0)),
+        ("bleu".to_string(), crate::bleu::BleuStats::from_values(&sums[5..]).bleu().score),
+    ])
 }
 
 impl Task for Seq2SeqTask {
@@ -304,10 +313,24 @@ impl Task for Seq2SeqTask {
         Ok(self.model.loss_sum(&logits, &batch.positions, &batch.target_out, self.label_smoothing, mode)?)
     }
 
-    fn evaluate(&self, params: &ParamStore, _world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
+    /// Each rank scores val pairs rank, rank + size, ...; the sums (loss, tokens, exact matches,
+    /// BLEU's n-gram counts and lengths) are added over the ranks, so the metrics are the one
+    /// process's.
+    fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
         let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let model = build_model(&self.cfg, &self.vocab, vb)?;
-        score(&model, &self.vocab, &self.val, &self.val_targets, self.vocab.limits(&self.cfg)?, &self.device)
+        let share = |i: &usize| i % world.size() == world.rank();
+        let pairs: Vec<&EncodedPair> = self.val.iter().enumerate().filter(|(i, _)| share(i)).map(|(_, p)| p).collect();
+        let references: Vec<&String> =
+            self.val_targets.iter().enumerate().filter(|(i, _)| share(i)).map(|(_, r)| r).collect();
+        let limits = self.vocab.limits(&self.cfg)?;
+        let mut sums = tally(&model, &self.vocab, &pairs, &references, limits, &self.device)?;
+        world.sum_values(&mut sums)?;
+        Ok(from_tally(&sums))
+    }
+
+    fn splits_evaluation(&self) -> bool {
+        true
     }
 
     /// The first `SAMPLES` val sources decoded greedily, as `source -> output`.
@@ -398,6 +421,9 @@ impl TrainedSeq2Seq {
         let pairs = read_pairs(file, &task.source_column, &task.target_column)?;
         let encoded = encode(&self.config, &self.vocab, &pairs, file)?;
         let references: Vec<String> = pairs.into_iter().map(|p| p.target).collect();
-        score(&self.model, &self.vocab, &encoded, &references, self.vocab.limits(&self.config)?, &self.device)
+        let (encoded, references): (Vec<&EncodedPair>, Vec<&String>) =
+            (encoded.iter().collect(), references.iter().collect());
+        let limits = self.vocab.limits(&self.config)?;
+        Ok(from_tally(&tally(&self.model, &self.vocab, &encoded, &references, limits, &self.device)?))
     }
 }
