@@ -210,6 +210,46 @@ fn a_resumed_lora_run_with_adapter_dropout_equals_the_uninterrupted_one() {
     }
 }
 
+/// An encoder-decoder (the T5 fixture): adapters in self- and cross-attention train, the run
+/// generates and exports merged.
+#[test]
+fn lora_on_t5_adapts_self_and_cross_attention() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = std::fs::read_to_string(root().join("configs/t5-finetune-numbers.toml")).unwrap();
+    let sets = [
+        format!("model.init_from=\"{}\"", root().join("tests/fixtures/tiny-t5").display()),
+        format!("data.path=\"{}\"", root().join("data/numbers/train.tsv").display()),
+        format!("data.val_path=\"{}\"", root().join("data/numbers/val.tsv").display()),
+        "lora.rank=4".into(),
+        "lora.targets=[\"attention\"]".into(),
+        "train.steps=20".into(),
+        "train.eval_every=0".into(),
+        "train.log_every=1".into(),
+        "optim.lr=1e-2".into(),
+        format!("checkpoint.dir=\"{}\"", dir.path().join("run").display()),
+    ];
+    let report = train(Config::from_toml_str(&toml, &sets).unwrap(), &quiet()).unwrap();
+    assert!(report.losses.last().unwrap().1 < report.losses[0].1, "{:?}", report.losses);
+    let run = dir.path().join("run");
+    let optimizer = checkpoint_file(&run, "optimizer.safetensors");
+    for stack in ["encoder", "decoder"] {
+        assert!(
+            optimizer.keys().any(|k| k.contains(&format!("{stack}.blocks.")) && k.contains("q_proj.lora_a")),
+            "{stack}: {:?}",
+            optimizer.keys()
+        );
+    }
+    assert!(
+        optimizer.keys().any(|k| k.contains("cross") && k.ends_with("lora_b")),
+        "cross-attention: {:?}",
+        optimizer.keys()
+    );
+    assert!(optimizer.keys().all(|k| k.contains("lora_")), "{:?}", optimizer.keys());
+    let trained = taper::trained::TrainedRun::load(&run, "latest", "cpu").unwrap();
+    assert!(matches!(trained, taper::trained::TrainedRun::Seq2Seq(_)));
+    taper::export::export_hf(&run, "latest", &dir.path().join("hf"), false).unwrap();
+}
+
 #[test]
 fn lora_settings_are_checked() {
     let dir = tempfile::tempdir().unwrap();

@@ -201,7 +201,8 @@ impl ModelConfig {
                 None => merged.remove(key),
             };
         }
-        *self = merged.try_into()?;
+        // The table holds the TOML keys only; the resolved `[lora]` is the run's, not the checkpoint's.
+        *self = ModelConfig { lora: self.lora, ..merged.try_into()? };
         Ok(())
     }
 

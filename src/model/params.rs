@@ -115,7 +115,7 @@ fn draw(shape: &Shape, init: &Init, rng: &mut Rng) -> Vec<f32> {
         Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect(),
         Init::Uniform { lo, up } => (0..n).map(|_| (lo + (up - lo) * rng.uniform()) as f32).collect(),
         Init::Kaiming { .. } => {
-            // taper's modules never ask for Kaiming; treat it as PyTorch's Linear default.
+            // LoRA's A asks for it: PyTorch's Linear default (kaiming_uniform, a = sqrt(5)), as PEFT.
             let fan_in = shape.dims().last().copied().unwrap_or(1).max(1) as f64;
             let bound = 1.0 / fan_in.sqrt();
             (0..n).map(|_| (-bound + 2.0 * bound * rng.uniform()) as f32).collect()
