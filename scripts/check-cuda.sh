@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Type-checks taper's CUDA build (`cargo check --features cuda`, every target) on a machine
+# without a GPU. When nvcc is missing it installs Debian's non-free `nvidia-cuda-toolkit` (nvcc
+# 11.8; as root: adds `contrib non-free` to apt's sources first). candle-kernels' build script
+# compiles its PTX with nvcc for compute capability $CUDA_COMPUTE_CAP (default 80: no GPU to
+# ask). The target directory lives outside the checkout ($CUDA_TARGET_DIR, default
+# ~/.cache/taper-cuda-target), so later checks are incremental. .ci/run calls this when nvcc is
+# present. Usage: scripts/check-cuda.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nvcc >/dev/null; then
+  sources=/etc/apt/sources.list.d/debian.sources
+  if [ -f "$sources" ]; then
+    sed -i 's/^Components: main$/Components: main contrib non-free non-free-firmware/' "$sources"
+  else
+    sed -i 's/ main$/ main contrib non-free non-free-firmware/' /etc/apt/sources.list
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nvidia-cuda-toolkit >/dev/null
+fi
+nvcc --version | tail -2
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
+CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/taper-cuda-target} cargo check --release --features cuda --all-targets
+echo "cuda_check=ok"
