@@ -122,15 +122,17 @@ fn two_ranks_train_as_one_process_with_twice_the_accumulation() {
 #[test]
 fn fine_tuned_classifiers_train_the_same_on_two_ranks() {
     // Padded batches of different lengths and target counts on each rank: a label per text,
-    // and a tag per word (sub-words left out).
+    // a tag per word (sub-words left out), and a LoRA fine-tune.
     let model = root().join(".cache/models/all-MiniLM-L6-v2");
     assert!(model.join("model.safetensors").is_file(), "run scripts/fetch-minilm.sh first");
     let dir = tempfile::tempdir().unwrap();
     let sets =
         ["train.steps=3", "schedule.warmup_steps=1", "train.batch_size=4", "train.log_every=1", "train.eval_every=3"];
-    let runs: [(&str, &[&str]); 2] = [
+    let runs: [(&str, &[&str]); 3] = [
         ("configs/bert-finetune-sentiment.toml", &["accuracy", "macro_f1"]),
         ("configs/bert-finetune-ner.toml", &["token_accuracy", "precision", "recall", "f1"]),
+        // LoRA: only the adapters and the head are all-reduced and stepped.
+        ("configs/bert-lora-sentiment.toml", &["accuracy", "macro_f1"]),
     ];
     for (i, (config, metrics)) in runs.iter().enumerate() {
         let (two, one) = (dir.path().join(format!("two-{i}")), dir.path().join(format!("one-{i}")));
