@@ -4,12 +4,19 @@
 //! candle-nn 0.11's `LayerNorm` (on contiguous input) and `ops::softmax_last_dim` run fused
 //! kernels without a backward pass: layers before them silently never learn. Its `Linear`
 //! computes a wrong forward on non-contiguous 3-D CPU input. So these are written with
-//! differentiable ops.
+//! differentiable ops; on an accelerator the softmax and the norms take candle's fused forward
+//! with taper's written backward instead (`fused_forward`), the same values and gradients.
 
 use candle_core::{DType, Result, Tensor, D};
 
 use super::mask::Mask;
 use super::{dropout, Activation, Mode};
+
+/// Whether `x` lives on CUDA or Metal, where candle has the fused kernels `fused_forward` wraps
+/// (in f32, as these ops compute).
+fn on_accelerator(x: &Tensor) -> bool {
+    !x.device().is_cpu() && super::fused_forward::applies(x.dtype())
+}
 
 /// Matrix product. candle's CPU backend has no bf16 GEMM, so there bf16 operands are multiplied
 /// in f32 and the result rounded back (as bf16 tensor cores accumulate in f32); accelerators
@@ -43,6 +50,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
+    if on_accelerator(&x) {
+        let (w, b) = (weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
+        return super::fused_forward::layer_norm(&x, &w, &b, eps)?.to_dtype(dtype);
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -54,6 +65,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
+    if on_accelerator(&x) {
+        return super::fused_forward::rms_norm(&x, &weight.to_dtype(DType::F32)?, eps)?.to_dtype(dtype);
+    }
     let inverse_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&inverse_rms)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
@@ -63,6 +77,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
+    if on_accelerator(&x) {
+        return super::fused_forward::softmax_last_dim(&x)?.to_dtype(dtype);
+    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)

@@ -10,6 +10,7 @@
 
 pub mod composed;
 pub mod cpu;
+mod fused_forward;
 mod mask;
 mod mode;
 
