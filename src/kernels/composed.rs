@@ -72,6 +72,22 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     x.broadcast_mul(&inverse_rms)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
 
+/// Rotary embedding of x (B, T, H, head_dim), GPT-NeoX's layout (the two halves of each head
+/// rotate together), by cos and sin (T, head_dim / 2): (x1 cos - x2 sin, x2 cos + x1 sin).
+pub fn rotate_halves(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
+    if on_accelerator(x) {
+        return super::fused_forward::rope(x, &cos, &sin);
+    }
+    let half = x.dim(D::Minus1)? / 2;
+    // (T, half) -> (T, 1, half): one rotation per position, shared by the heads.
+    let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
+    let (x1, x2) = (x.narrow(D::Minus1, 0, half)?, x.narrow(D::Minus1, half, half)?);
+    let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+    let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+    Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)
+}
+
 /// Softmax over the last dimension, in f32. The max is detached: softmax is invariant to it,
 /// so its gradient would be zero anyway.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {

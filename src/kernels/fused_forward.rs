@@ -1,5 +1,5 @@
-//! candle-nn's fused forward kernels (softmax, LayerNorm, RMSNorm: one kernel each on CUDA and
-//! Metal) given the backward they lack. candle-nn 0.11's ops have no `bwd`, so a layer behind
+//! candle-nn's fused forward kernels (softmax, LayerNorm, RMSNorm, rotary embedding: one kernel
+//! each on CUDA and Metal) given the backward they lack. candle-nn 0.11's ops have no `bwd`, so a layer behind
 //! them would never learn; here the fused result passes through a node (`WithBackward`) whose
 //! backward is the op's derivative written with tensor ops, checked against the composed form
 //! on the CPU (`tests` below). No CUDA or Metal code of taper's own: the node's forward is a
@@ -9,7 +9,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
 /// Which op's derivative a `WithBackward` node applies.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Derivative {
     /// dx = y (dy - sum(dy y)).
     Softmax,
@@ -17,6 +17,8 @@ enum Derivative {
     LayerNorm { eps: f64 },
     /// RMSNorm's normalisation x r (the weight is applied after the node).
     RmsNorm { eps: f64 },
+    /// Rotary embedding by the angles of (cos, sin): its transpose rotates back, by -angle.
+    Rope { cos: Tensor, sin: Tensor },
 }
 
 /// A node over (x, y = op(x) from a fused kernel): its value is y, its gradient with respect
@@ -74,6 +76,7 @@ impl CustomOp2 for WithBackward {
                 let correction = x.broadcast_mul(&r.powf(3.0)?)?.broadcast_mul(&(dy * x)?.mean_keepdim(D::Minus1)?)?;
                 dy.broadcast_mul(&r)?.sub(&correction)?
             }
+            Derivative::Rope { cos, sin } => candle_nn::rotary_emb::rope_thd(&dy.contiguous()?, cos, &sin.neg()?)?,
         };
         Ok((Some(dx), None))
     }
@@ -105,6 +108,14 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     normed.broadcast_mul(weight)
 }
 
+/// Rotary embedding of x (B, T, H, head_dim), GPT-NeoX's halves, by cos and sin (T, head_dim / 2).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (x, cos, sin) = (x.contiguous()?, cos.contiguous()?, sin.contiguous()?);
+    let y = candle_nn::rotary_emb::rope_thd(&x.detach(), &cos, &sin)?;
+    let derivative = Derivative::Rope { cos, sin };
+    x.apply_op2_arc(&y, std::sync::Arc::new(Box::new(WithBackward(derivative))))
+}
+
 /// Whether candle has these fused kernels for `dtype` on every device (no f64 norms).
 pub fn applies(dtype: DType) -> bool {
     matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
@@ -124,6 +135,18 @@ mod tests {
         (y, grads.get(x.as_tensor()).unwrap().clone())
     }
 
+    /// (3, 5, 16) as (B, T, H = 2, head_dim = 8), rotated by fixed angles, fused or composed.
+    fn rope_of(x: &Tensor, fused: bool) -> Result<Tensor> {
+        let angles = Tensor::arange(0f32, 20.0, &Device::Cpu)?.reshape((5, 4))?.affine(0.37, 0.1)?;
+        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let x4 = x.reshape((3, 5, 2, 8))?;
+        let y = match fused {
+            true => rope(&x4, &cos, &sin)?,
+            false => super::super::composed::rotate_halves(&x4, &cos, &sin)?,
+        };
+        y.reshape((3, 5, 16))
+    }
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
     }
@@ -140,7 +163,7 @@ mod tests {
         type Op<'a> =
             (&'a str, Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>, Box<dyn Fn(&Tensor) -> Result<Tensor> + 'a>);
         let (wt, bt) = (weight.as_tensor(), bias.as_tensor());
-        let ops: [Op; 3] = [
+        let ops: [Op; 4] = [
             ("softmax", Box::new(softmax_last_dim), Box::new(super::super::composed::softmax_last_dim)),
             (
                 "layer_norm",
@@ -152,6 +175,7 @@ mod tests {
                 Box::new(|x| rms_norm(x, wt, 1e-6)),
                 Box::new(|x| super::super::composed::rms_norm(x, wt, 1e-6)),
             ),
+            ("rope", Box::new(|x| rope_of(x, true)), Box::new(|x| rope_of(x, false))),
         ];
         for (name, fused, composed) in ops {
             let (y1, g1) = value_and_gradient(&fused, &x, &w);

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{Embedding, InitPolicy};
@@ -107,7 +107,7 @@ pub fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result
 }
 
 /// Rotary position embedding (RoPE, GPT-NeoX layout: the two halves of each head rotate
-/// together), written with differentiable ops: candle-nn's fused `rope` has no backward.
+/// together): its tables; the rotation is a kernel (`kernels::composed::rotate_halves`).
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor,
@@ -141,16 +141,10 @@ impl Rope {
     /// x: (B, T, n_head * head_dim), heads side by side, its first position being `offset`.
     pub fn apply(&self, x: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
-        let half = d / n_head / 2;
-        let x = x.reshape((b, t, n_head, 2 * half))?; // (B, T, D) -> (B, T, H, head_dim)
-                                                      // (T, half) -> (T, 1, half): one rotation per position, shared by the heads.
-        let cos = self.cos.narrow(0, offset, t)?.to_dtype(x.dtype())?.unsqueeze(1)?;
-        let sin = self.sin.narrow(0, offset, t)?.to_dtype(x.dtype())?.unsqueeze(1)?;
-        let x1 = x.narrow(D::Minus1, 0, half)?;
-        let x2 = x.narrow(D::Minus1, half, half)?;
-        let rotated_1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
-        let rotated_2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
-        Tensor::cat(&[&rotated_1, &rotated_2], D::Minus1)?.reshape((b, t, d)) // -> (B, T, D)
+        let x = x.reshape((b, t, n_head, d / n_head))?; // (B, T, D) -> (B, T, H, head_dim)
+        let (cos, sin) = (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?);
+        crate::kernels::composed::rotate_halves(&x, &cos, &sin)?.reshape((b, t, d))
+        // -> (B, T, D)
     }
 }
 
