@@ -1,9 +1,9 @@
 //! candle-nn's fused forward kernels (softmax, LayerNorm, RMSNorm, rotary embedding: one kernel
-//! each on CUDA and Metal) given the backward they lack. candle-nn 0.11's ops have no `bwd`, so a layer behind
-//! them would never learn; here the fused result passes through a node (`WithBackward`) whose
-//! backward is the op's derivative written with tensor ops, checked against the composed form
-//! on the CPU (`tests` below). No CUDA or Metal code of taper's own: the node's forward is a
-//! copy of candle's output on whatever device it lives.
+//! each on CUDA and Metal) given the backward they lack. candle-nn 0.11's ops have no `bwd`, so
+//! a layer behind them would never learn; here the fused result passes through a node
+//! (`WithBackward`) whose backward is the op's derivative written with tensor ops, checked
+//! against the composed form on the CPU (`tests` below). No CUDA or Metal code of taper's own:
+//! the node's forward is a copy of candle's output on whatever device it lives.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
