@@ -246,8 +246,7 @@ impl Task for Classification {
     }
 
     fn residual_rms(&self, (inputs, _): &Self::Batch) -> Result<BTreeMap<String, f64>> {
-        let rms = self.model.encoder.norm_input_rms(&inputs.ids, Some(&inputs.mask))?;
-        Ok(rms.into_iter().map(|(name, v)| (format!("bert.{name}"), v)).collect())
+        encoder::residual_rms(&self.model.encoder, &inputs.ids, Some(&inputs.mask))
     }
 
     fn loss_sum(&self, (inputs, labels): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {

@@ -75,6 +75,17 @@ pub fn setup(cfg: &Config, run: &RunDir, resuming: bool, corpus: Option<&crate::
     Ok(EncoderSetup { bert, tokenizer, config, pretrained })
 }
 
+/// RMS of the residual stream entering each LayerNorm of a task model's encoder (diagnostics),
+/// by the task model's Hugging Face names (`bert.encoder.layer.0...`).
+pub fn residual_rms(
+    encoder: &crate::model::bert::BertEncoder,
+    ids: &candle_core::Tensor,
+    mask: Option<&candle_core::Tensor>,
+) -> Result<std::collections::BTreeMap<String, f64>> {
+    let rms = encoder.norm_input_rms(ids, mask)?;
+    Ok(rms.into_iter().map(|(name, v)| (format!("bert.{name}"), v)).collect())
+}
+
 /// A trained encoder run's architecture, with its LoRA adapters (`[lora]`).
 pub fn trained_bert(opened: &crate::run_dir::OpenedCheckpoint) -> Result<BertConfig> {
     let mut bert = opened.run.read_bert_config()?;

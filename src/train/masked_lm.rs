@@ -151,8 +151,7 @@ impl Task for MaskedLm {
     }
 
     fn residual_rms(&self, batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
-        let rms = self.model.encoder.norm_input_rms(&batch.inputs, None)?;
-        Ok(rms.into_iter().map(|(name, v)| (format!("bert.{name}"), v)).collect())
+        super::encoder::residual_rms(&self.model.encoder, &batch.inputs, None)
     }
 
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
