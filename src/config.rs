@@ -15,8 +15,8 @@ pub use crate::model::config::{Architecture, InitScheme, ModelConfig, NormPlacem
 pub use crate::model::norm::NormKind;
 pub use crate::optim::config::{Decay, OptimConfig, ScheduleConfig};
 pub use crate::train::config::{
-    CheckpointConfig, DTypeName, EvalBatches, Metric, PoolingName, TaskConfig, TaskKind, TokenClassificationTask,
-    TrainConfig,
+    CheckpointConfig, DTypeName, EvalBatches, LossScale, Metric, PoolingName, TaskConfig, TaskKind,
+    TokenClassificationTask, TrainConfig,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -48,7 +48,7 @@ pub fn greedy(model: &Seq2Seq, memory: &Memory, limits: DecodeLimits, use_cache:
             let t = all.dim(1)?;
             all.narrow(1, t - 1, 1)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?
         };
-        let rows = logits.to_vec2::<f32>()?;
+        let rows = crate::host::vec2::<f32>(&logits)?;
         for (i, row) in rows.iter().enumerate() {
             // A finished row keeps feeding EOS so the batch stays rectangular; it is not read.
             let token = if done[i] { limits.eos } else { argmax(row) };
@@ -104,7 +104,7 @@ pub fn beam_search(model: &Seq2Seq, memory: &Memory, limits: DecodeLimits, optio
         let logits =
             model.decode_step(&Tensor::from_vec(last.clone(), (alive.len(), 1), &device)?, memory, &mut caches)?;
         let mut candidates: Vec<(f64, usize, u32)> = Vec::new();
-        for (beam, row) in logits.to_vec2::<f32>()?.iter().enumerate() {
+        for (beam, row) in crate::host::vec2::<f32>(&logits)?.iter().enumerate() {
             let lp = log_softmax(row);
             let mut order: Vec<u32> = (0..lp.len() as u32).collect();
             order.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));

@@ -99,7 +99,7 @@ const BUCKET: usize = 1 << 22;
 fn flatten(tensors: &[Tensor]) -> Result<Vec<f32>> {
     let mut flat = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
     for t in tensors {
-        flat.extend(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?);
+        flat.extend(crate::host::vec1::<f32>(&t.to_dtype(candle_core::DType::F32)?)?);
     }
     Ok(flat)
 }

@@ -63,7 +63,7 @@ pub fn generate(model: &Gpt, prompt: &[u32], opts: &SamplingOptions) -> Result<V
             let last = logits.dim(1)? - 1;
             logits.narrow(1, last, 1)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?
         };
-        let logits: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        let logits: Vec<f32> = crate::host::vec1(&logits)?;
         tokens.push(sample(&logits, opts, &mut rng)?);
     }
     Ok(tokens[prompt.len()..].to_vec())

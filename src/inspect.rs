@@ -51,7 +51,7 @@ pub fn inspect_init(config: &Config, depths: &[usize]) -> Result<Vec<InitProfile
             let named: Vec<(String, Var)> = params.named_vars();
             let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
             let grads: Vec<_> = named.iter().map(|(_, v)| store.get(v.as_tensor()).cloned()).collect();
-            let norms = grad_norms(&names, &grads)?;
+            let norms = grad_norms(&names, &grads, None)?;
             let get = |key: String| norms.get(&key).copied().unwrap_or(0.0);
             profiles.push(InitProfile {
                 norm,

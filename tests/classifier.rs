@@ -63,7 +63,7 @@ fn fine_tune(pooling: Pooling, kernels: Kernels, steps: u64) -> (SequenceClassif
         losses.push(loss.to_scalar::<f32>().unwrap());
         let grads = loss.backward().unwrap();
         let grads: Vec<_> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
-        opt.step(&grads, 3e-3, None).unwrap();
+        opt.step(&grads, 3e-3, None, None).unwrap();
     }
     (model, losses)
 }

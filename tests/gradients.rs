@@ -59,9 +59,9 @@ fn four_micro_batches_of_one_equal_one_batch_of_four() {
     let tokens = 4 * 12;
     // Each micro-batch's summed loss, divided by the step's total target tokens.
     let loss = |x: &Tensor, y: &Tensor| Ok((model.loss_sum(x, y, &mut Mode::eval())? / tokens as f64)?);
-    let (g_whole, loss_whole) = accumulate_gradients(&vars, std::iter::once(loss(&x, &y))).unwrap();
+    let (g_whole, loss_whole) = accumulate_gradients(&vars, std::iter::once(loss(&x, &y)), None).unwrap();
     let micro = (0..4).map(|i| loss(&x.narrow(0, i, 1).unwrap(), &y.narrow(0, i, 1).unwrap()));
-    let (g_micro, loss_micro) = accumulate_gradients(&vars, micro).unwrap();
+    let (g_micro, loss_micro) = accumulate_gradients(&vars, micro, None).unwrap();
 
     let l1 = loss_whole.to_scalar::<f32>().unwrap();
     let l2 = loss_micro.to_scalar::<f32>().unwrap();

@@ -101,7 +101,7 @@ impl<'a> Mask<'a> {
         }
         if self.cpu.get().is_none() {
             let key_bias = match self.key_keep {
-                Some(keep) => Some(padding_mask(keep)?.flatten_all()?.to_vec1::<f32>()?),
+                Some(keep) => Some(crate::host::cpu_vec1(&padding_mask(keep)?)?),
                 None => None,
             };
             let alibi = match &self.score_bias {

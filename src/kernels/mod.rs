@@ -318,7 +318,7 @@ pub struct Rotary {
 
 impl Rotary {
     fn cpu(&self) -> Result<cpu::Rotation> {
-        let values = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        let values = crate::host::cpu_vec1;
         Ok(cpu::Rotation { cos: values(&self.cos)?, sin: values(&self.sin)? })
     }
 }

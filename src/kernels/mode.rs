@@ -83,6 +83,6 @@ impl Mode {
     /// The recorded RMS values.
     pub fn take_probe(&mut self) -> Result<Vec<f64>> {
         let probe = self.probe.take().unwrap_or_default();
-        probe.iter().map(|t| Ok(t.to_scalar::<f32>()? as f64)).collect()
+        probe.iter().map(crate::host::scalar).collect()
     }
 }

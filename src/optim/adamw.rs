@@ -9,8 +9,10 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
+use super::loss_scale::LossScaler;
 use crate::config::OptimConfig;
 use crate::kernels::cpu::{contiguous, PARALLEL_MIN};
+use crate::kernels::Kernels;
 use rayon::prelude::*;
 
 struct ParamState {
@@ -27,8 +29,32 @@ pub struct AdamW {
     beta2: f64,
     eps: f64,
     weight_decay: f64,
-    /// Optimizer steps taken (for bias correction).
+    /// Optimizer steps attempted (for bias correction when no [`Gate`] counts them).
     pub steps: usize,
+    /// False: the composed update on every device (what accelerators run), for `kernels =
+    /// "composed"`.
+    in_place: bool,
+    /// Loss scaling (f16), checkpointed with the moments as `loss_scale`.
+    pub scaler: Option<LossScaler>,
+}
+
+/// Whether a step's update applies, decided on the device (loss scaling skips a step whose
+/// gradients overflowed): a skipped step leaves weights and moments exactly as they were.
+pub struct Gate {
+    /// u8 scalar: 1 applies the step, 0 skips it.
+    pub apply: Tensor,
+    /// f32 scalar: the optimizer steps applied so far, this one included if it applies (the
+    /// bias correction's t).
+    pub count: Tensor,
+}
+
+/// The optimizer checkpoint's entry for the loss scaler's state.
+const LOSS_SCALE: &str = "loss_scale";
+
+/// The gate's values where the update runs on the CPU (no device is involved).
+fn cpu_gate(gate: &Gate) -> Result<(bool, f64)> {
+    let apply = crate::host::cpu_vec1(&gate.apply)?[0] != 0.0;
+    Ok((apply, crate::host::cpu_vec1(&gate.count)?[0] as f64))
 }
 
 /// Weight decay goes to matrices; biases and norm gains are exempt, and embedding tables too
@@ -50,6 +76,80 @@ struct UpdateWeights {
     correction1: f32,
     correction2: f32,
     eps: f32,
+}
+
+/// The bias correction's step count: known on the host, or on the device with the gate that
+/// decides whether the step applies.
+enum Count<'a> {
+    Host(f64),
+    Gated(&'a Gate),
+}
+
+/// One step's hyper-parameters.
+struct Hyper {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    lr: f64,
+}
+
+impl Hyper {
+    /// The CPU update: two in-place passes (moments, then weights), at step count `t`.
+    fn in_place(&self, p: &ParamState, grad: &Tensor, scale: &Tensor, decay_factor: f64, t: f64) -> Result<()> {
+        let (beta1, beta2) = (self.beta1 as f32, self.beta2 as f32);
+        p.moments.inplace_op3(grad, scale, &UpdateMoments { beta1, beta2 })?;
+        p.var.as_tensor().inplace_op2(
+            &p.moments,
+            &UpdateWeights {
+                lr: self.lr as f32,
+                decay_factor: decay_factor as f32,
+                correction1: (1.0 - self.beta1.powi(t as i32)) as f32,
+                correction2: (1.0 - self.beta2.powi(t as i32)) as f32,
+                eps: self.eps as f32,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// The same update in tensor ops (any device). Gated, the bias corrections come from the
+    /// gate's count and a skipped step keeps the old weights and moments.
+    fn composed(
+        &self,
+        p: &mut ParamState,
+        grad: &Tensor,
+        scale: &Tensor,
+        decay_factor: f64,
+        count: &Count,
+    ) -> Result<()> {
+        let grad = grad.broadcast_mul(scale)?;
+        let m = ((p.moments.get(0)? * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
+        let v = ((p.moments.get(1)? * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
+        let update = match count {
+            Count::Host(t) => {
+                let (correction1, correction2) = (1.0 - self.beta1.powi(*t as i32), 1.0 - self.beta2.powi(*t as i32));
+                ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?
+            }
+            Count::Gated(gate) => {
+                // 1 - beta^t with t on the device.
+                let correction = |beta: f64| (1.0 - (&gate.count * beta.ln())?.exp()?)?.reshape(1);
+                let (c1, c2) = (correction(self.beta1)?, correction(self.beta2)?);
+                (m.broadcast_div(&c1)? / (v.broadcast_div(&c2)?.sqrt()? + self.eps)?)?
+            }
+        };
+        let weight = (p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()? * decay_factor)?;
+        let next = (weight - (update * self.lr)?)?.reshape(p.var.shape())?.to_dtype(p.var.dtype())?;
+        let moments = Tensor::stack(&[m, v], 0)?;
+        let (next, moments) = match count {
+            Count::Host(_) => (next, moments),
+            Count::Gated(gate) => {
+                let keep = |new: &Tensor, old: &Tensor| gate.apply.broadcast_as(new.shape())?.where_cond(new, old);
+                (keep(&next, p.var.as_tensor())?, keep(&moments, &p.moments)?)
+            }
+        };
+        p.var.set(&next)?;
+        p.moments = moments;
+        Ok(())
+    }
 }
 
 fn mutable_slice<'a>(storage: &'a mut CpuStorage, layout: &Layout) -> candle_core::Result<&'a mut [f32]> {
@@ -130,7 +230,15 @@ impl AdamW {
             eps: cfg.eps,
             weight_decay: cfg.weight_decay,
             steps: 0,
+            in_place: true,
+            scaler: None,
         })
+    }
+
+    /// Follows `model.kernels`: with `composed`, the update runs as composed tensor ops on the
+    /// CPU too (the path accelerators take; the in-place CPU passes are otherwise used).
+    pub fn use_kernels(&mut self, kernels: Kernels) {
+        self.in_place = kernels == Kernels::Fused;
     }
 
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
@@ -147,53 +255,45 @@ impl AdamW {
     }
 
     /// Applies one update. `grads[i]` belongs to the i-th parameter (None: no gradient, no
-    /// move). `grad_scale`: a scalar tensor the gradients are multiplied by (clipping), kept on
-    /// the device.
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: Option<&Tensor>) -> Result<()> {
+    /// move). `grad_scale`: a scalar tensor the gradients are multiplied by (clipping, loss
+    /// scaling), kept on the device. `gate`: whether the step applies (loss scaling).
+    pub fn step(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: Option<&Tensor>,
+        gate: Option<&Gate>,
+    ) -> Result<()> {
         if grads.len() != self.params.len() {
             bail!("optimizer got {} gradients for {} parameters", grads.len(), self.params.len());
         }
         self.steps += 1;
-        let t = self.steps as i32;
-        let correction1 = 1.0 - self.beta1.powi(t);
-        let correction2 = 1.0 - self.beta2.powi(t);
         // The clipping factor (1 without clipping), once per step, on the parameters' device.
         let Some(first) = self.params.first() else { return Ok(()) };
+        let in_place = self.in_place && first.var.device().is_cpu();
         let scale = match grad_scale {
             Some(s) => s.to_dtype(DType::F32)?.reshape(1)?,
             None => Tensor::ones(1, DType::F32, first.var.device())?,
         };
+        let count = match gate {
+            None => Count::Host(self.steps as f64),
+            Some(gate) if in_place => match cpu_gate(gate)? {
+                (true, t) => Count::Host(t),
+                (false, _) => return Ok(()),
+            },
+            Some(gate) => Count::Gated(gate),
+        };
+        let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, eps: self.eps, lr };
         for (p, grad) in self.params.iter_mut().zip(grads) {
             let Some(grad) = grad else { continue };
             let decay_factor = if p.decay { 1.0 - lr * self.weight_decay } else { 1.0 };
             let grad = grad.to_dtype(DType::F32)?.flatten_all()?.contiguous()?;
-            let in_place = p.var.device().is_cpu() && p.var.dtype() == DType::F32 && p.var.is_contiguous();
-            if in_place {
-                p.moments.inplace_op3(
-                    &grad,
-                    &scale,
-                    &UpdateMoments { beta1: self.beta1 as f32, beta2: self.beta2 as f32 },
-                )?;
-                p.var.as_tensor().inplace_op2(
-                    &p.moments,
-                    &UpdateWeights {
-                        lr: lr as f32,
-                        decay_factor: decay_factor as f32,
-                        correction1: correction1 as f32,
-                        correction2: correction2 as f32,
-                        eps: self.eps as f32,
-                    },
-                )?;
-                continue;
+            match &count {
+                Count::Host(t) if in_place && p.var.dtype() == DType::F32 && p.var.is_contiguous() => {
+                    hyper.in_place(p, &grad, &scale, decay_factor, *t)?
+                }
+                count => hyper.composed(p, &grad, &scale, decay_factor, count)?,
             }
-            let grad = grad.broadcast_mul(&scale)?;
-            let m = ((p.moments.get(0)? * self.beta1)? + (&grad * (1.0 - self.beta1))?)?;
-            let v = ((p.moments.get(1)? * self.beta2)? + (grad.sqr()? * (1.0 - self.beta2))?)?;
-            let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?;
-            let weight = (p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()? * decay_factor)?;
-            let next = (weight - (update * lr)?)?.reshape(p.var.shape())?;
-            p.var.set(&next.to_dtype(p.var.dtype())?)?;
-            p.moments = Tensor::stack(&[m, v], 0)?;
         }
         Ok(())
     }
@@ -205,12 +305,27 @@ impl AdamW {
             out.insert(format!("m.{}", p.name), p.moments.get(0)?.reshape(p.var.shape())?);
             out.insert(format!("v.{}", p.name), p.moments.get(1)?.reshape(p.var.shape())?);
         }
+        if let Some(scaler) = &self.scaler {
+            out.insert(LOSS_SCALE.into(), scaler.state().clone());
+        }
         Ok(out)
     }
 
     /// Restores moments saved by [`Self::state_tensors`]; every parameter must be present with
     /// its own shape.
     pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, steps: usize) -> Result<()> {
+        match (&mut self.scaler, tensors.remove(LOSS_SCALE)) {
+            (Some(scaler), Some(state)) => scaler.load_state(&state)?,
+            (Some(_), None) => bail!(
+                "the optimizer checkpoint has no `{LOSS_SCALE}`: it was saved without loss scaling; \
+                 resume with the run's own `train.dtype` and `train.loss_scale`"
+            ),
+            (None, Some(_)) => bail!(
+                "the optimizer checkpoint holds a loss scaler's state (`{LOSS_SCALE}`) but this run scales no loss; \
+                 resume with the run's own `train.dtype` and `train.loss_scale`"
+            ),
+            (None, None) => {}
+        }
         for p in &mut self.params {
             let mut halves = Vec::with_capacity(2);
             for kind in ["m", "v"] {

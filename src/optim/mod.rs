@@ -2,20 +2,27 @@
 
 pub mod adamw;
 pub mod config;
+pub mod loss_scale;
 pub mod schedule;
 
-pub use adamw::AdamW;
+pub use adamw::{AdamW, Gate};
+pub use loss_scale::LossScaler;
 pub use schedule::Schedule;
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::kernels::cpu::{contiguous, lane_sum, PARALLEL_MIN};
+use crate::kernels::Kernels;
 
-/// Global L2 norm of all gradients, as a scalar tensor (it stays on the device).
-pub fn global_norm(grads: &[Option<Tensor>]) -> Result<Tensor> {
-    if let Some(sum_of_squares) = cpu_sum_of_squares(grads)? {
-        return Tensor::new(sum_of_squares.sqrt() as f32, &Device::Cpu);
+/// Global L2 norm of all gradients, as a scalar tensor (it stays on the device). With
+/// `Kernels::Fused` and CPU f32 gradients, one pass per gradient on the host; otherwise
+/// composed ops (what accelerators run).
+pub fn global_norm(grads: &[Option<Tensor>], kernels: Kernels) -> Result<Tensor> {
+    if kernels == Kernels::Fused {
+        if let Some(sum_of_squares) = cpu_sum_of_squares(grads)? {
+            return Tensor::new(sum_of_squares.sqrt() as f32, &Device::Cpu);
+        }
     }
     let mut total: Option<Tensor> = None;
     for g in grads.iter().flatten() {

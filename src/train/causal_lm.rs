@@ -14,6 +14,7 @@ use crate::config::{Config, EvalBatches, ModelConfig, TaskKind};
 use crate::data::{corpus_dataset, read_corpus, BatchBuffers, Corpus, Split, TextTokenizer, TokenDataset};
 use crate::distributed::Collective;
 use crate::generate::{generate, SamplingOptions};
+use crate::host;
 use crate::model::{Gpt, Mode, ParamStore};
 use crate::pretrained::PretrainedDecoder;
 use crate::run_dir::{OpenedCheckpoint, RunDir};
@@ -136,7 +137,7 @@ impl Task for CausalLm {
                 EvalBatches::Sampled(_) => self.data.eval_batch(cfg.train.seed, index, batch, &self.device, buffers)?,
                 EvalBatches::All => self.data.val_block_batch(index, batch, &self.device, buffers)?,
             };
-            sums[0] += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
+            sums[0] += host::scalar(&model.loss_sum(&inputs, &targets, &mut Mode::eval())?)?;
             sums[1] += targets.elem_count() as f64;
         }
         world.sum_values(&mut sums)?;
@@ -185,7 +186,7 @@ fn score_stream(model: &Gpt, ids: &[u32], device: &Device) -> Result<Evaluation>
         let targets: Vec<u32> = windows.iter().flat_map(|&s| ids[s + 1..s + 1 + len].iter().copied()).collect();
         let inputs = Tensor::from_vec(inputs, (windows.len(), len), device)?;
         let targets = Tensor::from_vec(targets, (windows.len(), len), device)?;
-        total += model.loss_sum(&inputs, &targets, &mut Mode::eval())?.to_scalar::<f32>()? as f64;
+        total += host::scalar(&model.loss_sum(&inputs, &targets, &mut Mode::eval())?)?;
         count += windows.len() * len;
         Ok(())
     };

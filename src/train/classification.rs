@@ -19,6 +19,7 @@ use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
 use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
+use crate::host;
 use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use crate::model::{Mode, ParamStore};
@@ -140,7 +141,7 @@ fn logits(model: &SequenceClassifier, rows: &[&Encoded], pad_id: u32, device: &D
     for chunk in by_length.chunks(EVAL_BATCH) {
         let batch = pad_batch(chunk.iter().map(|&i| rows[i]), pad_id, device)?;
         let logits = model.forward(&batch.ids, Some(&batch.type_ids), Some(&batch.mask), &mut Mode::eval())?;
-        for (&i, row) in chunk.iter().zip(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?) {
+        for (&i, row) in chunk.iter().zip(host::vec2::<f32>(&logits.to_dtype(DType::F32)?)?) {
             out[i] = row;
         }
     }

@@ -58,6 +58,58 @@ impl<'de> Deserialize<'de> for EvalBatches {
     }
 }
 
+/// `train.loss_scale`: how a half-precision run keeps small gradients from flushing to zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossScale {
+    /// PyTorch's GradScaler: the loss is multiplied by a scale that starts at
+    /// `train.loss_scale_init`, halves after a step whose gradients overflow (that step is
+    /// skipped) and doubles after `train.loss_scale_growth_interval` steps without one.
+    Dynamic,
+    /// A constant multiplier; a step whose gradients overflow is still skipped (and counted).
+    Fixed(f64),
+    /// No scaling, no overflow check.
+    Off,
+}
+
+impl Serialize for LossScale {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Self::Dynamic => serializer.serialize_str("dynamic"),
+            Self::Fixed(x) => serializer.serialize_f64(*x),
+            Self::Off => serializer.serialize_str("none"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LossScale {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = LossScale;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"dynamic\", \"none\" or a fixed scale")
+            }
+            fn visit_f64<E: serde::de::Error>(self, x: f64) -> std::result::Result<LossScale, E> {
+                Ok(LossScale::Fixed(x))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> std::result::Result<LossScale, E> {
+                Ok(LossScale::Fixed(n as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> std::result::Result<LossScale, E> {
+                Ok(LossScale::Fixed(n as f64))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<LossScale, E> {
+                match s {
+                    "dynamic" => Ok(LossScale::Dynamic),
+                    "none" => Ok(LossScale::Off),
+                    other => Err(E::custom(format!("expected \"dynamic\", \"none\" or a number, got \"{other}\""))),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -73,6 +125,15 @@ pub struct TrainConfig {
     pub device: String,
     #[serde(default = "default_dtype")]
     pub dtype: DTypeName,
+    /// "dynamic" | "none" | a fixed scale; unset: dynamic for f16, none for f32 and bf16
+    /// (bf16 has f32's range). See [`LossScale`].
+    pub loss_scale: Option<LossScale>,
+    /// The dynamic loss scale's first value (PyTorch's GradScaler: 2^16).
+    #[serde(default = "default_loss_scale_init")]
+    pub loss_scale_init: f64,
+    /// Steps without an overflow after which the dynamic scale doubles (GradScaler: 2000).
+    #[serde(default = "default_loss_scale_growth_interval")]
+    pub loss_scale_growth_interval: usize,
     #[serde(default = "default_log_every")]
     pub log_every: usize,
     /// Evaluate on the val split every N steps (and at the end); 0 turns it off.
@@ -414,6 +475,12 @@ fn default_device() -> String {
 fn default_dtype() -> DTypeName {
     DTypeName::F32
 }
+fn default_loss_scale_init() -> f64 {
+    65536.0
+}
+fn default_loss_scale_growth_interval() -> usize {
+    2000
+}
 fn default_log_every() -> usize {
     10
 }
@@ -483,7 +550,27 @@ impl TrainConfig {
             bail!("`train.divergence_factor` must exceed 1 (the loss's multiple of its start), got {f}");
         }
         crate::device::parse_device_spec(&self.device).context("invalid `train.device`")?;
+        let scale = match self.loss_scale() {
+            LossScale::Fixed(x) => Some(("train.loss_scale", x)),
+            LossScale::Dynamic => Some(("train.loss_scale_init", self.loss_scale_init)),
+            LossScale::Off => None,
+        };
+        if let Some((key, x)) = scale.filter(|(_, x)| !(x.is_finite() && *x > 0.0)) {
+            bail!("`{key}` must be a positive number, got {x}");
+        }
+        if self.loss_scale_growth_interval == 0 {
+            bail!("`train.loss_scale_growth_interval` must be at least 1");
+        }
         Ok(())
+    }
+
+    /// `train.loss_scale`, or its default for `train.dtype`.
+    pub fn loss_scale(&self) -> LossScale {
+        match (self.loss_scale, self.dtype) {
+            (Some(scale), _) => scale,
+            (None, DTypeName::F16) => LossScale::Dynamic,
+            (None, _) => LossScale::Off,
+        }
     }
 }
 

@@ -28,11 +28,20 @@ pub fn layer_of(name: &str) -> (String, String) {
 }
 
 fn sum_squares(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64)
+    Ok(crate::host::scalar(&t.to_dtype(DType::F32)?.sqr()?.sum_all()?)?)
 }
 
-/// L2 norm of the gradient of each layer and each sublayer.
-pub fn grad_norms(names: &[String], grads: &[Option<Tensor>]) -> Result<BTreeMap<String, f64>> {
+/// L2 norm of the gradient of each layer and each sublayer (of the loss, not the scaled loss
+/// the gradients come from when `loss_scale` is given).
+pub fn grad_norms(
+    names: &[String],
+    grads: &[Option<Tensor>],
+    loss_scale: Option<&Tensor>,
+) -> Result<BTreeMap<String, f64>> {
+    let unscale = match loss_scale {
+        Some(scale) => 1.0 / crate::host::scalar(scale)?,
+        None => 1.0,
+    };
     let mut squares: BTreeMap<String, f64> = BTreeMap::new();
     for (name, grad) in names.iter().zip(grads) {
         let Some(grad) = grad else { continue };
@@ -43,7 +52,7 @@ pub fn grad_norms(names: &[String], grads: &[Option<Tensor>]) -> Result<BTreeMap
             *squares.entry(sublayer).or_default() += sq;
         }
     }
-    Ok(squares.into_iter().map(|(k, v)| (k, v.sqrt())).collect())
+    Ok(squares.into_iter().map(|(k, v)| (k, v.sqrt() * unscale)).collect())
 }
 
 /// Copies of the weights, grouped by layer, taken before an update.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
@@ -140,19 +141,28 @@ impl Logger {
         if !(state.step.is_multiple_of(self.log_every) || done) {
             return Ok(());
         }
-        // The only host reads of the step, and only on logged steps.
-        let loss = out.loss.to_scalar::<f32>()? as f64;
-        let norm = out.grad_norm.to_scalar::<f32>()? as f64;
+        // The step's one host read, on logged steps only: its scalars in one copy.
+        let mut scalars = Tensor::stack(&[&out.loss, &out.grad_norm], 0)?.to_dtype(DType::F32)?;
+        if let Some(scaling) = &out.scaling {
+            scalars = Tensor::cat(&[&scalars, scaling], 0)?;
+        }
+        let scalars = crate::host::vec1::<f32>(&scalars)?;
+        let (loss, norm) = (scalars[0] as f64, scalars[1] as f64);
         let initial = *state.initial_loss.get_or_insert(loss);
         if let Some(reason) = self.divergence(loss, initial) {
             return Err(self.diverged(state.step, loss, reason)?.into());
         }
         let tokens_per_s = self.window.1 as f64 / self.window.0.elapsed().as_secs_f64().max(1e-9);
         self.window = (Instant::now(), 0);
-        self.metrics.write(
-            json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tokens_per_s}),
-        )?;
-        let line = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s");
+        let mut record =
+            json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tokens_per_s});
+        let mut line = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s");
+        if let [scale, _, skipped] = scalars[2..] {
+            record["loss_scale"] = json!(scale as f64);
+            record["skipped_steps"] = json!(skipped as u64);
+            line.push_str(&format!(" scale {scale} skipped {skipped}"));
+        }
+        self.metrics.write(record)?;
         if self.progress.is_hidden() {
             // No terminal (CI logs, a file): a line per logged step instead of the bar.
             self.say(format!("step {}/{}: {line}", state.step, self.total_steps));

@@ -15,6 +15,7 @@ use super::task::{Evaluation, Task};
 use crate::config::{Config, EvalBatches};
 use crate::data::masking::MaskingRule;
 use crate::data::{BatchBuffers, Corpus, Split, TokenDataset};
+use crate::host;
 use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
 use crate::model::{Mode, ParamStore};
@@ -182,9 +183,9 @@ impl Task for MaskedLm {
             let batch = self.corrupt(buffers, &mut Rng::derived(cfg.train.seed, &[EVAL_MASK_STREAM, index as u64]))?;
             let mut mode = Mode::eval();
             let logits = model.logits_at(&batch.inputs, &batch.positions, &mut mode)?;
-            sums[0] += cross_entropy_sum(&logits, &batch.labels, &mode)?.to_scalar::<f32>()? as f64;
-            let predicted: Vec<u32> = logits.argmax(1)?.to_vec1()?;
-            let labels: Vec<u32> = batch.labels.to_vec1()?;
+            sums[0] += host::scalar(&cross_entropy_sum(&logits, &batch.labels, &mode)?)?;
+            let predicted: Vec<u32> = host::vec1(&logits.argmax(1)?)?;
+            let labels: Vec<u32> = host::vec1(&batch.labels)?;
             sums[1] += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count() as f64;
             sums[2] += labels.len() as f64;
         }

@@ -23,10 +23,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-use crate::config::{Config, TaskKind};
+use crate::config::{Config, LossScale, TaskKind};
 use crate::distributed::Collective;
 use crate::model::ParamStore;
-use crate::optim::{AdamW, Schedule};
+use crate::optim::{AdamW, LossScaler, Schedule};
 use crate::run_dir::RunDir;
 use causal_lm::CausalLm;
 use checkpointer::Checkpointer;
@@ -230,6 +230,8 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     let cfg = task.config();
     let config_text = cfg.to_toml_string()?;
     let mut optimizer = AdamW::new(params.trainable_vars(), &cfg.optim, &task.embedding_tables())?;
+    optimizer.use_kernels(cfg.model.kernels);
+    optimizer.scaler = loss_scaler(cfg, device)?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
     let checkpointer = Checkpointer::new(run, cfg, &config_text)?;
     let mut state = checkpointer.start(cfg, launch.resume_from.as_deref(), params, &mut optimizer, device)?;
@@ -251,6 +253,7 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
         run.path().display()
     ));
     logger.say_some(half_precision_note(cfg, device));
+    logger.say_some(loss_scale_note(cfg));
     let stepper = Stepper::new(&optimizer, world, cfg)?;
     let validator = Validator { every: cfg.train.eval_every };
     let sampler = Validator { every: cfg.train.sample_every };
@@ -311,6 +314,32 @@ fn half_precision_note(cfg: &Config, device: &Device) -> Option<String> {
             crate::model::names::decoder::show(&cfg.train.dtype)
         )
     })
+}
+
+/// The run's loss scaler (`train.loss_scale`), if it scales its loss.
+fn loss_scaler(cfg: &Config, device: &Device) -> Result<Option<LossScaler>> {
+    let interval = cfg.train.loss_scale_growth_interval;
+    Ok(match cfg.train.loss_scale() {
+        LossScale::Off => None,
+        LossScale::Dynamic => Some(LossScaler::new(cfg.train.loss_scale_init, true, interval, device)?),
+        LossScale::Fixed(scale) => Some(LossScaler::new(scale, false, interval, device)?),
+    })
+}
+
+/// What the loss scaling does, said at start-up.
+fn loss_scale_note(cfg: &Config) -> Option<String> {
+    let train = &cfg.train;
+    let how = match train.loss_scale() {
+        LossScale::Off => return None,
+        LossScale::Dynamic => format!(
+            "dynamic loss scale from {} (halved on an overflow, doubled after {} steps without one)",
+            train.loss_scale_init, train.loss_scale_growth_interval
+        ),
+        LossScale::Fixed(scale) => format!("fixed loss scale {scale}"),
+    };
+    Some(format!(
+        "taper: {how}; a step whose gradients overflow is skipped: `loss_scale` and `skipped_steps` in metrics.jsonl"
+    ))
 }
 
 /// Every rank's parameters set to rank 0's (its fresh initialisation, pretrained weights or

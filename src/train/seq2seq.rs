@@ -17,6 +17,7 @@ use crate::data::pairs::{encode_pairs, encode_source, pad_pairs, read_pairs, Enc
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
 use crate::decode::{beam_search, greedy, BeamOptions, DecodeLimits};
+use crate::host;
 use crate::model::seq2seq::Seq2Seq;
 use crate::model::{Mode, ParamStore};
 use crate::pretrained::PretrainedT5;
@@ -229,11 +230,11 @@ fn tally(
         let mut mode = Mode::eval();
         let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut mode)?;
         let logits = model.forward(&batch.target_in, &memory, &mut mode)?;
-        loss += model.loss_sum(&logits, &batch.positions, &batch.target_out, 0.0, &mode)?.to_scalar::<f32>()? as f64;
+        loss += host::scalar(&model.loss_sum(&logits, &batch.positions, &batch.target_out, 0.0, &mode)?)?;
         let (b, t, v) = logits.dims3()?;
         let predicted: Vec<u32> =
-            logits.reshape((b * t, v))?.index_select(&batch.positions, 0)?.argmax(1)?.to_vec1()?;
-        let wanted: Vec<u32> = batch.target_out.to_vec1()?;
+            host::vec1(&logits.reshape((b * t, v))?.index_select(&batch.positions, 0)?.argmax(1)?)?;
+        let wanted: Vec<u32> = host::vec1(&batch.target_out)?;
         correct += predicted.iter().zip(&wanted).filter(|(p, w)| p == w).count();
         count += wanted.len();
         for output in greedy(model, &memory, limits, true)? {

@@ -8,8 +8,9 @@ use serde_json::Value;
 use super::diagnostics;
 use super::task::Task;
 use crate::distributed::Collective;
+use crate::kernels::Kernels;
 use crate::model::Mode;
-use crate::optim::{clip_factor, global_norm, AdamW};
+use crate::optim::{clip_factor, global_norm, AdamW, Gate};
 use crate::rng::Rng;
 
 const DROPOUT_STREAM: u64 = 3;
@@ -19,6 +20,8 @@ pub struct StepOutput {
     pub loss: Tensor,
     pub grad_norm: Tensor,
     pub tokens: u64,
+    /// With loss scaling: the scaler's state after the step (scale, good steps, skipped steps).
+    pub scaling: Option<Tensor>,
     /// The diagnostics record, on diagnostics steps.
     pub diagnostics: Option<Value>,
 }
@@ -36,6 +39,7 @@ pub struct Stepper<'a> {
     micro: std::ops::Range<usize>,
     grad_clip: Option<f64>,
     diagnostics_every: usize,
+    kernels: Kernels,
 }
 
 impl<'a> Stepper<'a> {
@@ -57,6 +61,7 @@ impl<'a> Stepper<'a> {
             micro: first..first + local,
             grad_clip: cfg.optim.grad_clip.filter(|c| *c > 0.0),
             diagnostics_every: cfg.train.diagnostics_every,
+            kernels: cfg.model.kernels,
         })
     }
 
@@ -83,25 +88,43 @@ impl<'a> Stepper<'a> {
             let mut mode = Mode::train(rng);
             Ok((task.loss_sum(batch, &mut mode)? / targets.max(1) as f64)?)
         });
-        let (grads, loss) = accumulate_gradients(&self.vars, micro_losses)?;
+        let loss_scale = optimizer.scaler.as_ref().map(|s| s.scale()).transpose()?;
+        let (grads, loss) = accumulate_gradients(&self.vars, micro_losses, loss_scale.as_ref())?;
         let (grads, loss) = self.sum_over_ranks(grads, loss)?;
-        let grad_norm = global_norm(&grads)?;
         let diagnose = self.diagnostics_every > 0 && step.is_multiple_of(self.diagnostics_every);
         let before_update = match diagnose {
             true => Some((
-                diagnostics::grad_norms(&self.names, &grads)?,
+                diagnostics::grad_norms(&self.names, &grads, loss_scale.as_ref())?,
                 task.residual_rms(&batches[0])?,
                 diagnostics::WeightSnapshot::take(&self.names, &self.vars)?,
             )),
             false => None,
         };
-        let clip = self.grad_clip.map(|max_norm| clip_factor(&grad_norm, max_norm)).transpose()?;
-        optimizer.step(&grads, lr, clip.as_ref())?;
+        let update = self.update(optimizer, &grads)?;
+        optimizer.step(&grads, lr, update.multiplier.as_ref(), update.gate.as_ref())?;
         let diagnostics = match before_update {
             Some((norms, rms, snapshot)) => Some(diagnostics::record(step, norms, snapshot.update_ratios()?, rms)?),
             None => None,
         };
-        Ok(StepOutput { loss, grad_norm, tokens, diagnostics })
+        let (grad_norm, scaling) = (update.norm, optimizer.scaler.as_ref().map(|s| s.state().clone()));
+        Ok(StepOutput { loss, grad_norm, tokens, scaling, diagnostics })
+    }
+
+    /// How the optimizer takes the summed gradients: their norm, their multiplier (clipping,
+    /// and 1 / the loss scale) and, with loss scaling, whether the step applies.
+    fn update(&self, optimizer: &mut AdamW, grads: &[Option<Tensor>]) -> Result<Update> {
+        let norm = global_norm(grads, self.kernels)?;
+        let attempted = optimizer.steps + 1;
+        Ok(match optimizer.scaler.as_mut() {
+            Some(scaler) => {
+                let unscaled = scaler.unscale(&norm, self.grad_clip, attempted)?;
+                Update { norm: unscaled.norm, multiplier: Some(unscaled.multiplier), gate: Some(unscaled.gate) }
+            }
+            None => {
+                let multiplier = self.grad_clip.map(|max_norm| clip_factor(&norm, max_norm)).transpose()?;
+                Update { norm, multiplier, gate: None }
+            }
+        })
     }
 
     /// The gradients and the loss summed over the ranks (one collective call for both; a
@@ -122,19 +145,32 @@ impl<'a> Stepper<'a> {
     }
 }
 
+/// The optimizer's view of a step's gradients, on the device.
+struct Update {
+    norm: Tensor,
+    multiplier: Option<Tensor>,
+    gate: Option<Gate>,
+}
+
 /// Backward over each micro-batch's loss (already divided by the step's total target count,
 /// so k micro-batches of n sequences give the gradient of one batch of k * n), summing
 /// gradients. The iterator is lazy: each graph is freed before the next forward. Returns the
-/// gradients (aligned with `vars`) and the step's loss, both still on the device.
+/// gradients (aligned with `vars`) and the step's loss, both still on the device. With a
+/// `loss_scale` the backward runs on loss x scale (the gradients come out scaled by it; the
+/// loss returned is not).
 pub fn accumulate_gradients(
     vars: &[Var],
     micro_losses: impl Iterator<Item = Result<Tensor>>,
+    loss_scale: Option<&Tensor>,
 ) -> Result<(Vec<Option<Tensor>>, Tensor)> {
     let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut step_loss: Option<Tensor> = None;
     for loss in micro_losses {
         let loss = loss?;
-        let store = loss.backward()?;
+        let store = match loss_scale {
+            Some(scale) => loss.broadcast_mul(scale)?.backward()?,
+            None => loss.backward()?,
+        };
         for (slot, var) in grads.iter_mut().zip(vars) {
             if let Some(g) = store.get(var.as_tensor()) {
                 *slot = Some(match slot.take() {

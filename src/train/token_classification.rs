@@ -21,6 +21,7 @@ use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::tagged::{encode_words, read_tagged, EncodedWords, TagColumns, TaggedSentence};
 use crate::data::TextTokenizer;
 use crate::entity_metrics::EntityCounts;
+use crate::host;
 use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, TokenClassifier};
 use crate::model::{Mode, ParamStore};
@@ -173,7 +174,7 @@ fn word_logits(
         }
         let logits =
             model.logits_at(&batch.ids, Some(&batch.type_ids), Some(&batch.mask), &positions, &mut Mode::eval())?;
-        let mut logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?.into_iter();
+        let mut logits = host::vec2::<f32>(&logits.to_dtype(DType::F32)?)?.into_iter();
         for &i in chunk {
             out[i] = logits.by_ref().take(rows[i].scored_words().count()).collect();
         }
