@@ -565,7 +565,7 @@ fn ffn_sublayer_pre_and_post_norm() {
         for (bias, used) in bias_variants(&inputs) {
             for pre_norm in [true, false] {
                 for act in [fused::Act::Gelu, fused::Act::GeluTanh, fused::Act::Relu, fused::Act::Silu] {
-                    let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, probe: None };
+                    let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
                     let fused_fn = |t: &[Tensor]| {
                         let (first, second) = packed(t, bias);
                         let shape = fused::FfnShape { hidden, act, bias, gated: false };
@@ -646,7 +646,7 @@ fn gated_ffn_sublayer() {
                 b2.clone(),
             ],
         };
-        let norm = fused::SublayerNorm { pre_norm, rms: !bias, eps: 1e-5, probe: None };
+        let norm = fused::SublayerNorm { pre_norm, rms: !bias, eps: 1e-5, alpha: 1.0, probe: None };
         let fused_fn = |t: &[Tensor]| {
             let (first, second) = match bias {
                 false => fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4]]).unwrap(),
@@ -696,7 +696,7 @@ fn ffn_sublayer_with_rms_norm() {
         random(&[d], 46, 0.5),
     ];
     for pre_norm in [true, false] {
-        let norm = fused::SublayerNorm { pre_norm, rms: true, eps: 1e-5, probe: None };
+        let norm = fused::SublayerNorm { pre_norm, rms: true, eps: 1e-5, alpha: 1.0, probe: None };
         let fused_fn = |t: &[Tensor]| {
             let (first, second) = fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4], &t[5]]).unwrap();
             let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
@@ -779,7 +779,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
         let variants = bias_variants(&inputs);
         for ((bias, used), pre_norm) in variants.iter().flat_map(|v| [(v, true), (v, false)]) {
             let bias = *bias;
-            let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, probe: None };
+            let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone());
@@ -808,4 +808,46 @@ fn self_attention_sublayer_pre_and_post_norm() {
             check(&name, used, fused_fn, composed_fn, 1e-9);
         }
     }
+}
+
+#[test]
+fn deepnorm_scales_the_skip_connection_inside_the_sublayer_node() {
+    // Post-LN with DeepNorm's alpha: LN(alpha x + FFN(x)), [x, ln.w, ln.b, W1, b1, W2, b2].
+    let (shape, hidden) = (vec![4usize, 50, 32], 128usize);
+    let d = shape[2];
+    let inputs = [
+        random(&shape, 91, 1.0),
+        random(&[d], 92, 1.0),
+        random(&[d], 93, 0.5),
+        random(&[hidden, d], 94, 0.5),
+        random(&[hidden], 95, 0.5),
+        random(&[d, hidden], 96, 0.5),
+        random(&[d], 97, 0.5),
+    ];
+    let mut rng = Rng::new(98);
+    let multipliers: Vec<f32> = dropout_multipliers(shape.iter().product(), 0.8, &mut rng);
+    let mask =
+        Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    // alpha (2 x 12 layers)^(1/4), a 12-layer decoder-only stack's.
+    let alpha = 24f64.powf(0.25);
+    let norm = fused::SublayerNorm { pre_norm: false, rms: false, eps: 1e-5, alpha, probe: None };
+    let fused_fn = |t: &[Tensor]| {
+        let (first, second) = packed(t, true);
+        let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
+        fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), Some(multipliers.clone())).unwrap()
+    };
+    let composed_fn = |t: &[Tensor]| {
+        let (w1, b1, w2, b2) = branch_params(t, true);
+        let branch = composed_linear(&composed_linear(&t[0], &w1, b1.as_ref()).relu().unwrap(), &w2, b2.as_ref());
+        let sum = ((&t[0] * alpha).unwrap() + (branch * &mask).unwrap()).unwrap();
+        fused::layer_norm(&sum, &t[1], &t[2], 1e-5).unwrap()
+    };
+    check("deepnorm ffn sub-layer", &inputs, fused_fn, composed_fn, 1e-10);
+    // A scaled skip is post-LN only: a pre-LN node with alpha is refused.
+    let pre = fused::SublayerNorm { pre_norm: true, ..norm.clone() };
+    let xs: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+    let (first, second) = packed(&xs, true);
+    let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
+    let err = fused::ffn_sublayer(&xs[0], (&first, &second), shape, pre, None).unwrap_err().to_string();
+    assert!(err.contains("post-LN only"), "{err}");
 }

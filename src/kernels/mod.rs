@@ -231,6 +231,8 @@ pub struct SublayerNorm<'a> {
     pub rms: bool,
     pub eps: f64,
     pub pre: bool,
+    /// The skip connection's multiplier: DeepNorm's alpha (post-LN), else 1.
+    pub alpha: f64,
 }
 
 impl SublayerNorm<'_> {
@@ -252,7 +254,8 @@ impl SublayerNorm<'_> {
         if self.pre {
             mode.record_norm_input(x)?;
         }
-        let out = node(cpu::SublayerNorm { pre_norm: self.pre, rms: self.rms, eps: self.eps, probe: probe.clone() })?;
+        let (pre_norm, rms, eps, alpha) = (self.pre, self.rms, self.eps, self.alpha);
+        let out = node(cpu::SublayerNorm { pre_norm, rms, eps, alpha, probe: probe.clone() })?;
         if let Some(sum) = probe.and_then(|p| p.lock().ok()?.take()) {
             mode.record_norm_input(&sum)?;
         }

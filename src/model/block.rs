@@ -245,12 +245,12 @@ impl Block {
     }
 
     /// The residual's norm as a fused sub-layer node takes it, for the placements the nodes
-    /// implement (pre, post); None: compose.
+    /// implement (pre, post, DeepNorm: post with the skip scaled by alpha); None: compose.
     fn node_norm<'a>(&self, norms: &'a ResidualNorms) -> Option<SublayerNorm<'a>> {
         match self.norm {
-            NormPlacement::Pre => Some(norms.norm.as_sublayer(true)),
-            NormPlacement::Post => Some(norms.norm.as_sublayer(false)),
-            NormPlacement::Sandwich | NormPlacement::DeepNorm => None,
+            NormPlacement::Pre => Some(norms.norm.as_sublayer(true, 1.0)),
+            NormPlacement::Post | NormPlacement::DeepNorm => Some(norms.norm.as_sublayer(false, self.alpha)),
+            NormPlacement::Sandwich => None,
         }
     }
 

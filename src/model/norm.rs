@@ -122,10 +122,12 @@ impl Norm {
     }
 
     /// This norm as a fused sub-layer's, before (`pre`) or after the branch.
-    pub fn as_sublayer(&self, pre: bool) -> SublayerNorm<'_> {
+    pub fn as_sublayer(&self, pre: bool, alpha: f64) -> SublayerNorm<'_> {
         match self {
-            Self::Layer(n) => SublayerNorm { weight: &n.weight, bias: Some(&n.bias), rms: false, eps: n.eps, pre },
-            Self::Rms(n) => SublayerNorm { weight: &n.weight, bias: None, rms: true, eps: n.eps, pre },
+            Self::Layer(n) => {
+                SublayerNorm { weight: &n.weight, bias: Some(&n.bias), rms: false, eps: n.eps, pre, alpha }
+            }
+            Self::Rms(n) => SublayerNorm { weight: &n.weight, bias: None, rms: true, eps: n.eps, pre, alpha },
         }
     }
 }

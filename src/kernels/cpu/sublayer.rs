@@ -1,5 +1,5 @@
 //! A whole Transformer sub-layer as one autograd node, Add & Norm included: pre-LN
-//! x + f(LN(x)), post-LN LN(x + f(x)), for a branch f (the FFN in `ffn.rs`, self-attention in
+//! x + f(LN(x)), post-LN LN(alpha x + f(x)) (alpha = 1, or DeepNorm's), for a branch f (the FFN in `ffn.rs`, self-attention in
 //! `attention.rs`).
 //!
 //! Why one node: candle's backward gives every tensor between two nodes a zeroed gradient
@@ -39,13 +39,15 @@ pub(super) trait Branch: Send + Sync + 'static {
 /// (the pre-LN norm's input is x itself).
 pub type SumProbe = Arc<Mutex<Option<Tensor>>>;
 
-/// The sub-layer's norm (LayerNorm, or RMSNorm when `rms`), where it sits, its epsilon, and
-/// the probe for its input.
+/// The sub-layer's norm (LayerNorm, or RMSNorm when `rms`), where it sits, its epsilon, the
+/// skip connection's multiplier `alpha` (post-LN only: DeepNorm's; 1 otherwise), and the
+/// probe for its input.
 #[derive(Debug, Clone)]
 pub struct SublayerNorm {
     pub pre_norm: bool,
     pub rms: bool,
     pub eps: f64,
+    pub alpha: f64,
     pub probe: Option<SumProbe>,
 }
 
@@ -110,6 +112,9 @@ pub(super) fn apply<B: Branch>(
     if dropout.as_ref().is_some_and(|d| d.len() != x.elem_count()) {
         candle_core::bail!("{}: the dropout mask does not match the input's shape", B::NAME);
     }
+    if norm.pre_norm && norm.alpha != 1.0 {
+        candle_core::bail!("{}: a scaled skip connection (alpha {}) is post-LN only", B::NAME, norm.alpha);
+    }
     let keep = x.track_op() || first.track_op() || second.track_op();
     let op = SublayerOp { branch, norm, dropout, keep, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&first.contiguous()?, &second.contiguous()?, op)
@@ -160,7 +165,10 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
             if let Some(mask) = &self.dropout {
                 zip_apply(&mut sum, mask, |y, m| *y *= T::of(m as f64));
             }
-            zip_apply(&mut sum, x, |y, x| *y += x);
+            match self.norm.alpha {
+                1.0 => zip_apply(&mut sum, x, |y, x| *y += x),
+                alpha => zip_apply(&mut sum, x, |y, x| *y += T::of(alpha) * x),
+            }
             let (out, normed_or_sum) = match normed {
                 Some(normed) => (sum, normed),
                 None => (self.norm.forward(&sum, ln, d), sum),
@@ -232,7 +240,10 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
                 dx
             } else {
                 let mut dx = d_input;
-                zip_apply(&mut dx, d_branch, |g, skip| *g += skip);
+                match self.norm.alpha {
+                    1.0 => zip_apply(&mut dx, d_branch, |g, skip| *g += skip),
+                    alpha => zip_apply(&mut dx, d_branch, |g, skip| *g += T::of(alpha) * skip),
+                }
                 dx
             };
             (
