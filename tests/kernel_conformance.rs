@@ -782,7 +782,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
             let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
-                let attention = (mask.clone(), dropout.clone());
+                let attention = (mask.clone(), dropout.clone(), false);
                 let heads = ((n_head, n_head), (bias, bias), rope.as_ref().map(rotation));
                 let norm = norm.clone();
                 fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
@@ -850,4 +850,65 @@ fn deepnorm_scales_the_skip_connection_inside_the_sublayer_node() {
     let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
     let err = fused::ffn_sublayer(&xs[0], (&first, &second), shape, pre, None).unwrap_err().to_string();
     assert!(err.contains("post-LN only"), "{err}");
+}
+
+#[test]
+fn self_attention_sublayer_with_a_learned_score_bias() {
+    // T5's relative positions: a learned (1, H, T, T) bias on the scores, whose gradient the
+    // node returns (summed over the batch). [x, ln.w, ln.b, W_qkv, b_qkv, W_o, b_o, bias];
+    // causal, the last key of batch row 0 padded, dropout on the weights and the output.
+    let (b, t, d, n_head) = (3usize, 7usize, 16usize, 2usize);
+    let inputs = [
+        random(&[b, t, d], 101, 1.0),
+        random(&[d], 102, 1.0),
+        random(&[d], 103, 0.5),
+        random(&[3 * d, d], 104, 0.5),
+        random(&[3 * d], 105, 0.5),
+        random(&[d, d], 106, 0.5),
+        random(&[d], 107, 0.5),
+        random(&[1, n_head, t, t], 108, 1.0),
+    ];
+    let mut key_bias = vec![0f32; b * t];
+    key_bias[t - 1] = -1e9;
+    let padding = Tensor::from_vec(key_bias.clone(), (b, 1, 1, t), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let causal = causal_mask(t, 0, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let additive = padding.broadcast_add(&causal).unwrap();
+    let mask = fused::AttentionMask { causal_offset: Some(0), key_bias: Some(key_bias), alibi: None };
+    let mut rng = Rng::new(109);
+    let weights_dropout: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
+    let output_dropout: Vec<f32> = dropout_multipliers(b * t * d, 0.9, &mut rng);
+    let as_tensor = |m: &[f32], shape: &[usize]| {
+        Tensor::from_vec(m.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+    };
+    let weights_mask = as_tensor(&weights_dropout, &[b, n_head, t, t]);
+    let output_mask = as_tensor(&output_dropout, &[b, t, d]);
+    for pre_norm in [true, false] {
+        let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
+        let fused_fn = |p: &[Tensor]| {
+            let (first, second) =
+                fused::pack_parameters(&[&p[1], &p[2]], &[&p[3], &p[4]], &[&p[5], &p[6], &p[7]]).unwrap();
+            let attention = (mask.clone(), Some(weights_dropout.clone()), true);
+            let heads = ((n_head, n_head), (true, true), None);
+            let out = Some(output_dropout.clone());
+            fused::self_attention_sublayer(&p[0], (&first, &second), heads, attention, norm.clone(), out).unwrap()
+        };
+        let composed_fn = |p: &[Tensor]| {
+            let ln = |x: &Tensor| fused::layer_norm(x, &p[1], &p[2], 1e-5).unwrap();
+            let branch = |h: &Tensor| {
+                let qkv = composed_linear(h, &p[3], Some(&p[4]));
+                let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
+                let bias = additive.broadcast_add(&p[7]).unwrap();
+                let context = composed_attention(&[q, k, v], n_head, Some(&bias), Some(&weights_mask));
+                composed_linear(&context, &p[5], Some(&p[6]))
+            };
+            composed_sublayer(&p[0], ln, branch, Some(&output_mask), pre_norm)
+        };
+        check(
+            &format!("self-attention with a learned score bias, pre_norm={pre_norm}"),
+            &inputs,
+            fused_fn,
+            composed_fn,
+            1e-9,
+        );
+    }
 }

@@ -64,9 +64,18 @@ impl<'a> Mask<'a> {
         Self { score_bias, ..self }
     }
 
-    /// Whether the scores take a learned bias, which only the composed attention applies.
+    /// Whether the scores take a learned bias, which the composed attention and the CPU
+    /// self-attention sub-layer node apply (the other CPU attention nodes do not).
     pub fn has_learned_bias(&self) -> bool {
-        matches!(self.score_bias, Some(ScoreBias::Learned(_)))
+        self.learned_bias().is_some()
+    }
+
+    /// The learned bias (1, H, T_q, T_k), if the scores take one.
+    pub fn learned_bias(&self) -> Option<&Tensor> {
+        match &self.score_bias {
+            Some(ScoreBias::Learned(bias)) => Some(bias),
+            _ => None,
+        }
     }
 
     /// The additive form for `t_q` queries over `t_k` keys: causal (T_q, T_k), padding
@@ -94,11 +103,9 @@ impl<'a> Mask<'a> {
     }
 
     /// The CPU kernels' form: the causal offset, the per-(batch, key) additive bias, ALiBi's
-    /// slopes. A learned bias has none (`has_learned_bias`: the caller composes instead).
+    /// slopes. A learned bias is not in it: it needs a gradient, so the self-attention node
+    /// takes it as a parameter (`learned_bias`), and the other CPU nodes refuse it.
     pub fn cpu_form(&self) -> Result<&AttentionMask> {
-        if self.has_learned_bias() {
-            candle_core::bail!("a learned attention bias runs on the composed attention only");
-        }
         if self.cpu.get().is_none() {
             let key_bias = match self.key_keep {
                 Some(keep) => Some(crate::host::cpu_vec1(&padding_mask(keep)?)?),

@@ -339,19 +339,31 @@ pub fn self_attention_sublayer(
     (p_attn, p_out): (f64, f64),
     mode: &mut Mode,
 ) -> Result<Option<Tensor>> {
-    if !sublayer_node(mode) || mask.has_learned_bias() {
+    if !sublayer_node(mode) {
         return Ok(None);
     }
     let [wq, wk, wv, wo] = proj.weights;
     let [bq, bk, bv, bo] = proj.biases;
     let (first, bias1) = branch_parameters(&[wq, wk, wv], &[bq, bk, bv])?;
-    let (second, bias2) = branch_parameters(&[wo], &[bo])?;
+    let (mut second, bias2) = branch_parameters(&[wo], &[bo])?;
     let (b, t, _) = x.dims3()?;
+    // A learned score bias (T5's) rides at the end of the second parameters: the node returns
+    // its gradient with theirs.
+    let learned = mask.learned_bias().map(|bias| bias.to_dtype(x.dtype())).transpose()?;
+    if let Some(bias) = &learned {
+        if bias.dims() != [1, n_head, t, t] {
+            candle_core::bail!(
+                "self-attention: a score bias of shape {:?} for {n_head} heads over {t} positions",
+                bias.dims()
+            );
+        }
+        second.push(bias);
+    }
     // Drawn in the composed path's order: the weights' mask, then the output's.
     let dropout = mode.dropout_multipliers(b * n_head * t * t, p_attn);
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
     let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
-    let attention = (mask.cpu_form()?.clone(), dropout);
+    let attention = (mask.cpu_form()?.clone(), dropout, learned.is_some());
     let heads = ((n_head, n_kv_head), (bias1, bias2), rotary.map(Rotary::cpu).transpose()?);
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
     Ok(Some(norm.probed(x, mode, node)?))

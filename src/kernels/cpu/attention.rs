@@ -152,9 +152,11 @@ impl AttentionOp {
         self.check(Geometry { batch, t_q: t, t_k: t, n_head, group, head_dim, q_row, kv_row, k_col, v_col })
     }
 
-    /// Softmax in place over each row of one (T_q, T_k) score matrix of (batch, head) `pair`.
-    fn softmax<T: Real>(&self, g: &Geometry, pair: usize, scores: &mut [T]) {
+    /// Softmax in place over each row of one (T_q, T_k) score matrix of (batch, head) `pair`,
+    /// `learned`: a bias (H, T_q, T_k) added to the scaled scores (T5's relative positions).
+    fn softmax<T: Real>(&self, g: &Geometry, pair: usize, scores: &mut [T], learned: Option<&[T]>) {
         let (b, h) = (pair / g.n_head, pair % g.n_head);
+        let learned = learned.map(|bias| &bias[h * g.t_q * g.t_k..(h + 1) * g.t_q * g.t_k]);
         let scale = T::of(self.scale);
         let key_bias = self.mask.key_bias.as_ref().map(|bias| &bias[b * g.t_k..(b + 1) * g.t_k]);
         let slope = self.mask.alibi.as_ref().map(|slopes| slopes[h] as f64);
@@ -164,6 +166,9 @@ impl AttentionOp {
             match key_bias {
                 Some(bias) => seen.iter_mut().zip(bias).for_each(|(s, &b)| *s = *s * scale + T::of(b as f64)),
                 None => seen.iter_mut().for_each(|s| *s *= scale),
+            }
+            if let Some(bias) = learned {
+                seen.iter_mut().zip(&bias[i * g.t_k..]).for_each(|(s, &b)| *s += b);
             }
             if let Some(slope) = slope {
                 let position = g.t_k - g.t_q + i;
@@ -206,7 +211,8 @@ impl AttentionOp {
         })
     }
 
-    fn forward<T: Real>(&self, g: &Geometry, q: &[T], k: &[T], v: &[T]) -> (Vec<T>, Vec<T>) {
+    /// The attention output and the softmax weights, with `learned` (H, T_q, T_k) on the scores.
+    fn forward<T: Real>(&self, g: &Geometry, (q, k, v): (&[T], &[T], &[T]), learned: Option<&[T]>) -> (Vec<T>, Vec<T>) {
         let d = g.width();
         let per_pair = (g.t_q * g.t_k).max(1);
         let mut weights = Vec::new();
@@ -229,7 +235,7 @@ impl AttentionOp {
                     }
                     // SAFETY: every block wrote its rows whole, by the product or above.
                     let w = unsafe { &mut *(w as *mut [MaybeUninit<T>] as *mut [T]) };
-                    self.softmax(g, pair, w);
+                    self.softmax(g, pair, w, learned);
                     let w = self.dropped(pair, w, scratch);
                     let v_rows = MatRef::rows(v, at.v, g.kv_row);
                     for (first, rows, keys) in self.query_blocks(g) {
@@ -252,7 +258,8 @@ impl AttentionOp {
 
     /// The gradients with respect to Q, K and V, into `out` laid out as the inputs are: one
     /// packed (B, T, 3D), or [dQ | dK | dV] for separate inputs (`bases`: where each starts).
-    /// `out` must be zeros: dK and dV are accumulated over query blocks.
+    /// `out` must be zeros: dK and dV are accumulated over query blocks. `d_learned`: the
+    /// gradient of a learned score bias (H, T_q, T_k), if the forward had one.
     #[allow(clippy::too_many_arguments)]
     fn backward<T: Real>(
         &self,
@@ -262,6 +269,34 @@ impl AttentionOp {
         grad: &[T],
         out: &mut [T],
         bases: [usize; 3],
+        d_learned: Option<&mut [T]>,
+    ) {
+        // Each pair's score gradient, (B, H, T_q, T_k), summed over the batch at the end (in
+        // batch order, so the sum does not depend on the threads).
+        let mut per_pair_bias = d_learned.as_ref().map(|_| vec![T::of(0.0); g.batch * g.n_head * g.t_q * g.t_k]);
+        let bias_rows = per_pair_bias.as_deref_mut().map(|all| MatMut::rows(all, 0, g.t_k));
+        self.backward_pairs(g, (q, k, v), weights, grad, out, bases, bias_rows);
+        if let (Some(d_learned), Some(all)) = (d_learned, per_pair_bias) {
+            let per_head = g.t_q * g.t_k;
+            d_learned.par_iter_mut().enumerate().for_each(|(at, d)| {
+                let (h, e) = (at / per_head, at % per_head);
+                *d = (0..g.batch).fold(T::of(0.0), |sum, b| sum + all[(b * g.n_head + h) * per_head + e]);
+            });
+        }
+    }
+
+    /// `backward`'s work over the (batch, head) pairs; `bias_rows`: where each pair's score
+    /// gradient goes (pair p's at p T_q T_k), when a learned bias needs it.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_pairs<T: Real>(
+        &self,
+        g: &Geometry,
+        (q, k, v): (&[T], &[T], &[T]),
+        weights: &[T],
+        grad: &[T],
+        out: &mut [T],
+        bases: [usize; 3],
+        bias_rows: Option<MatMut<T>>,
     ) {
         let d = g.width();
         let dst = MatMut::rows(out, 0, 0);
@@ -299,7 +334,18 @@ impl AttentionOp {
                         seen.iter_mut().zip(mask).for_each(|(x, &m)| *x *= T::of(m as f64));
                     }
                     let dot = lane_dot(seen, &w_row[..visible]);
-                    seen.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot));
+                    match bias_rows {
+                        // The bias's gradient is the score gradient before the scale.
+                        Some(rows) => {
+                            // SAFETY: pair `pair` alone writes its rows of the per-pair buffer.
+                            let row = unsafe { rows.at((pair * g.t_q + i) * g.t_k).slice_mut(visible) };
+                            for ((x, &p), ds) in seen.iter_mut().zip(w_row).zip(row) {
+                                *ds = p * (*x - dot);
+                                *x = scale * *ds;
+                            }
+                        }
+                        None => seen.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot)),
+                    }
                     hidden.iter_mut().for_each(|x| *x = T::of(0.0));
                 }
                 // SAFETY: as above.
@@ -356,6 +402,7 @@ impl AttentionOp {
                 contiguous::<T>(sg, grad_layout)?,
                 &mut out,
                 bases,
+                None,
             );
             Tensor::from_vec(out, len, &Device::Cpu)?
         }))
@@ -370,7 +417,7 @@ impl CustomOp1 for AttentionOp {
         let g = self.packed_geometry(l)?;
         dispatch!(s, "taper-attention-packed", |T| {
             let qkv = contiguous::<T>(s, l)?;
-            let (out, weights) = self.forward::<T>(&g, qkv, qkv, qkv);
+            let (out, weights) = self.forward::<T>(&g, (qkv, qkv, qkv), None);
             self.save_weights(T::to_cpu_storage_owned(weights))?;
             Ok((T::to_cpu_storage_owned(out), Shape::from((g.batch, g.t_q, g.width()))))
         })
@@ -395,7 +442,8 @@ impl CustomOp3 for AttentionOp {
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1, l2, l3)?;
         dispatch!(s1, "taper-attention", |T| {
-            let (out, weights) = self.forward::<T>(&g, contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?);
+            let (out, weights) =
+                self.forward::<T>(&g, (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?), None);
             self.save_weights(T::to_cpu_storage_owned(weights))?;
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
@@ -493,11 +541,14 @@ impl Rotation {
 
 /// The self-attention branch of a fused sub-layer (`sublayer.rs`): the packed Q/K/V projection,
 /// rotary positions (if any), attention, and the output projection, with the parameters as
-/// [W_qkv | b_qkv] and [W_o | b_o] (each without its bias when that product has none).
+/// [W_qkv | b_qkv] and [W_o | b_o | learned score bias] (each without its bias when that
+/// product has none; the score bias (H, T, T) when the scores take one, e.g. T5's).
 struct SelfAttentionBranch {
     core: AttentionOp,
     /// Whether the Q/K/V product and the output product have biases.
     bias: (bool, bool),
+    /// Values of the learned score bias at the end of the second parameters (0: none).
+    learned_len: usize,
     rotation: Option<Rotation>,
     /// The packed Q/K/V and the attention output (the softmax weights stay in `core`).
     saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
@@ -525,20 +576,22 @@ impl Branch for SelfAttentionBranch {
 
     fn parameter_lens(&self, d: usize) -> (usize, usize) {
         let ((b1, b2), packed) = ((self.bias.0 as usize, self.bias.1 as usize), self.packed_width(d));
-        (packed * d + b1 * packed, d * d + b2 * d)
+        (packed * d + b1 * packed, d * d + b2 * d + self.learned_len)
     }
 
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
         let g = self.geometry(shape)?;
         let (d, packed) = (g.width(), g.q_row);
         let rows = input.len() / d.max(1);
-        let ((w_qkv, b_qkv), (w_o, b_o)) = (p1.split_at(packed * d), p2.split_at(d * d));
+        let ((w_qkv, b_qkv), (w_o, rest)) = (p1.split_at(packed * d), p2.split_at(d * d));
+        let (b_o, learned) = rest.split_at(rest.len() - self.learned_len);
         let (b_qkv, b_o) = (self.bias.0.then_some(b_qkv), self.bias.1.then_some(b_o));
         let mut qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, packed));
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut qkv, &g, false)?;
         }
-        let (context, weights) = self.core.forward::<T>(&g, &qkv, &qkv, &qkv);
+        let learned = (self.learned_len > 0).then_some(learned);
+        let (context, weights) = self.core.forward::<T>(&g, (&qkv, &qkv, &qkv), learned);
         let out = linear_forward(&context, w_o, b_o, (rows, d, d));
         if keep {
             self.core.save_weights(T::to_cpu_storage_owned(weights))?;
@@ -565,8 +618,11 @@ impl Branch for SelfAttentionBranch {
         };
         let (qkv, context, weights) = (qkv.as_slice::<T>()?, context.as_slice::<T>()?, weights.as_slice::<T>()?);
         let (dw_qkv, db_qkv) = d_p1.split_at_mut(packed * d);
-        let (dw_o, db_o) = d_p2.split_at_mut(d * d);
+        let (dw_o, rest) = d_p2.split_at_mut(d * d);
+        let at = rest.len() - self.learned_len;
+        let (db_o, d_learned) = rest.split_at_mut(at);
         let (db_qkv, db_o) = (self.bias.0.then(|| as_uninit(db_qkv)), self.bias.1.then(|| as_uninit(db_o)));
+        let d_learned = (self.learned_len > 0).then_some(d_learned);
         let fill = |d_context: &mut _| {
             backward_into(context, &p2[..d * d], d_out, (rows, d, d), d_context, as_uninit(dw_o), db_o)
         };
@@ -574,7 +630,7 @@ impl Branch for SelfAttentionBranch {
         let d_context = unsafe { written_by(rows * d, fill) };
         // The attention backward accumulates over query blocks: it needs zeros.
         let mut d_qkv = vec![T::of(0.0); rows * packed];
-        self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3]);
+        self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3], d_learned);
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut d_qkv, &g, true)?;
         }
@@ -589,19 +645,22 @@ impl Branch for SelfAttentionBranch {
 
 /// The self-attention sub-layer: pre-LN x + Attn(LN(x)), post-LN LN(x + Attn(x)), with Attn the
 /// packed Q/K/V projection, `rotation` of the queries and keys (rotary positions), `n_head`-head
-/// attention over `n_kv_head` key/value heads under `mask` (and `dropout` multipliers on its weights) and the output projection,
-/// as one node. `first` = [ln.weight | ln.bias | W_q | W_k | W_v | b_q | b_k | b_v] and `second`
-/// = [W_o | b_o] (each without its biases when `bias` says so; see `pack_parameters`);
-/// `residual_dropout`: multipliers on Attn's output.
+/// attention over `n_kv_head` key/value heads under `mask` (and `dropout` multipliers on its
+/// weights) and the output projection, as one node. `first` = [ln.weight | ln.bias | W_q | W_k
+/// | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o | score bias] (each without its biases
+/// when `bias` says so, the score bias (H, T, T) only when `learned_bias`; see
+/// `pack_parameters`); `residual_dropout`: multipliers on Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
     ((n_head, n_kv_head), bias, rotation): ((usize, usize), (bool, bool), Option<Rotation>),
-    (mask, dropout): (AttentionMask, Option<Vec<f32>>),
+    (mask, dropout, learned_bias): (AttentionMask, Option<Vec<f32>>, bool),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,
 ) -> Result<Tensor> {
     let core = op((n_head, n_kv_head), x.dim(D::Minus1)?, mask, dropout);
-    let branch = SelfAttentionBranch { core, bias, rotation, saved: Mutex::new(None) };
+    let t = x.dim(1)?;
+    let learned_len = if learned_bias { n_head * t * t } else { 0 };
+    let branch = SelfAttentionBranch { core, bias, learned_len, rotation, saved: Mutex::new(None) };
     apply(x, (first, second), branch, norm, residual_dropout)
 }

@@ -64,6 +64,13 @@ impl<T> MatMut<T> {
     pub unsafe fn at(self, offset: usize) -> Self {
         Self { ptr: self.ptr.add(offset), ..self }
     }
+    /// The `len` elements from the start, as a slice.
+    ///
+    /// # Safety
+    /// They must stay inside the allocation, and nothing else may access them meanwhile.
+    pub unsafe fn slice_mut<'a>(self, len: usize) -> &'a mut [T] {
+        std::slice::from_raw_parts_mut(self.ptr, len)
+    }
 }
 
 /// dst (m x n) = lhs (m x k) . rhs (k x n), plus dst's old value when `accumulate`; on the
