@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 
-use super::loss_scale::LossScaler;
+use super::loss_scale::{Gate, LossScaler};
 use crate::config::OptimConfig;
 use crate::kernels::cpu::{contiguous, PARALLEL_MIN};
 use crate::kernels::Kernels;
@@ -36,16 +36,6 @@ pub struct AdamW {
     in_place: bool,
     /// Loss scaling (f16), checkpointed with the moments as `loss_scale`.
     pub scaler: Option<LossScaler>,
-}
-
-/// Whether a step's update applies, decided on the device (loss scaling skips a step whose
-/// gradients overflowed): a skipped step leaves weights and moments exactly as they were.
-pub struct Gate {
-    /// u8 scalar: 1 applies the step, 0 skips it.
-    pub apply: Tensor,
-    /// f32 scalar: the optimizer steps applied so far, this one included if it applies (the
-    /// bias correction's t).
-    pub count: Tensor,
 }
 
 /// The optimizer checkpoint's entry for the loss scaler's state.

@@ -3,12 +3,21 @@
 //! before the update, and a step whose gradients overflowed (a non-finite norm) is skipped. The
 //! dynamic scale halves on such a step and doubles after `growth_interval` steps without one.
 //! Everything stays on the device: the decision to skip is a mask the optimizer applies
-//! ([`super::adamw::Gate`]), not a host read, so a step never waits for the device.
+//! ([`Gate`]), not a host read, so a step never waits for the device.
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::adamw::Gate;
 use super::clip_factor;
+
+/// Whether a step's update applies, decided on the device (loss scaling skips a step whose
+/// gradients overflowed): a skipped step leaves weights and moments exactly as they were.
+pub struct Gate {
+    /// u8 scalar: 1 applies the step, 0 skips it.
+    pub apply: Tensor,
+    /// f32 scalar: the optimizer steps applied so far, this one included if it applies (the
+    /// bias correction's t).
+    pub count: Tensor,
+}
 
 /// The scaler's state, on the device.
 pub struct LossScaler {

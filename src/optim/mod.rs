@@ -5,8 +5,8 @@ pub mod config;
 pub mod loss_scale;
 pub mod schedule;
 
-pub use adamw::{AdamW, Gate};
-pub use loss_scale::LossScaler;
+pub use adamw::AdamW;
+pub use loss_scale::{Gate, LossScaler};
 pub use schedule::Schedule;
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
