@@ -517,7 +517,7 @@ fn fused_and_composed_models_train_alike() {
 
 #[test]
 fn probing_through_the_sublayer_nodes_records_what_the_composed_residual_does() {
-    for norm in ["pre", "post"] {
+    for norm in ["pre", "post", "sandwich", "deepnorm"] {
         let rms = |kernels: &str| {
             let text = format!(
                 "[model]\nn_layer = 2\nn_head = 2\nd_model = 16\nblock_size = 8\npositions = \"rope\"\n\
@@ -530,7 +530,13 @@ fn probing_through_the_sublayer_nodes_records_what_the_composed_residual_does() 
             model.norm_input_rms(&ids).unwrap()
         };
         let (fused, composed) = (rms("fused"), rms("composed"));
-        assert_eq!(fused.len(), if norm == "pre" { 5 } else { 4 }, "{norm}: {fused:?}");
+        // Two blocks' norms, and a pre-LN stack's final one.
+        let expected = match norm {
+            "pre" => 5,
+            "sandwich" => 9,
+            _ => 4,
+        };
+        assert_eq!(fused.len(), expected, "{norm}: {fused:?}");
         for ((name, a), (other, b)) in fused.iter().zip(&composed) {
             assert_eq!(name, other);
             assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "{norm} {name}: fused {a} vs composed {b}");
@@ -565,7 +571,14 @@ fn ffn_sublayer_pre_and_post_norm() {
         for (bias, used) in bias_variants(&inputs) {
             for pre_norm in [true, false] {
                 for act in [fused::Act::Gelu, fused::Act::GeluTanh, fused::Act::Relu, fused::Act::Silu] {
-                    let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
+                    let norm = fused::SublayerNorm {
+                        pre_norm,
+                        rms: false,
+                        eps: 1e-5,
+                        alpha: 1.0,
+                        sandwich: false,
+                        probe: None,
+                    };
                     let fused_fn = |t: &[Tensor]| {
                         let (first, second) = packed(t, bias);
                         let shape = fused::FfnShape { hidden, act, bias, gated: false };
@@ -646,7 +659,7 @@ fn gated_ffn_sublayer() {
                 b2.clone(),
             ],
         };
-        let norm = fused::SublayerNorm { pre_norm, rms: !bias, eps: 1e-5, alpha: 1.0, probe: None };
+        let norm = fused::SublayerNorm { pre_norm, rms: !bias, eps: 1e-5, alpha: 1.0, sandwich: false, probe: None };
         let fused_fn = |t: &[Tensor]| {
             let (first, second) = match bias {
                 false => fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4]]).unwrap(),
@@ -696,7 +709,7 @@ fn ffn_sublayer_with_rms_norm() {
         random(&[d], 46, 0.5),
     ];
     for pre_norm in [true, false] {
-        let norm = fused::SublayerNorm { pre_norm, rms: true, eps: 1e-5, alpha: 1.0, probe: None };
+        let norm = fused::SublayerNorm { pre_norm, rms: true, eps: 1e-5, alpha: 1.0, sandwich: false, probe: None };
         let fused_fn = |t: &[Tensor]| {
             let (first, second) = fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4], &t[5]]).unwrap();
             let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
@@ -779,7 +792,8 @@ fn self_attention_sublayer_pre_and_post_norm() {
         let variants = bias_variants(&inputs);
         for ((bias, used), pre_norm) in variants.iter().flat_map(|v| [(v, true), (v, false)]) {
             let bias = *bias;
-            let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
+            let norm =
+                fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, sandwich: false, probe: None };
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone(), false);
@@ -830,7 +844,7 @@ fn deepnorm_scales_the_skip_connection_inside_the_sublayer_node() {
         Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
     // alpha (2 x 12 layers)^(1/4), a 12-layer decoder-only stack's.
     let alpha = 24f64.powf(0.25);
-    let norm = fused::SublayerNorm { pre_norm: false, rms: false, eps: 1e-5, alpha, probe: None };
+    let norm = fused::SublayerNorm { pre_norm: false, rms: false, eps: 1e-5, alpha, sandwich: false, probe: None };
     let fused_fn = |t: &[Tensor]| {
         let (first, second) = packed(t, true);
         let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
@@ -883,7 +897,7 @@ fn self_attention_sublayer_with_a_learned_score_bias() {
     let weights_mask = as_tensor(&weights_dropout, &[b, n_head, t, t]);
     let output_mask = as_tensor(&output_dropout, &[b, t, d]);
     for pre_norm in [true, false] {
-        let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, probe: None };
+        let norm = fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, sandwich: false, probe: None };
         let fused_fn = |p: &[Tensor]| {
             let (first, second) =
                 fused::pack_parameters(&[&p[1], &p[2]], &[&p[3], &p[4]], &[&p[5], &p[6], &p[7]]).unwrap();
@@ -910,5 +924,58 @@ fn self_attention_sublayer_with_a_learned_score_bias() {
             composed_fn,
             1e-9,
         );
+    }
+}
+
+#[test]
+fn sandwich_norms_the_branch_inside_the_sublayer_node() {
+    // x + LN'(FFN(LN(x))) with dropout after LN': [x, ln.w, ln.b, W1, b1, W2, b2, ln'.w, ln'.b]
+    // (LayerNorm), and with RMSNorm [x, rms.w, W1, b1, W2, b2, rms'.w].
+    let (shape, hidden) = (vec![4usize, 50, 32], 128usize);
+    let d = shape[2];
+    let all = [
+        random(&shape, 111, 1.0),
+        random(&[d], 112, 1.0),
+        random(&[d], 113, 0.5),
+        random(&[hidden, d], 114, 0.5),
+        random(&[hidden], 115, 0.5),
+        random(&[d, hidden], 116, 0.5),
+        random(&[d], 117, 0.5),
+        random(&[d], 118, 1.0),
+        random(&[d], 119, 0.5),
+    ];
+    let mut rng = Rng::new(120);
+    let multipliers: Vec<f32> = dropout_multipliers(shape.iter().product(), 0.8, &mut rng);
+    let mask =
+        Tensor::from_vec(multipliers.clone(), shape.as_slice(), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    for rms in [false, true] {
+        let used: Vec<Var> = match rms {
+            false => all.to_vec(),
+            true => [0, 1, 3, 4, 5, 6, 7].map(|i| all[i].clone()).to_vec(),
+        };
+        let norm = fused::SublayerNorm { pre_norm: true, rms, eps: 1e-5, alpha: 1.0, sandwich: true, probe: None };
+        let fused_fn = |t: &[Tensor]| {
+            let (first, second) = match rms {
+                false => fused::pack_parameters(&[&t[1], &t[2]], &[&t[3], &t[4]], &[&t[5], &t[6], &t[7], &t[8]]),
+                true => fused::pack_parameters(&[&t[1]], &[&t[2], &t[3]], &[&t[4], &t[5], &t[6]]),
+            }
+            .unwrap();
+            let shape = fused::FfnShape { hidden, act: fused::Act::Relu, bias: true, gated: false };
+            fused::ffn_sublayer(&t[0], (&first, &second), shape, norm.clone(), Some(multipliers.clone())).unwrap()
+        };
+        let composed_fn = |t: &[Tensor]| {
+            let (w1, b1, w2, b2, first, second) = match rms {
+                false => (&t[3], &t[4], &t[5], &t[6], [&t[1], &t[2]], [&t[7], &t[8]]),
+                true => (&t[2], &t[3], &t[4], &t[5], [&t[1], &t[1]], [&t[6], &t[6]]),
+            };
+            let norm = |x: &Tensor, [w, b]: [&Tensor; 2]| match rms {
+                false => fused::layer_norm(x, w, b, 1e-5).unwrap(),
+                true => fused::rms_norm(x, w, 1e-5).unwrap(),
+            };
+            let branch =
+                composed_linear(&composed_linear(&norm(&t[0], first), w1, Some(b1)).relu().unwrap(), w2, Some(b2));
+            (&t[0] + (norm(&branch, second) * &mask).unwrap()).unwrap()
+        };
+        check(&format!("sandwich ffn sub-layer rms={rms}"), &used, fused_fn, composed_fn, 1e-10);
     }
 }

@@ -233,6 +233,8 @@ pub struct SublayerNorm<'a> {
     pub pre: bool,
     /// The skip connection's multiplier: DeepNorm's alpha (post-LN), else 1.
     pub alpha: f64,
+    /// The sandwich's second norm, on the branch's output (weight, bias): same kind and eps.
+    pub branch_out: Option<(&'a Tensor, Option<&'a Tensor>)>,
 }
 
 impl SublayerNorm<'_> {
@@ -241,21 +243,31 @@ impl SublayerNorm<'_> {
         std::iter::once(self.weight).chain(self.bias).collect()
     }
 
+    /// The node's packed parameters: [norm | `first`] and [`second` | the sandwich's norm].
+    fn pack(&self, first: &[&Tensor], second: &[&Tensor]) -> Result<(Tensor, Tensor)> {
+        let mut second = second.to_vec();
+        if let Some((weight, bias)) = self.branch_out {
+            second.extend(std::iter::once(weight).chain(bias));
+        }
+        cpu::pack_parameters(&self.parameters(), first, &second)
+    }
+
     /// Runs a sub-layer `node` with LayerNorm probing as the composed residual does it: a
     /// pre-LN norm's input (x) is recorded before the node, a post-LN one's (the sum the node
-    /// leaves in its probe) after.
+    /// leaves in its probe) or the sandwich's second one's (the branch's output) after.
     fn probed(
         &self,
         x: &Tensor,
         mode: &mut Mode,
         node: impl FnOnce(cpu::SublayerNorm) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let probe = (mode.is_probing() && !self.pre).then(cpu::SumProbe::default);
+        let sandwich = self.branch_out.is_some();
+        let probe = (mode.is_probing() && (!self.pre || sandwich)).then(cpu::SumProbe::default);
         if self.pre {
             mode.record_norm_input(x)?;
         }
         let (pre_norm, rms, eps, alpha) = (self.pre, self.rms, self.eps, self.alpha);
-        let out = node(cpu::SublayerNorm { pre_norm, rms, eps, alpha, probe: probe.clone() })?;
+        let out = node(cpu::SublayerNorm { pre_norm, rms, eps, alpha, sandwich, probe: probe.clone() })?;
         if let Some(sum) = probe.and_then(|p| p.lock().ok()?.take()) {
             mode.record_norm_input(&sum)?;
         }
@@ -306,7 +318,7 @@ pub fn ffn_sublayer(
     if bias1 != bias2 {
         return Ok(None);
     }
-    let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
+    let (first, second) = norm.pack(&first, &second)?;
     let dropout = mode.dropout_multipliers(x.elem_count(), p);
     let branch = cpu::FfnShape { hidden: w1.dim(0)?, act: cpu_act, bias: bias1, gated: gate.is_some() };
     Ok(Some(norm.probed(x, mode, |norm| cpu::ffn_sublayer(x, (&first, &second), branch, norm, dropout))?))
@@ -362,7 +374,7 @@ pub fn self_attention_sublayer(
     // Drawn in the composed path's order: the weights' mask, then the output's.
     let dropout = mode.dropout_multipliers(b * n_head * t * t, p_attn);
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
-    let (first, second) = cpu::pack_parameters(&norm.parameters(), &first, &second)?;
+    let (first, second) = norm.pack(&first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout, learned.is_some());
     let heads = ((n_head, n_kv_head), (bias1, bias2), rotary.map(Rotary::cpu).transpose()?);
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);

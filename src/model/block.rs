@@ -244,13 +244,16 @@ impl Block {
         })
     }
 
-    /// The residual's norm as a fused sub-layer node takes it, for the placements the nodes
-    /// implement (pre, post, DeepNorm: post with the skip scaled by alpha); None: compose.
-    fn node_norm<'a>(&self, norms: &'a ResidualNorms) -> Option<SublayerNorm<'a>> {
-        match self.norm {
-            NormPlacement::Pre => Some(norms.norm.as_sublayer(true, 1.0)),
-            NormPlacement::Post | NormPlacement::DeepNorm => Some(norms.norm.as_sublayer(false, self.alpha)),
-            NormPlacement::Sandwich => None,
+    /// The residual's norm(s) as a fused sub-layer node takes them: pre, post, DeepNorm (post
+    /// with the skip scaled by alpha), sandwich (pre, and the second norm on the branch).
+    fn node_norm<'a>(&self, norms: &'a ResidualNorms) -> SublayerNorm<'a> {
+        match (self.norm, &norms.branch_out) {
+            (NormPlacement::Pre, _) | (NormPlacement::Sandwich, None) => norms.norm.as_sublayer(true, 1.0),
+            (NormPlacement::Sandwich, Some(out)) => {
+                let out = out.as_sublayer(true, 1.0);
+                SublayerNorm { branch_out: Some((out.weight, out.bias)), ..norms.norm.as_sublayer(true, 1.0) }
+            }
+            (NormPlacement::Post | NormPlacement::DeepNorm, _) => norms.norm.as_sublayer(false, self.alpha),
         }
     }
 
@@ -276,10 +279,8 @@ impl Block {
             (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
             (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
         };
-        if let Some(norm) = self.node_norm(&self.ln_2) {
-            if let Some(out) = self.mlp.sublayer(&x, norm, self.dropout, mode)? {
-                return Ok(out);
-            }
+        if let Some(out) = self.mlp.sublayer(&x, self.node_norm(&self.ln_2), self.dropout, mode)? {
+            return Ok(out);
         }
         self.residual(&x, &self.ln_2, mode, |h, mode| self.mlp.forward(h, mode))
     }
@@ -293,8 +294,8 @@ impl Block {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        if let (None, Some(norm)) = (&cache, self.node_norm(&self.ln_1)) {
-            let positions = (&inputs.self_mask, inputs.rope);
+        if cache.is_none() {
+            let (positions, norm) = ((&inputs.self_mask, inputs.rope), self.node_norm(&self.ln_1));
             if let Some(out) = self.attn.sublayer(x, norm, positions, self.dropout, mode)? {
                 return Ok(out);
             }

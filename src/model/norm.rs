@@ -124,10 +124,18 @@ impl Norm {
     /// This norm as a fused sub-layer's, before (`pre`) or after the branch.
     pub fn as_sublayer(&self, pre: bool, alpha: f64) -> SublayerNorm<'_> {
         match self {
-            Self::Layer(n) => {
-                SublayerNorm { weight: &n.weight, bias: Some(&n.bias), rms: false, eps: n.eps, pre, alpha }
+            Self::Layer(n) => SublayerNorm {
+                weight: &n.weight,
+                bias: Some(&n.bias),
+                rms: false,
+                eps: n.eps,
+                pre,
+                alpha,
+                branch_out: None,
+            },
+            Self::Rms(n) => {
+                SublayerNorm { weight: &n.weight, bias: None, rms: true, eps: n.eps, pre, alpha, branch_out: None }
             }
-            Self::Rms(n) => SublayerNorm { weight: &n.weight, bias: None, rms: true, eps: n.eps, pre, alpha },
         }
     }
 }

@@ -1,5 +1,6 @@
 //! A whole Transformer sub-layer as one autograd node, Add & Norm included: pre-LN
-//! x + f(LN(x)), post-LN LN(alpha x + f(x)) (alpha = 1, or DeepNorm's), for a branch f (the FFN in `ffn.rs`, self-attention in
+//! x + f(LN(x)), sandwich x + LN'(f(LN(x))), post-LN LN(alpha x + f(x)) (alpha = 1, or
+//! DeepNorm's), for a branch f (the FFN in `ffn.rs`, self-attention in
 //! `attention.rs`).
 //!
 //! Why one node: candle's backward gives every tensor between two nodes a zeroed gradient
@@ -40,14 +41,16 @@ pub(super) trait Branch: Send + Sync + 'static {
 pub type SumProbe = Arc<Mutex<Option<Tensor>>>;
 
 /// The sub-layer's norm (LayerNorm, or RMSNorm when `rms`), where it sits, its epsilon, the
-/// skip connection's multiplier `alpha` (post-LN only: DeepNorm's; 1 otherwise), and the
-/// probe for its input.
+/// skip connection's multiplier `alpha` (post-LN only: DeepNorm's; 1 otherwise), whether a
+/// second norm of the same kind follows the branch (`sandwich`, pre-LN only; its parameters
+/// end the second packed tensor), and the probe for the norms' inputs after the first.
 #[derive(Debug, Clone)]
 pub struct SublayerNorm {
     pub pre_norm: bool,
     pub rms: bool,
     pub eps: f64,
     pub alpha: f64,
+    pub sandwich: bool,
     pub probe: Option<SumProbe>,
 }
 
@@ -59,6 +62,15 @@ impl SublayerNorm {
             d
         } else {
             2 * d
+        }
+    }
+
+    /// Values of the sandwich's second norm at the end of the second packed tensor.
+    fn out_len(&self, d: usize) -> usize {
+        if self.sandwich {
+            self.len(d)
+        } else {
+            0
         }
     }
 
@@ -95,9 +107,12 @@ pub(super) struct SublayerOp<B: Branch> {
     dropout: Option<Vec<f32>>,
     /// False when no input records a graph (evaluation): nothing is kept.
     keep: bool,
-    /// The normed input (pre-LN) or the sum (post-LN).
-    saved: Mutex<Option<CpuStorage>>,
+    saved: Mutex<Option<Saved>>,
 }
+
+/// What a sub-layer's forward keeps for its backward: the normed input (pre-LN) or the sum
+/// (post-LN), and the branch's output (sandwich).
+type Saved = (CpuStorage, Option<CpuStorage>);
 
 /// The sub-layer of `branch` on x, with the packed parameters `first` = [ln.weight | ln.bias |
 /// the branch's first slice] and `second` = the branch's second slice, and `dropout`
@@ -115,6 +130,9 @@ pub(super) fn apply<B: Branch>(
     if norm.pre_norm && norm.alpha != 1.0 {
         candle_core::bail!("{}: a scaled skip connection (alpha {}) is post-LN only", B::NAME, norm.alpha);
     }
+    if norm.sandwich && !norm.pre_norm {
+        candle_core::bail!("{}: the sandwich's second norm needs the first before the branch (pre-LN)", B::NAME);
+    }
     let keep = x.track_op() || first.track_op() || second.track_op();
     let op = SublayerOp { branch, norm, dropout, keep, saved: Mutex::new(None) };
     x.contiguous()?.apply_op3(&first.contiguous()?, &second.contiguous()?, op)
@@ -125,18 +143,44 @@ impl<B: Branch> SublayerOp<B> {
     fn dims(&self, x: &Shape, first: usize, second: usize) -> Result<(usize, usize)> {
         let d = *x.dims().last().unwrap_or(&0);
         let (p1, p2) = self.branch.parameter_lens(d);
-        let norm = self.norm.len(d);
-        if first != norm + p1 || second != p2 {
+        let (norm, out) = (self.norm.len(d), self.norm.out_len(d));
+        if first != norm + p1 || second != p2 + out {
             candle_core::bail!(
-                "{}: packed parameters of {first} and {second} values do not fit width {d} (expected {} and {p2})",
+                "{}: packed parameters of {first} and {second} values do not fit width {d} (expected {} and {})",
                 B::NAME,
-                norm + p1
+                norm + p1,
+                p2 + out
             );
         }
         Ok((d, x.elem_count() / d.max(1)))
     }
 
-    fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<CpuStorage>>> {
+    /// The gradient at the branch's output from the one at its term of the skip sum: through
+    /// dropout (the skip connection has none), then for a sandwich back through the second
+    /// norm (its input `y`, parameters, and their gradients' slice). None: `d_branch` itself.
+    fn branch_gradient<T: Real>(&self, d_branch: &[T], sandwich: Option<(&[T], &[T], &mut [T])>) -> Option<Vec<T>> {
+        let d_dropped = self.dropout.as_ref().map(|mask| {
+            let mut g = d_branch.to_vec();
+            zip_apply(&mut g, mask, |g, m| *g *= T::of(m as f64));
+            g
+        });
+        let Some((y, ln_out, d_ln_out)) = sandwich else { return d_dropped };
+        let mut d_y = vec![T::of(0.0); y.len()];
+        self.norm.backward(y, ln_out, d_dropped.as_deref().unwrap_or(d_branch), None, &mut d_y, d_ln_out);
+        Some(d_y)
+    }
+
+    /// What the forward leaves for the probe: a post-LN norm's input (the sum), or the
+    /// sandwich's second norm's input (the branch's output).
+    fn leave_for_probe<T: Real>(&self, values: &[T], shape: &Shape) -> Result<()> {
+        if let Some(probe) = &self.norm.probe {
+            let values = Tensor::from_slice(values, shape, &Device::Cpu)?;
+            *probe.lock().map_err(|_| candle_core::Error::Msg("probe lock poisoned".into()))? = Some(values);
+        }
+        Ok(())
+    }
+
+    fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<Saved>>> {
         self.saved.lock().map_err(|_| candle_core::Error::Msg(format!("{} lock poisoned", B::NAME)))
     }
 }
@@ -159,9 +203,16 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
         dispatch!(s1, B::NAME, |T| {
             let x = contiguous::<T>(s1, l1)?;
             let (ln, p1) = contiguous::<T>(s2, l2)?.split_at(self.norm.len(d));
+            let second = contiguous::<T>(s3, l3)?;
+            let (p2, ln_out) = second.split_at(second.len() - self.norm.out_len(d));
             let normed = if pre_norm { Some(self.norm.forward(x, ln, d)) } else { None };
             let input = normed.as_deref().unwrap_or(x);
-            let mut sum = self.branch.forward(input, l1.shape(), (p1, contiguous::<T>(s3, l3)?), self.keep)?;
+            let branch_out = self.branch.forward(input, l1.shape(), (p1, p2), self.keep)?;
+            // Sandwich: the branch's output is normed again before the skip connection.
+            let (mut sum, branch_out) = match self.norm.sandwich {
+                true => (self.norm.forward(&branch_out, ln_out, d), Some(branch_out)),
+                false => (branch_out, None),
+            };
             if let Some(mask) = &self.dropout {
                 zip_apply(&mut sum, mask, |y, m| *y *= T::of(m as f64));
             }
@@ -173,12 +224,14 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
                 Some(normed) => (sum, normed),
                 None => (self.norm.forward(&sum, ln, d), sum),
             };
-            if let (false, Some(probe)) = (pre_norm, &self.norm.probe) {
-                let sum = Tensor::from_slice(&normed_or_sum, l1.shape(), &Device::Cpu)?;
-                *probe.lock().map_err(|_| candle_core::Error::Msg("probe lock poisoned".into()))? = Some(sum);
+            match &branch_out {
+                Some(branch_out) => self.leave_for_probe(branch_out, l1.shape())?,
+                None if !pre_norm => self.leave_for_probe(&normed_or_sum, l1.shape())?,
+                None => {}
             }
             if self.keep {
-                *self.saved()? = Some(T::to_cpu_storage_owned(normed_or_sum));
+                let branch_out = branch_out.map(T::to_cpu_storage_owned);
+                *self.saved()? = Some((T::to_cpu_storage_owned(normed_or_sum), branch_out));
             }
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
@@ -193,7 +246,7 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let saved = self.saved()?;
-        let Some(normed_or_sum) = saved.as_ref() else {
+        let Some((normed_or_sum, branch_out)) = saved.as_ref() else {
             candle_core::bail!("{} backward without a forward pass", B::NAME)
         };
         let (d, rows) = self.dims(x.shape(), first.elem_count(), second.elem_count())?;
@@ -210,11 +263,12 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
         let (dx, d_first, d_second) = dispatch!(sx, B::NAME, |T| {
             let (x, dy) = (contiguous::<T>(sx, x_layout)?, contiguous::<T>(sg, g_layout)?);
             let (ln, p1) = contiguous::<T>(s1, p1_layout)?.split_at(self.norm.len(d));
-            let p2 = contiguous::<T>(s2, p2_layout)?;
+            let (p2, ln_out) = contiguous::<T>(s2, p2_layout)?.split_at(second.elem_count() - self.norm.out_len(d));
             let normed_or_sum = normed_or_sum.as_slice::<T>()?;
             let mut d_first = vec![T::of(0.0); first.elem_count()];
             let mut d_second = vec![T::of(0.0); second.elem_count()];
             let (d_ln, d_p1) = d_first.split_at_mut(self.norm.len(d));
+            let (d_p2, d_ln_out) = d_second.split_at_mut(p2.len());
             // Post-LN: through the norm first; the sum's gradient feeds the branch and the skip.
             let d_sum = if pre_norm {
                 None
@@ -224,15 +278,11 @@ impl<B: Branch> CustomOp3 for SublayerOp<B> {
                 Some(d_sum)
             };
             let d_branch = d_sum.as_deref().unwrap_or(dy);
-            // The branch's output went through dropout; the skip connection did not.
-            let d_dropped = self.dropout.as_ref().map(|mask| {
-                let mut g = d_branch.to_vec();
-                zip_apply(&mut g, mask, |g, m| *g *= T::of(m as f64));
-                g
-            });
+            let branch_out = branch_out.as_ref().map(|y| y.as_slice::<T>()).transpose()?;
+            let d_out = self.branch_gradient(d_branch, branch_out.map(|y| (y, ln_out, d_ln_out)));
             let input = if pre_norm { normed_or_sum } else { x };
-            let d_out = d_dropped.as_deref().unwrap_or(d_branch);
-            let d_input = self.branch.backward(input, x_layout.shape(), (p1, p2), d_out, (d_p1, &mut d_second))?;
+            let d_out = d_out.as_deref().unwrap_or(d_branch);
+            let d_input = self.branch.backward(input, x_layout.shape(), (p1, p2), d_out, (d_p1, d_p2))?;
             let dx = if pre_norm {
                 // d(x) = dy (the skip connection) + the norm's backward of d(normed).
                 let mut dx = vec![T::of(0.0); rows * d];
