@@ -797,7 +797,9 @@ fn self_attention_sublayer_pre_and_post_norm() {
             let fused_fn = |t: &[Tensor]| {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone(), false);
-                let heads = ((n_head, n_head), (bias, bias), rope.as_ref().map(rotation));
+                let rotation = rope.as_ref().map(rotation);
+                let heads =
+                    fused::SelfAttentionShape { heads: (n_head, n_head), bias: (bias, bias), rotation, qk_norm: None };
                 let norm = norm.clone();
                 fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
                     .unwrap()
@@ -902,7 +904,12 @@ fn self_attention_sublayer_with_a_learned_score_bias() {
             let (first, second) =
                 fused::pack_parameters(&[&p[1], &p[2]], &[&p[3], &p[4]], &[&p[5], &p[6], &p[7]]).unwrap();
             let attention = (mask.clone(), Some(weights_dropout.clone()), true);
-            let heads = ((n_head, n_head), (true, true), None);
+            let heads = fused::SelfAttentionShape {
+                heads: (n_head, n_head),
+                bias: (true, true),
+                rotation: None,
+                qk_norm: None,
+            };
             let out = Some(output_dropout.clone());
             fused::self_attention_sublayer(&p[0], (&first, &second), heads, attention, norm.clone(), out).unwrap()
         };
@@ -977,5 +984,87 @@ fn sandwich_norms_the_branch_inside_the_sublayer_node() {
             (&t[0] + (norm(&branch, second) * &mask).unwrap()).unwrap()
         };
         check(&format!("sandwich ffn sub-layer rms={rms}"), &used, fused_fn, composed_fn, 1e-10);
+    }
+}
+
+#[test]
+fn self_attention_sublayer_with_qk_norm() {
+    // QK-norm: each query and key head normalised (shared gains over head_dim) after the
+    // projection, before the rotation. [x, ln.w, ln.b, W_qkv, b_qkv, W_o, b_o, q.w, q.b, k.w,
+    // k.b] with LayerNorm; RMSNorm's norms have gains only. Causal, rotary, both dropouts.
+    let (b, t, d, n_head) = (2usize, 9usize, 16usize, 2usize);
+    let hd = d / n_head;
+    let all = [
+        random(&[b, t, d], 131, 1.0),
+        random(&[d], 132, 1.0),
+        random(&[d], 133, 0.5),
+        random(&[3 * d, d], 134, 0.5),
+        random(&[3 * d], 135, 0.5),
+        random(&[d, d], 136, 0.5),
+        random(&[d], 137, 0.5),
+        random(&[hd], 138, 1.0),
+        random(&[hd], 139, 0.5),
+        random(&[hd], 140, 1.0),
+        random(&[hd], 141, 0.5),
+    ];
+    let rope = Rope::new(t + 3, hd, 100.0, &Device::Cpu).unwrap();
+    let tables = rope.at(3, t).unwrap();
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let rotation = || fused::Rotation { cos: values(&tables.cos), sin: values(&tables.sin) };
+    let mask = fused::AttentionMask { causal_offset: Some(0), key_bias: None, alibi: None };
+    let causal = causal_mask(t, 0, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+    let mut rng = Rng::new(142);
+    let weights_dropout: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
+    let output_dropout: Vec<f32> = dropout_multipliers(b * t * d, 0.9, &mut rng);
+    let as_tensor = |m: &[f32], shape: &[usize]| {
+        Tensor::from_vec(m.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+    };
+    let (weights_mask, output_mask) =
+        (as_tensor(&weights_dropout, &[b, n_head, t, t]), as_tensor(&output_dropout, &[b, t, d]));
+    for rms in [false, true] {
+        let used: Vec<Var> = match rms {
+            false => all.to_vec(),
+            true => [0, 1, 2, 3, 4, 5, 6, 7, 9].map(|i| all[i].clone()).to_vec(),
+        };
+        let norm =
+            fused::SublayerNorm { pre_norm: true, rms: false, eps: 1e-5, alpha: 1.0, sandwich: false, probe: None };
+        let fused_fn = |p: &[Tensor]| {
+            let qk: Vec<&Tensor> = p[7..].iter().collect();
+            let first: Vec<&Tensor> = [&p[3], &p[4]].into_iter().chain(qk).collect();
+            let (first, second) = fused::pack_parameters(&[&p[1], &p[2]], &first, &[&p[5], &p[6]]).unwrap();
+            let attention = (mask.clone(), Some(weights_dropout.clone()), false);
+            let qk_norm = Some(fused::QkNorm { rms, eps: 1e-6 });
+            let heads = fused::SelfAttentionShape {
+                heads: (n_head, n_head),
+                bias: (true, true),
+                rotation: Some(rotation()),
+                qk_norm,
+            };
+            let out = Some(output_dropout.clone());
+            fused::self_attention_sublayer(&p[0], (&first, &second), heads, attention, norm.clone(), out).unwrap()
+        };
+        let composed_fn = |p: &[Tensor]| {
+            let ln = |x: &Tensor| fused::layer_norm(x, &p[1], &p[2], 1e-5).unwrap();
+            let per_head = |x: &Tensor, i: usize| {
+                let heads = x.reshape((b, t, n_head, hd)).unwrap();
+                let normed = match rms {
+                    false => fused::layer_norm(&heads, &p[7 + 2 * i], &p[8 + 2 * i], 1e-6).unwrap(),
+                    true => fused::rms_norm(&heads, &p[7 + i], 1e-6).unwrap(),
+                };
+                normed.reshape((b, t, d)).unwrap()
+            };
+            let branch = |h: &Tensor| {
+                let qkv = composed_linear(h, &p[3], Some(&p[4]));
+                let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
+                let (q, k) = (
+                    rope.apply(&per_head(&q, 0), n_head, 3).unwrap(),
+                    rope.apply(&per_head(&k, 1), n_head, 3).unwrap(),
+                );
+                let context = composed_attention(&[q, k, v], n_head, Some(&causal), Some(&weights_mask));
+                composed_linear(&context, &p[5], Some(&p[6]))
+            };
+            composed_sublayer(&p[0], ln, branch, Some(&output_mask), true)
+        };
+        check(&format!("self-attention with QK-norm rms={rms}"), &used, fused_fn, composed_fn, 1e-9);
     }
 }

@@ -346,7 +346,7 @@ pub fn self_attention_sublayer(
     x: &Tensor,
     norm: SublayerNorm,
     proj: &Projections,
-    ((n_head, n_kv_head), rotary): ((usize, usize), Option<&Rotary>),
+    ((n_head, n_kv_head), rotary, qk_norm): ((usize, usize), Option<&Rotary>, Option<[SublayerNorm; 2]>),
     mask: &Mask,
     (p_attn, p_out): (f64, f64),
     mode: &mut Mode,
@@ -356,7 +356,16 @@ pub fn self_attention_sublayer(
     }
     let [wq, wk, wv, wo] = proj.weights;
     let [bq, bk, bv, bo] = proj.biases;
-    let (first, bias1) = branch_parameters(&[wq, wk, wv], &[bq, bk, bv])?;
+    let (mut first, bias1) = branch_parameters(&[wq, wk, wv], &[bq, bk, bv])?;
+    // QK-norm's gains (and biases) end the first parameters: [query norm | key norm].
+    let qk_norm = match &qk_norm {
+        Some([q, k]) if q.rms == k.rms && q.eps == k.eps => {
+            first.extend(q.parameters().into_iter().chain(k.parameters()));
+            Some(cpu::QkNorm { rms: q.rms, eps: q.eps })
+        }
+        Some(_) => candle_core::bail!("QK-norm's query and key norms differ in kind or epsilon"),
+        None => None,
+    };
     let (mut second, bias2) = branch_parameters(&[wo], &[bo])?;
     let (b, t, _) = x.dims3()?;
     // A learned score bias (T5's) rides at the end of the second parameters: the node returns
@@ -376,7 +385,8 @@ pub fn self_attention_sublayer(
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
     let (first, second) = norm.pack(&first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout, learned.is_some());
-    let heads = ((n_head, n_kv_head), (bias1, bias2), rotary.map(Rotary::cpu).transpose()?);
+    let rotation = rotary.map(Rotary::cpu).transpose()?;
+    let heads = cpu::SelfAttentionShape { heads: (n_head, n_kv_head), bias: (bias1, bias2), rotation, qk_norm };
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
     Ok(Some(norm.probed(x, mode, node)?))
 }

@@ -539,23 +539,100 @@ impl Rotation {
     }
 }
 
+/// QK-norm in the self-attention node: every query head and every key head normalised by a
+/// norm over head_dim (RMSNorm, or LayerNorm when not `rms`; one gain, and bias, for the
+/// queries and one for the keys), after the projection and before the rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct QkNorm {
+    pub rms: bool,
+    pub eps: f64,
+}
+
+impl QkNorm {
+    fn norm(&self) -> SublayerNorm {
+        SublayerNorm { pre_norm: true, rms: self.rms, eps: self.eps, alpha: 1.0, sandwich: false, probe: None }
+    }
+
+    /// The query and key columns of packed rows: (first column, width).
+    fn columns(g: &Geometry) -> [(usize, usize); 2] {
+        [(0, g.width()), (g.width(), g.kv_width())]
+    }
+
+    /// Normalises the query and key heads of packed (B, T, D + 2 D_kv) rows in place, with
+    /// `params` = [query norm | key norm]; returns both before the norm, for the backward.
+    fn forward<T: Real>(&self, qkv: &mut [T], g: &Geometry, params: &[T]) -> [Vec<T>; 2] {
+        let len = self.norm().len(g.head_dim);
+        let [q, k] = Self::columns(g);
+        [(0, q), (1, k)].map(|(i, (col, width))| {
+            let before = gather(qkv, g.q_row, col, width);
+            let after = self.norm().forward(&before, &params[i * len..(i + 1) * len], g.head_dim);
+            scatter(qkv, g.q_row, col, width, &after);
+            before
+        })
+    }
+
+    /// The backward: `d_qkv`'s query and key columns taken back through the norms (inputs
+    /// `before`), their parameters' gradients into `d_params`.
+    fn backward<T: Real>(&self, d_qkv: &mut [T], g: &Geometry, before: [&[T]; 2], params: &[T], d_params: &mut [T]) {
+        let len = self.norm().len(g.head_dim);
+        for (i, ((col, width), before)) in Self::columns(g).into_iter().zip(before).enumerate() {
+            let dy = gather(d_qkv, g.q_row, col, width);
+            let mut dx = vec![T::of(0.0); dy.len()];
+            let (p, dp) = (&params[i * len..(i + 1) * len], &mut d_params[i * len..(i + 1) * len]);
+            self.norm().backward(before, p, &dy, None, &mut dx, dp);
+            scatter(d_qkv, g.q_row, col, width, &dx);
+        }
+    }
+}
+
+/// Columns col..col + width of every row (rows of `row_len`), side by side.
+fn gather<T: Copy>(rows: &[T], row_len: usize, col: usize, width: usize) -> Vec<T> {
+    rows.chunks_exact(row_len).flat_map(|row| row[col..col + width].iter().copied()).collect()
+}
+
+/// Writes `values` (rows of `width`) into columns col..col + width of every row.
+fn scatter<T: Copy>(rows: &mut [T], row_len: usize, col: usize, width: usize, values: &[T]) {
+    for (row, values) in rows.chunks_exact_mut(row_len).zip(values.chunks_exact(width)) {
+        row[col..col + width].copy_from_slice(values);
+    }
+}
+
+/// The self-attention node's shape: (query heads, key/value heads), whether the Q/K/V and the
+/// output products have biases, the rotation (rotary positions) and QK-norm, if any.
+pub struct SelfAttentionShape {
+    pub heads: (usize, usize),
+    pub bias: (bool, bool),
+    pub rotation: Option<Rotation>,
+    pub qk_norm: Option<QkNorm>,
+}
+
+/// What the self-attention branch's forward keeps: the packed Q/K/V (as the attention saw
+/// them), the attention output, and with QK-norm the queries and keys before it.
+struct SavedActivations {
+    qkv: CpuStorage,
+    context: CpuStorage,
+    before_qk_norm: Option<[CpuStorage; 2]>,
+}
+
 /// The self-attention branch of a fused sub-layer (`sublayer.rs`): the packed Q/K/V projection,
-/// rotary positions (if any), attention, and the output projection, with the parameters as
-/// [W_qkv | b_qkv] and [W_o | b_o | learned score bias] (each without its bias when that
-/// product has none; the score bias (H, T, T) when the scores take one, e.g. T5's).
+/// QK-norm and rotary positions (if any), attention, and the output projection, with the
+/// parameters as [W_qkv | b_qkv | QK-norm's] and [W_o | b_o | learned score bias] (each without
+/// its bias when that product has none; the score bias (H, T, T) when the scores take one,
+/// e.g. T5's).
 struct SelfAttentionBranch {
     core: AttentionOp,
     /// Whether the Q/K/V product and the output product have biases.
     bias: (bool, bool),
     /// Values of the learned score bias at the end of the second parameters (0: none).
     learned_len: usize,
+    qk_norm: Option<QkNorm>,
     rotation: Option<Rotation>,
-    /// The packed Q/K/V and the attention output (the softmax weights stay in `core`).
-    saved: Mutex<Option<(CpuStorage, CpuStorage)>>,
+    /// The softmax weights stay in `core`.
+    saved: Mutex<Option<SavedActivations>>,
 }
 
 impl SelfAttentionBranch {
-    fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<(CpuStorage, CpuStorage)>>> {
+    fn saved(&self) -> Result<std::sync::MutexGuard<'_, Option<SavedActivations>>> {
         self.saved.lock().map_err(|_| candle_core::Error::Msg("self-attention lock poisoned".into()))
     }
 
@@ -569,6 +646,11 @@ impl SelfAttentionBranch {
         let (batch, t, d) = shape.dims3()?;
         self.core.packed_geometry(&Layout::contiguous((batch, t, self.packed_width(d))))
     }
+
+    /// Values of QK-norm's parameters at the end of the first parameters (0: none).
+    fn qk_len(&self, d: usize) -> usize {
+        self.qk_norm.map_or(0, |qk| 2 * qk.norm().len(d / self.core.n_head.max(1)))
+    }
 }
 
 impl Branch for SelfAttentionBranch {
@@ -576,17 +658,19 @@ impl Branch for SelfAttentionBranch {
 
     fn parameter_lens(&self, d: usize) -> (usize, usize) {
         let ((b1, b2), packed) = ((self.bias.0 as usize, self.bias.1 as usize), self.packed_width(d));
-        (packed * d + b1 * packed, d * d + b2 * d + self.learned_len)
+        (packed * d + b1 * packed + self.qk_len(d), d * d + b2 * d + self.learned_len)
     }
 
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
         let g = self.geometry(shape)?;
         let (d, packed) = (g.width(), g.q_row);
         let rows = input.len() / d.max(1);
-        let ((w_qkv, b_qkv), (w_o, rest)) = (p1.split_at(packed * d), p2.split_at(d * d));
-        let (b_o, learned) = rest.split_at(rest.len() - self.learned_len);
+        let ((w_qkv, rest1), (w_o, rest2)) = (p1.split_at(packed * d), p2.split_at(d * d));
+        let ((b_qkv, qk_params), (b_o, learned)) =
+            (rest1.split_at(rest1.len() - self.qk_len(d)), rest2.split_at(rest2.len() - self.learned_len));
         let (b_qkv, b_o) = (self.bias.0.then_some(b_qkv), self.bias.1.then_some(b_o));
         let mut qkv = linear_forward(input, w_qkv, b_qkv, (rows, d, packed));
+        let before_qk_norm = self.qk_norm.map(|qk| qk.forward(&mut qkv, &g, qk_params));
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut qkv, &g, false)?;
         }
@@ -595,7 +679,9 @@ impl Branch for SelfAttentionBranch {
         let out = linear_forward(&context, w_o, b_o, (rows, d, d));
         if keep {
             self.core.save_weights(T::to_cpu_storage_owned(weights))?;
-            *self.saved()? = Some((T::to_cpu_storage_owned(qkv), T::to_cpu_storage_owned(context)));
+            let (qkv, context) = (T::to_cpu_storage_owned(qkv), T::to_cpu_storage_owned(context));
+            let before_qk_norm = before_qk_norm.map(|qk| qk.map(T::to_cpu_storage_owned));
+            *self.saved()? = Some(SavedActivations { qkv, context, before_qk_norm });
         }
         Ok(out)
     }
@@ -613,11 +699,14 @@ impl Branch for SelfAttentionBranch {
         let rows = input.len() / d.max(1);
         let saved = self.saved()?;
         let weights = self.core.saved_weights()?;
-        let (Some((qkv, context)), Some(weights)) = (saved.as_ref(), weights.as_ref()) else {
+        let (Some(saved), Some(weights)) = (saved.as_ref(), weights.as_ref()) else {
             candle_core::bail!("self-attention backward without a forward pass")
         };
-        let (qkv, context, weights) = (qkv.as_slice::<T>()?, context.as_slice::<T>()?, weights.as_slice::<T>()?);
-        let (dw_qkv, db_qkv) = d_p1.split_at_mut(packed * d);
+        let (qkv, context) = (saved.qkv.as_slice::<T>()?, saved.context.as_slice::<T>()?);
+        let weights = weights.as_slice::<T>()?;
+        let (dw_qkv, rest) = d_p1.split_at_mut(packed * d);
+        let at = rest.len() - self.qk_len(d);
+        let (db_qkv, d_qk) = rest.split_at_mut(at);
         let (dw_o, rest) = d_p2.split_at_mut(d * d);
         let at = rest.len() - self.learned_len;
         let (db_o, d_learned) = rest.split_at_mut(at);
@@ -634,6 +723,10 @@ impl Branch for SelfAttentionBranch {
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut d_qkv, &g, true)?;
         }
+        if let (Some(qk), Some([q, k])) = (self.qk_norm, &saved.before_qk_norm) {
+            let qk_params = &p1[p1.len() - d_qk.len()..];
+            qk.backward(&mut d_qkv, &g, [q.as_slice::<T>()?, k.as_slice::<T>()?], qk_params, d_qk);
+        }
         let fill = |d_input: &mut _| {
             let w_qkv = &p1[..packed * d];
             backward_into(input, w_qkv, &d_qkv, (rows, d, packed), d_input, as_uninit(dw_qkv), db_qkv)
@@ -648,12 +741,13 @@ impl Branch for SelfAttentionBranch {
 /// attention over `n_kv_head` key/value heads under `mask` (and `dropout` multipliers on its
 /// weights) and the output projection, as one node. `first` = [ln.weight | ln.bias | W_q | W_k
 /// | W_v | b_q | b_k | b_v] and `second` = [W_o | b_o | score bias] (each without its biases
-/// when `bias` says so, the score bias (H, T, T) only when `learned_bias`; see
-/// `pack_parameters`); `residual_dropout`: multipliers on Attn's output.
+/// when `bias` says so, the score bias (H, T, T) only when `learned_bias`; `first` ending in
+/// [q_norm | k_norm] with `qk_norm`; see `pack_parameters`); `residual_dropout`: multipliers on
+/// Attn's output.
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
-    ((n_head, n_kv_head), bias, rotation): ((usize, usize), (bool, bool), Option<Rotation>),
+    SelfAttentionShape { heads: (n_head, n_kv_head), bias, rotation, qk_norm }: SelfAttentionShape,
     (mask, dropout, learned_bias): (AttentionMask, Option<Vec<f32>>, bool),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,
@@ -661,6 +755,6 @@ pub fn self_attention_sublayer(
     let core = op((n_head, n_kv_head), x.dim(D::Minus1)?, mask, dropout);
     let t = x.dim(1)?;
     let learned_len = if learned_bias { n_head * t * t } else { 0 };
-    let branch = SelfAttentionBranch { core, bias, learned_len, rotation, saved: Mutex::new(None) };
+    let branch = SelfAttentionBranch { core, bias, learned_len, qk_norm, rotation, saved: Mutex::new(None) };
     apply(x, (first, second), branch, norm, residual_dropout)
 }

@@ -267,7 +267,9 @@ mod gemm;
 mod linear;
 mod rms_norm;
 mod sublayer;
-pub use attention::{attention, attention_packed, self_attention_sublayer, AttentionMask, Rotation};
+pub use attention::{
+    attention, attention_packed, self_attention_sublayer, AttentionMask, QkNorm, Rotation, SelfAttentionShape,
+};
 pub use ffn::{ffn_sublayer, FfnShape};
 pub use linear::{linear, linear_gelu, Act};
 pub use rms_norm::rms_norm;

@@ -57,7 +57,7 @@ pub struct SublayerNorm {
 impl SublayerNorm {
     /// Values of the norm's parameters at the head of the first packed tensor: [weight | bias],
     /// or [weight] for RMSNorm.
-    fn len(&self, d: usize) -> usize {
+    pub(super) fn len(&self, d: usize) -> usize {
         if self.rms {
             d
         } else {
@@ -74,7 +74,7 @@ impl SublayerNorm {
         }
     }
 
-    fn forward<T: Real>(&self, x: &[T], params: &[T], d: usize) -> Vec<T> {
+    pub(super) fn forward<T: Real>(&self, x: &[T], params: &[T], d: usize) -> Vec<T> {
         match self.rms {
             true => rms_norm_forward(x, params, self.eps),
             false => layer_norm_forward(x, &params[..d], &params[d..], self.eps),
@@ -82,7 +82,7 @@ impl SublayerNorm {
     }
 
     /// dx (with `residual` added) into `dx`; the parameters' gradients into `d_params`.
-    fn backward<T: Real>(
+    pub(super) fn backward<T: Real>(
         &self,
         x: &[T],
         params: &[T],
