@@ -798,8 +798,13 @@ fn self_attention_sublayer_pre_and_post_norm() {
                 let (first, second) = packed(t, bias);
                 let attention = (mask.clone(), dropout.clone(), false);
                 let rotation = rope.as_ref().map(rotation);
-                let heads =
-                    fused::SelfAttentionShape { heads: (n_head, n_head), bias: (bias, bias), rotation, qk_norm: None };
+                let heads = fused::SelfAttentionShape {
+                    heads: (n_head, n_head),
+                    bias: (bias, bias),
+                    rotation,
+                    qk_norm: None,
+                    shaw_clip: None,
+                };
                 let norm = norm.clone();
                 fused::self_attention_sublayer(&t[0], (&first, &second), heads, attention, norm, residual.clone())
                     .unwrap()
@@ -909,6 +914,7 @@ fn self_attention_sublayer_with_a_learned_score_bias() {
                 bias: (true, true),
                 rotation: None,
                 qk_norm: None,
+                shaw_clip: None,
             };
             let out = Some(output_dropout.clone());
             fused::self_attention_sublayer(&p[0], (&first, &second), heads, attention, norm.clone(), out).unwrap()
@@ -1039,6 +1045,7 @@ fn self_attention_sublayer_with_qk_norm() {
                 bias: (true, true),
                 rotation: Some(rotation()),
                 qk_norm,
+                shaw_clip: None,
             };
             let out = Some(output_dropout.clone());
             fused::self_attention_sublayer(&p[0], (&first, &second), heads, attention, norm.clone(), out).unwrap()
@@ -1066,5 +1073,111 @@ fn self_attention_sublayer_with_qk_norm() {
             composed_sublayer(&p[0], ln, branch, Some(&output_mask), true)
         };
         check(&format!("self-attention with QK-norm rms={rms}"), &used, fused_fn, composed_fn, 1e-9);
+    }
+}
+
+#[test]
+fn self_attention_sublayer_with_shaw_relative_positions() {
+    // Shaw et al.: scores q_i . (k_j + a^K_r) / sqrt(hd), outputs sum_j w_ij (v_j + a^V_r), r the
+    // key's distance from the query clipped at 3. [x, ln.w, ln.b, W_qkv, b_qkv, W_o, b_o,
+    // a^K, a^V]; causal, the last key of batch row 0 padded, both dropouts, pre and post; and
+    // with 4 query heads over 2 key/value heads.
+    let (b, t, d, clip) = (2usize, 9usize, 16usize, 3usize);
+    for (n_head, n_kv) in [(2usize, 2usize), (4, 2)] {
+        let (hd, d_kv) = (d / n_head, d / n_head * n_kv);
+        let inputs = [
+            random(&[b, t, d], 151, 1.0),
+            random(&[d], 152, 1.0),
+            random(&[d], 153, 0.5),
+            random(&[d + 2 * d_kv, d], 154, 0.5),
+            random(&[d + 2 * d_kv], 155, 0.5),
+            random(&[d, d], 156, 0.5),
+            random(&[d], 157, 0.5),
+            random(&[2 * clip + 1, hd], 158, 1.0),
+            random(&[2 * clip + 1, hd], 159, 1.0),
+        ];
+        let mut key_bias = vec![0f32; b * t];
+        key_bias[t - 1] = -1e9;
+        let padding =
+            Tensor::from_vec(key_bias.clone(), (b, 1, 1, t), &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        let causal = causal_mask(t, 0, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap();
+        let additive = padding.broadcast_add(&causal).unwrap();
+        let mask = fused::AttentionMask { causal_offset: Some(0), key_bias: Some(key_bias), alibi: None };
+        let mut rng = Rng::new(160);
+        let weights_dropout: Vec<f32> = dropout_multipliers(b * n_head * t * t, 0.8, &mut rng);
+        let output_dropout: Vec<f32> = dropout_multipliers(b * t * d, 0.9, &mut rng);
+        let as_tensor = |m: &[f32], shape: &[usize]| {
+            Tensor::from_vec(m.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+        };
+        let weights_mask = as_tensor(&weights_dropout, &[b, n_head, t, t]);
+        let output_mask = as_tensor(&output_dropout, &[b, t, d]);
+        // The embedding row of each (query, key): clamp(j - i, -clip, clip) + clip.
+        let rows: Vec<u32> = (0..t as i64)
+            .flat_map(|i| (0..t as i64).map(move |j| ((j - i).clamp(-(clip as i64), clip as i64) + clip as i64) as u32))
+            .collect();
+        let rows = Tensor::from_vec(rows, t * t, &Device::Cpu).unwrap();
+        for pre_norm in [true, false] {
+            let norm =
+                fused::SublayerNorm { pre_norm, rms: false, eps: 1e-5, alpha: 1.0, sandwich: false, probe: None };
+            let fused_fn = |p: &[Tensor]| {
+                let second = [&p[5], &p[6], &p[7], &p[8]];
+                let (first, second) = fused::pack_parameters(&[&p[1], &p[2]], &[&p[3], &p[4]], &second).unwrap();
+                let attention = (mask.clone(), Some(weights_dropout.clone()), false);
+                let heads = fused::SelfAttentionShape {
+                    heads: (n_head, n_kv),
+                    bias: (true, true),
+                    rotation: None,
+                    qk_norm: None,
+                    shaw_clip: Some(clip),
+                };
+                let out = Some(output_dropout.clone());
+                fused::self_attention_sublayer(&p[0], (&first, &second), heads, attention, norm.clone(), out).unwrap()
+            };
+            let composed_fn = |p: &[Tensor]| {
+                let ln = |x: &Tensor| fused::layer_norm(x, &p[1], &p[2], 1e-5).unwrap();
+                let branch = |h: &Tensor| {
+                    let qkv = composed_linear(h, &p[3], Some(&p[4]));
+                    let heads = |x: Tensor, n: usize| {
+                        x.reshape((b, t, n, hd)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap()
+                        // (B, T, n, hd) -> (B, n, T, hd)
+                    };
+                    let repeat = |x: Tensor| {
+                        let x = x.unsqueeze(2).unwrap().repeat((1, 1, n_head / n_kv, 1, 1)).unwrap();
+                        x.reshape((b, n_head, t, hd)).unwrap() // (B, kv, g, T, hd) -> (B, H, T, hd)
+                    };
+                    let q = heads(qkv.narrow(2, 0, d).unwrap(), n_head);
+                    let k = repeat(heads(qkv.narrow(2, d, d_kv).unwrap(), n_kv));
+                    let v = repeat(heads(qkv.narrow(2, d + d_kv, d_kv).unwrap(), n_kv));
+                    let a_k = p[7].index_select(&rows, 0).unwrap().reshape((t, t, hd)).unwrap();
+                    let a_v = p[8].index_select(&rows, 0).unwrap().reshape((t, t, hd)).unwrap();
+                    // One product per query position: (T, B*H, X) against its embeddings.
+                    let by_query = |x: &Tensor| {
+                        let x_dim = x.dim(3).unwrap();
+                        x.permute((2, 0, 1, 3)).unwrap().contiguous().unwrap().reshape((t, b * n_head, x_dim)).unwrap()
+                        // (B, H, T, X) -> (T, B*H, X)
+                    };
+                    let from_query = |x: Tensor| {
+                        let x_dim = x.dim(2).unwrap();
+                        x.reshape((t, b, n_head, x_dim)).unwrap().permute((1, 2, 0, 3)).unwrap()
+                        // (T, B*H, X) -> (B, H, T, X)
+                    };
+                    let a_k_t = a_k.transpose(1, 2).unwrap().contiguous().unwrap(); // (T, hd, T)
+                    let rel = from_query(by_query(&q).matmul(&a_k_t).unwrap()); // (B, H, T, T)
+                    let scale = 1.0 / (hd as f64).sqrt();
+                    let scores = ((q.matmul(&k.t().unwrap()).unwrap() + rel).unwrap() * scale).unwrap();
+                    let scores = scores.broadcast_add(&additive).unwrap();
+                    let e = scores.broadcast_sub(&scores.max_keepdim(D::Minus1).unwrap()).unwrap().exp().unwrap();
+                    let w = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+                    let w = (w * &weights_mask).unwrap();
+                    let rel_out = from_query(by_query(&w).matmul(&a_v).unwrap()); // (B, H, T, hd)
+                    let context = (w.matmul(&v).unwrap() + rel_out).unwrap(); // (B, H, T, hd)
+                    let context = context.transpose(1, 2).unwrap().reshape((b, t, d)).unwrap(); // -> (B, T, D)
+                    composed_linear(&context, &p[5], Some(&p[6]))
+                };
+                composed_sublayer(&p[0], ln, branch, Some(&output_mask), pre_norm)
+            };
+            let name = format!("self-attention with Shaw positions, {n_head} over {n_kv} heads, pre_norm={pre_norm}");
+            check(&name, &inputs, fused_fn, composed_fn, 1e-9);
+        }
     }
 }

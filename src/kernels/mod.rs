@@ -17,8 +17,8 @@ mod mode;
 use candle_core::{DType, Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// Attention with Shaw et al.'s relative key/value embeddings: composed on every backend
-/// (taper's CPU attention node has no relative embeddings).
+/// Attention with Shaw et al.'s relative key/value embeddings, composed: what every backend
+/// runs outside the CPU self-attention sub-layer node (which has them), e.g. cached decoding.
 pub use composed::relative_attention;
 pub use mask::{alibi_bias, causal_mask, padding_mask, Mask, ScoreBias, MASKED};
 pub use mode::{Backend, Mode};
@@ -338,15 +338,24 @@ impl Rotary {
     }
 }
 
+/// What a self-attention layer brings to its sub-layer node besides its projections:
+/// (query heads, key/value heads), rotary positions, QK-norm's two norms, Shaw's tables.
+pub struct SelfAttentionHeads<'a> {
+    pub heads: (usize, usize),
+    pub rotary: Option<&'a Rotary>,
+    pub qk_norm: Option<[SublayerNorm<'a>; 2]>,
+    pub relative: Option<composed::RelativeTables<'a>>,
+}
+
 /// The self-attention sub-layer (pre- or post-LN, `n_head` query heads over `n_kv_head`
-/// key/value heads (`proj`'s K and V weights are that much narrower), rotary positions if
-/// given, dropout `p_attn` on the weights and `p_out` on the output) as one CPU node; None:
-/// the caller composes it.
+/// key/value heads (`proj`'s K and V weights are that much narrower), rotary positions,
+/// QK-norm and Shaw's relative positions if given, dropout `p_attn` on the weights and `p_out`
+/// on the output) as one CPU node; None: the caller composes it.
 pub fn self_attention_sublayer(
     x: &Tensor,
     norm: SublayerNorm,
     proj: &Projections,
-    ((n_head, n_kv_head), rotary, qk_norm): ((usize, usize), Option<&Rotary>, Option<[SublayerNorm; 2]>),
+    SelfAttentionHeads { heads: (n_head, n_kv_head), rotary, qk_norm, relative }: SelfAttentionHeads,
     mask: &Mask,
     (p_attn, p_out): (f64, f64),
     mode: &mut Mode,
@@ -380,13 +389,21 @@ pub fn self_attention_sublayer(
         }
         second.push(bias);
     }
+    // Shaw's tables end them: [keys | values], (2 clip + 1, head_dim) each.
+    let tables = relative
+        .as_ref()
+        .map(|r| Ok::<_, candle_core::Error>([r.keys.to_dtype(x.dtype())?, r.values.to_dtype(x.dtype())?]));
+    let tables = tables.transpose()?;
+    second.extend(tables.iter().flatten());
     // Drawn in the composed path's order: the weights' mask, then the output's.
     let dropout = mode.dropout_multipliers(b * n_head * t * t, p_attn);
     let residual_dropout = mode.dropout_multipliers(x.elem_count(), p_out);
     let (first, second) = norm.pack(&first, &second)?;
     let attention = (mask.cpu_form()?.clone(), dropout, learned.is_some());
     let rotation = rotary.map(Rotary::cpu).transpose()?;
-    let heads = cpu::SelfAttentionShape { heads: (n_head, n_kv_head), bias: (bias1, bias2), rotation, qk_norm };
+    let shaw_clip = relative.as_ref().map(|r| r.clip);
+    let heads =
+        cpu::SelfAttentionShape { heads: (n_head, n_kv_head), bias: (bias1, bias2), rotation, qk_norm, shaw_clip };
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
     Ok(Some(norm.probed(x, mode, node)?))
 }

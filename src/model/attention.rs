@@ -156,12 +156,18 @@ impl Attention {
         residual_dropout: f64,
         mode: &mut Mode,
     ) -> Result<Option<Tensor>> {
-        if self.relative.is_some() || !self.one_product_each(mode) {
+        if !self.one_product_each(mode) {
             return Ok(None);
         }
         let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
         let qk_norm = self.qk_norm.as_ref().map(|(q, k)| [q.as_sublayer(true, 1.0), k.as_sublayer(true, 1.0)]);
-        let heads = ((self.n_head, self.n_kv_head), rotary.as_ref(), qk_norm);
+        let relative = self.relative.as_ref().map(ShawEmbeddings::tables);
+        let heads = kernels::SelfAttentionHeads {
+            heads: (self.n_head, self.n_kv_head),
+            rotary: rotary.as_ref(),
+            qk_norm,
+            relative,
+        };
         let dropouts = (self.dropout, residual_dropout);
         let weights = self.weights()?;
         kernels::self_attention_sublayer(x, norm, &self.projections(&weights), heads, mask, dropouts, mode)

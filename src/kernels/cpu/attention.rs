@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::gemm::{product, MatMut, MatRef};
 use super::linear::{as_uninit, backward_into, forward as linear_forward};
+use super::relative::{PairView, Relative};
 use super::sublayer::{apply, Branch, SublayerNorm};
 use super::{contiguous, exp_shifted_in_place, lane_dot, lane_max, written_by, Real};
 
@@ -30,6 +31,12 @@ pub struct AttentionMask {
     /// -slope_h * |T_k - T_q + i - j| to its score of key j.
     pub alibi: Option<Vec<f32>>,
 }
+
+/// Where the backward sends the gradients of the scores' extras: the learned bias's, and
+/// Shaw's tables with theirs ([keys | values]).
+type ExtraGrads<'a, T> = (Option<&'a mut [T]>, Option<(Relative<'a, T>, &'a mut [T])>);
+/// The same, per (batch, head) pair: rows of per-pair buffers summed afterwards.
+type PairExtraGrads<'a, T> = (Option<MatMut<T>>, Option<(Relative<'a, T>, MatMut<T>)>);
 
 /// Query rows per block of the causal products.
 const QUERY_BLOCK: usize = 64;
@@ -78,6 +85,11 @@ impl Geometry {
     /// Width of the keys (and of the values).
     fn kv_width(&self) -> usize {
         self.width() / self.group
+    }
+    /// Pair `at`'s queries and output rows for the relative-position products.
+    fn view(&self, at: &PairOffsets) -> PairView {
+        let (t_q, t_k, head_dim) = (self.t_q, self.t_k, self.head_dim);
+        PairView { q: (at.q, self.q_row), out: (at.out, self.width()), t_q, t_k, head_dim }
     }
     fn offsets(&self, pair: usize) -> PairOffsets {
         let (b, h) = (pair / self.n_head, pair % self.n_head);
@@ -211,8 +223,14 @@ impl AttentionOp {
         })
     }
 
-    /// The attention output and the softmax weights, with `learned` (H, T_q, T_k) on the scores.
-    fn forward<T: Real>(&self, g: &Geometry, (q, k, v): (&[T], &[T], &[T]), learned: Option<&[T]>) -> (Vec<T>, Vec<T>) {
+    /// The attention output and the softmax weights, with `learned` (H, T_q, T_k) on the scores
+    /// and Shaw's `relative` embeddings, if any.
+    fn forward<T: Real>(
+        &self,
+        g: &Geometry,
+        (q, k, v): (&[T], &[T], &[T]),
+        (learned, relative): (Option<&[T]>, Option<Relative<T>>),
+    ) -> (Vec<T>, Vec<T>) {
         let d = g.width();
         let per_pair = (g.t_q * g.t_k).max(1);
         let mut weights = Vec::new();
@@ -235,6 +253,9 @@ impl AttentionOp {
                     }
                     // SAFETY: every block wrote its rows whole, by the product or above.
                     let w = unsafe { &mut *(w as *mut [MaybeUninit<T>] as *mut [T]) };
+                    if let Some(relative) = &relative {
+                        relative.add_scores(&g.view(&at), q, w);
+                    }
                     self.softmax(g, pair, w, learned);
                     let w = self.dropped(pair, w, scratch);
                     let v_rows = MatRef::rows(v, at.v, g.kv_row);
@@ -245,6 +266,10 @@ impl AttentionOp {
                         unsafe {
                             product((rows, g.head_dim, keys), out_ptr.at(at.out + first * d), false, w_rows, v_rows)
                         };
+                    }
+                    if let Some(relative) = &relative {
+                        // SAFETY: as above; the rows were written by the products just made.
+                        unsafe { relative.add_context(&g.view(&at), w, out_ptr.at(at.out)) };
                     }
                 });
             };
@@ -259,7 +284,8 @@ impl AttentionOp {
     /// The gradients with respect to Q, K and V, into `out` laid out as the inputs are: one
     /// packed (B, T, 3D), or [dQ | dK | dV] for separate inputs (`bases`: where each starts).
     /// `out` must be zeros: dK and dV are accumulated over query blocks. `d_learned`: the
-    /// gradient of a learned score bias (H, T_q, T_k), if the forward had one.
+    /// gradient of a learned score bias (H, T_q, T_k), if the forward had one; `relative`:
+    /// Shaw's embeddings, and where their gradient goes ([keys | values]).
     #[allow(clippy::too_many_arguments)]
     fn backward<T: Real>(
         &self,
@@ -269,13 +295,24 @@ impl AttentionOp {
         grad: &[T],
         out: &mut [T],
         bases: [usize; 3],
-        d_learned: Option<&mut [T]>,
+        (d_learned, relative): ExtraGrads<'_, T>,
     ) {
         // Each pair's score gradient, (B, H, T_q, T_k), summed over the batch at the end (in
-        // batch order, so the sum does not depend on the threads).
-        let mut per_pair_bias = d_learned.as_ref().map(|_| vec![T::of(0.0); g.batch * g.n_head * g.t_q * g.t_k]);
+        // batch order, so the sum does not depend on the threads); each pair's gradient of
+        // Shaw's tables likewise, summed over the pairs in order.
+        let pairs = g.batch * g.n_head;
+        let mut per_pair_bias = d_learned.as_ref().map(|_| vec![T::of(0.0); pairs * g.t_q * g.t_k]);
         let bias_rows = per_pair_bias.as_deref_mut().map(|all| MatMut::rows(all, 0, g.t_k));
-        self.backward_pairs(g, (q, k, v), weights, grad, out, bases, bias_rows);
+        let (relative, d_tables) = relative.map_or((None, None), |(r, d)| (Some(r), Some(d)));
+        let table_len = relative.as_ref().map_or(0, |r| 2 * r.buckets() * g.head_dim);
+        let mut per_pair_tables = vec![T::of(0.0); pairs * table_len];
+        let tables = relative.map(|r| (r, MatMut::rows(&mut per_pair_tables, 0, g.head_dim)));
+        self.backward_pairs(g, (q, k, v), weights, grad, out, bases, (bias_rows, tables));
+        if let Some(d_tables) = d_tables {
+            d_tables.par_iter_mut().enumerate().for_each(|(e, d)| {
+                *d = (0..pairs).fold(T::of(0.0), |sum, p| sum + per_pair_tables[p * table_len + e]);
+            });
+        }
         if let (Some(d_learned), Some(all)) = (d_learned, per_pair_bias) {
             let per_head = g.t_q * g.t_k;
             d_learned.par_iter_mut().enumerate().for_each(|(at, d)| {
@@ -286,7 +323,9 @@ impl AttentionOp {
     }
 
     /// `backward`'s work over the (batch, head) pairs; `bias_rows`: where each pair's score
-    /// gradient goes (pair p's at p T_q T_k), when a learned bias needs it.
+    /// gradient goes (pair p's at p T_q T_k), when a learned bias needs it; `relative`: Shaw's
+    /// embeddings and each pair's buffer for their gradient (pair p's at p 2 buckets head_dim:
+    /// keys, then values).
     #[allow(clippy::too_many_arguments)]
     fn backward_pairs<T: Real>(
         &self,
@@ -296,11 +335,10 @@ impl AttentionOp {
         grad: &[T],
         out: &mut [T],
         bases: [usize; 3],
-        bias_rows: Option<MatMut<T>>,
+        (bias_rows, relative): PairExtraGrads<'_, T>,
     ) {
         let d = g.width();
         let dst = MatMut::rows(out, 0, 0);
-        let scale = T::of(self.scale);
         let per_pair = g.t_q * g.t_k;
         // In parallel over (batch, key/value head): the query heads of one group accumulate
         // into the same dK and dV columns, so they take turns.
@@ -324,30 +362,14 @@ impl AttentionOp {
                         product((rows, keys, g.head_dim), ds, false, grad_rows, v_t);
                     }
                 }
-                // Through dropout, then softmax: dS = scale * P * (dP - sum_j dP P), over the
-                // keys each query sees (the rest of `dscores` is stale and gets 0).
-                for (i, (g_row, w_row)) in dscores.chunks_exact_mut(g.t_k).zip(w.chunks_exact(g.t_k)).enumerate() {
-                    let visible = self.visible(g, i);
-                    let (seen, hidden) = g_row.split_at_mut(visible);
-                    if let Some(mask) = &self.dropout {
-                        let mask = &mask[pair * per_pair + i * g.t_k..][..visible];
-                        seen.iter_mut().zip(mask).for_each(|(x, &m)| *x *= T::of(m as f64));
-                    }
-                    let dot = lane_dot(seen, &w_row[..visible]);
-                    match bias_rows {
-                        // The bias's gradient is the score gradient before the scale.
-                        Some(rows) => {
-                            // SAFETY: pair `pair` alone writes its rows of the per-pair buffer.
-                            let row = unsafe { rows.at((pair * g.t_q + i) * g.t_k).slice_mut(visible) };
-                            for ((x, &p), ds) in seen.iter_mut().zip(w_row).zip(row) {
-                                *ds = p * (*x - dot);
-                                *x = scale * *ds;
-                            }
-                        }
-                        None => seen.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot)),
-                    }
-                    hidden.iter_mut().for_each(|x| *x = T::of(0.0));
+                if let Some((relative, tables)) = &relative {
+                    let n = relative.buckets() * g.head_dim;
+                    // SAFETY: pair `pair` alone writes its buffer (keys, then values).
+                    unsafe {
+                        relative.value_backward(&g.view(&at), w_dropped, grad, dscores, tables.at(pair * 2 * n + n))
+                    };
                 }
+                self.softmax_backward(g, pair, w, dscores, bias_rows);
                 // SAFETY: as above.
                 unsafe {
                     let dq = MatMut { row_stride: g.q_row, ..dst.at(bases[0] + at.q) };
@@ -360,9 +382,50 @@ impl AttentionOp {
                         let q_rows = MatRef::rows(q, at.q + first * g.q_row, g.q_row);
                         product((keys, g.head_dim, rows), dk, true, ds_t, q_rows);
                     }
+                    if let Some((relative, tables)) = &relative {
+                        let n = relative.buckets() * g.head_dim;
+                        relative.key_backward(&g.view(&at), dscores, q, dq, tables.at(pair * 2 * n));
+                    }
                 }
             },
         );
+    }
+
+    /// One pair's weight gradient `dscores` (T_q, T_k) taken back through dropout and the
+    /// softmax to the raw scores' (in place); with `bias_rows`, the learned bias's share too.
+    fn softmax_backward<T: Real>(
+        &self,
+        g: &Geometry,
+        pair: usize,
+        w: &[T],
+        dscores: &mut [T],
+        bias_rows: Option<MatMut<T>>,
+    ) {
+        let (scale, per_pair) = (T::of(self.scale), g.t_q * g.t_k);
+        // Through dropout, then softmax: dS = scale * P * (dP - sum_j dP P), over the
+        // keys each query sees (the rest of `dscores` is stale and gets 0).
+        for (i, (g_row, w_row)) in dscores.chunks_exact_mut(g.t_k).zip(w.chunks_exact(g.t_k)).enumerate() {
+            let visible = self.visible(g, i);
+            let (seen, hidden) = g_row.split_at_mut(visible);
+            if let Some(mask) = &self.dropout {
+                let mask = &mask[pair * per_pair + i * g.t_k..][..visible];
+                seen.iter_mut().zip(mask).for_each(|(x, &m)| *x *= T::of(m as f64));
+            }
+            let dot = lane_dot(seen, &w_row[..visible]);
+            match bias_rows {
+                // The bias's gradient is the score gradient before the scale.
+                Some(rows) => {
+                    // SAFETY: pair `pair` alone writes its rows of the per-pair buffer.
+                    let row = unsafe { rows.at((pair * g.t_q + i) * g.t_k).slice_mut(visible) };
+                    for ((x, &p), ds) in seen.iter_mut().zip(w_row).zip(row) {
+                        *ds = p * (*x - dot);
+                        *x = scale * *ds;
+                    }
+                }
+                None => seen.iter_mut().zip(w_row).for_each(|(x, &p)| *x = scale * p * (*x - dot)),
+            }
+            hidden.iter_mut().for_each(|x| *x = T::of(0.0));
+        }
     }
 
     fn saved_weights(&self) -> Result<std::sync::MutexGuard<'_, Option<CpuStorage>>> {
@@ -402,7 +465,7 @@ impl AttentionOp {
                 contiguous::<T>(sg, grad_layout)?,
                 &mut out,
                 bases,
-                None,
+                (None, None),
             );
             Tensor::from_vec(out, len, &Device::Cpu)?
         }))
@@ -417,7 +480,7 @@ impl CustomOp1 for AttentionOp {
         let g = self.packed_geometry(l)?;
         dispatch!(s, "taper-attention-packed", |T| {
             let qkv = contiguous::<T>(s, l)?;
-            let (out, weights) = self.forward::<T>(&g, (qkv, qkv, qkv), None);
+            let (out, weights) = self.forward::<T>(&g, (qkv, qkv, qkv), (None, None));
             self.save_weights(T::to_cpu_storage_owned(weights))?;
             Ok((T::to_cpu_storage_owned(out), Shape::from((g.batch, g.t_q, g.width()))))
         })
@@ -443,7 +506,7 @@ impl CustomOp3 for AttentionOp {
         let g = self.geometry(l1, l2, l3)?;
         dispatch!(s1, "taper-attention", |T| {
             let (out, weights) =
-                self.forward::<T>(&g, (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?), None);
+                self.forward::<T>(&g, (contiguous(s1, l1)?, contiguous(s2, l2)?, contiguous(s3, l3)?), (None, None));
             self.save_weights(T::to_cpu_storage_owned(weights))?;
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
@@ -598,12 +661,14 @@ fn scatter<T: Copy>(rows: &mut [T], row_len: usize, col: usize, width: usize, va
 }
 
 /// The self-attention node's shape: (query heads, key/value heads), whether the Q/K/V and the
-/// output products have biases, the rotation (rotary positions) and QK-norm, if any.
+/// output products have biases, the rotation (rotary positions), QK-norm, and Shaw's clip
+/// distance (relative key and value tables at the end of the second parameters), if any.
 pub struct SelfAttentionShape {
     pub heads: (usize, usize),
     pub bias: (bool, bool),
     pub rotation: Option<Rotation>,
     pub qk_norm: Option<QkNorm>,
+    pub shaw_clip: Option<usize>,
 }
 
 /// What the self-attention branch's forward keeps: the packed Q/K/V (as the attention saw
@@ -623,8 +688,10 @@ struct SelfAttentionBranch {
     core: AttentionOp,
     /// Whether the Q/K/V product and the output product have biases.
     bias: (bool, bool),
-    /// Values of the learned score bias at the end of the second parameters (0: none).
+    /// Values of the learned score bias near the end of the second parameters (0: none).
     learned_len: usize,
+    /// Shaw's clip distance: the relative key and value tables end the second parameters.
+    shaw_clip: Option<usize>,
     qk_norm: Option<QkNorm>,
     rotation: Option<Rotation>,
     /// The softmax weights stay in `core`.
@@ -647,6 +714,17 @@ impl SelfAttentionBranch {
         self.core.packed_geometry(&Layout::contiguous((batch, t, self.packed_width(d))))
     }
 
+    /// Values of Shaw's two tables at the end of the second parameters (0: none).
+    fn shaw_len(&self, d: usize) -> usize {
+        self.shaw_clip.map_or(0, |clip| 2 * (2 * clip + 1) * (d / self.core.n_head.max(1)))
+    }
+
+    /// Shaw's tables (keys, then values) from the tail of the second parameters.
+    fn relative<'a, T>(&self, tables: &'a [T]) -> Option<Relative<'a, T>> {
+        let (keys, values) = tables.split_at(tables.len() / 2);
+        self.shaw_clip.map(|clip| Relative { keys, values, clip })
+    }
+
     /// Values of QK-norm's parameters at the end of the first parameters (0: none).
     fn qk_len(&self, d: usize) -> usize {
         self.qk_norm.map_or(0, |qk| 2 * qk.norm().len(d / self.core.n_head.max(1)))
@@ -658,7 +736,7 @@ impl Branch for SelfAttentionBranch {
 
     fn parameter_lens(&self, d: usize) -> (usize, usize) {
         let ((b1, b2), packed) = ((self.bias.0 as usize, self.bias.1 as usize), self.packed_width(d));
-        (packed * d + b1 * packed + self.qk_len(d), d * d + b2 * d + self.learned_len)
+        (packed * d + b1 * packed + self.qk_len(d), d * d + b2 * d + self.learned_len + self.shaw_len(d))
     }
 
     fn forward<T: Real>(&self, input: &[T], shape: &Shape, (p1, p2): (&[T], &[T]), keep: bool) -> Result<Vec<T>> {
@@ -666,6 +744,7 @@ impl Branch for SelfAttentionBranch {
         let (d, packed) = (g.width(), g.q_row);
         let rows = input.len() / d.max(1);
         let ((w_qkv, rest1), (w_o, rest2)) = (p1.split_at(packed * d), p2.split_at(d * d));
+        let (rest2, tables) = rest2.split_at(rest2.len() - self.shaw_len(d));
         let ((b_qkv, qk_params), (b_o, learned)) =
             (rest1.split_at(rest1.len() - self.qk_len(d)), rest2.split_at(rest2.len() - self.learned_len));
         let (b_qkv, b_o) = (self.bias.0.then_some(b_qkv), self.bias.1.then_some(b_o));
@@ -675,7 +754,7 @@ impl Branch for SelfAttentionBranch {
             rotation.rotate(&mut qkv, &g, false)?;
         }
         let learned = (self.learned_len > 0).then_some(learned);
-        let (context, weights) = self.core.forward::<T>(&g, (&qkv, &qkv, &qkv), learned);
+        let (context, weights) = self.core.forward::<T>(&g, (&qkv, &qkv, &qkv), (learned, self.relative(tables)));
         let out = linear_forward(&context, w_o, b_o, (rows, d, d));
         if keep {
             self.core.save_weights(T::to_cpu_storage_owned(weights))?;
@@ -708,8 +787,11 @@ impl Branch for SelfAttentionBranch {
         let at = rest.len() - self.qk_len(d);
         let (db_qkv, d_qk) = rest.split_at_mut(at);
         let (dw_o, rest) = d_p2.split_at_mut(d * d);
+        let at = rest.len() - self.shaw_len(d);
+        let (rest, d_tables) = rest.split_at_mut(at);
         let at = rest.len() - self.learned_len;
         let (db_o, d_learned) = rest.split_at_mut(at);
+        let relative = self.relative(&p2[p2.len() - d_tables.len()..]).map(|r| (r, d_tables));
         let (db_qkv, db_o) = (self.bias.0.then(|| as_uninit(db_qkv)), self.bias.1.then(|| as_uninit(db_o)));
         let d_learned = (self.learned_len > 0).then_some(d_learned);
         let fill = |d_context: &mut _| {
@@ -719,7 +801,7 @@ impl Branch for SelfAttentionBranch {
         let d_context = unsafe { written_by(rows * d, fill) };
         // The attention backward accumulates over query blocks: it needs zeros.
         let mut d_qkv = vec![T::of(0.0); rows * packed];
-        self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3], d_learned);
+        self.core.backward::<T>(&g, (qkv, qkv, qkv), weights, &d_context, &mut d_qkv, [0; 3], (d_learned, relative));
         if let Some(rotation) = &self.rotation {
             rotation.rotate(&mut d_qkv, &g, true)?;
         }
@@ -747,7 +829,7 @@ impl Branch for SelfAttentionBranch {
 pub fn self_attention_sublayer(
     x: &Tensor,
     (first, second): (&Tensor, &Tensor),
-    SelfAttentionShape { heads: (n_head, n_kv_head), bias, rotation, qk_norm }: SelfAttentionShape,
+    SelfAttentionShape { heads: (n_head, n_kv_head), bias, rotation, qk_norm, shaw_clip }: SelfAttentionShape,
     (mask, dropout, learned_bias): (AttentionMask, Option<Vec<f32>>, bool),
     norm: SublayerNorm,
     residual_dropout: Option<Vec<f32>>,
@@ -755,6 +837,7 @@ pub fn self_attention_sublayer(
     let core = op((n_head, n_kv_head), x.dim(D::Minus1)?, mask, dropout);
     let t = x.dim(1)?;
     let learned_len = if learned_bias { n_head * t * t } else { 0 };
-    let branch = SelfAttentionBranch { core, bias, learned_len, qk_norm, rotation, saved: Mutex::new(None) };
+    let saved = Mutex::new(None);
+    let branch = SelfAttentionBranch { core, bias, learned_len, shaw_clip, qk_norm, rotation, saved };
     apply(x, (first, second), branch, norm, residual_dropout)
 }

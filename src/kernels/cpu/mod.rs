@@ -265,6 +265,7 @@ mod attention;
 mod ffn;
 mod gemm;
 mod linear;
+mod relative;
 mod rms_norm;
 mod sublayer;
 pub use attention::{
