@@ -69,10 +69,11 @@ struct UpdateWeights {
 }
 
 /// The bias correction's step count: known on the host, or on the device with the gate that
-/// decides whether the step applies.
+/// decides whether the step applies and the corrections 1 - beta^t made from its count (once
+/// per step, (1,) each).
 enum Count<'a> {
     Host(f64),
-    Gated(&'a Gate),
+    Gated(&'a Gate, [Tensor; 2]),
 }
 
 /// One step's hyper-parameters.
@@ -119,19 +120,14 @@ impl Hyper {
                 let (correction1, correction2) = (1.0 - self.beta1.powi(*t as i32), 1.0 - self.beta2.powi(*t as i32));
                 ((&m / correction1)? / ((&v / correction2)?.sqrt()? + self.eps)?)?
             }
-            Count::Gated(gate) => {
-                // 1 - beta^t with t on the device.
-                let correction = |beta: f64| (1.0 - (&gate.count * beta.ln())?.exp()?)?.reshape(1);
-                let (c1, c2) = (correction(self.beta1)?, correction(self.beta2)?);
-                (m.broadcast_div(&c1)? / (v.broadcast_div(&c2)?.sqrt()? + self.eps)?)?
-            }
+            Count::Gated(_, [c1, c2]) => (m.broadcast_div(c1)? / (v.broadcast_div(c2)?.sqrt()? + self.eps)?)?,
         };
         let weight = (p.var.as_tensor().to_dtype(DType::F32)?.flatten_all()? * decay_factor)?;
         let next = (weight - (update * self.lr)?)?.reshape(p.var.shape())?.to_dtype(p.var.dtype())?;
         let moments = Tensor::stack(&[m, v], 0)?;
         let (next, moments) = match count {
             Count::Host(_) => (next, moments),
-            Count::Gated(gate) => {
+            Count::Gated(gate, _) => {
                 let keep = |new: &Tensor, old: &Tensor| gate.apply.broadcast_as(new.shape())?.where_cond(new, old);
                 (keep(&next, p.var.as_tensor())?, keep(&moments, &p.moments)?)
             }
@@ -271,7 +267,11 @@ impl AdamW {
                 (true, t) => Count::Host(t),
                 (false, _) => return Ok(()),
             },
-            Some(gate) => Count::Gated(gate),
+            Some(gate) => {
+                // 1 - beta^t with t on the device.
+                let correction = |beta: f64| (1.0 - (&gate.count * beta.ln())?.exp()?)?.reshape(1);
+                Count::Gated(gate, [correction(self.beta1)?, correction(self.beta2)?])
+            }
         };
         let hyper = Hyper { beta1: self.beta1, beta2: self.beta2, eps: self.eps, lr };
         for (p, grad) in self.params.iter_mut().zip(grads) {

@@ -100,8 +100,9 @@ impl<T: Real> Relative<'_, T> {
         self.spread(p, &d_bucket, d_weights);
     }
 
-    /// The key embeddings' part: from d(scores) (before the scale's... i.e. of q . (k + a^K)),
-    /// dQ += bucketed d(scores) . a^K and d a^K (buckets, head_dim) = its transpose times Q.
+    /// The key embeddings' part: from d(scores), the gradient of q . (k + a^K) (the scale
+    /// included), dQ += bucketed d(scores) . a^K and d a^K (buckets, head_dim) = its transpose
+    /// times Q.
     ///
     /// # Safety
     /// `dq` must address the pair's query gradient rows, `d_keys` this pair's own buffer.
