@@ -57,6 +57,14 @@ pub fn open_device(spec: &str) -> Result<Device> {
     }
 }
 
+/// How many CUDA devices answer: 0 in a build without CUDA, or on a machine without a driver.
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    return candle_core::cuda::cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize);
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),

@@ -228,18 +228,36 @@ fn a_killed_rank_ends_the_job_naming_it_and_the_run_resumes() {
     assert_eq!(losses(&run).last().unwrap().0, step as u64 + 2);
 }
 
+/// One process of a one-step run into `run`, with `env` added (what a launcher would set).
+fn one_step(run: &Path, env: &[(&str, &str)]) -> Output {
+    let args = train_args("configs/gpt-shakespeare-char.toml", run, &["train.steps=1", "schedule.warmup_steps=0"]);
+    let mut cmd = taper(&args);
+    cmd.envs(env.iter().copied()).env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    cmd.output().unwrap()
+}
+
 #[cfg(not(feature = "mpi"))]
 #[test]
 fn a_process_started_by_mpirun_without_mpi_support_says_how_to_build_it() {
     let dir = tempfile::tempdir().unwrap();
-    let args = train_args(
-        "configs/gpt-shakespeare-char.toml",
-        &dir.path().join("run"),
-        &["train.steps=1", "schedule.warmup_steps=0"],
-    );
-    let out = taper(&args).env("OMPI_COMM_WORLD_SIZE", "2").output().unwrap();
+    let out = one_step(&dir.path().join("run"), &[("OMPI_COMM_WORLD_SIZE", "2")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--features mpi"), "{stderr}");
+    assert!(!dir.path().join("run").exists(), "nothing is written");
+}
+
+/// A process that srun says is one of 2 ranks, but that MPI sees alone (srun without a PMI
+/// plugin), refuses to train rather than train alone into a directory another rank shares.
+#[cfg(feature = "mpi")]
+#[test]
+fn a_process_srun_started_that_mpi_sees_alone_refuses_to_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = one_step(&dir.path().join("run"), &[("SLURM_STEP_NUM_TASKS", "2")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("MPI sees a world of 1") && stderr.contains("srun --mpi=pmix"),
+        "{stderr}"
+    );
     assert!(!dir.path().join("run").exists(), "nothing is written");
 }
 
@@ -336,6 +354,9 @@ impl taper::distributed::Collective for FirstOfTwo {
     fn size(&self) -> usize {
         2
     }
+    fn local(&self) -> (usize, usize) {
+        (0, 2)
+    }
     fn sum_counts(&self, _counts: &mut [u64]) -> anyhow::Result<()> {
         Ok(())
     }
@@ -351,6 +372,9 @@ impl taper::distributed::Collective for FirstOfTwo {
         for t in tensors.iter_mut() {
             *t = t.copy()?;
         }
+        Ok(())
+    }
+    fn broadcast_bytes(&self, _bytes: &mut [u8]) -> anyhow::Result<()> {
         Ok(())
     }
     fn barrier(&self) -> anyhow::Result<()> {

@@ -82,7 +82,9 @@ fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> R
     let (config, resume_from) = prepare(config, options, world)?;
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
-    let device = crate::device::open_device(&cfg.train.device)?;
+    let device = crate::distributed::rank_device(&cfg.train.device, world)?;
+    let on_device = crate::distributed::on_device(world, &device)?;
+    let world = on_device.as_deref().unwrap_or(world);
     let params = match cfg.lora {
         Some(_) => ParamStore::with_trainable(crate::model::lora::is_trainable),
         None => ParamStore::new(),
@@ -257,7 +259,7 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     let stepper = Stepper::new(&optimizer, world, cfg)?;
     let validator = Validator { every: cfg.train.eval_every };
     let sampler = Validator { every: cfg.train.sample_every };
-    let launch_step = state.step;
+    let (launch_step, reduced_before) = (state.step, world.all_reduce_seconds());
     for step in state.step..cfg.train.steps {
         logger.step_started(step, cfg.train.steps, state.tokens_seen);
         let lr = schedule.lr(step);
@@ -291,9 +293,8 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
             break;
         }
     }
-    if world.size() > 1 {
-        let steps = (state.step - launch_step).max(1) as f64;
-        let ms = crate::distributed::all_reduce_seconds() * 1e3 / steps;
+    if let (true, Some(now), Some(before)) = (world.size() > 1, world.all_reduce_seconds(), reduced_before) {
+        let ms = (now - before) * 1e3 / (state.step - launch_step).max(1) as f64;
         logger.say(format!("all-reduce: {ms:.2} ms per step over {} ranks (rank 0's wait included)", world.size()));
     }
     let summary = logger.finish(&state, params.num_elements(), cfg.train.steps, false);
