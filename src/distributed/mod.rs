@@ -6,7 +6,8 @@
 //! in the flat buckets of `buckets.rs`. The protocol a run follows over them is
 //! `train::run_task`'s.
 
-pub mod buckets;
+#[cfg(any(feature = "mpi", test))]
+mod buckets;
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(feature = "nccl")]
