@@ -105,6 +105,7 @@ pub fn world() -> Result<Box<dyn Collective>> {
                     world.size()
                 );
             }
+            same_build(&world)?;
             Ok(Box::new(world))
         }
         #[cfg(not(feature = "mpi"))]
@@ -115,6 +116,53 @@ pub fn world() -> Result<Box<dyn Collective>> {
         ),
         _ => Ok(Box::new(SingleProcess)),
     }
+}
+
+/// What every rank of a run must be: taper's version and the features it was built with.
+#[cfg(any(feature = "mpi", test))]
+fn build_id() -> String {
+    let features = [
+        ("cuda", cfg!(feature = "cuda")),
+        ("cudnn", cfg!(feature = "cudnn")),
+        ("metal", cfg!(feature = "metal")),
+        ("mkl", cfg!(feature = "mkl")),
+        ("accelerate", cfg!(feature = "accelerate")),
+        ("mpi", cfg!(feature = "mpi")),
+        ("nccl", cfg!(feature = "nccl")),
+        ("parquet", cfg!(feature = "parquet")),
+    ];
+    let on: Vec<&str> = features.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+    format!("taper {} ({})", env!("CARGO_PKG_VERSION"), on.join(", "))
+}
+
+/// Every rank checks its build against rank 0's (a hostfile's machines can hold different
+/// tapers, and those would disagree somewhere in the step); if any differs, every rank stops
+/// here, before anything is written, the ones that differ saying how.
+#[cfg(feature = "mpi")]
+fn same_build(world: &dyn Collective) -> Result<()> {
+    let mine = build_id();
+    let mut bytes = [0u8; 128];
+    let n = mine.len().min(bytes.len());
+    bytes[..n].copy_from_slice(&mine.as_bytes()[..n]);
+    world.broadcast_bytes(&mut bytes)?;
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let verdict = compare_builds(&mine, &String::from_utf8_lossy(&bytes[..end]), world.rank());
+    let mut differing = [verdict.is_err() as u64];
+    world.sum_counts(&mut differing)?;
+    match (verdict, differing[0]) {
+        (Err(err), _) => Err(err),
+        (Ok(()), 0) => Ok(()),
+        (Ok(()), n) => bail!("{n} of the {} ranks run another taper build than rank 0 (they say which)", world.size()),
+    }
+}
+
+#[cfg(any(feature = "mpi", test))]
+fn compare_builds(mine: &str, root: &str, rank: usize) -> Result<()> {
+    let mine = &mine[..mine.len().min(128)];
+    if mine != root {
+        bail!("rank {rank} runs {mine}, rank 0 runs {root}: start the same taper build on every machine");
+    }
+    Ok(())
 }
 
 /// The device this rank trains on: `train.device` as written, except that with several ranks on
@@ -200,6 +248,15 @@ mod tests {
         fn abort(&self, _: i32) -> ! {
             unreachable!()
         }
+    }
+
+    #[test]
+    fn a_rank_of_another_build_is_named() {
+        let mine = build_id();
+        assert!(mine.starts_with("taper ") && mine.contains(env!("CARGO_PKG_VERSION")), "{mine}");
+        assert!(compare_builds(&mine, &mine, 3).is_ok());
+        let err = compare_builds("taper 0.1.0 (mpi)", "taper 0.1.0 (cuda, mpi, nccl)", 3).unwrap_err().to_string();
+        assert!(err.contains("rank 3 runs taper 0.1.0 (mpi), rank 0 runs taper 0.1.0 (cuda, mpi, nccl)"), "{err}");
     }
 
     #[test]
