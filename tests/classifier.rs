@@ -4,7 +4,6 @@
 
 use candle_core::{DType, Device, Tensor};
 use taper::config::{Kernels, NormPlacement, OptimConfig};
-use taper::kernels::cross_entropy_sum;
 use taper::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use taper::model::{Mode, ParamStore};
 use taper::optim::AdamW;
@@ -59,7 +58,7 @@ fn fine_tune(pooling: Pooling, kernels: Kernels, steps: u64) -> (SequenceClassif
         let (ids, mask, labels) = batch(&mut rng, 16);
         let mut mode = Mode::train(Rng::new(step));
         let logits = model.forward(&ids, None, Some(&mask), &mut mode).unwrap();
-        let loss = (cross_entropy_sum(&logits, &labels, &mode).unwrap() / 16.0).unwrap();
+        let loss = (mode.backend().cross_entropy_sum(&logits, &labels).unwrap() / 16.0).unwrap();
         losses.push(loss.to_scalar::<f32>().unwrap());
         let grads = loss.backward().unwrap();
         let grads: Vec<_> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();

@@ -816,7 +816,7 @@ fn self_attention_sublayer_pre_and_post_norm() {
                     let qkv = composed_linear(h, &w_qkv, b_qkv.as_ref());
                     let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
                     let rotate = |x: Tensor| match &rope {
-                        Some(rope) => rope.apply(&x, n_head, 3).unwrap(),
+                        Some(rope) => rope.apply(&x, n_head, 3, &taper::kernels::Composed).unwrap(),
                         None => x,
                     };
                     let (q, k) = (rotate(q), rotate(k));
@@ -1064,8 +1064,8 @@ fn self_attention_sublayer_with_qk_norm() {
                 let qkv = composed_linear(h, &p[3], Some(&p[4]));
                 let [q, k, v] = [0, 1, 2].map(|i| qkv.narrow(2, i * d, d).unwrap());
                 let (q, k) = (
-                    rope.apply(&per_head(&q, 0), n_head, 3).unwrap(),
-                    rope.apply(&per_head(&k, 1), n_head, 3).unwrap(),
+                    rope.apply(&per_head(&q, 0), n_head, 3, &taper::kernels::Composed).unwrap(),
+                    rope.apply(&per_head(&k, 1), n_head, 3, &taper::kernels::Composed).unwrap(),
                 );
                 let context = composed_attention(&[q, k, v], n_head, Some(&causal), Some(&weights_mask));
                 composed_linear(&context, &p[5], Some(&p[6]))

@@ -4,8 +4,8 @@
 //! attention is its formula, written out as loops.
 
 use candle_core::{Device, Tensor};
-use taper::kernels::composed::{relative_attention, relative_indices, RelativeTables};
-use taper::kernels::{alibi_bias, Mask, Mode};
+use taper::kernels::composed::{relative_indices, RelativeTables};
+use taper::kernels::{alibi_bias, Backend, Composed, Mask, Mode};
 use taper::model::positions::{alibi_slopes, Buckets};
 use taper::rng::Rng;
 
@@ -74,7 +74,7 @@ fn shaw_attention_is_its_formula() {
     let tables = RelativeTables { keys: &a_k, values: &a_v, clip };
     // Queries at key positions 2..5, causal: query i sees keys 0..=2+i.
     let mask = Mask::causal(t_k - t_q);
-    let got = relative_attention(&q, &k, &v, n_head, &mask, &tables, 0.0, &mut Mode::eval()).unwrap();
+    let got = Composed.relative_attention(&q, &k, &v, n_head, &mask, &tables, 0.0, &mut Mode::eval()).unwrap();
     let got: Vec<f64> = got.flatten_all().unwrap().to_vec1().unwrap();
 
     let all = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();

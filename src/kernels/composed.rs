@@ -1,22 +1,18 @@
-//! candle's composed tensor ops: the form every op takes on any device and dtype (CUDA, Metal,
-//! bf16), and the reference the CPU kernels are checked against.
+//! candle's composed tensor ops: the defaults of [`Backend`]'s methods, the form every op
+//! takes on any device and dtype, and the reference the faster backends are checked against.
+//! An op built from smaller ones (attention from softmax) takes the backend it runs for, so
+//! that backend's overrides of the smaller ops apply.
 //!
 //! candle-nn 0.11's `LayerNorm` (on contiguous input) and `ops::softmax_last_dim` run fused
 //! kernels without a backward pass: layers before them silently never learn. Its `Linear`
 //! computes a wrong forward on non-contiguous 3-D CPU input. So these are written with
-//! differentiable ops; on an accelerator the softmax and the norms take candle's fused forward
-//! with taper's written backward instead (`fused_forward`), the same values and gradients.
+//! differentiable ops; the accelerators' backend takes candle's fused forwards with taper's
+//! written backward instead (`fused_forward.rs`), the same values and gradients.
 
 use candle_core::{DType, Result, Tensor, D};
 
 use super::mask::Mask;
-use super::{dropout, Activation, Mode};
-
-/// Whether `x` lives on CUDA or Metal, where candle has the fused kernels `fused_forward` wraps
-/// (in f32, as these ops compute).
-fn on_accelerator(x: &Tensor) -> bool {
-    !x.device().is_cpu() && super::fused_forward::applies(x.dtype())
-}
+use super::{dropout, Activation, Backend, Mode};
 
 /// Matrix product. candle's CPU backend has no bf16 GEMM, so there bf16 operands are multiplied
 /// in f32 and the result rounded back (as bf16 tensor cores accumulate in f32); accelerators
@@ -50,10 +46,6 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    if on_accelerator(&x) {
-        let (w, b) = (weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?);
-        return super::fused_forward::layer_norm(&x, &w, &b, eps)?.to_dtype(dtype);
-    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -65,9 +57,6 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    if on_accelerator(&x) {
-        return super::fused_forward::rms_norm(&x, &weight.to_dtype(DType::F32)?, eps)?.to_dtype(dtype);
-    }
     let inverse_rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&inverse_rms)?.broadcast_mul(&weight.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
@@ -76,9 +65,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// rotate together), by cos and sin (T, head_dim / 2): (x1 cos - x2 sin, x2 cos + x1 sin).
 pub fn rotate_halves(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
-    if on_accelerator(x) {
-        return super::fused_forward::rope(x, &cos, &sin);
-    }
     let half = x.dim(D::Minus1)? / 2;
     // (T, half) -> (T, 1, half): one rotation per position, shared by the heads.
     let (cos, sin) = (cos.unsqueeze(1)?, sin.unsqueeze(1)?);
@@ -93,9 +79,6 @@ pub fn rotate_halves(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
-    if on_accelerator(&x) {
-        return super::fused_forward::softmax_last_dim(&x)?.to_dtype(dtype);
-    }
     let max = x.max_keepdim(D::Minus1)?.detach();
     let exp = x.broadcast_sub(&max)?.exp()?;
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.to_dtype(dtype)
@@ -110,8 +93,8 @@ pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 }
 
 /// Sum over rows of -log p(target). `logits` is (N, V), `targets` (N,) u32.
-pub fn cross_entropy_sum(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let log_probs = log_softmax_last_dim(logits)?;
+pub fn cross_entropy_sum<B: Backend + ?Sized>(ops: &B, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let log_probs = ops.log_softmax_last_dim(logits)?;
     log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()
 }
 
@@ -133,7 +116,9 @@ fn split_heads(x: &Tensor, n_head: usize) -> Result<Tensor> {
 
 /// softmax(Q K^T / sqrt(head_dim) + mask) V over `n_head` heads, with dropout `p` on the
 /// weights; q (B, T_q, D), k and v (B, T_k, D), heads side by side in D; out (B, T_q, D).
-pub fn attention(
+#[allow(clippy::too_many_arguments)]
+pub fn attention<B: Backend + ?Sized>(
+    ops: &B,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -150,7 +135,7 @@ pub fn attention(
         Some(bias) => scores.broadcast_add(&bias.to_dtype(q.dtype())?)?,
         None => scores,
     };
-    let weights = dropout(&softmax_last_dim(&scores)?, p, mode)?;
+    let weights = dropout(&ops.softmax_last_dim(&scores)?, p, mode)?;
     let context = matmul(&weights, &v)?; // (B, H, T_q, head_dim)
     context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d)) // -> (B, T_q, H, head_dim) -> (B, T_q, D)
 }
@@ -177,7 +162,8 @@ pub fn relative_indices(t_q: usize, t_k: usize, clip: usize, device: &candle_cor
 /// Attention with Shaw's relative positions: scores q_i . (k_j + a^K_ij) / sqrt(head_dim) +
 /// mask, output sum_j w_ij (v_j + a^V_ij); shapes as `attention`.
 #[allow(clippy::too_many_arguments)]
-pub fn relative_attention(
+pub fn relative_attention<B: Backend + ?Sized>(
+    ops: &B,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -216,8 +202,25 @@ pub fn relative_attention(
         Some(bias) => scores.broadcast_add(&bias.to_dtype(q.dtype())?)?,
         None => scores,
     };
-    let weights = dropout(&softmax_last_dim(&scores)?, p, mode)?;
+    let weights = dropout(&ops.softmax_last_dim(&scores)?, p, mode)?;
     let relative_context = from_query(matmul(&by_query(&weights)?, &a_v)?)?; // (B, H, T_q, hd)
     let context = (matmul(&weights, &v)? + relative_context)?; // (B, H, T_q, head_dim)
     context.transpose(1, 2)?.contiguous()?.reshape((b, t_q, d)) // -> (B, T_q, H, head_dim) -> (B, T_q, D)
+}
+
+/// Global L2 norm of all gradients, as a scalar tensor on their device: each one's sum of
+/// squares in f32, added in order.
+pub fn global_norm(grads: &[Option<Tensor>]) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    for g in grads.iter().flatten() {
+        let sq = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+        total = Some(match total {
+            Some(t) => (t + sq)?,
+            None => sq,
+        });
+    }
+    match total {
+        Some(t) => t.sqrt(),
+        None => candle_core::bail!("no gradients to measure"),
+    }
 }

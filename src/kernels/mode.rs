@@ -1,32 +1,11 @@
 //! The per-forward context every layer receives: training or not, the dropout RNG, the
-//! optional LayerNorm-input probe (diagnostics), and the [`Backend`] the seam chose for this
+//! optional LayerNorm-input probe (diagnostics), and the [`Backend`] the seam picked for this
 //! forward.
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::Kernels;
+use super::{backend_for, Backend, Composed, Kernels};
 use crate::rng::Rng;
-
-/// Which implementation runs the ops of one forward pass, chosen once by [`Mode::choose_backend`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// taper's CPU kernels with hand-written backward passes (`kernels::cpu`): CPU, f32/f64.
-    Cpu,
-    /// candle's composed tensor ops (`kernels::composed`): any device, any dtype.
-    Composed,
-}
-
-impl Backend {
-    /// The backend for `kernels` on `device` computing in `dtype`: taper's CPU kernels where
-    /// they apply (CPU, f32 or f64), candle's composed ops elsewhere.
-    pub fn choose(kernels: Kernels, device: &Device, dtype: DType) -> Self {
-        let cpu_applies = device.is_cpu() && matches!(dtype, DType::F32 | DType::F64);
-        match kernels {
-            Kernels::Fused if cpu_applies => Self::Cpu,
-            Kernels::Fused | Kernels::Composed => Self::Composed,
-        }
-    }
-}
 
 /// Per-forward state: training or not, the dropout RNG, the probe, and the backend.
 pub struct Mode {
@@ -34,28 +13,29 @@ pub struct Mode {
     rng: Rng,
     /// When set, the RMS of every LayerNorm's input, in forward order (diagnostics).
     probe: Option<Vec<Tensor>>,
-    backend: Backend,
+    backend: &'static dyn Backend,
 }
 
 impl Mode {
     pub fn eval() -> Self {
-        Self { train: false, rng: Rng::new(0), probe: None, backend: Backend::Composed }
+        Self { train: false, rng: Rng::new(0), probe: None, backend: &Composed }
     }
     /// Training mode; dropout masks come from `rng`, so a step's masks are a function of it.
     pub fn train(rng: Rng) -> Self {
-        Self { train: true, rng, probe: None, backend: Backend::Composed }
+        Self { train: true, rng, probe: None, backend: &Composed }
     }
     /// Evaluation mode that records the RMS of each LayerNorm's input.
     pub fn probing() -> Self {
-        Self { train: false, rng: Rng::new(0), probe: Some(Vec::new()), backend: Backend::Composed }
+        Self { train: false, rng: Rng::new(0), probe: Some(Vec::new()), backend: &Composed }
     }
 
-    /// Chooses the backend for the forward that starts now (a model calls this on entry).
+    /// Picks the backend for the forward that starts now (a model calls this on entry), by
+    /// [`backend_for`]; until then a mode runs the composed ops.
     pub fn choose_backend(&mut self, kernels: Kernels, device: &Device, dtype: DType) {
-        self.backend = Backend::choose(kernels, device, dtype);
+        self.backend = backend_for(kernels, device, dtype);
     }
-    /// The backend chosen for this forward.
-    pub fn backend(&self) -> Backend {
+    /// The backend of this forward: every layer runs its ops through it.
+    pub fn backend(&self) -> &'static dyn Backend {
         self.backend
     }
 

@@ -1,6 +1,7 @@
 //! Multi-head scaled dot-product attention: self-attention (causal or not) and cross-attention,
-//! with its projections, rotary positions and a KV-cache for decoding. The attention itself
-//! runs behind the seam (`kernels::attention`, `kernels::self_attention`).
+//! with its projections, rotary positions and a KV-cache for decoding; as a sub-layer's branch,
+//! [`SelfAttentionBranch`] and [`CrossAttentionBranch`]. The attention itself runs on the
+//! forward's backend.
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -8,8 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use super::layers::{InitPolicy, Linear};
 use super::norm::{Norm, NormKind};
 use super::positions::Rope;
-use crate::kernels::composed::RelativeTables;
-use crate::kernels::{self, Mask, Mode, Projections, SublayerNorm};
+use crate::kernels::{AttentionSpec, Branch, BranchSpec, Mask, Mode, RelativeTables};
 
 /// Keys and values seen so far by one attention layer while decoding, each (B, T_k, D_kv):
 /// the key/value heads only (grouped-query attention caches n_kv_head of them).
@@ -130,47 +130,48 @@ impl Attention {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj]
     }
 
-    /// The weights the projections apply (adapters included), for the kernels that take them.
-    fn weights(&self) -> Result<[Tensor; 4]> {
-        let [q, k, v, o] = self.all_projections().map(Linear::weight);
-        Ok([q?, k?, v?, o?])
+    /// The layer as self-attention over a sub-layer's input: keys under `mask`, rotary
+    /// positions from `rope`, decoding with `cache` when given.
+    pub fn on_self<'a>(
+        &'a self,
+        mask: &'a Mask<'a>,
+        rope: Option<(&'a Rope, usize)>,
+        cache: Option<&'a mut KvCache>,
+    ) -> SelfAttentionBranch<'a> {
+        SelfAttentionBranch { attention: self, mask, rope, cache }
     }
 
-    fn projections<'a>(&'a self, weights: &'a [Tensor; 4]) -> Projections<'a> {
-        Projections { weights: weights.each_ref(), biases: self.all_projections().map(|p| p.bias.as_ref()) }
+    /// The layer as cross-attention from a sub-layer's input to `memory` (the encoder's
+    /// output), keys under `mask`, its keys and values kept in `cache` when given.
+    pub fn on_memory<'a>(
+        &'a self,
+        memory: &'a Tensor,
+        mask: &'a Mask<'a>,
+        cache: Option<&'a mut KvCache>,
+    ) -> CrossAttentionBranch<'a> {
+        CrossAttentionBranch { attention: self, memory, mask, cache }
     }
 
-    /// Whether this forward applies each projection as one product (the fused kernels' input).
-    fn one_product_each(&self, mode: &Mode) -> bool {
-        self.all_projections().iter().all(|p| p.is_one_product(mode))
-    }
-
-    /// The whole self-attention sub-layer (`norm` before or after, rotary positions from
-    /// `rope`, dropout `residual_dropout` on the output, the residual add) as one node, where
-    /// the backend has one; None: the caller composes it from `forward`.
-    pub fn sublayer(
-        &self,
+    /// What self-attention over `x` is, for a backend that fuses the sub-layer: Opaque while a
+    /// projection is two products (a LoRA adapter under dropout).
+    fn self_spec<'a>(
+        &'a self,
         x: &Tensor,
-        norm: SublayerNorm,
-        (mask, rope): (&Mask, Option<(&Rope, usize)>),
-        residual_dropout: f64,
-        mode: &mut Mode,
-    ) -> Result<Option<Tensor>> {
-        if !self.one_product_each(mode) {
-            return Ok(None);
-        }
-        let rotary = rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?;
-        let qk_norm = self.qk_norm.as_ref().map(|(q, k)| [q.as_sublayer(true, 1.0), k.as_sublayer(true, 1.0)]);
-        let relative = self.relative.as_ref().map(ShawEmbeddings::tables);
-        let heads = kernels::SelfAttentionHeads {
+        mask: &'a Mask<'a>,
+        rope: Option<(&'a Rope, usize)>,
+        mode: &Mode,
+    ) -> Result<BranchSpec<'a>> {
+        let [q, k, v, o] = self.all_projections().map(|p| p.product(mode));
+        let (Some(q), Some(k), Some(v), Some(o)) = (q?, k?, v?, o?) else { return Ok(BranchSpec::Opaque) };
+        Ok(BranchSpec::SelfAttention(AttentionSpec {
+            projections: [q, k, v, o],
             heads: (self.n_head, self.n_kv_head),
-            rotary: rotary.as_ref(),
-            qk_norm,
-            relative,
-        };
-        let dropouts = (self.dropout, residual_dropout);
-        let weights = self.weights()?;
-        kernels::self_attention_sublayer(x, norm, &self.projections(&weights), heads, mask, dropouts, mode)
+            rotary: rope.map(|(rope, offset)| rope.at(offset, x.dim(1)?)).transpose()?,
+            qk_norm: self.qk_norm.as_ref().map(|(q, k)| [q.view(), k.view()]),
+            relative: self.relative.as_ref().map(ShawEmbeddings::tables),
+            mask,
+            dropout: self.dropout,
+        }))
     }
 
     /// `x`: queries' input (B, T_q, D). `memory`: keys' and values' input for cross-attention
@@ -187,37 +188,25 @@ impl Attention {
         cache: Option<&mut KvCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
-        let context = match (memory, rope, cache) {
-            (None, None, None)
-                if self.n_kv_head == self.n_head
-                    && self.relative.is_none()
-                    && self.qk_norm.is_none()
-                    && self.one_product_each(mode) =>
-            {
-                let weights = self.weights()?;
-                kernels::self_attention(x, &self.projections(&weights), self.n_head, mask, self.dropout, mode)?
+        let ops = mode.backend();
+        let q = self.q_proj.forward(x, mode)?;
+        let q = match &self.qk_norm {
+            Some((q_norm, _)) => per_head(q_norm, &q, self.n_head, mode)?,
+            None => q,
+        };
+        // Rotary positions apply to self-attention only: memory positions are not the queries'.
+        let (q, rope) = match (memory, rope) {
+            (None, Some((rope, offset))) => (rope.apply(&q, self.n_head, offset, ops)?, Some((rope, offset))),
+            _ => (q, None),
+        };
+        let (k, v) = self.keys_values(x, memory, rope, cache, mode)?;
+        let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
+        let context = match (&self.relative, memory) {
+            (Some(relative), None) => {
+                let tables = relative.tables();
+                ops.relative_attention(&q, &k, &v, self.n_head, mask, &tables, self.dropout, mode)?
             }
-            (memory, rope, cache) => {
-                let q = self.q_proj.forward(x, mode)?;
-                let q = match &self.qk_norm {
-                    Some((q_norm, _)) => per_head(q_norm, &q, self.n_head, mode)?,
-                    None => q,
-                };
-                // Rotary positions apply to self-attention only: memory positions are not the queries'.
-                let (q, rope) = match (memory, rope) {
-                    (None, Some((rope, offset))) => (rope.apply(&q, self.n_head, offset)?, Some((rope, offset))),
-                    _ => (q, None),
-                };
-                let (k, v) = self.keys_values(x, memory, rope, cache, mode)?;
-                let (k, v) = (self.repeat_kv(k)?, self.repeat_kv(v)?);
-                match (&self.relative, memory) {
-                    (Some(relative), None) => {
-                        let tables = relative.tables();
-                        kernels::relative_attention(&q, &k, &v, self.n_head, mask, &tables, self.dropout, mode)?
-                    }
-                    _ => kernels::attention(&q, &k, &v, self.n_head, mask, self.dropout, mode)?,
-                }
-            }
+            _ => ops.attention(&q, &k, &v, self.n_head, mask, self.dropout, mode)?,
         };
         self.out_proj.forward(&context, mode)
     }
@@ -240,7 +229,7 @@ impl Attention {
                 None => k,
             };
             let k = match rope {
-                Some((rope, offset)) => rope.apply(&k, self.n_kv_head, offset)?,
+                Some((rope, offset)) => rope.apply(&k, self.n_kv_head, offset, mode.backend())?,
                 None => k,
             };
             Ok((k, self.v_proj.forward(src, mode)?))
@@ -272,4 +261,40 @@ fn per_head(norm: &Norm, x: &Tensor, heads: usize, mode: &Mode) -> Result<Tensor
     let (b, t, d) = x.dims3()?;
     let x = x.reshape((b, t, heads, d / heads))?; // (B, T, D) -> (B, T, H, head_dim)
     norm.forward(&x, mode)?.reshape((b, t, d)) // -> (B, T, D)
+}
+
+/// Self-attention as a sub-layer's branch ([`Attention::on_self`]).
+pub struct SelfAttentionBranch<'a> {
+    attention: &'a Attention,
+    mask: &'a Mask<'a>,
+    rope: Option<(&'a Rope, usize)>,
+    cache: Option<&'a mut KvCache>,
+}
+
+impl Branch for SelfAttentionBranch<'_> {
+    fn forward(&mut self, h: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.attention.forward(h, None, self.mask, self.rope, self.cache.as_deref_mut(), mode)
+    }
+
+    /// Opaque while decoding with a cache (the node attends over its own input only).
+    fn spec(&self, x: &Tensor, mode: &Mode) -> Result<BranchSpec<'_>> {
+        match self.cache {
+            Some(_) => Ok(BranchSpec::Opaque),
+            None => self.attention.self_spec(x, self.mask, self.rope, mode),
+        }
+    }
+}
+
+/// Cross-attention to the encoder's output as a sub-layer's branch ([`Attention::on_memory`]).
+pub struct CrossAttentionBranch<'a> {
+    attention: &'a Attention,
+    memory: &'a Tensor,
+    mask: &'a Mask<'a>,
+    cache: Option<&'a mut KvCache>,
+}
+
+impl Branch for CrossAttentionBranch<'_> {
+    fn forward(&mut self, h: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.attention.forward(h, Some(self.memory), self.mask, None, self.cache.as_deref_mut(), mode)
+    }
 }

@@ -433,7 +433,7 @@ impl MaskedLm {
         let hidden = self.encoder.forward(input_ids, None, None, mode)?;
         let (b, t, d) = hidden.dims3()?;
         let selected = hidden.reshape((b * t, d))?.index_select(positions, 0)?; // (B, T, D) -> (B*T, D) -> (N, D)
-        let x = crate::kernels::activate(&self.transform.forward(&selected, mode)?, self.activation, mode)?;
+        let x = mode.backend().activate(&self.transform.forward(&selected, mode)?, self.activation)?;
         self.decoder.forward(&self.transform_norm.forward(&x, mode)?, mode)
     }
 }

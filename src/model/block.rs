@@ -1,7 +1,7 @@
 //! The Transformer block, one implementation for every stack: self-attention, optional
-//! cross-attention (decoder of an encoder-decoder), and the position-wise FFN, each wrapped in
-//! a residual with its norm(s) placed per [`NormPlacement`] (pre, post, sandwich, DeepNorm),
-//! matched in one place: [`Block::residual`].
+//! cross-attention (decoder of an encoder-decoder), and the position-wise FFN, each a residual
+//! sub-layer whose norms [`NormPlacement`] (pre, post, sandwich, DeepNorm) places once, when
+//! the block is built ([`SublayerNorms`]).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
@@ -11,7 +11,7 @@ use super::layers::{InitPolicy, Linear};
 use super::norm::{DeepNorm, Norm, NormKind, StackRole};
 use super::positions::Rope;
 use crate::config::{Activation, NormPlacement};
-use crate::kernels::{self, dropout, Mask, Mode, SublayerNorm};
+use crate::kernels::{Branch, BranchSpec, FfnSpec, Mask, Mode, Residual};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BlockConfig {
@@ -147,17 +147,34 @@ impl Mlp {
         self.fc2.forward(&hidden, mode)
     }
 
-    /// The whole FFN sub-layer (Add & Norm included) as one node, where the backend has one.
-    fn sublayer(&self, x: &Tensor, norm: SublayerNorm, p: f64, mode: &mut Mode) -> Result<Option<Tensor>> {
-        let layers = [Some(&self.fc1), self.gate.as_ref(), Some(&self.fc2)];
-        if !layers.iter().flatten().all(|l| l.is_one_product(mode)) {
-            return Ok(None);
-        }
-        let (fc1_w, fc2_w) = (self.fc1.weight()?, self.fc2.weight()?);
-        let gate_w = self.gate.as_ref().map(Linear::weight).transpose()?;
-        let gate = self.gate.as_ref().zip(gate_w.as_ref()).map(|(g, w)| (w, g.bias.as_ref()));
-        let (fc1, fc2) = ((&fc1_w, self.fc1.bias.as_ref()), (&fc2_w, self.fc2.bias.as_ref()));
-        kernels::ffn_sublayer(x, norm, gate, fc1, fc2, self.activation, p, mode)
+    /// The FFN as a sub-layer's branch.
+    fn branch(&self) -> FfnBranch<'_> {
+        FfnBranch(self)
+    }
+}
+
+/// The FFN as a sub-layer's branch.
+struct FfnBranch<'a>(&'a Mlp);
+
+impl Branch for FfnBranch<'_> {
+    fn forward(&mut self, h: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        self.0.forward(h, mode)
+    }
+
+    /// Opaque while a layer is two products (a LoRA adapter under dropout).
+    fn spec(&self, _x: &Tensor, mode: &Mode) -> Result<BranchSpec<'_>> {
+        let mlp = self.0;
+        let gate = match &mlp.gate {
+            Some(gate) => match gate.product(mode)? {
+                Some(product) => Some(product),
+                None => return Ok(BranchSpec::Opaque),
+            },
+            None => None,
+        };
+        let (Some(fc1), Some(fc2)) = (mlp.fc1.product(mode)?, mlp.fc2.product(mode)?) else {
+            return Ok(BranchSpec::Opaque);
+        };
+        Ok(BranchSpec::Ffn(FfnSpec { fc1, gate, fc2, act: mlp.activation }))
     }
 }
 
@@ -178,24 +195,48 @@ pub struct BlockInputs<'a> {
     pub rope: Option<(&'a Rope, usize)>,
 }
 
-/// The norms of one residual: the one placement puts before or after the branch, and the
-/// sandwich's second norm on the branch's output.
+/// The norms of one sub-layer, `Norm::Identity` where the placement has none: before the branch
+/// (pre-LN, sandwich), on its output (sandwich's second), after the add (post-LN, DeepNorm).
 #[derive(Debug, Clone)]
-struct ResidualNorms {
-    norm: Norm,
-    branch_out: Option<Norm>,
+struct SublayerNorms {
+    pre: Norm,
+    out: Norm,
+    post: Norm,
+}
+
+impl SublayerNorms {
+    /// The norms `cfg.norm` places around a branch: `name` (`ln_1`, `ln_cross`, `ln_2`) and,
+    /// for the sandwich, `{name}_out`, under `vb`.
+    fn new(cfg: &BlockConfig, name: &str, vb: &VarBuilder) -> Result<Self> {
+        let norm = |name: &str| Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
+        let none = || Norm::Identity;
+        Ok(match cfg.norm {
+            NormPlacement::Pre => Self { pre: norm(name)?, out: none(), post: none() },
+            NormPlacement::Sandwich => Self { pre: norm(name)?, out: norm(&format!("{name}_out"))?, post: none() },
+            NormPlacement::Post | NormPlacement::DeepNorm => Self { pre: none(), out: none(), post: norm(name)? },
+        })
+    }
+
+    /// The names of the norms there are, `name` the sub-layer's, in the order they run.
+    fn names(&self, name: &'static str, out_name: &'static str) -> Vec<&'static str> {
+        [(&self.pre, name), (&self.out, out_name), (&self.post, name)]
+            .into_iter()
+            .filter(|(norm, _)| !norm.is_identity())
+            .map(|(_, name)| name)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Block {
-    ln_1: ResidualNorms,
+    ln_1: SublayerNorms,
     attn: Attention,
-    cross: Option<(ResidualNorms, Attention)>,
-    ln_2: ResidualNorms,
+    cross: Option<(SublayerNorms, Attention)>,
+    ln_2: SublayerNorms,
     mlp: Mlp,
-    norm: NormPlacement,
     /// DeepNorm's residual multiplier (1 otherwise).
     alpha: f64,
+    /// Dropout on each branch's output.
     dropout: f64,
 }
 
@@ -207,15 +248,11 @@ impl Block {
 
     /// Names of this block's norms in the order they run.
     pub fn norm_names(&self) -> Vec<&'static str> {
-        let sandwich = self.norm == NormPlacement::Sandwich;
-        let mut names = vec!["ln_1"];
-        names.extend(sandwich.then_some("ln_1_out"));
-        if self.cross.is_some() {
-            names.push("ln_cross");
-            names.extend(sandwich.then_some("ln_cross_out"));
+        let mut names = self.ln_1.names("ln_1", "ln_1_out");
+        if let Some((norms, _)) = &self.cross {
+            names.extend(norms.names("ln_cross", "ln_cross_out"));
         }
-        names.push("ln_2");
-        names.extend(sandwich.then_some("ln_2_out"));
+        names.extend(self.ln_2.names("ln_2", "ln_2_out"));
         names
     }
 
@@ -225,40 +262,30 @@ impl Block {
     pub fn new(cfg: &BlockConfig, init: &InitPolicy, vb: VarBuilder) -> Result<Self> {
         let init = &InitPolicy { branch_gain: cfg.deepnorm.beta, ..*init };
         let attention = |name: &str, relative| Attention::new(&cfg.attention(relative), init, vb.pp(name));
-        let norms = |name: &str| -> Result<ResidualNorms> {
-            let norm = |name: &str| Norm::new(cfg.norm_kind, cfg.d_model, cfg.layer_norm_eps, vb.pp(name));
-            let branch_out = (cfg.norm == NormPlacement::Sandwich).then(|| norm(&format!("{name}_out"))).transpose()?;
-            Ok(ResidualNorms { norm: norm(name)?, branch_out })
+        let cross = match cfg.cross_attention {
+            true => Some((SublayerNorms::new(cfg, "ln_cross", &vb)?, attention("cross_attn", false)?)),
+            false => None,
         };
-        let cross =
-            if cfg.cross_attention { Some((norms("ln_cross")?, attention("cross_attn", false)?)) } else { None };
         Ok(Self {
-            ln_1: norms("ln_1")?,
+            ln_1: SublayerNorms::new(cfg, "ln_1", &vb)?,
             attn: attention("attn", true)?,
             cross,
-            ln_2: norms("ln_2")?,
+            ln_2: SublayerNorms::new(cfg, "ln_2", &vb)?,
             mlp: Mlp::new(cfg, init, vb.pp("mlp"))?,
-            norm: cfg.norm,
             alpha: cfg.deepnorm.alpha,
             dropout: cfg.resid_dropout,
         })
     }
 
-    /// The residual's norm(s) as a fused sub-layer node takes them: pre, post, DeepNorm (post
-    /// with the skip scaled by alpha), sandwich (pre, and the second norm on the branch).
-    fn node_norm<'a>(&self, norms: &'a ResidualNorms) -> SublayerNorm<'a> {
-        match (self.norm, &norms.branch_out) {
-            (NormPlacement::Pre, _) | (NormPlacement::Sandwich, None) => norms.norm.as_sublayer(true, 1.0),
-            (NormPlacement::Sandwich, Some(out)) => {
-                let out = out.as_sublayer(true, 1.0);
-                SublayerNorm { branch_out: Some((out.weight, out.bias)), ..norms.norm.as_sublayer(true, 1.0) }
-            }
-            (NormPlacement::Post | NormPlacement::DeepNorm, _) => norms.norm.as_sublayer(false, self.alpha),
-        }
+    /// One of the block's sub-layers with `norms`, as the backends take it.
+    fn sublayer<'a>(&self, norms: &'a SublayerNorms) -> Residual<'a> {
+        let (pre, out, post) = (norms.pre.view(), norms.out.view(), norms.post.view());
+        Residual { pre, out, post, alpha: self.alpha, dropout: self.dropout }
     }
 
-    /// The recipe: self-attention, cross-attention (decoder of an encoder-decoder), FFN, each
-    /// in a residual with its norm (`residual`).
+    /// The recipe: self-attention, cross-attention (decoder of an encoder-decoder), FFN, each a
+    /// residual sub-layer y = post(alpha x + dropout(out(f(pre(x))))) with its norms where the
+    /// placement put them (`kernels::residual` draws it); the backend runs each.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -266,74 +293,19 @@ impl Block {
         mut cache: Option<&mut BlockCache>,
         mode: &mut Mode,
     ) -> Result<Tensor> {
+        let ops = mode.backend();
         let self_cache = cache.as_deref_mut().map(|c| &mut c.self_attn);
-        let x = self.self_attention(x, inputs, self_cache, mode)?;
+        let mut attention = self.attn.on_self(&inputs.self_mask, inputs.rope, self_cache);
+        let x = ops.residual(x, &self.sublayer(&self.ln_1), &mut attention, mode)?;
         let x = match (&self.cross, &inputs.memory) {
-            (Some((ln_cross, cross_attn)), Some((memory, memory_mask))) => {
-                let cross_cache = cache.map(|c| &mut c.cross_attn);
-                self.residual(&x, ln_cross, mode, |h, mode| {
-                    cross_attn.forward(h, Some(memory), memory_mask, None, cross_cache, mode)
-                })?
+            (Some((norms, cross)), Some((memory, memory_mask))) => {
+                let mut cross = cross.on_memory(memory, memory_mask, cache.map(|c| &mut c.cross_attn));
+                ops.residual(&x, &self.sublayer(norms), &mut cross, mode)?
             }
             (None, None) => x,
             (Some(_), None) => candle_core::bail!("this block has cross-attention but was given no encoder output"),
             (None, Some(_)) => candle_core::bail!("this block has no cross-attention but was given an encoder output"),
         };
-        if let Some(out) = self.mlp.sublayer(&x, self.node_norm(&self.ln_2), self.dropout, mode)? {
-            return Ok(out);
-        }
-        self.residual(&x, &self.ln_2, mode, |h, mode| self.mlp.forward(h, mode))
-    }
-
-    /// The self-attention sub-layer: one node where the backend has one (not while decoding
-    /// with a cache), else the composed residual.
-    fn self_attention(
-        &self,
-        x: &Tensor,
-        inputs: &BlockInputs,
-        cache: Option<&mut KvCache>,
-        mode: &mut Mode,
-    ) -> Result<Tensor> {
-        if cache.is_none() {
-            let (positions, norm) = ((&inputs.self_mask, inputs.rope), self.node_norm(&self.ln_1));
-            if let Some(out) = self.attn.sublayer(x, norm, positions, self.dropout, mode)? {
-                return Ok(out);
-            }
-        }
-        self.residual(x, &self.ln_1, mode, |h, mode| {
-            self.attn.forward(h, None, &inputs.self_mask, inputs.rope, cache, mode)
-        })
-    }
-
-    /// Add & Norm, in the configured order. Pre-LN: x + f(LN(x)). Sandwich: x + LN'(f(LN(x))).
-    /// Post-LN: LN(x + f(x)). DeepNorm: LN(alpha x + f(x)).
-    fn residual(
-        &self,
-        x: &Tensor,
-        norms: &ResidualNorms,
-        mode: &mut Mode,
-        branch: impl FnOnce(&Tensor, &mut Mode) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let norm = &norms.norm;
-        match (self.norm, &norms.branch_out) {
-            (NormPlacement::Pre, _) | (NormPlacement::Sandwich, None) => {
-                mode.record_norm_input(x)?;
-                let out = branch(&norm.forward(x, mode)?, mode)?;
-                x + dropout(&out, self.dropout, mode)?
-            }
-            (NormPlacement::Sandwich, Some(branch_out)) => {
-                mode.record_norm_input(x)?;
-                let out = branch(&norm.forward(x, mode)?, mode)?;
-                mode.record_norm_input(&out)?;
-                x + dropout(&branch_out.forward(&out, mode)?, self.dropout, mode)?
-            }
-            (NormPlacement::Post | NormPlacement::DeepNorm, _) => {
-                let out = branch(x, mode)?;
-                let scaled = if self.alpha == 1.0 { x.clone() } else { (x * self.alpha)? };
-                let sum = (scaled + dropout(&out, self.dropout, mode)?)?;
-                mode.record_norm_input(&sum)?;
-                norm.forward(&sum, mode)
-            }
-        }
+        ops.residual(&x, &self.sublayer(&self.ln_2), &mut self.mlp.branch(), mode)
     }
 }

@@ -10,7 +10,7 @@ use super::norm::Norm;
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
 use crate::config::ModelConfig;
-use crate::kernels::{cross_entropy_sum, Mode};
+use crate::kernels::Mode;
 
 #[derive(Debug, Clone)]
 pub struct Gpt {
@@ -89,7 +89,7 @@ impl Gpt {
     pub fn loss_sum(&self, ids: &Tensor, targets: &Tensor, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.forward(ids, mode)?;
         let (b, t, v) = logits.dims3()?;
-        cross_entropy_sum(&logits.reshape((b * t, v))?, &targets.flatten_all()?, mode)
+        mode.backend().cross_entropy_sum(&logits.reshape((b * t, v))?, &targets.flatten_all()?)
         // (B, T, V) -> (B*T, V)
     }
 

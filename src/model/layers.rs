@@ -7,7 +7,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::lora::{Adapter, LoraSpec};
 use crate::config::InitScheme;
-use crate::kernels::{self, Activation, Mode};
+use crate::kernels::{dropout, Activation, Mode, Product};
 
 /// How a model's layers are made: their weights' initialisation, from `[model]` init
 /// settings, and the LoRA adapters of `[lora]`.
@@ -58,8 +58,8 @@ impl InitPolicy {
 }
 
 /// y = x W^T + b over the last dimension, for input of any rank; with a LoRA adapter, W is
-/// frozen and the layer applies W + scale B A. Holds only its tensors; the seam
-/// (`kernels::linear`) picks the implementation for the forward's backend.
+/// frozen and the layer applies W + scale B A. Holds only its tensors; the forward's backend
+/// runs the product.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
@@ -99,27 +99,38 @@ impl Linear {
 
     /// Whether this forward applies the layer as one product with [`Linear::weight`]: not while
     /// training an adapter with dropout on its input.
-    pub fn is_one_product(&self, mode: &Mode) -> bool {
+    fn is_one_product(&self, mode: &Mode) -> bool {
         !(mode.train && self.adapter.as_ref().is_some_and(|a| a.dropout > 0.0))
     }
 
+    /// The layer as one product in this forward (W with its adapter merged, and b), for a
+    /// backend that fuses it into a larger node; None while an adapter trains under dropout
+    /// (then the layer is two products).
+    pub fn product(&self, mode: &Mode) -> Result<Option<Product<'_>>> {
+        match self.is_one_product(mode) {
+            true => Ok(Some(Product { weight: self.weight()?, bias: self.bias.as_ref() })),
+            false => Ok(None),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+        let ops = mode.backend();
         match &self.adapter {
             Some(adapter) if !self.is_one_product(mode) => {
-                let base = kernels::linear(x, &self.weight, self.bias.as_ref(), mode)?;
-                let input = kernels::dropout(x, adapter.dropout, mode)?;
-                let low = kernels::linear(&kernels::linear(&input, &adapter.a, None, mode)?, &adapter.b, None, mode)?;
+                let base = ops.linear(x, &self.weight, self.bias.as_ref())?;
+                let input = dropout(x, adapter.dropout, mode)?;
+                let low = ops.linear(&ops.linear(&input, &adapter.a, None)?, &adapter.b, None)?;
                 base + (low * adapter.scale)?
             }
-            _ => kernels::linear(x, &self.weight()?, self.bias.as_ref(), mode),
+            _ => ops.linear(x, &self.weight()?, self.bias.as_ref()),
         }
     }
 
     /// act(x W^T + b), one node on the CPU.
     pub fn forward_act(&self, x: &Tensor, act: Activation, mode: &mut Mode) -> Result<Tensor> {
         match self.is_one_product(mode) {
-            true => kernels::linear_act(x, &self.weight()?, self.bias.as_ref(), act, mode),
-            false => kernels::activate(&self.forward(x, mode)?, act, mode),
+            true => mode.backend().linear_act(x, &self.weight()?, self.bias.as_ref(), act),
+            false => mode.backend().activate(&self.forward(x, mode)?, act),
         }
     }
 }

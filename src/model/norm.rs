@@ -1,12 +1,13 @@
-//! The norms a block places around its branches: LayerNorm (weight and bias) and RMSNorm
-//! (weight only), in f32 whatever the activations' dtype, their kernels behind the seam.
-//! Where a norm sits (pre, post) is matched in one place, `Block::residual`.
+//! The norms a block places around its branches: LayerNorm (weight and bias), RMSNorm (weight
+//! only), and `Identity` where a placement has no norm; in f32 whatever the activations' dtype,
+//! their kernels behind the seam. Where each sits is decided once, when a block is built
+//! (`Block::new`).
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{self, Mode, SublayerNorm};
+use crate::kernels::{Mode, NormRef};
 
 /// `model.norm_kind`: which norm the blocks (and a pre-LN stack's final norm) use.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -77,7 +78,7 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        kernels::layer_norm(x, &self.weight, &self.bias, self.eps, mode)
+        mode.backend().layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -94,15 +95,17 @@ impl RmsNorm {
     }
 
     pub fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor> {
-        kernels::rms_norm(x, &self.weight, self.eps, mode)
+        mode.backend().rms_norm(x, &self.weight, self.eps)
     }
 }
 
-/// One of the norms, as `model.norm_kind` chooses.
+/// One of the norms, as `model.norm_kind` chooses, or none where a placement has none.
 #[derive(Debug, Clone)]
 pub enum Norm {
     Layer(LayerNorm),
     Rms(RmsNorm),
+    /// No norm: the input passes as it is.
+    Identity,
 }
 
 impl Norm {
@@ -118,24 +121,20 @@ impl Norm {
         match self {
             Self::Layer(norm) => norm.forward(x, mode),
             Self::Rms(norm) => norm.forward(x, mode),
+            Self::Identity => Ok(x.clone()),
         }
     }
 
-    /// This norm as a fused sub-layer's, before (`pre`) or after the branch.
-    pub fn as_sublayer(&self, pre: bool, alpha: f64) -> SublayerNorm<'_> {
+    pub fn is_identity(&self) -> bool {
+        matches!(self, Self::Identity)
+    }
+
+    /// The norm as the kernels take it.
+    pub fn view(&self) -> NormRef<'_> {
         match self {
-            Self::Layer(n) => SublayerNorm {
-                weight: &n.weight,
-                bias: Some(&n.bias),
-                rms: false,
-                eps: n.eps,
-                pre,
-                alpha,
-                branch_out: None,
-            },
-            Self::Rms(n) => {
-                SublayerNorm { weight: &n.weight, bias: None, rms: true, eps: n.eps, pre, alpha, branch_out: None }
-            }
+            Self::Layer(n) => NormRef::Layer { weight: &n.weight, bias: &n.bias, eps: n.eps },
+            Self::Rms(n) => NormRef::Rms { weight: &n.weight, eps: n.eps },
+            Self::Identity => NormRef::Identity,
         }
     }
 }

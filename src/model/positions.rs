@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::layers::{Embedding, InitPolicy};
 use crate::config::{ModelConfig, Positions};
-use crate::kernels::{add_broadcast, Mode, Rotary, ScoreBias};
+use crate::kernels::{Backend, Mode, Rotary, ScoreBias};
 
 /// How a stack learns where its tokens are, as `model.positions` chooses.
 #[derive(Debug, Clone)]
@@ -79,10 +79,10 @@ impl PositionEncoding {
         match self {
             Self::Learned(table) => {
                 let pos = table.weight.narrow(0, offset, t)?.to_dtype(dtype)?;
-                Ok((add_broadcast(&x, &pos, mode)?, None))
+                Ok((mode.backend().add_broadcast(&x, &pos)?, None))
             }
             Self::Sinusoidal(table) => {
-                Ok((add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(dtype)?, mode)?, None))
+                Ok((mode.backend().add_broadcast(&x, &table.narrow(0, offset, t)?.to_dtype(dtype)?)?, None))
             }
             Self::Rope(rope) => Ok((x, Some((rope, offset)))),
             Self::Alibi(_) | Self::T5(_) | Self::Shaw | Self::None => Ok((x, None)),
@@ -107,7 +107,7 @@ pub fn sinusoidal_table(positions: usize, dim: usize, device: &Device) -> Result
 }
 
 /// Rotary position embedding (RoPE, GPT-NeoX layout: the two halves of each head rotate
-/// together): its tables; the rotation is a kernel (`kernels::composed::rotate_halves`).
+/// together): its tables; the rotation is an op of the backend (`Backend::rotate_halves`).
 #[derive(Debug, Clone)]
 pub struct Rope {
     cos: Tensor,
@@ -138,13 +138,13 @@ impl Rope {
         Ok(Rotary { cos: self.cos.narrow(0, offset, t)?, sin: self.sin.narrow(0, offset, t)? })
     }
 
-    /// x: (B, T, n_head * head_dim), heads side by side, its first position being `offset`.
-    pub fn apply(&self, x: &Tensor, n_head: usize, offset: usize) -> Result<Tensor> {
+    /// x: (B, T, n_head * head_dim), heads side by side, its first position being `offset`,
+    /// rotated by `ops`.
+    pub fn apply(&self, x: &Tensor, n_head: usize, offset: usize, ops: &dyn Backend) -> Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let x = x.reshape((b, t, n_head, d / n_head))?; // (B, T, D) -> (B, T, H, head_dim)
         let (cos, sin) = (self.cos.narrow(0, offset, t)?, self.sin.narrow(0, offset, t)?);
-        crate::kernels::composed::rotate_halves(&x, &cos, &sin)?.reshape((b, t, d))
-        // -> (B, T, D)
+        ops.rotate_halves(&x, &cos, &sin)?.reshape((b, t, d)) // -> (B, T, D)
     }
 }
 

@@ -14,7 +14,7 @@ use super::layers::{Embedding, Linear};
 use super::positions::PositionEncoding;
 use super::stack::{Embeddings, Stack, StackInputs};
 use crate::config::ModelConfig;
-use crate::kernels::{composed::log_softmax_last_dim, cross_entropy_sum, Mask, Mode};
+use crate::kernels::{Mask, Mode};
 
 /// The encoder's output and the source's key padding, which cross-attention reads.
 pub struct Memory {
@@ -138,9 +138,9 @@ impl Seq2Seq {
         let (b, t, v) = logits.dims3()?;
         let selected = logits.reshape((b * t, v))?.index_select(positions, 0)?; // (B*T, V) -> (N, V)
         if label_smoothing == 0.0 {
-            return cross_entropy_sum(&selected, targets, mode);
+            return mode.backend().cross_entropy_sum(&selected, targets);
         }
-        let log_probs = log_softmax_last_dim(&selected)?;
+        let log_probs = mode.backend().log_softmax_last_dim(&selected)?;
         let nll = log_probs.gather(&targets.unsqueeze(1)?, 1)?.sum_all()?.neg()?;
         let uniform = (log_probs.sum_all()?.neg()? / v as f64)?;
         (nll * (1.0 - label_smoothing))? + (uniform * label_smoothing)?

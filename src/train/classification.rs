@@ -20,7 +20,6 @@ use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
 use crate::host;
-use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
 use crate::model::{Mode, ParamStore};
 use crate::run_dir::{OpenedCheckpoint, RunDir};
@@ -252,7 +251,7 @@ impl Task for Classification {
 
     fn loss_sum(&self, (inputs, labels): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.model.forward(&inputs.ids, Some(&inputs.type_ids), Some(&inputs.mask), mode)?;
-        Ok(cross_entropy_sum(&logits, labels, mode)?)
+        Ok(mode.backend().cross_entropy_sum(&logits, labels)?)
     }
 
     /// Each rank scores val rows rank, rank + size, ...; the loss and the confusion counts are

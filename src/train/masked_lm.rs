@@ -16,7 +16,6 @@ use crate::config::{Config, EvalBatches};
 use crate::data::masking::MaskingRule;
 use crate::data::{BatchBuffers, Corpus, Split, TokenDataset};
 use crate::host;
-use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
 use crate::model::{Mode, ParamStore};
 use crate::rng::Rng;
@@ -157,7 +156,7 @@ impl Task for MaskedLm {
 
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.model.logits_at(&batch.inputs, &batch.positions, mode)?;
-        Ok(cross_entropy_sum(&logits, &batch.labels, mode)?)
+        Ok(mode.backend().cross_entropy_sum(&logits, &batch.labels)?)
     }
 
     /// Loss and accuracy at the masked positions of the val windows; each rank scores windows
@@ -183,7 +182,7 @@ impl Task for MaskedLm {
             let batch = self.corrupt(buffers, &mut Rng::derived(cfg.train.seed, &[EVAL_MASK_STREAM, index as u64]))?;
             let mut mode = Mode::eval();
             let logits = model.logits_at(&batch.inputs, &batch.positions, &mut mode)?;
-            sums[0] += host::scalar(&cross_entropy_sum(&logits, &batch.labels, &mode)?)?;
+            sums[0] += host::scalar(&mode.backend().cross_entropy_sum(&logits, &batch.labels)?)?;
             let predicted: Vec<u32> = host::vec1(&logits.argmax(1)?)?;
             let labels: Vec<u32> = host::vec1(&batch.labels)?;
             sums[1] += predicted.iter().zip(&labels).filter(|(p, l)| p == l).count() as f64;

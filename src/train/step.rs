@@ -8,9 +8,9 @@ use serde_json::Value;
 use super::diagnostics;
 use super::task::Task;
 use crate::distributed::Collective;
-use crate::kernels::Kernels;
+use crate::kernels::Backend;
 use crate::model::Mode;
-use crate::optim::{clip_factor, global_norm, AdamW, Gate};
+use crate::optim::{clip_factor, AdamW, Gate};
 use crate::rng::Rng;
 
 const DROPOUT_STREAM: u64 = 3;
@@ -39,7 +39,8 @@ pub struct Stepper<'a> {
     micro: std::ops::Range<usize>,
     grad_clip: Option<f64>,
     diagnostics_every: usize,
-    kernels: Kernels,
+    /// The backend of the parameters' work (the optimizer's): the gradient norm.
+    backend: &'static dyn Backend,
 }
 
 impl<'a> Stepper<'a> {
@@ -61,7 +62,7 @@ impl<'a> Stepper<'a> {
             micro: first..first + local,
             grad_clip: cfg.optim.grad_clip.filter(|c| *c > 0.0),
             diagnostics_every: cfg.train.diagnostics_every,
-            kernels: cfg.model.kernels,
+            backend: optimizer.backend(),
         })
     }
 
@@ -113,7 +114,7 @@ impl<'a> Stepper<'a> {
     /// How the optimizer takes the summed gradients: their norm, their multiplier (clipping,
     /// and 1 / the loss scale) and, with loss scaling, whether the step applies.
     fn update(&self, optimizer: &mut AdamW, grads: &[Option<Tensor>]) -> Result<Update> {
-        let norm = global_norm(grads, self.kernels)?;
+        let norm = self.backend.global_norm(grads)?;
         let attempted = optimizer.steps + 1;
         Ok(match optimizer.scaler.as_mut() {
             Some(scaler) => {

@@ -22,7 +22,6 @@ use crate::data::tagged::{encode_words, read_tagged, EncodedWords, TagColumns, T
 use crate::data::TextTokenizer;
 use crate::entity_metrics::EntityCounts;
 use crate::host;
-use crate::kernels::cross_entropy_sum;
 use crate::model::bert::{BertConfig, TokenClassifier};
 use crate::model::{Mode, ParamStore};
 use crate::run_dir::{OpenedCheckpoint, RunDir};
@@ -286,7 +285,7 @@ impl Task for TokenClassification {
 
     fn loss_sum(&self, (inputs, positions, tags): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
         let logits = self.model.logits_at(&inputs.ids, Some(&inputs.type_ids), Some(&inputs.mask), positions, mode)?;
-        Ok(cross_entropy_sum(&logits, tags, mode)?)
+        Ok(mode.backend().cross_entropy_sum(&logits, tags)?)
     }
 
     /// Each rank scores val sentences rank, rank + size, ...; the sums (loss, words, entity

@@ -3,8 +3,8 @@
 //! `gemm.rs`), LayerNorm, GELU, bias (and position) add, causal softmax, and cross-entropy. Each replaces several full passes over memory (and several autograd nodes,
 //! each of which allocates a zeroed gradient) by one pass forward and one backward.
 //!
-//! Only f32 and f64 CPU tensors take these paths; the seam (`kernels/mod.rs`) runs the composed
-//! ops for other dtypes and devices, so CUDA and Metal run the same model through candle's kernels.
+//! Only f32 and f64 CPU tensors take these paths: the seam's CPU backend (`kernels/cpu_backend.rs`)
+//! runs them there, and every other dtype and device keeps the composed ops (or an accelerator's).
 //! `tests/fused_ops.rs` checks every forward and gradient against the composed form in f64.
 //!
 //! A backward pass must return tensors, so each backward is itself a (forward-only) CustomOp.
@@ -261,6 +261,7 @@ macro_rules! dispatch {
 }
 
 // Declared after `dispatch!`, which they use.
+mod adamw;
 mod attention;
 mod ffn;
 mod gemm;
@@ -268,6 +269,7 @@ mod linear;
 mod relative;
 mod rms_norm;
 mod sublayer;
+pub use adamw::adamw_in_place;
 pub use attention::{
     attention, attention_packed, self_attention_sublayer, AttentionMask, QkNorm, Rotation, SelfAttentionShape,
 };
