@@ -1,7 +1,8 @@
 //! The training recipe: data -> model -> optimizer -> loop of steps, handing each step's
 //! side work to the component whose turn it is: the logger (`logger.rs`), the evaluation
 //! schedule (`Validator`), the checkpointer (`checkpointer.rs`). A step itself (micro-batches,
-//! gradients, all-reduce, clip, optimizer) is `step.rs`.
+//! gradients, their reduction, clip, optimizer) is `step.rs`; how the run spreads over
+//! processes is one component the loop asks (`parallel.rs`).
 
 pub mod causal_lm;
 pub mod checkpointer;
@@ -12,6 +13,7 @@ pub mod encoder;
 pub mod logger;
 pub mod masked_lm;
 pub mod metrics;
+pub mod parallel;
 pub mod seq2seq;
 pub mod step;
 pub mod task;
@@ -34,6 +36,7 @@ use classification::Classification;
 use logger::Logger;
 pub use logger::{peak_rss_mb, Diverged, RunSummary};
 use masked_lm::MaskedLm;
+use parallel::{DataParallel, Parallel};
 use seq2seq::Seq2SeqTask;
 pub use step::accumulate_gradients;
 use step::Stepper;
@@ -77,22 +80,20 @@ pub fn train_with(config: Config, options: &TrainOptions, world: &dyn Collective
     }
 }
 
-/// `train` in `world`.
+/// `train` in `world`, data-parallel over its ranks.
 fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> Result<RunSummary> {
-    let (config, resume_from) = prepare(config, options, world)?;
+    let (config, resume_from) = prepare(config, options, &DataParallel::new(world))?;
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
-    let device = crate::distributed::rank_device(&cfg.train.device, world)?;
-    let on_device = crate::distributed::on_device(world, &device)?;
-    let world = on_device.as_deref().unwrap_or(world);
+    let (parallel, device) = DataParallel::on_device(world, &cfg.train.device)?;
     let params = match cfg.lora {
         Some(_) => ParamStore::with_trainable(crate::model::lora::is_trainable),
         None => ParamStore::new(),
     };
-    // The other ranks read what rank 0 made of the run (tokenizer, corpus cache) as a resume does.
-    let resuming = resume_from.is_some() || world.rank() > 0;
+    // The other ranks read what the writer made of the run (tokenizer, corpus cache) as a resume does.
+    let resuming = resume_from.is_some() || !parallel.is_writer();
     let (run, device) = (&run, &device);
-    let launch = Launch { run, params: &params, device, resume_from, options, world };
+    let launch = Launch { run, params: &params, device, resume_from, options, parallel: &parallel };
     match cfg.task.kind() {
         TaskKind::CausalLm => run_task(&CausalLm::new(cfg, run, resuming, &params, device)?, &launch),
         TaskKind::SequenceClassification => {
@@ -113,20 +114,20 @@ struct Launch<'a> {
     device: &'a Device,
     resume_from: Option<PathBuf>,
     options: &'a TrainOptions,
-    world: &'a dyn Collective,
+    parallel: &'a dyn Parallel,
 }
 
-/// Rank 0 (or the one process) readies the run directory and picks the checkpoint to resume
-/// from; the other ranks wait until it has written the run's config, then read that config and
-/// the same checkpoint. On the command line `train.grad_accum` is per rank; the run keeps the
-/// step's micro-batches over all ranks, so a resume with another world size keeps the batch.
-fn prepare(mut config: Config, options: &TrainOptions, world: &dyn Collective) -> Result<(Config, Option<PathBuf>)> {
+/// The writer (rank 0, or the one process) readies the run directory and picks the checkpoint
+/// to resume from; the other ranks wait until it has written the run's config, then read that
+/// config and the same checkpoint. A fresh run's `train.grad_accum` becomes the step's
+/// micro-batches over all ranks (`Parallel::step_micro_batches`).
+fn prepare(mut config: Config, options: &TrainOptions, parallel: &dyn Parallel) -> Result<(Config, Option<PathBuf>)> {
     if !options.resume {
-        config.train.grad_accum *= world.size();
+        config.train.grad_accum = parallel.step_micro_batches(config.train.grad_accum);
     }
     let run = RunDir::new(config.run_dir());
-    if world.rank() > 0 {
-        world.barrier()?; // rank 0's, once the run's config.toml is written
+    if !parallel.is_writer() {
+        parallel.barrier()?; // the writer's, once the run's config.toml is written
         let config = run.load_config(&[])?;
         let which = options.checkpoint.as_deref().unwrap_or("latest");
         let resume_from =
@@ -224,11 +225,11 @@ fn lora_note(cfg: &Config, params: &ParamStore) -> String {
 
 /// The recipe, the same for every task: optimizer and schedule over the task's parameters,
 /// then per step: the step itself, then logging, evaluation and checkpoints on their turns.
-/// With several ranks, rank 0 alone writes (config, metrics, checkpoints, summary) and
-/// evaluates; every rank starts from rank 0's weights and stops at the same step.
+/// With several ranks, the writer alone writes (config, metrics, checkpoints, summary); every
+/// rank starts from the writer's weights and stops at the same step.
 fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
-    let Launch { run, params, device, options, world, .. } = *launch;
-    let root = world.rank() == 0;
+    let Launch { run, params, device, options, parallel, .. } = *launch;
+    let root = parallel.is_writer();
     let cfg = task.config();
     let config_text = cfg.to_toml_string()?;
     let mut optimizer = AdamW::new(params.trainable_vars(), &cfg.optim, &task.embedding_tables())?;
@@ -240,14 +241,14 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     if root {
         // Written only once the run really continues: a refused resume leaves the run as it was.
         crate::fsutil::write_atomic(&run.config(), config_text.as_bytes())?;
-        world.barrier()?; // the other ranks read it now
+        parallel.barrier()?; // the other ranks read it now
     }
-    broadcast_parameters(world, params)?;
-    let scratch = (!root).then(|| follower_scratch(world.rank())).transpose()?;
+    parallel.share_parameters(params)?;
+    let scratch = (!root).then(|| follower_scratch(parallel.rank())).transpose()?;
     let log_dir = scratch.as_ref().map(RunDir::new);
     let mut logger = Logger::open(log_dir.as_ref().unwrap_or(run), cfg, &state, options.quiet || !root)?;
     let (elements, on) = (params.num_elements(), crate::device::describe(device));
-    let ranks = if world.size() > 1 { format!(" x {} ranks", world.size()) } else { String::new() };
+    let ranks = if parallel.size() > 1 { format!(" x {} ranks", parallel.size()) } else { String::new() };
     logger.say(format!(
         "taper: {elements} parameters{} on {on}{ranks}, {}, run dir {}",
         lora_note(cfg, params),
@@ -256,10 +257,10 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     ));
     logger.say_some(half_precision_note(cfg, device));
     logger.say_some(loss_scale_note(cfg));
-    let stepper = Stepper::new(&optimizer, world, cfg)?;
+    let stepper = Stepper::new(&optimizer, parallel, cfg)?;
     let validator = Validator { every: cfg.train.eval_every };
     let sampler = Validator { every: cfg.train.sample_every };
-    let (launch_step, reduced_before) = (state.step, world.all_reduce_seconds());
+    let (launch_step, reduced_before) = (state.step, parallel.reduce_seconds());
     for step in state.step..cfg.train.steps {
         logger.step_started(step, cfg.train.steps, state.tokens_seen);
         let lr = schedule.lr(step);
@@ -267,10 +268,10 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
         state.step = step + 1;
         state.tokens_seen += out.tokens;
         let done = state.step == cfg.train.steps;
-        let interrupted = agreed_interrupt(world)?;
+        let interrupted = parallel.agreed_interrupt()?;
         logger.step_done(&mut state, &out, lr, done)?;
         logger.side_work(|logger| {
-            let evaluation = validator.evaluate(state.step, done, task, params, world)?;
+            let evaluation = validator.evaluate(state.step, done, task, params, parallel)?;
             if !root {
                 return Ok(());
             }
@@ -293,9 +294,9 @@ fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
             break;
         }
     }
-    if let (true, Some(now), Some(before)) = (world.size() > 1, world.all_reduce_seconds(), reduced_before) {
+    if let (true, Some(now), Some(before)) = (parallel.size() > 1, parallel.reduce_seconds(), reduced_before) {
         let ms = (now - before) * 1e3 / (state.step - launch_step).max(1) as f64;
-        logger.say(format!("all-reduce: {ms:.2} ms per step over {} ranks (rank 0's wait included)", world.size()));
+        logger.say(format!("all-reduce: {ms:.2} ms per step over {} ranks (rank 0's wait included)", parallel.size()));
     }
     let summary = logger.finish(&state, params.num_elements(), cfg.train.steps, false);
     if let Some(dir) = scratch {
@@ -343,39 +344,12 @@ fn loss_scale_note(cfg: &Config) -> Option<String> {
     ))
 }
 
-/// Every rank's parameters set to rank 0's (its fresh initialisation, pretrained weights or
-/// checkpoint), so the ranks step in lockstep from the first step.
-fn broadcast_parameters(world: &dyn Collective, params: &ParamStore) -> Result<()> {
-    if world.size() == 1 {
-        return Ok(());
-    }
-    let vars: Vec<_> = params.named_vars().into_iter().map(|(_, v)| v).collect();
-    let mut values: Vec<candle_core::Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    world.broadcast_tensors(&mut values)?;
-    for (var, value) in vars.iter().zip(&values) {
-        var.set(value)?;
-    }
-    Ok(())
-}
-
 /// Where a rank other than 0 keeps its logger's files (removed at the end): only rank 0
 /// writes into the run directory.
 fn follower_scratch(rank: usize) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("taper-rank{rank}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
-}
-
-/// The signal any rank received (SIGINT to mpirun reaches every rank, but not at the same
-/// instant): every rank stops after the same step.
-fn agreed_interrupt(world: &dyn Collective) -> Result<Option<i32>> {
-    let mine = crate::interrupt::requested();
-    if world.size() == 1 {
-        return Ok(mine);
-    }
-    let mut any = [mine.is_some() as u64];
-    world.sum_counts(&mut any)?;
-    Ok((any[0] > 0).then(|| mine.unwrap_or(libc::SIGINT)))
 }
 
 /// The evaluation (and sample) schedule: every `train.eval_every` (`train.sample_every`) steps
@@ -389,17 +363,17 @@ impl Validator {
         self.every > 0 && (step.is_multiple_of(self.every) || done)
     }
 
-    /// The evaluation when it is due: on every rank for a task that splits it, else on rank 0.
+    /// The evaluation when it is due: on every rank for a task that splits it, else on the writer.
     fn evaluate<T: Task>(
         &self,
         step: usize,
         done: bool,
         task: &T,
         params: &ParamStore,
-        world: &dyn Collective,
+        parallel: &dyn Parallel,
     ) -> Result<Option<Evaluation>> {
-        if self.is_due(step, done) && (task.splits_evaluation() || world.rank() == 0) {
-            return Ok(Some(task.evaluate(params, world)?));
+        if self.is_due(step, done) && (task.splits_evaluation() || parallel.is_writer()) {
+            return Ok(Some(task.evaluate(params, parallel.collective())?));
         }
         Ok(None)
     }

@@ -6,8 +6,8 @@ use candle_core::{Tensor, Var};
 use serde_json::Value;
 
 use super::diagnostics;
+use super::parallel::Parallel;
 use super::task::Task;
-use crate::distributed::Collective;
 use crate::kernels::Backend;
 use crate::model::Mode;
 use crate::optim::{clip_factor, AdamW, Gate};
@@ -27,13 +27,12 @@ pub struct StepOutput {
 }
 
 /// Runs the optimizer steps of a run over `vars` (aligned with the optimizer's parameters).
-/// With W ranks, `train.grad_accum` (G) counts the step's micro-batches over all of them: rank
-/// r computes micro-batches r G/W .. (r + 1) G/W - 1, so a W-rank run is the one-process run
-/// with the same G, up to the order of the sums.
+/// `train.grad_accum` counts the step's micro-batches over all ranks; `parallel` says which
+/// this rank computes and reduces the gradients.
 pub struct Stepper<'a> {
     vars: Vec<Var>,
     names: Vec<String>,
-    collective: &'a dyn Collective,
+    parallel: &'a dyn Parallel,
     seed: u64,
     /// This rank's micro-batches of each step.
     micro: std::ops::Range<usize>,
@@ -44,22 +43,13 @@ pub struct Stepper<'a> {
 }
 
 impl<'a> Stepper<'a> {
-    pub fn new(optimizer: &AdamW, collective: &'a dyn Collective, cfg: &crate::config::Config) -> Result<Self> {
-        let (global, ranks) = (cfg.train.grad_accum, collective.size());
-        if !global.is_multiple_of(ranks) {
-            anyhow::bail!(
-                "`train.grad_accum` = {global} micro-batches per step cannot be split over {ranks} ranks; \
-                 resume with a world size that divides it"
-            );
-        }
-        let local = global / ranks;
-        let first = collective.rank() * local;
+    pub fn new(optimizer: &AdamW, parallel: &'a dyn Parallel, cfg: &crate::config::Config) -> Result<Self> {
         Ok(Self {
             vars: optimizer.vars().cloned().collect(),
             names: optimizer.names().map(String::from).collect(),
-            collective,
+            parallel,
             seed: cfg.train.seed,
-            micro: first..first + local,
+            micro: parallel.micro_batches(cfg.train.grad_accum)?,
             grad_clip: cfg.optim.grad_clip.filter(|c| *c > 0.0),
             diagnostics_every: cfg.train.diagnostics_every,
             backend: optimizer.backend(),
@@ -73,7 +63,7 @@ impl<'a> Stepper<'a> {
         // gradients add up to the global batch's.
         let mut counts =
             [batches.iter().map(|b| task.targets(b) as u64).sum(), batches.iter().map(|b| task.tokens(b) as u64).sum()];
-        self.collective.sum_counts(&mut counts)?;
+        self.parallel.sum_counts(&mut counts)?;
         let [targets, tokens] = counts;
         let micro_losses = self.micro.clone().zip(&batches).map(|(micro, batch)| {
             let rng = Rng::derived(self.seed, &[DROPOUT_STREAM, step as u64, micro as u64]);
@@ -91,7 +81,7 @@ impl<'a> Stepper<'a> {
         });
         let loss_scale = optimizer.scaler.as_ref().map(|s| s.scale()).transpose()?;
         let (grads, loss) = accumulate_gradients(&self.vars, micro_losses, loss_scale.as_ref())?;
-        let (grads, loss) = self.sum_over_ranks(grads, loss)?;
+        let (grads, loss) = self.parallel.reduce_gradients(grads, loss, &self.vars)?;
         let diagnose = self.diagnostics_every > 0 && step.is_multiple_of(self.diagnostics_every);
         let before_update = match diagnose {
             true => Some((
@@ -126,23 +116,6 @@ impl<'a> Stepper<'a> {
                 Update { norm, multiplier, gate: None }
             }
         })
-    }
-
-    /// The gradients and the loss summed over the ranks (one collective call for both; a
-    /// parameter without a gradient here counts as zeros, since another rank may have one).
-    fn sum_over_ranks(&self, grads: Vec<Option<Tensor>>, loss: Tensor) -> Result<(Vec<Option<Tensor>>, Tensor)> {
-        if self.collective.size() == 1 {
-            return Ok((grads, loss));
-        }
-        let mut flat: Vec<Tensor> = grads
-            .into_iter()
-            .zip(&self.vars)
-            .map(|(g, var)| g.map_or_else(|| var.as_tensor().zeros_like(), Ok))
-            .collect::<candle_core::Result<_>>()?;
-        flat.push(loss);
-        self.collective.sum_tensors(&mut flat)?;
-        let loss = flat.pop().context("the loss went missing in the all-reduce")?;
-        Ok((flat.into_iter().map(Some).collect(), loss))
     }
 }
 
