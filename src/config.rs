@@ -15,8 +15,8 @@ pub use crate::model::config::{Architecture, InitScheme, ModelConfig, NormPlacem
 pub use crate::model::norm::NormKind;
 pub use crate::optim::config::{Decay, OptimConfig, ScheduleConfig};
 pub use crate::train::config::{
-    CheckpointConfig, DTypeName, EvalBatches, LossScale, Metric, PoolingName, TaskConfig, TaskKind,
-    TokenClassificationTask, TrainConfig,
+    higher, lower, CheckpointConfig, DTypeName, EvalBatches, LossScale, Metric, TaskConfig, TaskKind, TrainConfig,
+    VAL_LOSS,
 };
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -165,8 +165,9 @@ impl Config {
         self.validate_task()?;
         self.model.validate()?;
         self.train.validate()?;
-        if self.train.sample_every > 0 && !matches!(self.task.kind(), TaskKind::CausalLm | TaskKind::Seq2seq) {
-            bail!("`train.sample_every` shows generated text: causal-lm and seq2seq runs only; remove the key");
+        if self.train.sample_every > 0 && !self.task.kind().samples() {
+            let which: Vec<&str> = TaskKind::all().filter(|t| t.samples()).map(|t| t.name()).collect();
+            bail!("`train.sample_every` shows generated text: {} runs only; remove the key", which.join(" and "));
         }
         self.checkpoint.validate()?;
         self.data.validate()?;
@@ -186,20 +187,15 @@ impl Config {
     /// Which task goes with which architecture, and the task's own keys.
     fn validate_task(&self) -> Result<()> {
         let (m, task) = (&self.model, &self.task);
-        match (m.arch, task.kind()) {
-            (Architecture::DecoderOnly, TaskKind::CausalLm) => {}
-            (
-                Architecture::EncoderOnly,
-                TaskKind::SequenceClassification | TaskKind::TokenClassification | TaskKind::MaskedLm,
-            ) => {}
-            (Architecture::EncoderDecoder, TaskKind::Seq2seq) => {}
-            (arch, kind) => bail!(
-                "`task.kind = \"{}\"` does not go with `model.arch = \"{}\"`: causal-lm needs decoder-only; \
-                 sequence-classification, token-classification and masked-lm need encoder-only; seq2seq needs \
-                 encoder-decoder",
-                kebab(&kind),
-                kebab(&arch)
-            ),
+        let kind = task.kind();
+        if kind.arch() != m.arch {
+            let needs: Vec<String> =
+                TaskKind::all().map(|t| format!("{} needs {}", t.name(), kebab(&t.arch()))).collect();
+            bail!(
+                "`task.kind = \"{kind}\"` does not go with `model.arch = \"{}\"`: {}",
+                kebab(&m.arch),
+                needs.join("; ")
+            );
         }
         validate_encoder(m)?;
         if m.init_from.is_some() && (self.tokenizer.kind != TokenizerKind::Char || self.tokenizer.path.is_some()) {
@@ -213,28 +209,7 @@ impl Config {
         if m.n_decoder_layer == Some(0) {
             bail!("`model.n_decoder_layer` must be at least 1");
         }
-        match task {
-            TaskConfig::Seq2seq(task) => {
-                if !(0.0..1.0).contains(&task.label_smoothing) {
-                    bail!("`task.label_smoothing` must be in [0, 1), got {}", task.label_smoothing);
-                }
-                for (key, value) in [("task.max_len", task.max_len), ("task.max_target_len", task.max_target_len)] {
-                    if let Some(n) = value.filter(|&n| n < 2 || n > m.block_size) {
-                        bail!("`{key}` = {n} must be in [2, model.block_size = {}]", m.block_size);
-                    }
-                }
-            }
-            TaskConfig::MaskedLm(task) if !(0.0..1.0).contains(&task.mask_prob) || task.mask_prob == 0.0 => {
-                bail!("`task.mask_prob` must be in (0, 1), got {}", task.mask_prob);
-            }
-            TaskConfig::SequenceClassification(task) if task.max_len.is_some_and(|n| n < 3) => {
-                bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
-            }
-            TaskConfig::TokenClassification(task) if task.max_len.is_some_and(|n| n < 3) => {
-                bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
-            }
-            _ => {}
-        }
+        kind.validate(self)?;
         if task.kind().metric(&self.checkpoint.best_metric).is_none() {
             let valid: Vec<&str> = task.kind().metrics().iter().map(|m| m.name).collect();
             bail!(
@@ -248,13 +223,10 @@ impl Config {
     }
 }
 
-/// What an encoder-only model (a BERT, in Hugging Face's layout) and `init_from` allow.
+/// What an encoder-only model allows: one from scratch records its architecture as a BERT's
+/// config.json (the first encoder family, `hf::from_scratch`), which has these keys alone; a
+/// pretrained one's keys must agree with its checkpoint (`hf::adopt`).
 fn validate_encoder(m: &ModelConfig) -> Result<()> {
-    if m.arch == Architecture::EncoderOnly && m.positions != Positions::Learned && m.init_from.is_some() {
-        bail!(
-            "a pretrained BERT (`model.init_from`) has learned positions; remove `model.positions` or set it to \"learned\""
-        );
-    }
     if m.arch == Architecture::EncoderOnly
         && (m.norm_kind != NormKind::Layer || m.activation.gate().is_some() || m.n_kv_head() != m.n_head || m.qk_norm)
     {
@@ -275,7 +247,7 @@ fn validate_encoder(m: &ModelConfig) -> Result<()> {
         && matches!(m.norm, NormPlacement::Sandwich | NormPlacement::DeepNorm)
     {
         bail!(
-            "`model.norm = \"{}\"` does not fit a pretrained BERT (`model.init_from`): its weights were trained \
+            "`model.norm = \"{}\"` does not fit a pretrained encoder (`model.init_from`): its weights were trained \
              post-LN, without sandwich's extra norms or DeepNorm's scaled residual; use \"post\" (or \"pre\")",
             kebab(&m.norm)
         );

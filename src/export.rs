@@ -1,24 +1,21 @@
 //! `taper export --format hf`: a run's checkpoint as a Hugging Face model directory
-//! (config.json, model.safetensors, tokenizer.json; generation_config.json for a decoder) that
-//! transformers' Auto classes and candle-transformers load. A BERT-family run stores its
-//! parameters under Hugging Face's names (its models are built through `model::names::bert`),
-//! so the weights are written as they are; a decoder's go through its family's adapter
-//! (`model::names::decoder`: GPT2LMHeadModel or LlamaForCausalLM), a seq2seq run's through
-//! T5's (`model::names::t5`: T5ForConditionalGeneration).
+//! (config.json, model.safetensors, tokenizer.json; generation_config.json for a decoder or an
+//! encoder-decoder) that transformers' Auto classes and candle-transformers load. The run's
+//! family (`hf`) writes it: an encoder run's, named by its saved config.json, keeps its family's
+//! names and writes its weights as they are; a decoder's or an encoder-decoder's is the family
+//! its `[model]` fits, through that adapter's tensor names and layouts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 
-use candle_core::{Device, Tensor};
-
-use crate::config::{Config, NormPlacement, PoolingName, TaskKind};
+use crate::config::{Architecture, Config};
 use crate::data::TextTokenizer;
+use crate::hf::{self, Export, Family, Head, SpecialIds};
 use crate::model::lora::merge_adapters;
-use crate::model::names::decoder::{DecoderFamily, Specials};
-use crate::model::names::t5;
 use crate::run_dir::RunDir;
 use crate::train::causal_lm::decoder_vocab;
 
@@ -39,75 +36,64 @@ pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Re
     }
     let run = RunDir::new(run_dir);
     let config = run.load_config(&[])?;
-    match config.task.kind() {
-        TaskKind::SequenceClassification | TaskKind::TokenClassification | TaskKind::MaskedLm => {
-            export_encoder(&run, &config, which, out)
-        }
-        TaskKind::CausalLm => export_decoder(&run, &config, which, out),
-        TaskKind::Seq2seq => export_seq2seq(&run, &config, which, out),
+    let head =
+        config.task.kind().spec().head(&config).with_context(|| format!("{}: cannot export", run_dir.display()))?;
+    match config.model.arch {
+        Architecture::EncoderOnly => export_encoder(&run, &config, head, which, out),
+        Architecture::DecoderOnly => export_decoder(&run, &config, head, which, out),
+        Architecture::EncoderDecoder => export_seq2seq(&run, &config, head, which, out),
     }
 }
 
-/// A classification or masked-lm run as BertForSequenceClassification /
-/// BertForTokenClassification / BertForMaskedLM.
-fn export_encoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
-    let run_dir = run.path();
-    if config.model.norm != NormPlacement::Post {
-        bail!("{}: Hugging Face's BERT is post-LN; a pre-LN encoder has no equivalent there", run_dir.display());
+/// `family`'s class for `head`, or an error naming both.
+fn class(family: &dyn Family, head: Head, run: &RunDir) -> Result<()> {
+    match family.class(head) {
+        Some(_) => Ok(()),
+        None => bail!("{}: a {} has no {head:?} head in transformers", run.path().display(), family.model_type()),
     }
-    let bert = run.read_bert_config()?;
-    if let Some(p) = &bert.taper_positions {
+}
+
+/// An encoder run as its family's `...ForSequenceClassification` / `...ForTokenClassification`
+/// / `...ForMaskedLM`.
+fn export_encoder(run: &RunDir, config: &Config, head: Head, which: &str, out: &Path) -> Result<()> {
+    let run_dir = run.path();
+    let (saved, path) = run.read_encoder_config()?;
+    let family = hf::family_of(&saved, &path, Architecture::EncoderOnly)?;
+    let mismatches = family.mismatches(&config.model);
+    if !mismatches.is_empty() {
         bail!(
-            "{}: `model.positions = {}` has no place in Hugging Face's BERT (learned positions only); the run stays in \
-             taper's format",
+            "{}: cannot export: a {} in transformers has no equivalent of {}; the run stays in taper's format",
             run_dir.display(),
-            crate::model::names::decoder::show(&p.positions)
+            family.model_type(),
+            mismatches.join(", ")
         );
     }
-    let mut hf = serde_json::to_value(&bert)?;
-    let architecture = match config.task.kind() {
-        TaskKind::SequenceClassification => {
-            if config.task.classification()?.pooling != PoolingName::Cls {
-                bail!(
-                    "{}: mean pooling has no Hugging Face BertForSequenceClassification equivalent",
-                    run_dir.display()
-                );
-            }
-            add_labels(&mut hf, run)?;
-            "BertForSequenceClassification"
-        }
-        TaskKind::TokenClassification => {
-            add_labels(&mut hf, run)?;
-            "BertForTokenClassification"
-        }
-        TaskKind::MaskedLm => "BertForMaskedLM",
-        TaskKind::CausalLm | TaskKind::Seq2seq => bail!("{}: not an encoder run", run_dir.display()),
-    };
-    hf["architectures"] = json!([architecture]);
-    hf["model_type"] = json!("bert");
-    hf["torch_dtype"] = json!("float32");
+    class(family, head, run)?;
+    let checkpoint = family.read_config(&saved).with_context(|| format!("invalid {}", path.display()))?;
     let tokenizer = TextTokenizer::load(&run.tokenizer())?;
-    if let Some(pad) = tokenizer.inner().token_to_id("[PAD]") {
-        hf["pad_token_id"] = json!(pad);
-    }
-
-    let (tensors, _) = checkpoint_tensors(run_dir, which, config)?;
+    let pad = family.tokens().pad.iter().find_map(|t| tokenizer.inner().token_to_id(t));
+    let labels = match head {
+        Head::SequenceClassification | Head::TokenClassification => Some(run.read_labels()?.names),
+        _ => None,
+    };
+    let hf = family.config_json(&Export {
+        model: &config.model,
+        head: Some(head),
+        vocab_size: checkpoint.vocab_size,
+        type_vocab_size: checkpoint.type_vocab_size,
+        ids: SpecialIds { pad, ..Default::default() },
+        labels: labels.as_deref(),
+    })?;
+    let (tensors, weights) = checkpoint_tensors(run_dir, which, config)?;
+    let tensors = match family.keeps_names() {
+        true => tensors,
+        false => family
+            .to_hf(&tensors, &config.model)
+            .with_context(|| format!("{} as {}", weights.display(), family.model_type()))?,
+    };
     write_weights(&tensors, out)?;
-    crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
-    tokenizer.save(&out.join("tokenizer.json"))?;
-    Ok(())
-}
-
-/// The run's labels (or tags) as config.json's `id2label` and `label2id`.
-fn add_labels(hf: &mut Value, run: &RunDir) -> Result<()> {
-    let labels = run.read_labels()?;
-    let id2label: serde_json::Map<String, Value> =
-        labels.names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
-    let label2id: serde_json::Map<String, Value> =
-        labels.names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
-    hf["id2label"] = Value::Object(id2label);
-    hf["label2id"] = Value::Object(label2id);
-    Ok(())
+    write_json(&out.join("config.json"), &hf)?;
+    tokenizer.save(&out.join("tokenizer.json"))
 }
 
 /// The tensors of checkpoint `which` (and the file they came from), with a LoRA run's adapters
@@ -133,24 +119,42 @@ fn write_weights(tensors: &HashMap<String, Tensor>, out: &Path) -> Result<()> {
     std::fs::rename(&tmp, &file).with_context(|| format!("cannot write {}", file.display()))
 }
 
-/// A T5-shaped seq2seq run as T5ForConditionalGeneration; the tokenizer gains taper's three
-/// special tokens (`<pad>`, `<s>`, `</s>`) at the ids the model gives them.
-fn export_seq2seq(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    crate::fsutil::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+/// A decoder or encoder-decoder run's tensors as its `family`'s, and the family: the one its
+/// `[model]` fits.
+fn family_of_run(run: &RunDir, config: &Config, head: Head) -> Result<&'static dyn Family> {
+    hf::fitting(&config.model, head).with_context(|| format!("{}: cannot export", run.path().display()))
+}
+
+/// Writes the weights of checkpoint `which` as `family`'s.
+fn write_family_weights(family: &dyn Family, run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
+    let (tensors, weights) = checkpoint_tensors(run.path(), which, config)?;
+    let tensors = family
+        .to_hf(&tensors, &config.model)
+        .with_context(|| format!("{} as a {}", weights.display(), family.model_type()))?;
+    write_weights(&tensors, out)
+}
+
+/// A seq2seq run as its family's `...ForConditionalGeneration`; the tokenizer gains taper's
+/// three special tokens (pad, start, end, as the family spells them) at the ids the model
+/// gives them.
+fn export_seq2seq(run: &RunDir, config: &Config, head: Head, which: &str, out: &Path) -> Result<()> {
     let run_dir = run.path();
-    let mismatches = t5::mismatches(&config.model);
-    if !mismatches.is_empty() {
-        bail!(
-            "{}: cannot export: a seq2seq run exports as T5ForConditionalGeneration, and this one has {}",
-            run_dir.display(),
-            mismatches.join(", ")
-        );
-    }
+    let family = family_of_run(run, config, head)?;
     let vocab = crate::train::seq2seq::Vocabularies::load(run, &config.model)?;
     let specials = vocab.source_specials;
+    let tokens = family.tokens();
+    let names = [tokens.pad.first(), tokens.bos.first(), tokens.eos.first()];
+    let [Some(pad), Some(bos), Some(eos)] = names.map(|n| n.copied()) else {
+        bail!("{}: a {} tokenizer names no pad, start and end tokens", run_dir.display(), family.model_type());
+    };
     // The specials the tokenizer lacks, added as special tokens at the ids the model uses.
     let mut inner = vocab.source.inner().clone();
-    let wanted = [("<pad>", specials.pad), ("<s>", specials.bos), ("</s>", specials.eos)];
-    let wanted: Vec<(&str, u32)> = wanted.into_iter().filter(|&(n, id)| n != "<s>" || id != specials.pad).collect();
+    let wanted = [(pad, specials.pad), (bos, specials.bos), (eos, specials.eos)];
+    let wanted: Vec<(&str, u32)> = wanted.into_iter().filter(|&(n, id)| n != bos || id != specials.pad).collect();
     for (name, _) in &wanted {
         if vocab.source.special_token_id(name).is_none() {
             inner.add_special_tokens(&[tokenizers::AddedToken::from(*name, true)]);
@@ -162,20 +166,23 @@ fn export_seq2seq(run: &RunDir, config: &Config, which: &str, out: &Path) -> Res
             run_dir.display()
         );
     }
-    let (tensors, weights) = checkpoint_tensors(run_dir, which, config)?;
-    let tensors = t5::to_hf(&tensors, &config.model).with_context(|| format!("{} as T5", weights.display()))?;
-    write_weights(&tensors, out)?;
-    let t5_specials = t5::T5Specials { pad: specials.pad, eos: specials.eos, decoder_start: specials.bos };
-    let hf = t5::config_json(&config.model, vocab.source_size(), t5_specials);
-    crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
+    write_family_weights(family, run, config, which, out)?;
+    let ids =
+        SpecialIds { bos: None, eos: Some(specials.eos), pad: Some(specials.pad), decoder_start: Some(specials.bos) };
+    let export = Export {
+        model: &config.model,
+        head: Some(head),
+        vocab_size: vocab.source_size(),
+        type_vocab_size: 0,
+        ids,
+        labels: None,
+    };
+    write_json(&out.join("config.json"), &family.config_json(&export)?)?;
     let generation = json!({
         "decoder_start_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad,
         "_from_model_config": true
     });
-    crate::fsutil::write_atomic(
-        &out.join("generation_config.json"),
-        serde_json::to_string_pretty(&generation)?.as_bytes(),
-    )?;
+    write_json(&out.join("generation_config.json"), &generation)?;
     let json = inner.to_string(true).map_err(anyhow::Error::msg)?;
     crate::fsutil::write_atomic(&out.join("tokenizer.json"), json.as_bytes())
 }
@@ -185,27 +192,22 @@ fn first_id(tokenizer: &TextTokenizer, tokens: &[&str]) -> Option<u32> {
     tokens.iter().find_map(|t| tokenizer.inner().token_to_id(t))
 }
 
-/// A causal-lm run as GPT2LMHeadModel or LlamaForCausalLM, whichever family its [model] is.
-fn export_decoder(run: &RunDir, config: &Config, which: &str, out: &Path) -> Result<()> {
-    let run_dir = run.path();
-    let family =
-        DecoderFamily::fitting(&config.model).with_context(|| format!("{}: cannot export", run_dir.display()))?;
+/// A causal-lm run as the `...ForCausalLM` of the family its `[model]` fits.
+fn export_decoder(run: &RunDir, config: &Config, head: Head, which: &str, out: &Path) -> Result<()> {
+    let family = family_of_run(run, config, head)?;
     let tokenizer = TextTokenizer::load(&run.tokenizer())?;
     let vocab = decoder_vocab(&config.model, &tokenizer)?;
-    let specials = Specials {
-        bos: first_id(&tokenizer, &["<|endoftext|>", "<s>", "[BOS]"]),
-        eos: first_id(&tokenizer, &["<|endoftext|>", "</s>", "[EOS]"]),
+    let tokens = family.tokens();
+    let ids = SpecialIds {
+        bos: first_id(&tokenizer, tokens.bos),
+        eos: first_id(&tokenizer, tokens.eos),
+        ..Default::default()
     };
-    let (tensors, weights) = checkpoint_tensors(run_dir, which, config)?;
-    let tensors =
-        family.to_hf(&tensors).with_context(|| format!("{} as {}", weights.display(), family.architecture()))?;
-    write_weights(&tensors, out)?;
-    let hf = family.config_json(&config.model, vocab, &specials);
-    crate::fsutil::write_atomic(&out.join("config.json"), serde_json::to_string_pretty(&hf)?.as_bytes())?;
-    let generation = json!({ "bos_token_id": specials.bos, "eos_token_id": specials.eos, "_from_model_config": true });
-    crate::fsutil::write_atomic(
-        &out.join("generation_config.json"),
-        serde_json::to_string_pretty(&generation)?.as_bytes(),
-    )?;
+    write_family_weights(family, run, config, which, out)?;
+    let export =
+        Export { model: &config.model, head: Some(head), vocab_size: vocab, type_vocab_size: 0, ids, labels: None };
+    write_json(&out.join("config.json"), &family.config_json(&export)?)?;
+    let generation = json!({ "bos_token_id": ids.bos, "eos_token_id": ids.eos, "_from_model_config": true });
+    write_json(&out.join("generation_config.json"), &generation)?;
     tokenizer.save(&out.join("tokenizer.json"))
 }

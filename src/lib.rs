@@ -17,6 +17,7 @@ pub mod entity_metrics;
 pub mod export;
 pub mod fsutil;
 pub mod generate;
+pub mod hf;
 pub mod host;
 pub mod inspect;
 pub mod interrupt;

@@ -1,22 +1,21 @@
-//! Pretrained Hugging Face checkpoints: a directory with `config.json`, `model.safetensors` and
-//! `tokenizer.json`, loaded into taper's modules by the checkpoint's own tensor names.
+//! Pretrained Hugging Face checkpoints: a directory (or a Hub id) with `config.json`,
+//! `model.safetensors` and `tokenizer.json`, read through its family's adapter (`hf`): the
+//! architecture into the run's `[model]`, the weights into taper's modules.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
+use serde_json::Value;
 
 use crate::checkpoint::{load_matching, load_tensors, LoadReport};
-use crate::config::{Kernels, ModelConfig, NormPlacement};
+use crate::config::{Architecture, Kernels, ModelConfig, NormPlacement};
 use crate::data::TextTokenizer;
-use crate::model::bert::{BertConfig, BertEncoder};
+pub use crate::hf::MODEL_FILES;
+use crate::hf::{self, Checkpoint, Family, SpecialIds, Tensors};
+use crate::model::encoder::{Encoder, EncoderVocab, HEADS};
 use crate::model::lora::is_adapter;
-use crate::model::names::decoder::{DecoderFamily, DecoderShape};
-use crate::model::names::t5;
 use crate::model::ParamStore;
-
-/// The files a pretrained model directory must hold.
-pub const MODEL_FILES: [&str; 3] = ["config.json", "model.safetensors", "tokenizer.json"];
 
 fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
@@ -71,243 +70,162 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A BERT encoder with trainable parameters initialised from `dir`.
-pub struct PretrainedBert {
-    pub config: BertConfig,
-    pub encoder: BertEncoder,
+/// A pretrained model to start a run from: its directory, family, config.json, the
+/// architecture it describes, and its tokenizer.
+pub struct Pretrained {
+    pub dir: PathBuf,
+    pub family: &'static dyn Family,
+    pub config: Value,
+    pub checkpoint: Checkpoint,
+    pub tokenizer: TextTokenizer,
+}
+
+impl Pretrained {
+    /// Finds `spec` (a directory or a Hub id), reads its config.json (a family of
+    /// `model.arch`) and tokenizer.json, and makes `model` its architecture (keys given must
+    /// agree; `hf::adopt`).
+    pub fn open(spec: &str, model: &mut ModelConfig) -> Result<Self> {
+        let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
+        let (family, config, checkpoint) = read_architecture(&dir, model)?;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
+            .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
+        Ok(Self { dir, family, config, checkpoint, tokenizer })
+    }
+
+    /// The special ids its config.json names.
+    pub fn ids(&self) -> SpecialIds {
+        self.family.special_ids(&self.config)
+    }
+
+    /// The rows of an encoder's embeddings.
+    pub fn encoder_vocab(&self) -> EncoderVocab {
+        self.checkpoint.encoder_vocab()
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+
+    /// Copies the checkpoint's weights into `params`, a model built with taper's names from the
+    /// adopted `model` (a decoder, an encoder-decoder): every parameter must be there with its
+    /// shape (an error names the tensor by the checkpoint's name and taper's, and both shapes),
+    /// every tensor used or set apart by the adapter; LoRA adapters start fresh. Returns the
+    /// start-up line that says what was loaded.
+    pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
+        let (file, config_path) = (self.file(), self.dir.join("config.json"));
+        let tensors = load_tensors(&file, device)?;
+        let (tensors, unused) = self.family.to_taper(tensors, model, &self.config)?;
+        for (name, var) in params.named_vars() {
+            match tensors.get(&name) {
+                Some(t) if t.dims() != var.dims() => bail!(
+                    "{}: tensor `{}` (taper's `{name}`) holds {:?} in taper's layout, but {} describes {:?}",
+                    file.display(),
+                    self.family.checkpoint_name(&name, model),
+                    t.dims(),
+                    config_path.display(),
+                    var.dims()
+                ),
+                _ => {}
+            }
+        }
+        // LoRA adapters start fresh (B at zero: the model starts as the checkpoint).
+        load_matching(params, tensors, &file, &|n| is_adapter(n), &|_| false)?;
+        let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
+        Ok(format!("loaded {} ({}){unused}", self.dir.display(), self.family.model_type()))
+    }
+
+    /// Copies the checkpoint's weights into `params`, a task model built through the family's
+    /// names from the adopted `model` (an encoder's: `Family::keeps_names`). A bare encoder's
+    /// file (`BertModel`, without the task models' prefix) loads too. Parameters under the
+    /// task's `heads` (taper's names), the final norm of a pre-LN rebuild and LoRA adapters may
+    /// start fresh; the file's tensors of other heads, and those the family sets aside, are
+    /// skipped; anything else missing or left over is an error naming it.
+    pub fn load_task_model(
+        &self,
+        params: &ParamStore,
+        model: &ModelConfig,
+        device: &Device,
+        heads: &[&str],
+    ) -> Result<LoadReport> {
+        let table = self.family.names(model);
+        let file = self.file();
+        let tensors = task_model_names(self.family, load_tensors(&file, device)?, &table);
+        let under = |name: &str, prefixes: &[&str]| {
+            let taper = table.to_taper(name);
+            prefixes.iter().any(|p| taper == *p || taper.starts_with(&format!("{p}.")))
+        };
+        let fresh = |n: &str| is_adapter(n) || under(n, heads) || under(n, &["encoder.ln_f"]);
+        let ignore = |n: &str| self.family.ignorable(n) || under(n, &HEADS);
+        let mut report = load_matching(params, tensors, &file, &fresh, &ignore)?;
+        report.fresh.retain(|n| !is_adapter(n));
+        Ok(report)
+    }
+}
+
+/// The family of `dir`'s config.json and the architecture it describes, made `model`'s.
+fn read_architecture(dir: &Path, model: &mut ModelConfig) -> Result<(&'static dyn Family, Value, Checkpoint)> {
+    let (config, path) = hf::read_config_json(dir)?;
+    let family = hf::family_of(&config, &path, model.arch)?;
+    let checkpoint = family
+        .read_config(&config)
+        .with_context(|| format!("{} does not describe a model taper can build", path.display()))?;
+    hf::adopt(model, &checkpoint, &path)?;
+    Ok((family, config, checkpoint))
+}
+
+/// A bare encoder's file (no tensor under the family's encoder prefix) with its encoder's
+/// tensors put under it, as a task model names them; a task model's file as it is.
+fn task_model_names(family: &dyn Family, tensors: Tensors, table: &hf::NameTable) -> Tensors {
+    let Some(prefix) = family.encoder_prefix() else { return tensors };
+    let prefixed = format!("{prefix}.");
+    if tensors.keys().any(|k| k.starts_with(&prefixed)) {
+        return tensors;
+    }
+    let own = |k: &str| table.taper_name(k).is_some() || family.ignorable(k);
+    tensors.into_iter().map(|(k, v)| if own(&k) { (k, v) } else { (format!("{prefixed}{k}"), v) }).collect()
+}
+
+/// A bare encoder with trainable parameters initialised from a pretrained directory.
+pub struct PretrainedEncoder {
+    pub model: ModelConfig,
+    pub encoder: Encoder,
     pub params: ParamStore,
     pub report: LoadReport,
 }
 
-/// Loads the BERT encoder in `dir`. Tensors under `pooler.` (and the `position_ids` buffer) are
-/// not part of the bare encoder and are ignored; with `norm = Pre` the final LayerNorm, which
-/// no post-LN checkpoint has, starts fresh. Any other missing or extra tensor is an error that
-/// names it. Checkpoints saved from a task model (`bert.` prefix) load too.
-pub fn load_bert(
+/// Loads the bare encoder of `dir` (`BertModel`: hidden states), rebuilt with `norm`, its
+/// parameters under the bare file's names. Tensors of the heads (`pooler.`) and buffers are
+/// skipped; with `norm = Pre` the final LayerNorm, which no post-LN checkpoint has, starts
+/// fresh. Any other missing or extra tensor is an error that names it. A task model's file
+/// (`bert.` prefix) loads too.
+pub fn load_encoder(
     dir: &Path,
     norm: NormPlacement,
     kernels: Kernels,
     device: &Device,
     seed: u64,
-) -> Result<PretrainedBert> {
-    let config = BertConfig::from_dir(dir)?;
+) -> Result<PretrainedEncoder> {
+    let mut model = ModelConfig { arch: Architecture::EncoderOnly, norm, kernels, ..ModelConfig::defaults() };
+    let (family, _, checkpoint) = read_architecture(dir, &mut model)?;
+    let prefix = family.encoder_prefix().context("not an encoder family")?;
+    let bare = family.names(&model).under("encoder", prefix);
     let params = ParamStore::new();
-    let encoder = BertEncoder::bare(&config, norm, kernels, DType::F32, params.var_builder(seed, device))
+    let vb = bare.renamed(params.var_builder(seed, device));
+    let encoder = Encoder::new(&model, checkpoint.encoder_vocab(), DType::F32, vb)
         .with_context(|| format!("cannot build the encoder described by {}/config.json", dir.display()))?;
     let file = dir.join("model.safetensors");
+    let prefixed = format!("{prefix}.");
     let mut tensors = load_tensors(&file, device)?;
-    if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with("bert.")) {
-        tensors = tensors.into_iter().map(|(k, v)| (k["bert.".len()..].to_string(), v)).collect();
+    if !tensors.is_empty() && tensors.keys().all(|k| k.starts_with(&prefixed)) {
+        tensors = tensors.into_iter().map(|(k, v)| (k[prefixed.len()..].to_string(), v)).collect();
     }
-    let report =
-        load_matching(&params, tensors, &file, &|name| name.starts_with("encoder.final_layer_norm."), &|name| {
-            name == "embeddings.position_ids" || name.starts_with("pooler.")
-        })?;
-    Ok(PretrainedBert { config, encoder, params, report })
-}
-
-/// Loads the pretrained tensors of `dir` into a task model whose encoder lives under `bert.`
-/// (Hugging Face's task-model names). A bare `BertModel` file (no `bert.` prefix, as
-/// all-MiniLM-L6-v2) is mapped by adding the prefix. Parameters `may_start_fresh` allows
-/// (the task's head) and LoRA adapters keep their initialisation (adapters are not reported);
-/// tensors `may_ignore` allows (another task's head, buffers) are skipped; anything else
-/// missing or left over is an error naming it.
-pub fn load_task_weights(
-    params: &ParamStore,
-    dir: &Path,
-    device: &Device,
-    may_start_fresh: &dyn Fn(&str) -> bool,
-    may_ignore: &dyn Fn(&str) -> bool,
-) -> Result<LoadReport> {
-    let file = dir.join("model.safetensors");
-    let mut tensors = load_tensors(&file, device)?;
-    let is_head = |k: &str| k.starts_with("cls.") || k.starts_with("classifier.");
-    if !tensors.keys().any(|k| k.starts_with("bert.")) {
-        tensors =
-            tensors.into_iter().map(|(k, v)| if is_head(&k) { (k, v) } else { (format!("bert.{k}"), v) }).collect();
-    }
-    let fresh = |n: &str| is_adapter(n) || may_start_fresh(n);
-    let mut report = load_matching(params, tensors, &file, &fresh, may_ignore)?;
-    report.fresh.retain(|n| !is_adapter(n));
-    Ok(report)
-}
-
-/// Makes `model`'s shape keys agree with a pretrained `bert` config (read from the file
-/// `source`): keys left out are filled in, keys given must match (an error names both values).
-pub fn adopt_shape(model: &mut ModelConfig, bert: &BertConfig, source: &Path) -> Result<()> {
-    let pairs = [
-        ("n_layer", &mut model.n_layer, bert.num_hidden_layers, "num_hidden_layers"),
-        ("n_head", &mut model.n_head, bert.num_attention_heads, "num_attention_heads"),
-        ("d_model", &mut model.d_model, bert.hidden_size, "hidden_size"),
-        ("block_size", &mut model.block_size, bert.max_position_embeddings, "max_position_embeddings"),
-    ];
-    for (key, ours, theirs, their_key) in pairs {
-        if *ours != 0 && *ours != theirs {
-            bail!(
-                "`model.{key}` = {ours} disagrees with {}'s {their_key} = {theirs}; remove the key \
-                 (`model.init_from` sets the architecture)",
-                source.display()
-            );
-        }
-        *ours = theirs;
-    }
-    if model.d_ff.is_some_and(|d| d != bert.intermediate_size) {
-        bail!(
-            "`model.d_ff` disagrees with {}'s intermediate_size = {}; remove the key",
-            source.display(),
-            bert.intermediate_size
-        );
-    }
-    model.d_ff = Some(bert.intermediate_size);
-    model.activation = bert.activation()?;
-    model.layer_norm_eps = bert.layer_norm_eps;
-    model.init_std = bert.initializer_range;
-    Ok(())
-}
-
-/// A pretrained decoder (GPT-2, Llama) to start a causal-lm run from.
-pub struct PretrainedDecoder {
-    pub dir: PathBuf,
-    pub family: DecoderFamily,
-    pub shape: DecoderShape,
-    pub tokenizer: TextTokenizer,
-}
-
-/// `dir/config.json`, parsed, and its `model_type`.
-fn read_config_json(dir: &Path) -> Result<(serde_json::Value, String)> {
-    let path = dir.join("config.json");
-    if !path.is_file() {
-        bail!("{} has no config.json: a Hugging Face model directory holds {}", dir.display(), MODEL_FILES.join(", "));
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let config: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let model_type = config.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    Ok((config, model_type))
-}
-
-/// Where a checkpoint of `model_type` does load, for an error message.
-fn loads_into(model_type: &str) -> &'static str {
-    match model_type {
-        "bert" => "; a BERT loads into an encoder-only run (`model.arch = \"encoder-only\"`)",
-        "t5" => "; a T5 loads into an encoder-decoder run (`model.arch = \"encoder-decoder\"`)",
-        "gpt2" | "llama" => "; a GPT-2 or Llama loads into a decoder-only run",
-        _ => "",
-    }
-}
-
-/// The family and shape `dir/config.json` describes.
-pub fn read_decoder_config(dir: &Path) -> Result<(DecoderFamily, DecoderShape)> {
-    let (config, model_type) = read_config_json(dir)?;
-    let path = dir.join("config.json");
-    let Some(family) = DecoderFamily::of_model_type(&model_type) else {
-        bail!(
-            "{}: model_type `{model_type}` is not a decoder taper loads (gpt2, llama){}",
-            path.display(),
-            loads_into(&model_type)
-        );
+    let task_names = family.names(&model);
+    let of_head = |n: &str| {
+        let taper = task_names.to_taper(&format!("{prefixed}{n}"));
+        HEADS.iter().any(|h| taper.starts_with(&format!("{h}.")))
     };
-    Ok((family, family.shape(config, &path)?))
-}
-
-/// Copies a checkpoint's tensors of `dir`, already under taper's names (`converted`: them and
-/// the names left unused), into `params`; every parameter must be there with its shape (an error
-/// names the tensor by the checkpoint's name, `hf_name`, and taper's, and both shapes), every
-/// tensor used. Returns the start-up line that says what was loaded.
-fn load_converted(
-    params: &ParamStore,
-    dir: &Path,
-    (tensors, unused): (std::collections::HashMap<String, candle_core::Tensor>, Vec<String>),
-    architecture: &str,
-    hf_name: &dyn Fn(&str) -> String,
-) -> Result<String> {
-    let (file, config) = (dir.join("model.safetensors"), dir.join("config.json"));
-    for (name, var) in params.named_vars() {
-        match tensors.get(&name) {
-            Some(t) if t.dims() != var.dims() => bail!(
-                "{}: tensor `{}` (taper's `{name}`) holds {:?} in taper's layout, but {} describes {:?}",
-                file.display(),
-                hf_name(&name),
-                t.dims(),
-                config.display(),
-                var.dims()
-            ),
-            _ => {}
-        }
-    }
-    // LoRA adapters start fresh (B at zero: the model starts as the checkpoint).
-    load_matching(params, tensors, &file, &|n| is_adapter(n), &|_| false)?;
-    let unused = if unused.is_empty() { String::new() } else { format!("; unused: {}", unused.join(", ")) };
-    Ok(format!("loaded {} ({architecture}){unused}", dir.display()))
-}
-
-impl PretrainedDecoder {
-    /// Finds `spec` (a directory or a Hub id), reads its config.json and tokenizer.json, and
-    /// fills `model`'s architecture from it (keys given must agree).
-    pub fn open(spec: &str, model: &mut ModelConfig) -> Result<Self> {
-        let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
-        let (family, shape) = read_decoder_config(&dir)?;
-        shape.adopt(model, &dir.join("config.json"))?;
-        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
-            .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
-        Ok(Self { dir, family, shape, tokenizer })
-    }
-
-    /// Copies the checkpoint's weights into `params` (a decoder built from the adopted
-    /// config); every parameter must be there, every tensor used or a known buffer. Returns
-    /// the start-up line that says what was loaded.
-    pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
-        let tensors = load_tensors(&self.dir.join("model.safetensors"), device)?;
-        let converted = self.family.to_taper(tensors, model.block_size, model.tie_embeddings)?;
-        load_converted(params, &self.dir, converted, self.family.architecture(), &|n| self.family.checkpoint_name(n))
-    }
-}
-
-/// A pretrained T5 to start a seq2seq run from.
-pub struct PretrainedT5 {
-    pub dir: PathBuf,
-    pub tokenizer: TextTokenizer,
-    /// config.json's pad, end and decoder-start ids.
-    pub specials: t5::T5Specials,
-    /// Its decoder output is scaled before the head (T5 v1.0).
-    pub scaled_head: bool,
-}
-
-impl PretrainedT5 {
-    /// Finds `spec`, reads its config.json (model_type t5) and tokenizer.json, and makes
-    /// `model` its architecture (keys given must agree; `block_size` defaults to 512).
-    pub fn open(spec: &str, model: &mut ModelConfig) -> Result<Self> {
-        let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
-        let (config, model_type) = read_config_json(&dir)?;
-        let path = dir.join("config.json");
-        if model_type != "t5" {
-            bail!(
-                "{}: model_type `{model_type}` is not an encoder-decoder taper loads (t5){}",
-                path.display(),
-                loads_into(&model_type)
-            );
-        }
-        let id = |key: &str| config.get(key).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let (pad, eos) = (id("pad_token_id").unwrap_or(0), id("eos_token_id").unwrap_or(1));
-        let specials = t5::T5Specials { pad, eos, decoder_start: id("decoder_start_token_id").unwrap_or(pad) };
-        let block_size = if model.block_size == 0 { 512 } else { model.block_size };
-        let theirs = t5::model_config(config, block_size)
-            .with_context(|| format!("{} does not describe a model taper can build", path.display()))?;
-        let architecture = ModelConfig { vocab_size: Some(theirs.vocab_size), ..theirs.model };
-        model.adopt(&architecture, &path)?;
-        model.block_size = block_size;
-        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
-            .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
-        Ok(Self { dir, tokenizer, specials, scaled_head: theirs.scaled_head })
-    }
-
-    /// Copies the checkpoint's weights into `params` (an encoder-decoder built from the adopted
-    /// config); every parameter must be there, every tensor used or a tied copy. Returns the
-    /// start-up line that says what was loaded.
-    pub fn load_into(&self, params: &ParamStore, model: &ModelConfig, device: &Device) -> Result<String> {
-        let tensors = load_tensors(&self.dir.join("model.safetensors"), device)?;
-        let converted = t5::to_taper(tensors, model, self.scaled_head)?;
-        let gated = model.activation.gate().is_some();
-        load_converted(params, &self.dir, converted, "T5ForConditionalGeneration", &|n| t5::checkpoint_name(n, gated))
-    }
+    let report = load_matching(&params, tensors, &file, &|n| bare.to_taper(n).starts_with("ln_f."), &|n| {
+        family.ignorable(n) || of_head(n)
+    })?;
+    Ok(PretrainedEncoder { model, encoder, params, report })
 }

@@ -8,7 +8,6 @@ use candle_nn::VarBuilder;
 
 use crate::config::{Config, TaskKind};
 use crate::data::labelled::LabelSet;
-use crate::model::bert::BertConfig;
 
 pub struct RunDir {
     path: PathBuf,
@@ -90,8 +89,9 @@ impl RunDir {
         let value: serde_json::Value = serde_json::from_str(&text).ok()?;
         value.get("status")?.as_str().map(String::from)
     }
-    /// An encoder run's architecture, as a Hugging Face BERT config.json.
-    pub fn bert_config(&self) -> PathBuf {
+    /// An encoder run's architecture, as its family's Hugging Face config.json (named from the
+    /// days when every encoder was a BERT).
+    pub fn encoder_config(&self) -> PathBuf {
         self.path.join("bert_config.json")
     }
     /// A classifier's labels, in output order.
@@ -99,11 +99,11 @@ impl RunDir {
         self.path.join("labels.json")
     }
 
-    /// An encoder run's BERT config.json, read.
-    pub fn read_bert_config(&self) -> Result<BertConfig> {
-        let path = self.bert_config();
+    /// An encoder run's config.json, read, and where it was read from.
+    pub fn read_encoder_config(&self) -> Result<(serde_json::Value, PathBuf)> {
+        let path = self.encoder_config();
         let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))
+        Ok((serde_json::from_str(&text).with_context(|| format!("invalid {}", path.display()))?, path))
     }
 
     /// A classifier's labels.json, read.

@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use taper::config::{Kernels, NormPlacement};
 use taper::model::Mode;
-use taper::pretrained::load_bert;
+use taper::pretrained::load_encoder as load_bert;
 
 fn minilm() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");

@@ -2,20 +2,20 @@
 //! set (with padding), for both poolings; and the head loads from a BERT checkpoint with only
 //! the classifier starting fresh.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
-use taper::config::{Kernels, NormPlacement, OptimConfig};
-use taper::model::bert::{BertConfig, Pooling, SequenceClassifier};
+use taper::config::{Kernels, ModelConfig, NormPlacement, OptimConfig};
+use taper::model::encoder::{EncoderVocab, Pooling, SequenceClassifier};
 use taper::model::{Mode, ParamStore};
 use taper::optim::AdamW;
 use taper::rng::Rng;
 
-fn tiny_config() -> BertConfig {
-    serde_json::from_str(
-        r#"{"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+fn tiny_config(kernels: Kernels) -> (ModelConfig, EncoderVocab) {
+    let json = r#"{"vocab_size": 40, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
             "intermediate_size": 64, "hidden_act": "gelu", "max_position_embeddings": 16,
-            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}"#,
-    )
-    .unwrap()
+            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}"#;
+    common::bert_model(json, NormPlacement::Post, kernels)
 }
 
 /// `n` sequences of 3-10 tokens after [CLS] = 1, padded with 0: label 0 draws its tokens from
@@ -48,7 +48,8 @@ fn batch(rng: &mut Rng, n: usize) -> (Tensor, Tensor, Tensor) {
 fn fine_tune(pooling: Pooling, kernels: Kernels, steps: u64) -> (SequenceClassifier, Vec<f32>) {
     let params = ParamStore::new();
     let vb = params.var_builder(3, &Device::Cpu);
-    let model = SequenceClassifier::new(&tiny_config(), 2, pooling, NormPlacement::Post, kernels, vb).unwrap();
+    let (cfg, vocab) = tiny_config(kernels);
+    let model = SequenceClassifier::new(&cfg, vocab, 2, pooling, common::bert_names(&cfg, vb)).unwrap();
     let optim = OptimConfig { lr: 3e-3, ..Default::default() };
     let mut opt = AdamW::new(params.named_vars(), &optim, &model.encoder.embedding_tables()).unwrap();
     let vars: Vec<_> = params.named_vars().into_iter().map(|(_, v)| v).collect();
@@ -97,22 +98,13 @@ fn fused_and_composed_encoders_train_alike_with_padding() {
 fn the_head_loads_from_a_bert_checkpoint_with_a_fresh_classifier() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/models/all-MiniLM-L6-v2");
     assert!(dir.join("model.safetensors").is_file(), "run scripts/fetch-minilm.sh (scripts/test.sh does)");
-    let cfg = BertConfig::from_dir(&dir).unwrap();
+    let arch = taper::config::Architecture::EncoderOnly;
+    let mut cfg = ModelConfig { arch, norm: NormPlacement::Post, ..ModelConfig::defaults() };
+    let pretrained = taper::pretrained::Pretrained::open(dir.to_str().unwrap(), &mut cfg).unwrap();
     let params = ParamStore::new();
-    let model = SequenceClassifier::new(
-        &cfg,
-        3,
-        Pooling::Cls,
-        NormPlacement::Post,
-        Kernels::Fused,
-        params.var_builder(0, &Device::Cpu),
-    )
-    .unwrap();
-    let report =
-        taper::pretrained::load_task_weights(&params, &dir, &Device::Cpu, &|n| n.starts_with("classifier."), &|n| {
-            n.ends_with("position_ids")
-        })
-        .unwrap();
+    let vb = common::bert_names(&cfg, params.var_builder(0, &Device::Cpu));
+    let model = SequenceClassifier::new(&cfg, pretrained.encoder_vocab(), 3, Pooling::Cls, vb).unwrap();
+    let report = pretrained.load_task_model(&params, &cfg, &Device::Cpu, &["classifier"]).unwrap();
     assert_eq!(report.fresh, vec!["classifier.bias", "classifier.weight"]);
     let ids = Tensor::new(&[[101u32, 7592, 102]], &Device::Cpu).unwrap();
     let logits = model.forward(&ids, None, None, &mut Mode::eval()).unwrap();

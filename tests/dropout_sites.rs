@@ -47,7 +47,7 @@ fn each_site_drops_only_where_it_says() {
 fn bert_configs_carry_the_sites_and_bad_values_are_refused() {
     let dir = std::path::Path::new("/tmp");
     let cfg = common::tiny_config(dir, &dir.join("c.txt"), "model.dropout=0.1 model.attn_dropout=0.2").model;
-    let bert = taper::model::bert::BertConfig::from_model_config(&cfg, 30);
+    let bert = taper::hf::bert::BertConfig::from_model_config(&cfg, 30);
     assert_eq!((bert.hidden_dropout_prob, bert.attention_probs_dropout_prob), (0.1, 0.2));
     let err = taper::config::Config::from_toml_str(
         "[model]\nn_layer = 1\nn_head = 2\nd_model = 16\nblock_size = 8\nresid_dropout = 1.5\n[data]\npath = \"c.txt\"\n\

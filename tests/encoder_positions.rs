@@ -10,13 +10,14 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use taper::config::{Kernels, NormPlacement};
-use taper::model::bert::{BertConfig, BertEncoder};
+use taper::hf::bert::BertConfig;
+use taper::model::encoder::{Encoder, EncoderVocab};
 use taper::model::{Mode, ParamStore};
 use taper::train::{train, TrainOptions};
 
 const POSITIONS: [&str; 5] = ["rope", "alibi", "t5", "shaw", "none"];
 
-fn encoder(positions: &str, kernels: Kernels) -> BertEncoder {
+fn encoder(positions: &str, kernels: Kernels) -> Encoder {
     let dir = Path::new("/tmp");
     let extra = format!(
         "model.arch=encoder-only model.norm=post model.positions={positions} task.kind=masked-lm model.init_std=0.3"
@@ -24,8 +25,9 @@ fn encoder(positions: &str, kernels: Kernels) -> BertEncoder {
     let cfg = common::tiny_config(dir, &dir.join("c.txt"), &extra).model;
     let bert = BertConfig::from_model_config(&cfg, 30);
     assert!(bert.taper_positions.is_some());
-    BertEncoder::new(&bert, NormPlacement::Post, kernels, DType::F32, ParamStore::new().var_builder(3, &Device::Cpu))
-        .unwrap()
+    let cfg = taper::config::ModelConfig { norm: NormPlacement::Post, kernels, ..cfg };
+    let vocab = EncoderVocab { tokens: 30, token_types: bert.type_vocab_size };
+    Encoder::new(&cfg, vocab, DType::F32, ParamStore::new().var_builder(3, &Device::Cpu)).unwrap()
 }
 
 fn ids(rows: &[&[u32]]) -> Tensor {

@@ -157,10 +157,10 @@ fn the_bert_base_preset_has_bert_base_parameters() {
     // Hugging Face's BertForMaskedLM(BertConfig()) has 109,514,298 parameters.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/bert-base.toml");
     let cfg = Config::load(&path, &[]).unwrap();
-    let bert = taper::model::bert::BertConfig::from_model_config(&cfg.model, 30522);
+    let vocab = taper::model::encoder::EncoderVocab { tokens: 30522, token_types: 2 };
     let params = taper::model::ParamStore::new();
     let vb = params.var_builder(0, &candle_core::Device::Cpu);
-    taper::model::bert::MaskedLm::new(&bert, cfg.model.norm, cfg.model.kernels, vb).unwrap();
+    taper::model::encoder::MaskedLm::new(&cfg.model, vocab, vb).unwrap();
     assert_eq!(params.num_elements(), 109_514_298);
 }
 

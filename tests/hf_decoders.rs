@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use taper::config::{Config, ModelConfig};
-use taper::model::names::decoder::DecoderFamily;
 use taper::model::{Gpt, Mode, ParamStore};
-use taper::pretrained::{read_decoder_config, PretrainedDecoder};
+use taper::pretrained::Pretrained;
 use taper::train::causal_lm::TrainedGpt;
 use taper::train::{train, TrainOptions};
 
@@ -30,7 +29,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn load(dir: &Path, extra: impl Fn(&mut ModelConfig)) -> anyhow::Result<(Gpt, ModelConfig, ParamStore)> {
     let mut model = ModelConfig::defaults();
     extra(&mut model);
-    let pretrained = PretrainedDecoder::open(dir.to_str().unwrap(), &mut model)?;
+    let pretrained = Pretrained::open(dir.to_str().unwrap(), &mut model)?;
     let params = ParamStore::new();
     let gpt = Gpt::new(&model, model.vocab_size.unwrap(), DType::F32, params.var_builder(0, &Device::Cpu))?;
     pretrained.load_into(&params, &model, &Device::Cpu)?;
@@ -57,15 +56,12 @@ fn hugging_face_gpt2_and_llama_load_with_transformers_logits() {
 
 #[test]
 fn load_then_export_gives_the_files_tensors_back() {
-    let families = [
-        ("tiny-gpt2", DecoderFamily::Gpt2),
-        ("tiny-llama", DecoderFamily::Llama),
-        ("tiny-qwen2", DecoderFamily::Qwen2),
-    ];
+    let families = [("tiny-gpt2", "gpt2"), ("tiny-llama", "llama"), ("tiny-qwen2", "qwen2")];
     for (name, family) in families {
         let (_, model, params) = load(&fixture(name), |_| {}).unwrap();
-        assert_eq!(DecoderFamily::fitting(&model).unwrap(), family);
-        let exported = family.to_hf(&params.detached()).unwrap();
+        assert_eq!(taper::hf::fitting(&model, taper::hf::Head::CausalLm).unwrap().model_type(), family);
+        let family = taper::hf::by_model_type(family).unwrap();
+        let exported = family.to_hf(&params.detached(), &model).unwrap();
         let original = candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu).unwrap();
         let mut names: Vec<&String> = exported.keys().collect();
         names.sort();
@@ -228,8 +224,9 @@ fn bad_pretrained_directories_are_clear_errors() {
     assert!(e.contains("`model.block_size` = 128 is longer than"), "{e}");
     let e = load_error(&fixture("tiny-llama"), |m| m.positions = taper::config::Positions::Alibi);
     assert!(e.contains("`model.positions` = \"alibi\" disagrees"), "{e}");
-    let (family, shape) = read_decoder_config(&fixture("tiny-llama")).unwrap();
-    assert_eq!((family, shape.n_kv_head, shape.tie_embeddings), (DecoderFamily::Llama, 2, false));
+    let pretrained = Pretrained::open(fixture("tiny-llama").to_str().unwrap(), &mut ModelConfig::defaults()).unwrap();
+    let (family, shape) = (pretrained.family.model_type(), pretrained.checkpoint.model);
+    assert_eq!((family, shape.n_kv_head(), shape.tie_embeddings), ("llama", 2, false));
 }
 
 #[test]

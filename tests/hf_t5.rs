@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
 use taper::config::Config;
-use taper::model::names::t5;
+use taper::hf::Family;
 use taper::model::seq2seq::Seq2Seq;
 use taper::model::Mode;
 use taper::train::seq2seq::TrainedSeq2Seq;
@@ -39,11 +39,14 @@ fn check_fixture(fixture: &Path) {
     let fixture = || fixture.to_path_buf();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json")).unwrap()).unwrap();
-    let checkpoint = t5::model_config(config, 64).unwrap();
-    let (model, vocab) = (checkpoint.model, checkpoint.vocab_size);
-    assert!(t5::mismatches(&model).is_empty());
+    let t5 = taper::hf::t5::T5;
+    let checkpoint = t5.read_config(&config).unwrap();
+    let (model, vocab) = (taper::config::ModelConfig { block_size: 64, ..checkpoint.model }, checkpoint.vocab_size);
+    let scaled_head =
+        config["scale_decoder_outputs"].as_bool().unwrap_or(config["tie_word_embeddings"].as_bool() != Some(false));
+    assert!(t5.mismatches(&model).is_empty());
     let file = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
-    let (tensors, unused) = t5::to_taper(file.clone(), &model, checkpoint.scaled_head).unwrap();
+    let (tensors, unused) = t5.to_taper(file.clone(), &model, &config).unwrap();
     assert!(unused.iter().all(|n| n.ends_with("embed_tokens.weight")), "{unused:?}");
     let expected = candle_core::safetensors::load(fixture().join("expected.safetensors"), &Device::Cpu).unwrap();
     let src = expected["input_ids"].to_dtype(DType::U32).unwrap();
@@ -61,10 +64,10 @@ fn check_fixture(fixture: &Path) {
             fixture().display()
         );
     }
-    if !checkpoint.scaled_head {
+    if !scaled_head {
         return; // tied and unscaled (transformers 5's T5 v1.1): taper writes a tied head scaled
     }
-    let back = t5::to_hf(&tensors, &model).unwrap();
+    let back = t5.to_hf(&tensors, &model).unwrap();
     let originals: Vec<&String> = file.keys().filter(|k| !k.ends_with("embed_tokens.weight")).collect();
     assert_eq!(back.len(), originals.len());
     for name in originals {
@@ -174,10 +177,11 @@ fn a_run_from_a_pretrained_t5_fine_tunes_exports_and_reloads_equal() {
     assert_eq!(config["vocab_size"], 320);
 
     // The export, loaded as `init_from` loads it, is the trained model.
-    let checkpoint = t5::model_config(config, 72).unwrap();
-    let (model, vocab) = (checkpoint.model, checkpoint.vocab_size);
+    let t5 = taper::hf::t5::T5;
+    let checkpoint = t5.read_config(&config).unwrap();
+    let (model, vocab) = (taper::config::ModelConfig { block_size: 72, ..checkpoint.model }, checkpoint.vocab_size);
     let file = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
-    let (tensors, _) = t5::to_taper(file, &model, checkpoint.scaled_head).unwrap();
+    let (tensors, _) = t5.to_taper(file, &model, &config).unwrap();
     let reloaded =
         Seq2Seq::new(&model, vocab, vocab, DType::F32, VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
             .unwrap();

@@ -14,7 +14,7 @@ use taper::config::{Config, Kernels, ModelConfig};
 use taper::model::layers::Linear;
 use taper::model::lora::{is_trainable, merge_adapters, LoraConfig};
 use taper::model::{Gpt, Mode, ParamStore};
-use taper::pretrained::PretrainedDecoder;
+use taper::pretrained::Pretrained;
 use taper::train::causal_lm::TrainedGpt;
 use taper::train::{train, TrainOptions};
 
@@ -81,7 +81,7 @@ fn adapted_gpt2(kernels: Kernels) -> (Gpt, ParamStore) {
     model.kernels = kernels;
     model.block_size = 32;
     model.lora = Some(lora(4, &["attention", "ffn"], 0.0).spec().unwrap());
-    let pretrained = PretrainedDecoder::open(fixture().to_str().unwrap(), &mut model).unwrap();
+    let pretrained = Pretrained::open(fixture().to_str().unwrap(), &mut model).unwrap();
     let params = ParamStore::with_trainable(is_trainable);
     let gpt = Gpt::new(&model, model.vocab_size.unwrap(), DType::F32, params.var_builder(0, &Device::Cpu)).unwrap();
     pretrained.load_into(&params, &model, &Device::Cpu).unwrap();
@@ -182,7 +182,7 @@ fn lora_on_gpt2_trains_only_the_adapters_and_the_export_merges_them() {
     assert!(!exported.keys().any(|k| k.contains("lora")), "{:?}", exported.keys());
     let trained = TrainedGpt::load(&run, "latest", "cpu").unwrap();
     let mut model = ModelConfig::defaults();
-    let reloaded = PretrainedDecoder::open(out.to_str().unwrap(), &mut model).unwrap();
+    let reloaded = Pretrained::open(out.to_str().unwrap(), &mut model).unwrap();
     let params = ParamStore::new();
     let gpt = Gpt::new(&model, model.vocab_size.unwrap(), DType::F32, params.var_builder(0, &Device::Cpu)).unwrap();
     reloaded.load_into(&params, &model, &Device::Cpu).unwrap();
@@ -246,7 +246,7 @@ fn lora_on_t5_adapts_self_and_cross_attention() {
     );
     assert!(optimizer.keys().all(|k| k.contains("lora_")), "{:?}", optimizer.keys());
     let trained = taper::trained::TrainedRun::load(&run, "latest", "cpu").unwrap();
-    assert!(matches!(trained, taper::trained::TrainedRun::Seq2Seq(_)));
+    assert!(trained.as_any().is::<taper::trained::TrainedSeq2Seq>());
     taper::export::export_hf(&run, "latest", &dir.path().join("hf"), false).unwrap();
 }
 

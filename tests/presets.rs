@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use taper::config::{Architecture, Config};
-use taper::model::bert::{BertConfig, MaskedLm};
+use taper::model::encoder::{EncoderVocab, MaskedLm};
 use taper::model::seq2seq::Seq2Seq;
 use taper::model::Gpt;
 
@@ -41,8 +41,8 @@ fn parameters(preset: &str) -> usize {
     match cfg.model.arch {
         Architecture::DecoderOnly => drop(Gpt::new(&cfg.model, vocab, DType::F32, vb).unwrap()),
         Architecture::EncoderOnly => {
-            let bert = BertConfig::from_model_config(&cfg.model, vocab);
-            drop(MaskedLm::new(&bert, cfg.model.norm, cfg.model.kernels, vb).unwrap())
+            let vocab = EncoderVocab { tokens: vocab, token_types: 2 };
+            drop(MaskedLm::new(&cfg.model, vocab, vb).unwrap())
         }
         Architecture::EncoderDecoder => drop(Seq2Seq::new(&cfg.model, vocab, vocab, DType::F32, vb).unwrap()),
     }

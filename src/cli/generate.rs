@@ -8,8 +8,7 @@ use clap::Args;
 use super::run_device;
 use crate::decode::BeamOptions;
 use crate::generate::{generate, SamplingOptions};
-use crate::trained::TrainedRun;
-use crate::trained::TrainedSeq2Seq;
+use crate::trained::{TrainedGpt, TrainedRun, TrainedSeq2Seq};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -59,12 +58,12 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let device = run_device(&args.run_dir, args.device.clone())?;
-    let trained = match TrainedRun::load(&args.run_dir, &args.checkpoint, &device)? {
-        TrainedRun::Seq2Seq(trained) => return translate(&args, &trained),
-        TrainedRun::Gpt(trained) => trained,
-        TrainedRun::Classifier(_) | TrainedRun::Tagger(_) => {
-            bail!("{} is a classification run: label inputs with `taper predict`", args.run_dir.display())
-        }
+    let loaded = TrainedRun::load(&args.run_dir, &args.checkpoint, &device)?;
+    if let Some(trained) = loaded.as_any().downcast_ref::<TrainedSeq2Seq>() {
+        return translate(&args, trained);
+    }
+    let Some(trained) = loaded.as_any().downcast_ref::<TrainedGpt>() else {
+        bail!("{} is a classification run: label inputs with `taper predict`", args.run_dir.display())
     };
     if args.input.is_some() || args.input_file.is_some() {
         bail!("--input and --input-file are for seq2seq runs; a GPT run continues --prompt");

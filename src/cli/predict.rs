@@ -7,7 +7,6 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::run_device;
-use crate::config::TaskKind;
 use crate::trained::TrainedRun;
 
 #[derive(Args)]
@@ -29,11 +28,13 @@ pub struct PredictArgs {
 pub fn run(args: PredictArgs) -> Result<()> {
     let PredictArgs { run_dir, input, output, checkpoint, device } = args;
     let kind = crate::run_dir::RunDir::new(&run_dir).load_config(&[])?.task.kind();
-    if !matches!(kind, TaskKind::SequenceClassification | TaskKind::TokenClassification) {
+    if !kind.spec().predicts() {
+        let names: Vec<&str> = crate::train::TASKS.iter().filter(|t| t.predicts()).map(|t| t.name()).collect();
         bail!(
-            "{} is not a sequence- or token-classification run (its task is {kind}): `taper predict` labels inputs \
-             with one; a language model or a seq2seq run generates with `taper generate`",
-            run_dir.display()
+            "{} is not a {} run (its task is {kind}): `taper predict` labels inputs with one; a language model or \
+             a seq2seq run generates with `taper generate`",
+            run_dir.display(),
+            either(&names)
         );
     }
     let trained = TrainedRun::load(&run_dir, &checkpoint, &run_device(&run_dir, device)?)?;
@@ -51,4 +52,18 @@ pub fn run(args: PredictArgs) -> Result<()> {
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// `names` as one alternative: "a or b", the last word they share written once
+/// ("sequence- or token-classification").
+fn either(names: &[&str]) -> String {
+    let shared = names.first().and_then(|n| n.rfind('-')).map(|i| &names[0][i..]);
+    match shared.filter(|s| names.len() > 1 && names.iter().all(|n| n.ends_with(s))) {
+        Some(suffix) => {
+            let heads: Vec<String> = names.iter().map(|n| format!("{}-", &n[..n.len() - suffix.len()])).collect();
+            let (last, rest) = heads.split_last().map_or((String::new(), &[][..]), |(l, r)| (l.clone(), r));
+            format!("{} or {last}{}", rest.join(", "), &suffix[1..])
+        }
+        None => names.join(" or "),
+    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::config::{Config, TaskKind};
+use crate::config::Config;
 use crate::data::{corpus_tokenizer, prepare, Corpus, TextTokenizer};
 
 #[derive(Args)]
@@ -18,7 +18,7 @@ pub struct PrepareArgs {
 
 pub fn run(args: PrepareArgs) -> Result<()> {
     let cfg = Config::load(&args.config, &args.overrides)?;
-    if !matches!(cfg.task.kind(), TaskKind::CausalLm | TaskKind::MaskedLm) {
+    if !cfg.task.kind().spec().prepares_corpus() {
         bail!("taper prepare tokenizes language-model corpora (causal-lm, masked-lm); this task reads its labelled file as it trains");
     }
     let corpus = Corpus::resolve(&cfg.data)?;

@@ -175,37 +175,6 @@ impl ModelConfig {
     pub fn defaults() -> Self {
         toml::from_str("").expect("every [model] key has a default")
     }
-    /// Takes `theirs` (a pretrained checkpoint's architecture, read from `source`) for every
-    /// key but the training choices (`block_size`, `dropout`, init, kernels); a key set here
-    /// (not at its default) that disagrees is an error naming it.
-    pub fn adopt(&mut self, theirs: &ModelConfig, source: &std::path::Path) -> Result<()> {
-        const OURS: [&str; 7] =
-            ["init_from", "block_size", "dropout", "kernels", "init", "init_std", "scale_residual_init"];
-        let table = |m: &ModelConfig| -> Result<toml::Table> { Ok(toml::Table::try_from(m)?) };
-        let (mine, defaults, their) = (table(self)?, table(&Self::defaults())?, table(theirs)?);
-        let mut merged = mine.clone();
-        let keys: std::collections::BTreeSet<&String> = mine.keys().chain(their.keys()).collect();
-        for key in keys.into_iter().filter(|k| !OURS.contains(&k.as_str())) {
-            let (given, theirs) = (mine.get(key), their.get(key));
-            if given != defaults.get(key) && given != theirs {
-                let show = |v: Option<&toml::Value>| v.map_or("nothing".to_string(), |v| v.to_string());
-                bail!(
-                    "`model.{key}` = {} disagrees with {} ({}); remove the key (`model.init_from` sets the architecture)",
-                    show(given),
-                    source.display(),
-                    show(theirs)
-                );
-            }
-            match theirs {
-                Some(value) => merged.insert(key.clone(), value.clone()),
-                None => merged.remove(key),
-            };
-        }
-        // The table holds the TOML keys only; the resolved `[lora]` is the run's, not the checkpoint's.
-        *self = ModelConfig { lora: self.lora, ..merged.try_into()? };
-        Ok(())
-    }
-
     pub fn d_ff(&self) -> usize {
         match (self.d_ff, self.activation.gate()) {
             (Some(d_ff), _) => d_ff,

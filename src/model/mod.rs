@@ -4,13 +4,12 @@
 //! runs through the kernel seam, `crate::kernels`.
 
 pub mod attention;
-pub mod bert;
 pub mod block;
 pub mod config;
+pub mod encoder;
 pub mod gpt;
 pub mod layers;
 pub mod lora;
-pub mod names;
 pub mod norm;
 pub mod params;
 pub mod positions;

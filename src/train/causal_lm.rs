@@ -6,18 +6,61 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use super::task::{Evaluation, Task};
-use crate::config::{Config, EvalBatches, ModelConfig, TaskKind};
+use super::shared::{batch_share, detached};
+use super::task::{Evaluation, Task, Trained};
+use super::{run_task, settings_of, Launch, RunSummary, TaskKind, TaskSettings, TaskSpec};
+use crate::config::{Architecture, Config, EvalBatches, Metric, ModelConfig, VAL_LOSS};
 use crate::data::{corpus_dataset, read_corpus, BatchBuffers, Corpus, Split, TextTokenizer, TokenDataset};
 use crate::distributed::Collective;
 use crate::generate::{generate, SamplingOptions};
+use crate::hf::Head;
 use crate::host;
 use crate::model::{Gpt, Mode, ParamStore};
-use crate::pretrained::PretrainedDecoder;
+use crate::pretrained::Pretrained;
 use crate::run_dir::{OpenedCheckpoint, RunDir};
+
+/// `task.kind = "causal-lm"`: next-token prediction on a plain corpus (decoder-only).
+pub struct CausalLmSpec;
+
+pub static CAUSAL_LM: CausalLmSpec = CausalLmSpec;
+
+/// `[task]` of `kind = "causal-lm"`: no keys of its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CausalLmTask {}
+
+impl TaskSpec for CausalLmSpec {
+    fn name(&self) -> &'static str {
+        "causal-lm"
+    }
+    fn arch(&self) -> Architecture {
+        Architecture::DecoderOnly
+    }
+    fn metrics(&self) -> &'static [Metric] {
+        &[VAL_LOSS]
+    }
+    fn settings(&self, table: toml::Table) -> Result<Box<dyn TaskSettings>, toml::de::Error> {
+        settings_of::<CausalLmTask>(table)
+    }
+    fn samples(&self) -> bool {
+        true
+    }
+    fn prepares_corpus(&self) -> bool {
+        true
+    }
+    fn head(&self, _cfg: &Config) -> Result<Head> {
+        Ok(Head::CausalLm)
+    }
+    fn train(&self, cfg: &Config, launch: &Launch) -> Result<RunSummary> {
+        run_task(&CausalLm::new(cfg, launch.run, launch.resuming, launch.params, launch.device)?, launch)
+    }
+    fn load(&self, opened: OpenedCheckpoint) -> Result<Box<dyn Trained>> {
+        Ok(Box::new(TrainedGpt::from_checkpoint(opened)?))
+    }
+}
 
 pub struct CausalLm {
     cfg: Config,
@@ -43,7 +86,7 @@ impl CausalLm {
         let (tokenizer, pretrained) = match (&cfg.model.init_from, resuming) {
             (_, true) => (TextTokenizer::load(&run.tokenizer())?, None),
             (Some(spec), false) => {
-                let pretrained = PretrainedDecoder::open(&spec.clone(), &mut cfg.model)?;
+                let pretrained = Pretrained::open(&spec.clone(), &mut cfg.model)?;
                 cfg.validate()?;
                 (pretrained.tokenizer.clone(), Some(pretrained))
             }
@@ -122,8 +165,7 @@ impl Task for CausalLm {
     /// scores batches rank, rank + size, ... and the sums are added over the ranks.
     fn evaluate(&self, params: &ParamStore, world: &dyn Collective) -> Result<Evaluation> {
         let cfg = &self.cfg;
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), vb)?;
+        let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), detached(params, &self.device))?;
         let batch = cfg.train.batch_size;
         let buffers = &mut self.buffers.borrow_mut();
         // [loss sum, targets]
@@ -132,7 +174,7 @@ impl Task for CausalLm {
             EvalBatches::Sampled(n) => n,
             EvalBatches::All => self.data.val_blocks().div_ceil(batch),
         };
-        for index in (world.rank()..batches).step_by(world.size()) {
+        for index in batch_share(world, batches) {
             let (inputs, targets) = match cfg.train.eval_batches {
                 EvalBatches::Sampled(_) => self.data.eval_batch(cfg.train.seed, index, batch, &self.device, buffers)?,
                 EvalBatches::All => self.data.val_block_batch(index, batch, &self.device, buffers)?,
@@ -152,8 +194,7 @@ impl Task for CausalLm {
     /// does by default (temperature 0.8, top-k 200) with the run's seed: the same draw each time.
     fn sample(&self, params: &ParamStore) -> Result<Vec<String>> {
         let cfg = &self.cfg;
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), vb)?;
+        let model = Gpt::new(&cfg.model, self.vocab_size, cfg.train.dtype.to_dtype(), detached(params, &self.device))?;
         let prompt = self.tokenizer.encode(&cfg.train.sample_prompt)?;
         let opts =
             SamplingOptions { max_new_tokens: cfg.train.sample_tokens, seed: cfg.train.seed, ..Default::default() };
@@ -228,7 +269,7 @@ pub struct TrainedGpt {
 impl TrainedGpt {
     /// `which`: "latest", "best" or "step-N". `device`: as in `train.device`.
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
-        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::CausalLm)?)
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::new(&CAUSAL_LM))?)
     }
 
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
@@ -242,5 +283,20 @@ impl TrainedGpt {
     pub fn evaluate(&self, file: Option<&Path>) -> Result<Evaluation> {
         let ids = eval_tokens(&self.config, &self.tokenizer, file)?;
         score_stream(&self.model, &ids, self.model.device())
+    }
+}
+
+impl Trained for TrainedGpt {
+    fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+
+    fn evaluate(&self, file: Option<&Path>) -> Result<(Evaluation, String)> {
+        let scored = file.map_or("its validation split".into(), |f| f.display().to_string());
+        Ok((TrainedGpt::evaluate(self, file)?, scored))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

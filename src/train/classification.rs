@@ -1,36 +1,124 @@
 //! Sequence classification: labelled texts (or text pairs) -> padded batches -> the
-//! `BertForSequenceClassification` model -> cross-entropy; evaluated by loss, accuracy and
+//! sequence classifier (an encoder, a pooler, a linear head) -> cross-entropy; evaluated by loss, accuracy and
 //! macro-F1 on the validation file. A trained classifier loaded back: `taper eval` and
 //! `taper predict`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::encoder::{self, with_loaded};
-use super::task::{Evaluation, Task};
+use super::encoder::{self, with_loaded, EncoderArch};
+use super::shared::{detached, split_sums};
+use super::task::{Evaluation, Task, Trained};
+use super::{run_task, settings_of, Launch, RunSummary, TaskKind, TaskSettings, TaskSpec};
 use crate::classification_metrics::classification_scores;
-use crate::config::{Config, PoolingName, TaskKind};
+use crate::config::{higher, Architecture, Config, Metric, VAL_LOSS};
 use crate::data::labelled::{read_labelled, Columns, Example, LabelSet};
 use crate::data::padded::{encode_examples, pad_batch, Encoded, PaddedBatch};
-use crate::data::sampling::{hold_out, EpochSampler};
+use crate::data::sampling::EpochSampler;
 use crate::data::TextTokenizer;
+use crate::hf::Head;
 use crate::host;
-use crate::model::bert::{BertConfig, Pooling, SequenceClassifier};
+use crate::model::encoder::{Pooling, SequenceClassifier};
 use crate::model::{Mode, ParamStore};
 use crate::run_dir::{OpenedCheckpoint, RunDir};
 
 /// Examples per forward pass when evaluating or predicting.
 pub const EVAL_BATCH: usize = 32;
 
+/// `task.kind = "sequence-classification"`: one label per text (or text pair), from a labelled
+/// file (encoder-only).
+pub struct SequenceClassificationSpec;
+
+pub static SEQUENCE_CLASSIFICATION: SequenceClassificationSpec = SequenceClassificationSpec;
+
+/// `[task]` of `kind = "sequence-classification"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassificationTask {
+    /// Column (CSV/TSV header, or JSONL key) of the text.
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// Column of an optional second text (sentence pairs), encoded as [CLS] a [SEP] b [SEP].
+    pub text_pair_column: Option<String>,
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    /// Truncate encoded inputs to this many tokens; the model's maximum positions when absent.
+    /// Batches are padded to their longest input.
+    pub max_len: Option<usize>,
+    #[serde(default = "default_pooling")]
+    pub pooling: PoolingName,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolingName {
+    /// The encoder family's head: `pooler` (dense) + tanh on the first ([CLS]) token.
+    Cls,
+    /// Mean of the real tokens' hidden states.
+    Mean,
+}
+
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+fn default_pooling() -> PoolingName {
+    PoolingName::Cls
+}
+
+impl TaskSpec for SequenceClassificationSpec {
+    fn name(&self) -> &'static str {
+        "sequence-classification"
+    }
+    fn arch(&self) -> Architecture {
+        Architecture::EncoderOnly
+    }
+    fn metrics(&self) -> &'static [Metric] {
+        const METRICS: [Metric; 3] = [VAL_LOSS, higher("accuracy"), higher("macro_f1")];
+        &METRICS
+    }
+    fn settings(&self, table: toml::Table) -> Result<Box<dyn TaskSettings>, toml::de::Error> {
+        settings_of::<ClassificationTask>(table)
+    }
+    fn validate(&self, cfg: &Config) -> Result<()> {
+        if settings(cfg)?.max_len.is_some_and(|n| n < 3) {
+            bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
+        }
+        Ok(())
+    }
+    fn predicts(&self) -> bool {
+        true
+    }
+    fn head(&self, cfg: &Config) -> Result<Head> {
+        if settings(cfg)?.pooling != PoolingName::Cls {
+            bail!("mean pooling has no Hugging Face ...ForSequenceClassification equivalent");
+        }
+        Ok(Head::SequenceClassification)
+    }
+    fn train(&self, cfg: &Config, launch: &Launch) -> Result<RunSummary> {
+        run_task(&Classification::new(cfg, launch.run, launch.resuming, launch.params, launch.device)?, launch)
+    }
+    fn load(&self, opened: OpenedCheckpoint) -> Result<Box<dyn Trained>> {
+        Ok(Box::new(TrainedClassifier::from_checkpoint(opened)?))
+    }
+}
+
+fn settings(cfg: &Config) -> Result<&ClassificationTask> {
+    cfg.task.settings::<ClassificationTask>()
+}
+
 pub struct Classification {
     cfg: Config,
     model: SequenceClassifier,
-    bert: BertConfig,
+    arch: EncoderArch,
     labels: LabelSet,
     train: Vec<(Encoded, u32)>,
     val: Vec<(Encoded, u32)>,
@@ -42,7 +130,7 @@ pub struct Classification {
 }
 
 fn columns(cfg: &Config) -> Result<Columns> {
-    let task = cfg.task.classification()?;
+    let task = settings(cfg)?;
     Ok(Columns {
         text: task.text_column.clone(),
         text_pair: task.text_pair_column.clone(),
@@ -51,15 +139,15 @@ fn columns(cfg: &Config) -> Result<Columns> {
 }
 
 fn pooling(cfg: &Config) -> Result<Pooling> {
-    Ok(match cfg.task.classification()?.pooling {
+    Ok(match settings(cfg)?.pooling {
         PoolingName::Cls => Pooling::Cls,
         PoolingName::Mean => Pooling::Mean,
     })
 }
 
 /// The longest input the model takes: `task.max_len`, at most the model's positions.
-fn max_len(cfg: &Config, bert: &BertConfig) -> Result<usize> {
-    encoder::max_len(cfg.task.classification()?.max_len, bert)
+fn max_len(cfg: &Config) -> Result<usize> {
+    encoder::max_len(settings(cfg)?.max_len, &cfg.model)
 }
 
 /// Encodes `examples` and maps their labels to ids; a label outside `labels` is an error
@@ -88,47 +176,31 @@ impl Classification {
     /// model over `params`, loading the pretrained weights on a fresh run.
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let setup = encoder::setup(cfg, run, resuming, None)?;
-        let columns = columns(cfg)?;
-        let mut train_examples = read_labelled(cfg.data.path.file()?, &columns, true)?;
-        let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
-        let labels = if resuming {
-            run.read_labels()?
-        } else {
-            let labels = LabelSet::from_examples(&train_examples).with_context(|| format!("in {}", cfg.data.path))?;
-            crate::fsutil::write_atomic(&run.labels(), serde_json::to_string_pretty(&labels.names)?.as_bytes())?;
-            labels
-        };
-        let max_len = max_len(config, &bert)?;
-        let (val_examples, val_source) = match &cfg.data.val_path {
-            Some(path) => (read_labelled(path, &columns, true)?, path.clone()),
-            None => {
-                let (fraction, seed) = (cfg.data.val_fraction, cfg.train.seed);
-                (
-                    hold_out(&mut train_examples, fraction, seed, "examples", cfg.data.path.file()?)?,
-                    cfg.data.path.file()?.to_path_buf(),
-                )
-            }
-        };
-        let train = encode_labelled(tokenizer, &train_examples, &labels, max_len, cfg.data.path.file()?)?;
-        let val = encode_labelled(tokenizer, &val_examples, &labels, max_len, &val_source)?;
-        let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
-
-        let model = build_model(config, &bert, labels.names.len(), params.var_builder(cfg.train.seed, device))?;
-        let loaded = encoder::load_pretrained(
-            &setup,
-            params,
-            device,
-            &["classifier.", "bert.pooler."],
-            &["cls.", "bert.pooler."],
+        let (arch, tokenizer, config) = (setup.arch, &setup.tokenizer, &setup.config);
+        let (columns, max_len) = (columns(cfg)?, max_len(config)?);
+        let rows = encoder::labelled_rows(
+            cfg,
+            run,
+            resuming,
+            "examples",
+            |path| read_labelled(path, &columns, true),
+            |examples, source| LabelSet::from_examples(examples).with_context(|| format!("in {}", source.display())),
+            |examples, labels, source| encode_labelled(tokenizer, examples, labels, max_len, source),
         )?;
+        let (labels, train, val) = (rows.labels, rows.train, rows.val);
+        let pad_id = arch.special_id(tokenizer, |t| t.pad, "padding batches")?;
+        let vb = arch.renamed(&config.model, params.var_builder(cfg.train.seed, device));
+        let model = build_model(config, &arch, labels.names.len(), vb)?;
+        let loaded = encoder::load_pretrained(&setup, params, device, &["pooler", "classifier"])?;
         let sampler = EpochSampler::new(cfg.train.seed, train.len());
-        Ok(Self { cfg: setup.config, model, bert, labels, train, val, pad_id, sampler, loaded, device: device.clone() })
+        let device = device.clone();
+        Ok(Self { cfg: setup.config, model, arch, labels, train, val, pad_id, sampler, loaded, device })
     }
 }
 
-/// The classifier a run's config describes, over `vb`.
-fn build_model(cfg: &Config, bert: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
-    Ok(SequenceClassifier::new(bert, num_labels, pooling(cfg)?, cfg.model.norm, cfg.model.kernels, vb)?)
+/// The classifier a run's config describes, over `vb` (seen through the family's names).
+fn build_model(cfg: &Config, arch: &EncoderArch, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
+    Ok(SequenceClassifier::new(&cfg.model, arch.vocab, num_labels, pooling(cfg)?, vb)?)
 }
 
 /// Logits (one row per input, in input order) of `model` on `rows`, without a graph. Inputs
@@ -246,7 +318,7 @@ impl Task for Classification {
     }
 
     fn residual_rms(&self, (inputs, _): &Self::Batch) -> Result<BTreeMap<String, f64>> {
-        encoder::residual_rms(&self.model.encoder, &inputs.ids, Some(&inputs.mask))
+        encoder::residual_rms(&self.arch, &self.cfg.model, &self.model.encoder, &inputs.ids, Some(&inputs.mask))
     }
 
     fn loss_sum(&self, (inputs, labels): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
@@ -257,12 +329,10 @@ impl Task for Classification {
     /// Each rank scores val rows rank, rank + size, ...; the loss and the confusion counts are
     /// summed over the ranks, so accuracy and macro-F1 are the one process's.
     fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
         let n = self.labels.names.len();
-        let model = build_model(&self.cfg, &self.bert, n, vb)?;
-        let mine: Vec<&(Encoded, u32)> = self.val.iter().skip(world.rank()).step_by(world.size()).collect();
-        let mut sums = tally(&model, &mine, n, self.pad_id, &self.device)?;
-        world.sum_values(&mut sums)?;
+        let vb = self.arch.renamed(&self.cfg.model, detached(params, &self.device));
+        let model = build_model(&self.cfg, &self.arch, n, vb)?;
+        let sums = split_sums(world, &self.val, |mine| tally(&model, mine, n, self.pad_id, &self.device))?;
         from_tally(&sums, n)
     }
 
@@ -275,7 +345,6 @@ impl Task for Classification {
 /// macro-F1 on a labelled file) and `taper predict` (label and probabilities per input line).
 pub struct TrainedClassifier {
     pub config: Config,
-    pub bert: BertConfig,
     pub tokenizer: TextTokenizer,
     pub labels: LabelSet,
     pub model: SequenceClassifier,
@@ -287,23 +356,24 @@ pub struct TrainedClassifier {
 impl TrainedClassifier {
     /// `which`: "latest", "best" or "step-N"; `device` as in `train.device`.
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
-        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::SequenceClassification)?)
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::new(&SEQUENCE_CLASSIFICATION))?)
     }
 
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
-        let bert = encoder::trained_bert(&opened)?;
+        let arch = encoder::trained_arch(&opened)?;
         let tokenizer = TextTokenizer::load(&opened.run.tokenizer())?;
         let labels = opened.run.read_labels()?;
-        let model = opened.build(|vb| build_model(&opened.config, &bert, labels.names.len(), vb))?;
-        let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
+        let (cfg, n) = (&opened.config, labels.names.len());
+        let model = opened.build(|vb| build_model(cfg, &arch, n, arch.renamed(&cfg.model, vb)))?;
+        let pad_id = arch.special_id(&tokenizer, |t| t.pad, "padding batches")?;
         let OpenedCheckpoint { config, checkpoint, device, .. } = opened;
-        Ok(Self { config, bert, tokenizer, labels, model, checkpoint, pad_id, device })
+        Ok(Self { config, tokenizer, labels, model, checkpoint, pad_id, device })
     }
 
     /// Loss, accuracy and macro-F1 on a labelled file (columns as in training).
     pub fn evaluate(&self, file: &Path) -> Result<Evaluation> {
         let examples = read_labelled(file, &columns(&self.config)?, true)?;
-        let rows = encode_labelled(&self.tokenizer, &examples, &self.labels, max_len(&self.config, &self.bert)?, file)?;
+        let rows = encode_labelled(&self.tokenizer, &examples, &self.labels, max_len(&self.config)?, file)?;
         score(&self.model, &rows, self.labels.names.len(), self.pad_id, &self.device)
     }
 
@@ -316,7 +386,7 @@ impl TrainedClassifier {
                 self.labels.id(label, input, example.line)?;
             }
         }
-        let encoded = encode_examples(&self.tokenizer, &examples, max_len(&self.config, &self.bert)?, input)?;
+        let encoded = encode_examples(&self.tokenizer, &examples, max_len(&self.config)?, input)?;
         let rows: Vec<_> = encoded.iter().collect();
         let all = logits(&self.model, &rows, self.pad_id, &self.device)?;
         Ok(examples
@@ -334,5 +404,25 @@ impl TrainedClassifier {
                 record
             })
             .collect())
+    }
+}
+
+impl Trained for TrainedClassifier {
+    fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+
+    /// On `file`, or the run's `data.val_path`.
+    fn evaluate(&self, file: Option<&Path>) -> Result<(Evaluation, String)> {
+        let file = file.map_or_else(|| self.config.val_file(), |f| Ok(f.to_path_buf()))?;
+        Ok((TrainedClassifier::evaluate(self, &file)?, file.display().to_string()))
+    }
+
+    fn predict(&self, input: &Path) -> Result<Vec<serde_json::Value>> {
+        TrainedClassifier::predict(self, input)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

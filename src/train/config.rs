@@ -1,9 +1,14 @@
-//! `[train]`, `[checkpoint]` and `[task]`: the loop, its checkpoints, and what it trains.
+//! `[train]`, `[checkpoint]` and `[task]`: the loop, its checkpoints, and what it trains (the
+//! kind's own keys are its task file's: `train::TASKS`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+pub use super::TaskKind;
+use super::{TaskSettings, TaskSpec};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -191,191 +196,100 @@ pub struct CheckpointConfig {
     pub best_metric: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskKind {
-    /// Next-token prediction on a plain corpus (decoder-only).
-    CausalLm,
-    /// One label per text (or text pair), from a labelled file (encoder-only).
-    SequenceClassification,
-    /// BERT's masked-language modelling on a plain corpus (encoder-only).
-    MaskedLm,
-    /// Source -> target pairs with teacher forcing (encoder-decoder).
-    Seq2seq,
-    /// One tag per word (named entities, NER-style), from CoNLL or JSONL files (encoder-only).
-    TokenClassification,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum PoolingName {
-    /// Hugging Face's head: `pooler.dense` + tanh on the [CLS] token.
-    Cls,
-    /// Mean of the real tokens' hidden states.
-    Mean,
-}
-
 /// What the model is trained to do, and how the data's columns feed it: `[task]` with its
-/// `kind` and that kind's keys only (a key of another kind is an error).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum TaskConfig {
-    /// Next-token prediction on a plain corpus (decoder-only).
-    CausalLm(CausalLmTask),
-    /// One label per text (or text pair), from a labelled file (encoder-only).
-    SequenceClassification(ClassificationTask),
-    /// BERT's masked-language modelling on a plain corpus (encoder-only).
-    MaskedLm(MaskedLmTask),
-    /// Source -> target pairs with teacher forcing (encoder-decoder).
-    Seq2seq(Seq2seqTask),
-    /// One tag per word (named entities, NER-style), from CoNLL or JSONL files (encoder-only).
-    TokenClassification(TokenClassificationTask),
-}
-
-impl Default for TaskConfig {
-    fn default() -> Self {
-        Self::CausalLm(CausalLmTask {})
-    }
-}
-
-/// `[task]` of `kind = "causal-lm"`: no keys of its own.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CausalLmTask {}
-
-/// `[task]` of `kind = "sequence-classification"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ClassificationTask {
-    /// Column (CSV/TSV header, or JSONL key) of the text.
-    #[serde(default = "default_text_column")]
-    pub text_column: String,
-    /// Column of an optional second text (sentence pairs), encoded as [CLS] a [SEP] b [SEP].
-    pub text_pair_column: Option<String>,
-    #[serde(default = "default_label_column")]
-    pub label_column: String,
-    /// Truncate encoded inputs to this many tokens; the model's maximum positions when absent.
-    /// Batches are padded to their longest input.
-    pub max_len: Option<usize>,
-    #[serde(default = "default_pooling")]
-    pub pooling: PoolingName,
-}
-
-/// `[task]` of `kind = "token-classification"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TokenClassificationTask {
-    /// JSONL keys of a sentence's word list and its tag list (CoNLL files: the first and the
-    /// last whitespace-separated field of each line).
-    #[serde(default = "default_tokens_column")]
-    pub tokens_column: String,
-    #[serde(default = "default_tags_column")]
-    pub tags_column: String,
-    /// Truncate encoded sentences to this many sub-word tokens ([CLS] and [SEP] included); the
-    /// words cut off are left out of the loss and the metrics. The model's maximum positions
-    /// when absent.
-    pub max_len: Option<usize>,
-    /// How the tags mark entities: "iob2" (B- starts every entity), "iob1", "iobes".
-    #[serde(default = "default_scheme")]
-    pub scheme: crate::entity_metrics::Scheme,
-    /// Entity metrics as seqeval's `mode="strict"` with the scheme (an entity counts only when
-    /// its tags form a well-made span); false: seqeval's default (conlleval's) matching.
-    #[serde(default = "yes")]
-    pub strict: bool,
-}
-
-/// `[task]` of `kind = "masked-lm"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MaskedLmTask {
-    /// Share of tokens selected (of which 80 % become [MASK], 10 % a random token, 10 % stay).
-    #[serde(default = "default_mask_prob")]
-    pub mask_prob: f64,
-}
-
-/// `[task]` of `kind = "seq2seq"`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Seq2seqTask {
-    /// The columns (TSV header, or JSONL keys) of the source and target texts.
-    #[serde(default = "default_source_column")]
-    pub source_column: String,
-    #[serde(default = "default_target_column")]
-    pub target_column: String,
-    /// Truncate sources to this many tokens; `model.block_size` when absent.
-    pub max_len: Option<usize>,
-    /// Truncate targets to this many tokens (BOS/EOS included); also the longest output
-    /// decoding produces. `model.block_size` when absent.
-    pub max_target_len: Option<usize>,
-    /// The smoothed target puts this much mass uniformly over the vocabulary.
-    #[serde(default)]
-    pub label_smoothing: f64,
+/// `kind` (a registered task, `train::TASKS`) and that kind's keys only (a key of another kind is
+/// an error).
+#[derive(Clone)]
+pub struct TaskConfig {
+    kind: TaskKind,
+    settings: Arc<dyn TaskSettings>,
 }
 
 impl TaskConfig {
     pub fn kind(&self) -> TaskKind {
-        match self {
-            Self::CausalLm(_) => TaskKind::CausalLm,
-            Self::SequenceClassification(_) => TaskKind::SequenceClassification,
-            Self::MaskedLm(_) => TaskKind::MaskedLm,
-            Self::Seq2seq(_) => TaskKind::Seq2seq,
-            Self::TokenClassification(_) => TaskKind::TokenClassification,
-        }
+        self.kind
     }
 
-    pub fn token_classification(&self) -> Result<&TokenClassificationTask> {
-        match self {
-            Self::TokenClassification(task) => Ok(task),
-            other => bail!("not a token-classification task (kind {:?})", other.kind()),
-        }
+    /// The kind's keys, as its own settings type `T` (an error for another kind of run).
+    pub fn settings<T: 'static>(&self) -> Result<&T> {
+        self.settings
+            .as_any()
+            .downcast_ref::<T>()
+            .with_context(|| format!("a {} run has no such [task] keys", self.kind))
     }
 
-    /// The classification keys (an error for another kind of run).
-    pub fn classification(&self) -> Result<&ClassificationTask> {
-        match self {
-            Self::SequenceClassification(task) => Ok(task),
-            other => bail!("not a sequence-classification task (kind {:?})", other.kind()),
-        }
+    /// `[task]`'s table (without `kind`) as the task called `kind` reads it.
+    fn parse(kind: &str, table: toml::Table) -> std::result::Result<Self, String> {
+        let Some(kind) = crate::train::task_kind(kind) else {
+            let known: Vec<&str> = crate::train::TASKS.iter().map(|t| t.name()).collect();
+            return Err(format!("unknown `task.kind` \"{kind}\": taper trains {}", known.join(", ")));
+        };
+        let settings = kind.spec().settings(table).map_err(|e| e.message().to_string())?;
+        Ok(Self { kind, settings: Arc::from(settings) })
     }
+}
 
-    pub fn masked_lm(&self) -> Result<&MaskedLmTask> {
-        match self {
-            Self::MaskedLm(task) => Ok(task),
-            other => bail!("not a masked-lm task (kind {:?})", other.kind()),
-        }
+impl Default for TaskConfig {
+    /// Next-token prediction, the default task.
+    fn default() -> Self {
+        Self::parse(DEFAULT_KIND, toml::Table::new()).unwrap_or_else(|e| panic!("the default task: {e}"))
     }
+}
 
-    pub fn seq2seq(&self) -> Result<&Seq2seqTask> {
-        match self {
-            Self::Seq2seq(task) => Ok(task),
-            other => bail!("not a seq2seq task (kind {:?})", other.kind()),
+/// `task.kind` when `[task]` (or its `kind`) is left out.
+const DEFAULT_KIND: &str = "causal-lm";
+
+impl PartialEq for TaskConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.settings.same(other.settings.as_ref())
+    }
+}
+
+impl std::fmt::Debug for TaskConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TaskConfig {{ kind: {}, {:?} }}", self.kind, self.settings)
+    }
+}
+
+impl Serialize for TaskConfig {
+    /// `kind`, then the kind's keys.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let keys = self.settings.to_table().map_err(S::Error::custom)?;
+        let mut map = serializer.serialize_map(Some(keys.len() + 1))?;
+        map.serialize_entry("kind", self.kind.spec().name())?;
+        for (key, value) in &keys {
+            map.serialize_entry(key, value)?;
         }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(deserializer)?;
+        let kind = match table.remove("kind") {
+            None => DEFAULT_KIND.to_string(),
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => return Err(serde::de::Error::custom(format!("`task.kind` is a name, not {other}"))),
+        };
+        Self::parse(&kind, table).map_err(serde::de::Error::custom)
     }
 }
 
 /// Reads a `[task]` table written before `[task]` was tagged on its kind (every run's
-/// config.toml held every kind's keys): `kind` defaults to causal-lm, and another kind's keys
-/// are dropped where they hold their default (so did nothing); others stay, and are refused.
+/// config.toml held every kind's keys): `kind` defaults to causal-lm, and a key the kind does not
+/// have is dropped where it holds another kind's default for it (so did nothing); others stay,
+/// and are refused.
 pub fn upgrade_task_table(task: &mut toml::Table) {
-    let kind = task.entry("kind").or_insert_with(|| "causal-lm".into());
+    let kind = task.entry("kind").or_insert_with(|| DEFAULT_KIND.into());
     let kind = kind.as_str().unwrap_or_default().to_string();
-    let own: &[&str] = match kind.as_str() {
-        "sequence-classification" => &["text_column", "text_pair_column", "label_column", "max_len", "pooling"],
-        "masked-lm" => &["mask_prob"],
-        "seq2seq" => &["source_column", "target_column", "max_len", "max_target_len", "label_smoothing"],
-        _ => &[],
-    };
-    let defaults: [(&str, toml::Value); 7] = [
-        ("text_column", default_text_column().into()),
-        ("label_column", default_label_column().into()),
-        ("pooling", "cls".into()),
-        ("mask_prob", default_mask_prob().into()),
-        ("source_column", default_source_column().into()),
-        ("target_column", default_target_column().into()),
-        ("label_smoothing", 0.0.into()),
-    ];
+    let defaults = |spec: &dyn TaskSpec| spec.settings(toml::Table::new()).ok()?.to_table().ok();
+    let own = crate::train::task_kind(&kind).and_then(|k| defaults(k.spec())).unwrap_or_default();
+    let others: Vec<toml::Table> =
+        crate::train::TASKS.iter().filter(|t| t.name() != kind).filter_map(|t| defaults(*t)).collect();
     task.retain(|key, value| {
-        key == "kind" || own.contains(&key) || !defaults.iter().any(|(k, d)| *k == key && d == value)
+        key == "kind" || own.contains_key(key) || !others.iter().any(|d| d.get(key) == Some(value))
     });
 }
 
@@ -397,50 +311,18 @@ impl Metric {
     }
 }
 
-const fn lower(name: &'static str) -> Metric {
+/// A metric where lower is better (a loss).
+pub const fn lower(name: &'static str) -> Metric {
     Metric { name, higher_is_better: false }
 }
-const fn higher(name: &'static str) -> Metric {
+
+/// A metric where higher is better (an accuracy).
+pub const fn higher(name: &'static str) -> Metric {
     Metric { name, higher_is_better: true }
 }
-const VAL_LOSS: Metric = lower("val_loss");
-const CAUSAL_LM: [Metric; 1] = [VAL_LOSS];
-const CLASSIFICATION: [Metric; 3] = [VAL_LOSS, higher("accuracy"), higher("macro_f1")];
-const MASKED_LM: [Metric; 2] = [VAL_LOSS, higher("masked_accuracy")];
-const SEQ2SEQ: [Metric; 4] = [VAL_LOSS, higher("token_accuracy"), higher("exact_match"), higher("bleu")];
-const TOKEN_CLASSIFICATION: [Metric; 5] =
-    [VAL_LOSS, higher("token_accuracy"), higher("precision"), higher("recall"), higher("f1")];
 
-impl std::fmt::Display for TaskKind {
-    /// As `task.kind` spells it.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TaskKind::CausalLm => "causal-lm",
-            TaskKind::SequenceClassification => "sequence-classification",
-            TaskKind::MaskedLm => "masked-lm",
-            TaskKind::Seq2seq => "seq2seq",
-            TaskKind::TokenClassification => "token-classification",
-        })
-    }
-}
-
-impl TaskKind {
-    /// The metrics an evaluation of this task reports, any of which may pick the best checkpoint.
-    pub fn metrics(self) -> &'static [Metric] {
-        match self {
-            TaskKind::CausalLm => &CAUSAL_LM,
-            TaskKind::SequenceClassification => &CLASSIFICATION,
-            TaskKind::MaskedLm => &MASKED_LM,
-            TaskKind::Seq2seq => &SEQ2SEQ,
-            TaskKind::TokenClassification => &TOKEN_CLASSIFICATION,
-        }
-    }
-
-    /// The metric of this task called `name`.
-    pub fn metric(self, name: &str) -> Option<Metric> {
-        self.metrics().iter().copied().find(|m| m.name == name)
-    }
-}
+/// Every task's validation loss.
+pub const VAL_LOSS: Metric = lower("val_loss");
 
 impl Default for CheckpointConfig {
     fn default() -> Self {
@@ -498,36 +380,6 @@ fn default_keep_last() -> usize {
 }
 fn default_best_metric() -> String {
     "val_loss".into()
-}
-fn default_text_column() -> String {
-    "text".into()
-}
-fn default_label_column() -> String {
-    "label".into()
-}
-fn default_pooling() -> PoolingName {
-    PoolingName::Cls
-}
-fn default_tokens_column() -> String {
-    "tokens".into()
-}
-fn default_tags_column() -> String {
-    "tags".into()
-}
-fn default_scheme() -> crate::entity_metrics::Scheme {
-    crate::entity_metrics::Scheme::Iob2
-}
-fn yes() -> bool {
-    true
-}
-fn default_mask_prob() -> f64 {
-    0.15
-}
-fn default_source_column() -> String {
-    "source".into()
-}
-fn default_target_column() -> String {
-    "target".into()
 }
 
 impl TrainConfig {

@@ -6,27 +6,88 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use super::encoder::{self, with_loaded};
-use super::task::{Evaluation, Task};
-use crate::config::{Config, EvalBatches};
+use super::encoder::{self, with_loaded, EncoderArch};
+use super::shared::{batch_share, detached};
+use super::task::{Evaluation, Task, Trained};
+use super::{run_task, settings_of, Launch, RunSummary, TaskSettings, TaskSpec};
+use crate::config::{higher, Architecture, Config, EvalBatches, Metric, VAL_LOSS};
 use crate::data::masking::MaskingRule;
 use crate::data::{BatchBuffers, Corpus, Split, TokenDataset};
+use crate::hf::Head;
 use crate::host;
-use crate::model::bert::{BertConfig, MaskedLm as MaskedLmModel};
+use crate::model::encoder::MaskedLm as MaskedLmModel;
 use crate::model::{Mode, ParamStore};
 use crate::rng::Rng;
-use crate::run_dir::RunDir;
+use crate::run_dir::{OpenedCheckpoint, RunDir};
+
+/// `task.kind = "masked-lm"`: BERT's masked-language modelling on a plain corpus
+/// (encoder-only).
+pub struct MaskedLmSpec;
+
+pub static MASKED_LM: MaskedLmSpec = MaskedLmSpec;
+
+/// `[task]` of `kind = "masked-lm"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaskedLmTask {
+    /// Share of tokens selected (of which 80 % become [MASK], 10 % a random token, 10 % stay).
+    #[serde(default = "default_mask_prob")]
+    pub mask_prob: f64,
+}
+
+fn default_mask_prob() -> f64 {
+    0.15
+}
+
+impl TaskSpec for MaskedLmSpec {
+    fn name(&self) -> &'static str {
+        "masked-lm"
+    }
+    fn arch(&self) -> Architecture {
+        Architecture::EncoderOnly
+    }
+    fn metrics(&self) -> &'static [Metric] {
+        const METRICS: [Metric; 2] = [VAL_LOSS, higher("masked_accuracy")];
+        &METRICS
+    }
+    fn settings(&self, table: toml::Table) -> Result<Box<dyn TaskSettings>, toml::de::Error> {
+        settings_of::<MaskedLmTask>(table)
+    }
+    fn validate(&self, cfg: &Config) -> Result<()> {
+        let p = cfg.task.settings::<MaskedLmTask>()?.mask_prob;
+        if !(0.0..1.0).contains(&p) || p == 0.0 {
+            bail!("`task.mask_prob` must be in (0, 1), got {p}");
+        }
+        Ok(())
+    }
+    fn prepares_corpus(&self) -> bool {
+        true
+    }
+    fn head(&self, _cfg: &Config) -> Result<Head> {
+        Ok(Head::MaskedLm)
+    }
+    fn train(&self, cfg: &Config, launch: &Launch) -> Result<RunSummary> {
+        run_task(&MaskedLm::new(cfg, launch.run, launch.resuming, launch.params, launch.device)?, launch)
+    }
+    fn load(&self, opened: OpenedCheckpoint) -> Result<Box<dyn Trained>> {
+        bail!(
+            "{}: a masked-lm run has no inference command; its val loss and masked-token accuracy are in its \
+             metrics.jsonl, and `taper export` writes it for fine-tuning",
+            opened.run.path().display()
+        )
+    }
+}
 
 const MASK_STREAM: u64 = 5;
 const EVAL_MASK_STREAM: u64 = 6;
 
 pub struct MaskedLm {
     cfg: Config,
-    bert: BertConfig,
+    arch: EncoderArch,
     model: MaskedLmModel,
     data: TokenDataset,
     /// How the corpus was split (many documents), for the start-up line.
@@ -51,40 +112,29 @@ impl MaskedLm {
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let corpus = Corpus::resolve(&cfg.data)?;
         let setup = encoder::setup(cfg, run, resuming, Some(&corpus))?;
-        let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
-        let what = "masked-lm";
-        let (cls_id, sep_id) = (tokenizer.special_id("[CLS]", what)?, tokenizer.special_id("[SEP]", what)?);
-        let special_ids = vec![cls_id, sep_id, tokenizer.special_id("[PAD]", what)?];
+        let (arch, tokenizer, config) = (setup.arch, &setup.tokenizer, &setup.config);
+        let special = |role: fn(&crate::hf::Tokens) -> &[&str]| arch.special_id(tokenizer, role, "masked-lm");
+        let (cls_id, sep_id) = (special(|t| t.cls)?, special(|t| t.sep)?);
+        let special_ids = vec![cls_id, sep_id, special(|t| t.pad)?];
         let rule = MaskingRule {
-            mask_prob: config.task.masked_lm()?.mask_prob,
-            mask_id: tokenizer.special_id("[MASK]", what)?,
-            vocab_size: bert.vocab_size,
+            mask_prob: config.task.settings::<MaskedLmTask>()?.mask_prob,
+            mask_id: special(|t| t.mask)?,
+            vocab_size: arch.vocab.tokens,
             special_ids,
         };
-        let positions = bert.max_position_embeddings.min(config.model.block_size);
+        let positions = config.model.block_size;
         if positions < 3 {
             anyhow::bail!("masked-lm frames windows as [CLS] tokens [SEP]: `model.block_size` must be at least 3, got {positions}");
         }
         let window = positions - 2;
         let (data, corpus_note) = crate::data::corpus_dataset(&config.data, &corpus, tokenizer, window)?;
-        let model = MaskedLmModel::new(
-            &bert,
-            config.model.norm,
-            config.model.kernels,
-            params.var_builder(cfg.train.seed, device),
-        )?;
-        // `cls.seq_relationship` is BertForPreTraining's next-sentence head.
-        let loaded = encoder::load_pretrained(
-            &setup,
-            params,
-            device,
-            &["cls."],
-            &["bert.pooler.", "classifier.", "cls.seq_relationship"],
-        )?;
+        let vb = arch.renamed(&config.model, params.var_builder(cfg.train.seed, device));
+        let model = MaskedLmModel::new(&config.model, arch.vocab, vb)?;
+        let loaded = encoder::load_pretrained(&setup, params, device, &["mlm"])?;
         let task = Self {
             cfg: setup.config.clone(),
             loaded,
-            bert,
+            arch,
             model,
             data,
             corpus_note,
@@ -121,7 +171,7 @@ impl Task for MaskedLm {
     type Batch = MaskedBatch;
 
     fn describe(&self) -> String {
-        let shortfall = self.cfg.tokenizer.shortfall(self.bert.vocab_size).unwrap_or_default();
+        let shortfall = self.cfg.tokenizer.shortfall(self.arch.vocab.tokens).unwrap_or_default();
         let (train, val) = (self.data.len(Split::Train), self.data.len(Split::Val));
         let data = format!("{train} train / {val} val tokens{}{shortfall}", self.corpus_note);
         with_loaded(data, &self.loaded)
@@ -151,7 +201,7 @@ impl Task for MaskedLm {
     }
 
     fn residual_rms(&self, batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
-        super::encoder::residual_rms(&self.model.encoder, &batch.inputs, None)
+        super::encoder::residual_rms(&self.arch, &self.cfg.model, &self.model.encoder, &batch.inputs, None)
     }
 
     fn loss_sum(&self, batch: &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
@@ -163,8 +213,8 @@ impl Task for MaskedLm {
     /// batches rank, rank + size, ... and the sums are added over the ranks.
     fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
         let cfg = &self.cfg;
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = MaskedLmModel::new(&self.bert, cfg.model.norm, cfg.model.kernels, vb)?;
+        let vb = self.arch.renamed(&cfg.model, detached(params, &self.device));
+        let model = MaskedLmModel::new(&cfg.model, self.arch.vocab, vb)?;
         let buffers = &mut self.buffers.borrow_mut();
         // [loss sum, correct, masked positions]
         let mut sums = [0f64; 3];
@@ -172,7 +222,7 @@ impl Task for MaskedLm {
             EvalBatches::Sampled(n) => n.max(1),
             EvalBatches::All => self.data.val_blocks().div_ceil(cfg.train.batch_size),
         };
-        for index in (world.rank()..batches).step_by(world.size()) {
+        for index in batch_share(world, batches) {
             match cfg.train.eval_batches {
                 EvalBatches::Sampled(_) => {
                     self.data.windows(Split::Val, cfg.train.seed, index, 0, cfg.train.batch_size, buffers)

@@ -7,21 +7,100 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 
-use super::task::{Evaluation, Task};
-use crate::config::{Config, ModelConfig, TaskKind};
+use super::shared::{detached, split_sums};
+use super::task::{Evaluation, Task, Trained};
+use super::{run_task, settings_of, Launch, RunSummary, TaskKind, TaskSettings, TaskSpec};
+use crate::config::{higher, Architecture, Config, Metric, ModelConfig, VAL_LOSS};
 use crate::data::pairs::{encode_pairs, encode_source, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
 use crate::decode::{beam_search, greedy, BeamOptions, DecodeLimits};
+use crate::hf::Head;
 use crate::host;
 use crate::model::seq2seq::Seq2Seq;
 use crate::model::{Mode, ParamStore};
-use crate::pretrained::PretrainedT5;
+use crate::pretrained::Pretrained;
 use crate::run_dir::{OpenedCheckpoint, RunDir};
+
+/// `task.kind = "seq2seq"`: source -> target pairs with teacher forcing (encoder-decoder).
+pub struct Seq2SeqSpec;
+
+pub static SEQ2SEQ: Seq2SeqSpec = Seq2SeqSpec;
+
+/// `[task]` of `kind = "seq2seq"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Seq2seqTask {
+    /// The columns (TSV header, or JSONL keys) of the source and target texts.
+    #[serde(default = "default_source_column")]
+    pub source_column: String,
+    #[serde(default = "default_target_column")]
+    pub target_column: String,
+    /// Truncate sources to this many tokens; `model.block_size` when absent.
+    pub max_len: Option<usize>,
+    /// Truncate targets to this many tokens (BOS/EOS included); also the longest output
+    /// decoding produces. `model.block_size` when absent.
+    pub max_target_len: Option<usize>,
+    /// The smoothed target puts this much mass uniformly over the vocabulary.
+    #[serde(default)]
+    pub label_smoothing: f64,
+}
+
+fn default_source_column() -> String {
+    "source".into()
+}
+fn default_target_column() -> String {
+    "target".into()
+}
+
+impl TaskSpec for Seq2SeqSpec {
+    fn name(&self) -> &'static str {
+        "seq2seq"
+    }
+    fn arch(&self) -> Architecture {
+        Architecture::EncoderDecoder
+    }
+    fn metrics(&self) -> &'static [Metric] {
+        const METRICS: [Metric; 4] = [VAL_LOSS, higher("token_accuracy"), higher("exact_match"), higher("bleu")];
+        &METRICS
+    }
+    fn settings(&self, table: toml::Table) -> Result<Box<dyn TaskSettings>, toml::de::Error> {
+        settings_of::<Seq2seqTask>(table)
+    }
+    fn validate(&self, cfg: &Config) -> Result<()> {
+        let task = settings(cfg)?;
+        if !(0.0..1.0).contains(&task.label_smoothing) {
+            bail!("`task.label_smoothing` must be in [0, 1), got {}", task.label_smoothing);
+        }
+        for (key, value) in [("task.max_len", task.max_len), ("task.max_target_len", task.max_target_len)] {
+            if let Some(n) = value.filter(|&n| n < 2 || n > cfg.model.block_size) {
+                bail!("`{key}` = {n} must be in [2, model.block_size = {}]", cfg.model.block_size);
+            }
+        }
+        Ok(())
+    }
+    fn samples(&self) -> bool {
+        true
+    }
+    fn head(&self, _cfg: &Config) -> Result<Head> {
+        Ok(Head::Seq2SeqLm)
+    }
+    fn train(&self, cfg: &Config, launch: &Launch) -> Result<RunSummary> {
+        run_task(&Seq2SeqTask::new(cfg, launch.run, launch.resuming, launch.params, launch.device)?, launch)
+    }
+    fn load(&self, opened: OpenedCheckpoint) -> Result<Box<dyn Trained>> {
+        Ok(Box::new(TrainedSeq2Seq::from_checkpoint(opened)?))
+    }
+}
+
+fn settings(cfg: &Config) -> Result<&Seq2seqTask> {
+    cfg.task.settings::<Seq2seqTask>()
+}
 
 /// Pairs per forward pass when evaluating.
 const EVAL_BATCH: usize = 64;
@@ -73,16 +152,18 @@ impl Vocabularies {
     }
 
     /// The pretrained model's config.json must name the ids its tokenizer's specials have.
-    fn agree_with(&self, pretrained: &PretrainedT5) -> Result<()> {
-        let (ours, theirs) = (self.source_specials, pretrained.specials);
-        if (ours.pad, ours.eos, ours.bos) != (theirs.pad, theirs.eos, theirs.decoder_start) {
+    fn agree_with(&self, pretrained: &Pretrained) -> Result<()> {
+        let (ours, theirs) = (self.source_specials, pretrained.ids());
+        let ours_ids = (Some(ours.pad), Some(ours.eos), Some(ours.bos));
+        if ours_ids != (theirs.pad, theirs.eos, theirs.decoder_start) {
+            let show = |id: Option<u32>| id.map_or("none".to_string(), |id| id.to_string());
             anyhow::bail!(
                 "{}: config.json's pad / eos / decoder_start ids are {} / {} / {}, its tokenizer.json's <pad> / </s> / \
                  <s> (or <pad>) are {} / {} / {}; taper needs them to agree",
                 pretrained.dir.display(),
-                theirs.pad,
-                theirs.eos,
-                theirs.decoder_start,
+                show(theirs.pad),
+                show(theirs.eos),
+                show(theirs.decoder_start),
                 ours.pad,
                 ours.eos,
                 ours.bos
@@ -143,11 +224,11 @@ pub fn target_tokenizer_path(run: &RunDir) -> PathBuf {
 }
 
 fn max_len(cfg: &Config) -> Result<usize> {
-    Ok(cfg.task.seq2seq()?.max_len.unwrap_or(cfg.model.block_size))
+    Ok(settings(cfg)?.max_len.unwrap_or(cfg.model.block_size))
 }
 
 fn max_target_len(cfg: &Config) -> Result<usize> {
-    Ok(cfg.task.seq2seq()?.max_target_len.unwrap_or(cfg.model.block_size))
+    Ok(settings(cfg)?.max_target_len.unwrap_or(cfg.model.block_size))
 }
 
 fn build_model(cfg: &Config, vocab: &Vocabularies, vb: VarBuilder) -> Result<Seq2Seq> {
@@ -176,7 +257,7 @@ pub struct Seq2SeqTask {
 
 impl Seq2SeqTask {
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
-        let task = cfg.task.seq2seq()?;
+        let task = settings(cfg)?;
         let (source, target) = (&task.source_column, &task.target_column);
         let mut train_pairs = read_pairs(cfg.data.path.file()?, source, target)?;
         let (val_pairs, val_path) = match &cfg.data.val_path {
@@ -193,7 +274,7 @@ impl Seq2SeqTask {
         let (vocab, pretrained) = match (&cfg.model.init_from, resuming) {
             (_, true) => (Vocabularies::load(run, &cfg.model)?, None),
             (Some(spec), false) => {
-                let pretrained = PretrainedT5::open(&spec.clone(), &mut cfg.model)?;
+                let pretrained = Pretrained::open(&spec.clone(), &mut cfg.model)?;
                 cfg.validate()?;
                 let vocab = Vocabularies::pretrained(pretrained.tokenizer.clone(), run, &cfg.model)?;
                 vocab.agree_with(&pretrained)?;
@@ -318,15 +399,13 @@ impl Task for Seq2SeqTask {
     /// BLEU's n-gram counts and lengths) are added over the ranks, so the metrics are the one
     /// process's.
     fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = build_model(&self.cfg, &self.vocab, vb)?;
-        let share = |i: &usize| i % world.size() == world.rank();
-        let pairs: Vec<&EncodedPair> = self.val.iter().enumerate().filter(|(i, _)| share(i)).map(|(_, p)| p).collect();
-        let references: Vec<&String> =
-            self.val_targets.iter().enumerate().filter(|(i, _)| share(i)).map(|(_, r)| r).collect();
+        let model = build_model(&self.cfg, &self.vocab, detached(params, &self.device))?;
         let limits = self.vocab.limits(&self.cfg)?;
-        let mut sums = tally(&model, &self.vocab, &pairs, &references, limits, &self.device)?;
-        world.sum_values(&mut sums)?;
+        let rows: Vec<(&EncodedPair, &String)> = self.val.iter().zip(&self.val_targets).collect();
+        let sums = split_sums(world, &rows, |mine| {
+            let (pairs, references): (Vec<&EncodedPair>, Vec<&String>) = mine.iter().map(|&&(p, r)| (p, r)).unzip();
+            tally(&model, &self.vocab, &pairs, &references, limits, &self.device)
+        })?;
         Ok(from_tally(&sums))
     }
 
@@ -336,8 +415,7 @@ impl Task for Seq2SeqTask {
 
     /// The first `SAMPLES` val sources decoded greedily, as `source -> output`.
     fn sample(&self, params: &ParamStore) -> Result<Vec<String>> {
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = build_model(&self.cfg, &self.vocab, vb)?;
+        let model = build_model(&self.cfg, &self.vocab, detached(params, &self.device))?;
         let pairs = &self.val[..self.val.len().min(SAMPLES)];
         let batch = pad_pairs(pairs.iter(), self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)?;
         let memory = model.encode(&batch.source, Some(&batch.source_keep), &mut Mode::eval())?;
@@ -369,7 +447,7 @@ pub struct TrainedSeq2Seq {
 impl TrainedSeq2Seq {
     /// `which`: "latest", "best" or "step-N"; `device` as in `train.device`.
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
-        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::Seq2seq)?)
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::new(&SEQ2SEQ))?)
     }
 
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
@@ -418,7 +496,7 @@ impl TrainedSeq2Seq {
 
     /// Loss, token accuracy, exact match and BLEU (greedy decoding) on a file of pairs.
     pub fn evaluate(&self, file: &Path) -> Result<Evaluation> {
-        let task = self.config.task.seq2seq()?;
+        let task = settings(&self.config)?;
         let pairs = read_pairs(file, &task.source_column, &task.target_column)?;
         let encoded = encode(&self.config, &self.vocab, &pairs, file)?;
         let references: Vec<String> = pairs.into_iter().map(|p| p.target).collect();
@@ -426,5 +504,21 @@ impl TrainedSeq2Seq {
             (encoded.iter().collect(), references.iter().collect());
         let limits = self.vocab.limits(&self.config)?;
         Ok(from_tally(&tally(&self.model, &self.vocab, &encoded, &references, limits, &self.device)?))
+    }
+}
+
+impl Trained for TrainedSeq2Seq {
+    fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+
+    /// On `file`, or the run's `data.val_path`.
+    fn evaluate(&self, file: Option<&Path>) -> Result<(Evaluation, String)> {
+        let file = file.map_or_else(|| self.config.val_file(), |f| Ok(f.to_path_buf()))?;
+        Ok((TrainedSeq2Seq::evaluate(self, &file)?, file.display().to_string()))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -1,9 +1,12 @@
-//! What the training loop trains: a task owns its data and model and turns a (step,
-//! micro-batch) into a loss; the loop (in `mod.rs`) owns everything else.
+//! What the training loop trains: a [`Task`] is one run's, it owns its data and model and
+//! turns a (step, micro-batch) into a loss, the loop (`run.rs`) owns everything else; and a
+//! trained run loaded back ([`Trained`]). A kind of task is a `train::TaskSpec`.
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use crate::config::Config;
@@ -63,4 +66,25 @@ pub trait Task {
     fn residual_rms(&self, _batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {
         Ok(BTreeMap::new())
     }
+}
+
+/// A trained run loaded back: `taper eval`, `taper predict`, `taper generate`.
+pub trait Trained {
+    /// The checkpoint its weights came from.
+    fn checkpoint(&self) -> &Path;
+
+    /// Its task's metrics on `file` (default: a language model's validation split, the run's
+    /// `data.val_path` otherwise), and what was scored.
+    fn evaluate(&self, file: Option<&Path>) -> Result<(Evaluation, String)>;
+
+    /// `taper predict`: one JSON record per input of `input`.
+    fn predict(&self, _input: &Path) -> Result<Vec<serde_json::Value>> {
+        bail!(
+            "`taper predict` labels inputs with a sequence- or token-classification run; a language model or a \
+             seq2seq run generates with `taper generate`"
+        )
+    }
+
+    /// The concrete model, for the commands that differ by it (`taper generate`).
+    fn as_any(&self) -> &dyn Any;
 }

@@ -1,30 +1,111 @@
 //! Token classification (NER-style): tagged sentences -> sub-word tokens, each word's tag on
-//! its first sub-word (the others are left out of the loss) -> `BertForTokenClassification`
-//! -> cross-entropy; evaluated by token accuracy and seqeval's entity precision, recall and
+//! its first sub-word (the others are left out of the loss) -> a token classifier (an encoder,
+//! a linear head) -> cross-entropy; evaluated by token accuracy and seqeval's entity precision, recall and
 //! F1 on the validation file. A trained tagger loaded back: `taper eval` and `taper predict`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::classification::{probabilities, EVAL_BATCH};
-use super::encoder::{self, with_loaded};
-use super::task::{Evaluation, Task};
-use crate::config::{Config, TaskKind, TokenClassificationTask};
+use super::encoder::{self, with_loaded, EncoderArch};
+use super::shared::{detached, split_sums};
+use super::task::{Evaluation, Task, Trained};
+use super::{run_task, settings_of, Launch, RunSummary, TaskKind, TaskSettings, TaskSpec};
+use crate::config::{higher, Architecture, Config, Metric, VAL_LOSS};
 use crate::data::labelled::LabelSet;
 use crate::data::padded::{pad_batch, PaddedBatch};
-use crate::data::sampling::{hold_out, EpochSampler};
+use crate::data::sampling::EpochSampler;
 use crate::data::tagged::{encode_words, read_tagged, EncodedWords, TagColumns, TaggedSentence};
 use crate::data::TextTokenizer;
 use crate::entity_metrics::EntityCounts;
+use crate::hf::Head;
 use crate::host;
-use crate::model::bert::{BertConfig, TokenClassifier};
+use crate::model::encoder::TokenClassifier;
 use crate::model::{Mode, ParamStore};
 use crate::run_dir::{OpenedCheckpoint, RunDir};
+
+/// `task.kind = "token-classification"`: one tag per word (named entities, NER-style), from
+/// CoNLL or JSONL files (encoder-only).
+pub struct TokenClassificationSpec;
+
+pub static TOKEN_CLASSIFICATION: TokenClassificationSpec = TokenClassificationSpec;
+
+/// `[task]` of `kind = "token-classification"`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenClassificationTask {
+    /// JSONL keys of a sentence's word list and its tag list (CoNLL files: the first and the
+    /// last whitespace-separated field of each line).
+    #[serde(default = "default_tokens_column")]
+    pub tokens_column: String,
+    #[serde(default = "default_tags_column")]
+    pub tags_column: String,
+    /// Truncate encoded sentences to this many sub-word tokens ([CLS] and [SEP] included); the
+    /// words cut off are left out of the loss and the metrics. The model's maximum positions
+    /// when absent.
+    pub max_len: Option<usize>,
+    /// How the tags mark entities: "iob2" (B- starts every entity), "iob1", "iobes".
+    #[serde(default = "default_scheme")]
+    pub scheme: crate::entity_metrics::Scheme,
+    /// Entity metrics as seqeval's `mode="strict"` with the scheme (an entity counts only when
+    /// its tags form a well-made span); false: seqeval's default (conlleval's) matching.
+    #[serde(default = "yes")]
+    pub strict: bool,
+}
+
+fn default_tokens_column() -> String {
+    "tokens".into()
+}
+fn default_tags_column() -> String {
+    "tags".into()
+}
+fn default_scheme() -> crate::entity_metrics::Scheme {
+    crate::entity_metrics::Scheme::Iob2
+}
+fn yes() -> bool {
+    true
+}
+
+impl TaskSpec for TokenClassificationSpec {
+    fn name(&self) -> &'static str {
+        "token-classification"
+    }
+    fn arch(&self) -> Architecture {
+        Architecture::EncoderOnly
+    }
+    fn metrics(&self) -> &'static [Metric] {
+        const METRICS: [Metric; 5] =
+            [VAL_LOSS, higher("token_accuracy"), higher("precision"), higher("recall"), higher("f1")];
+        &METRICS
+    }
+    fn settings(&self, table: toml::Table) -> Result<Box<dyn TaskSettings>, toml::de::Error> {
+        settings_of::<TokenClassificationTask>(table)
+    }
+    fn validate(&self, cfg: &Config) -> Result<()> {
+        if task(cfg)?.max_len.is_some_and(|n| n < 3) {
+            bail!("`task.max_len` must be at least 3 ([CLS], one token, [SEP])");
+        }
+        Ok(())
+    }
+    fn predicts(&self) -> bool {
+        true
+    }
+    fn head(&self, _cfg: &Config) -> Result<Head> {
+        Ok(Head::TokenClassification)
+    }
+    fn train(&self, cfg: &Config, launch: &Launch) -> Result<RunSummary> {
+        run_task(&TokenClassification::new(cfg, launch.run, launch.resuming, launch.params, launch.device)?, launch)
+    }
+    fn load(&self, opened: OpenedCheckpoint) -> Result<Box<dyn Trained>> {
+        Ok(Box::new(TrainedTagger::from_checkpoint(opened)?))
+    }
+}
 
 /// A sentence ready for the model: its tokens, where its words start, and their tag ids.
 struct TaggedRow {
@@ -35,7 +116,7 @@ struct TaggedRow {
 pub struct TokenClassification {
     cfg: Config,
     model: TokenClassifier,
-    bert: BertConfig,
+    arch: EncoderArch,
     labels: LabelSet,
     train: Vec<TaggedRow>,
     val: Vec<TaggedRow>,
@@ -48,7 +129,7 @@ pub struct TokenClassification {
 }
 
 fn task(cfg: &Config) -> Result<&TokenClassificationTask> {
-    cfg.task.token_classification()
+    cfg.task.settings::<TokenClassificationTask>()
 }
 
 fn read(cfg: &Config, path: &Path, require_tags: bool) -> Result<Vec<TaggedSentence>> {
@@ -97,35 +178,28 @@ impl TokenClassification {
     /// model over `params`, loading the pretrained weights on a fresh run.
     pub fn new(cfg: &Config, run: &RunDir, resuming: bool, params: &ParamStore, device: &Device) -> Result<Self> {
         let setup = encoder::setup(cfg, run, resuming, None)?;
-        let (bert, tokenizer, config) = (setup.bert.clone(), &setup.tokenizer, &setup.config);
-        let train_file = cfg.data.path.file()?;
-        let mut train_sentences = read(cfg, train_file, true)?;
-        let labels = if resuming {
-            run.read_labels()?
-        } else {
-            let labels = tag_set(&train_sentences, train_file)?;
-            crate::fsutil::write_atomic(&run.labels(), serde_json::to_string_pretty(&labels.names)?.as_bytes())?;
-            labels
-        };
-        let (val_sentences, val_source) = match &cfg.data.val_path {
-            Some(path) => (read(cfg, path, true)?, path.clone()),
-            None => {
-                let (fraction, seed) = (cfg.data.val_fraction, cfg.train.seed);
-                (hold_out(&mut train_sentences, fraction, seed, "sentences", train_file)?, train_file.to_path_buf())
-            }
-        };
-        let max_len = encoder::max_len(task(config)?.max_len, &bert)?;
-        let train = encode_tagged(tokenizer, &train_sentences, &labels, max_len, train_file)?;
-        let val = encode_tagged(tokenizer, &val_sentences, &labels, max_len, &val_source)?;
-        let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
-        let model = build_model(config, &bert, labels.names.len(), params.var_builder(cfg.train.seed, device))?;
-        let loaded = encoder::load_pretrained(&setup, params, device, &["classifier."], &["cls.", "bert.pooler."])?;
+        let (arch, tokenizer, config) = (setup.arch, &setup.tokenizer, &setup.config);
+        let max_len = encoder::max_len(task(config)?.max_len, &config.model)?;
+        let rows = encoder::labelled_rows(
+            cfg,
+            run,
+            resuming,
+            "sentences",
+            |path| read(cfg, path, true),
+            tag_set,
+            |sentences, labels, source| encode_tagged(tokenizer, sentences, labels, max_len, source),
+        )?;
+        let (labels, train, val) = (rows.labels, rows.train, rows.val);
+        let pad_id = arch.special_id(tokenizer, |t| t.pad, "padding batches")?;
+        let vb = arch.renamed(&config.model, params.var_builder(cfg.train.seed, device));
+        let model = build_model(config, &arch, labels.names.len(), vb)?;
+        let loaded = encoder::load_pretrained(&setup, params, device, &["classifier"])?;
         let sampler = EpochSampler::new(cfg.train.seed, train.len());
         let cut_words = cut_words(&train);
         Ok(Self {
             cfg: setup.config,
             model,
-            bert,
+            arch,
             labels,
             train,
             val,
@@ -138,9 +212,9 @@ impl TokenClassification {
     }
 }
 
-/// The tagger a run's config describes, over `vb`.
-fn build_model(cfg: &Config, bert: &BertConfig, num_labels: usize, vb: VarBuilder) -> Result<TokenClassifier> {
-    Ok(TokenClassifier::new(bert, num_labels, cfg.model.norm, cfg.model.kernels, vb)?)
+/// The tagger a run's config describes, over `vb` (seen through the family's names).
+fn build_model(cfg: &Config, arch: &EncoderArch, num_labels: usize, vb: VarBuilder) -> Result<TokenClassifier> {
+    Ok(TokenClassifier::new(&cfg.model, arch.vocab, num_labels, vb)?)
 }
 
 /// The padded batch of `rows` and the flat (B * T) positions of their scored words' first
@@ -280,7 +354,7 @@ impl Task for TokenClassification {
     }
 
     fn residual_rms(&self, (inputs, ..): &Self::Batch) -> Result<BTreeMap<String, f64>> {
-        encoder::residual_rms(&self.model.encoder, &inputs.ids, Some(&inputs.mask))
+        encoder::residual_rms(&self.arch, &self.cfg.model, &self.model.encoder, &inputs.ids, Some(&inputs.mask))
     }
 
     fn loss_sum(&self, (inputs, positions, tags): &Self::Batch, mode: &mut Mode) -> Result<Tensor> {
@@ -291,11 +365,11 @@ impl Task for TokenClassification {
     /// Each rank scores val sentences rank, rank + size, ...; the sums (loss, words, entity
     /// counts) are added over the ranks, so the metrics are the one process's.
     fn evaluate(&self, params: &ParamStore, world: &dyn crate::distributed::Collective) -> Result<Evaluation> {
-        let vb = VarBuilder::from_tensors(params.detached(), DType::F32, &self.device);
-        let model = build_model(&self.cfg, &self.bert, self.labels.names.len(), vb)?;
-        let mine: Vec<&TaggedRow> = self.val.iter().skip(world.rank()).step_by(world.size()).collect();
-        let mut sums = tally(&model, &mine, &self.labels, task(&self.cfg)?, self.pad_id, &self.device)?;
-        world.sum_values(&mut sums)?;
+        let vb = self.arch.renamed(&self.cfg.model, detached(params, &self.device));
+        let model = build_model(&self.cfg, &self.arch, self.labels.names.len(), vb)?;
+        let task = task(&self.cfg)?;
+        let sums =
+            split_sums(world, &self.val, |mine| tally(&model, mine, &self.labels, task, self.pad_id, &self.device))?;
         Ok(from_tally(&sums))
     }
 
@@ -308,7 +382,6 @@ impl Task for TokenClassification {
 /// entity precision / recall / F1 on a tagged file) and `taper predict` (a tag per word).
 pub struct TrainedTagger {
     pub config: Config,
-    pub bert: BertConfig,
     pub tokenizer: TextTokenizer,
     pub labels: LabelSet,
     pub model: TokenClassifier,
@@ -319,21 +392,22 @@ pub struct TrainedTagger {
 
 impl TrainedTagger {
     pub fn from_checkpoint(opened: OpenedCheckpoint) -> Result<Self> {
-        let bert = encoder::trained_bert(&opened)?;
+        let arch = encoder::trained_arch(&opened)?;
         let tokenizer = TextTokenizer::load(&opened.run.tokenizer())?;
         let labels = opened.run.read_labels()?;
-        let model = opened.build(|vb| build_model(&opened.config, &bert, labels.names.len(), vb))?;
-        let pad_id = tokenizer.special_id("[PAD]", "padding batches")?;
+        let (cfg, n) = (&opened.config, labels.names.len());
+        let model = opened.build(|vb| build_model(cfg, &arch, n, arch.renamed(&cfg.model, vb)))?;
+        let pad_id = arch.special_id(&tokenizer, |t| t.pad, "padding batches")?;
         let OpenedCheckpoint { config, checkpoint, device, .. } = opened;
-        Ok(Self { config, bert, tokenizer, labels, model, checkpoint, pad_id, device })
+        Ok(Self { config, tokenizer, labels, model, checkpoint, pad_id, device })
     }
 
     pub fn load(run_dir: &Path, which: &str, device: &str) -> Result<Self> {
-        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::TokenClassification)?)
+        Self::from_checkpoint(OpenedCheckpoint::open(run_dir, which, device, TaskKind::new(&TOKEN_CLASSIFICATION))?)
     }
 
     fn max_len(&self) -> Result<usize> {
-        encoder::max_len(task(&self.config)?.max_len, &self.bert)
+        encoder::max_len(task(&self.config)?.max_len, &self.config.model)
     }
 
     /// Loss, token accuracy and entity precision / recall / F1 on a tagged file.
@@ -374,5 +448,25 @@ impl TrainedTagger {
                 record
             })
             .collect())
+    }
+}
+
+impl Trained for TrainedTagger {
+    fn checkpoint(&self) -> &Path {
+        &self.checkpoint
+    }
+
+    /// On `file`, or the run's `data.val_path`.
+    fn evaluate(&self, file: Option<&Path>) -> Result<(Evaluation, String)> {
+        let file = file.map_or_else(|| self.config.val_file(), |f| Ok(f.to_path_buf()))?;
+        Ok((TrainedTagger::evaluate(self, &file)?, file.display().to_string()))
+    }
+
+    fn predict(&self, input: &Path) -> Result<Vec<serde_json::Value>> {
+        TrainedTagger::predict(self, input)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -72,3 +72,24 @@ keep_last = 2
 pub fn overrides(extra: &str) -> Vec<String> {
     extra.split_whitespace().map(String::from).collect()
 }
+
+/// An encoder's `[model]` (built `norm`, with `kernels`) and embedding rows from a BERT
+/// config.json's text, as `model.init_from` reads one.
+pub fn bert_model(
+    json: &str,
+    norm: taper::config::NormPlacement,
+    kernels: taper::config::Kernels,
+) -> (taper::config::ModelConfig, taper::model::encoder::EncoderVocab) {
+    use taper::hf::Family;
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    let checkpoint = taper::hf::bert::Bert.read_config(&value).unwrap();
+    let arch = taper::config::Architecture::EncoderOnly;
+    let model = taper::config::ModelConfig { arch, norm, kernels, ..taper::config::ModelConfig::defaults() };
+    (checkpoint.adopted(model, Path::new("config.json")).unwrap(), checkpoint.encoder_vocab())
+}
+
+/// `vb` (a store's root) through BERT's names, as an encoder run's task model sees it.
+pub fn bert_names<'a>(model: &taper::config::ModelConfig, vb: candle_nn::VarBuilder<'a>) -> candle_nn::VarBuilder<'a> {
+    use taper::hf::Family;
+    taper::hf::bert::Bert.names(model).renamed(vb)
+}

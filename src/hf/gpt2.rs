@@ -5,16 +5,15 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Context as _, Result};
 use candle_core::Tensor;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::decoder::{DecoderShape, Specials};
-use super::NameTable;
-use crate::kernels::Activation;
-use crate::model::config::{ModelConfig, Positions};
-use crate::model::norm::NormKind;
+use super::decoder::{drop_tied_head, mismatches as decoder_mismatches, tokens as decoder_tokens};
+use super::{show, Checkpoint, ContextLength, Export, Family, Head};
+use super::{NameTable, Tensors, Tokens};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, NormPlacement, Positions};
 
 const RULES: [(&str, &str); 10] = [
     ("tok_emb", "transformer.wte"),
@@ -95,9 +94,9 @@ const ACTIVATIONS: [(&str, Activation); 6] = [
     ("swish", Activation::Silu),
 ];
 
-/// The shape a GPT-2 config.json describes.
-pub fn shape(config: Value) -> Result<DecoderShape> {
-    let c: Gpt2Config = serde_json::from_value(config)?;
+/// The architecture a GPT-2 config.json describes.
+fn read(config: &Value) -> Result<Checkpoint> {
+    let c: Gpt2Config = serde_json::from_value(config.clone())?;
     if !c.scale_attn_weights || c.scale_attn_by_inverse_layer_idx {
         bail!("scale_attn_weights = false or scale_attn_by_inverse_layer_idx = true: taper scales scores by 1/sqrt(head_dim) only");
     }
@@ -105,42 +104,38 @@ pub fn shape(config: Value) -> Result<DecoderShape> {
         let known: Vec<&str> = ACTIVATIONS.iter().map(|(n, _)| *n).collect();
         bail!("activation_function `{}` is not one taper has (it has {})", c.activation_function, known.join(", "));
     };
-    Ok(DecoderShape {
+    let model = ModelConfig {
+        arch: Architecture::DecoderOnly,
         n_layer: c.n_layer,
         n_head: c.n_head,
-        n_kv_head: c.n_head,
+        n_kv_head: Some(c.n_head),
         d_model: c.n_embd,
-        d_ff: c.n_inner.unwrap_or(4 * c.n_embd),
-        max_positions: c.n_positions,
-        vocab_size: c.vocab_size,
+        d_ff: Some(c.n_inner.unwrap_or(4 * c.n_embd)),
+        block_size: c.n_positions,
+        norm: NormPlacement::Pre,
         norm_kind: NormKind::Layer,
         activation,
         positions: Positions::Learned,
-        biases: (true, true, true),
         tie_embeddings: c.tie_word_embeddings,
-        eps: c.layer_norm_epsilon,
-        rope_theta: crate::model::config::default_rope_theta(),
+        layer_norm_eps: c.layer_norm_epsilon,
         init_std: c.initializer_range,
-    })
+        ..ModelConfig::defaults()
+    };
+    let context = ContextLength::AtMost(c.n_positions);
+    Ok(Checkpoint { model, vocab_size: c.vocab_size, type_vocab_size: 0, context, dropout: None, run_chooses: &[] })
 }
 
 /// What keeps `model` from being a GPT-2, as `model.key = value` notes (empty: it is one).
-pub fn mismatches(model: &ModelConfig) -> Vec<String> {
+fn mismatches(model: &ModelConfig) -> Vec<String> {
     let mut out = Vec::new();
     if model.norm_kind != NormKind::Layer {
         out.push("`model.norm_kind = \"rms\"` (GPT-2 has LayerNorm)".into());
     }
     if model.positions != Positions::Learned {
-        out.push(format!(
-            "`model.positions = {}` (GPT-2 has learned positions)",
-            super::decoder::show(&model.positions)
-        ));
+        out.push(format!("`model.positions = {}` (GPT-2 has learned positions)", show(&model.positions)));
     }
     if model.activation.gate().is_some() {
-        out.push(format!(
-            "`model.activation = {}` (GPT-2's FFN is elementwise)",
-            super::decoder::show(&model.activation)
-        ));
+        out.push(format!("`model.activation = {}` (GPT-2's FFN is elementwise)", show(&model.activation)));
     }
     if model.n_kv_head() != model.n_head {
         out.push("`model.n_kv_head` (GPT-2 has one key/value head per query head)".into());
@@ -148,11 +143,13 @@ pub fn mismatches(model: &ModelConfig) -> Vec<String> {
     if model.biases() != (true, true, true) {
         out.push("`model.bias = false` or a group's (GPT-2's linear layers all have biases)".into());
     }
+    out.extend(decoder_mismatches(model));
     out
 }
 
 /// GPT-2's config.json for `model` with `vocab_size` rows.
-pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials) -> Value {
+fn config_json(export: &Export) -> Value {
+    let (model, vocab_size, specials) = (export.model, export.vocab_size, export.ids);
     let activation = ACTIVATIONS.iter().find(|(_, a)| *a == model.activation).map_or("gelu_new", |(n, _)| n);
     let d_ff = model.d_ff();
     json!({
@@ -193,7 +190,7 @@ fn is_conv1d_weight(taper: &str) -> bool {
 /// A GPT-2 file's tensors under taper's names (`transformer.` optional, as in the original
 /// checkpoints), the learned positions cut to `block_size` rows; the buffers it holds are
 /// returned apart, by name. A tensor no rule covers keeps its name (the loader reports it).
-pub fn to_taper(tensors: HashMap<String, Tensor>, block_size: usize) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+fn to_taper(tensors: Tensors, block_size: usize) -> Result<(Tensors, Vec<String>)> {
     let prefixed = tensors.keys().any(|k| k.starts_with("transformer."));
     let (mut out, mut buffers) = (HashMap::new(), Vec::new());
     for (name, t) in tensors {
@@ -238,14 +235,14 @@ fn qkv_part(name: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// The GPT-2 name of the tensor that holds taper's `name` (`c_attn` for the three projections).
-pub fn checkpoint_name(name: &str) -> String {
+fn checkpoint_name(name: &str) -> String {
     let packed = qkv_part(name).map(|(block, _, kind)| format!("{block}.attn.qkv.{kind}"));
     let taper = packed.as_deref().unwrap_or(name);
     TABLE.checkpoint_name(taper).unwrap_or_else(|| name.to_string())
 }
 
 /// taper's tensors of a GPT-2-shaped decoder under GPT2LMHeadModel's names and layouts.
-pub fn to_hf(tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+fn to_hf(tensors: &Tensors) -> Result<Tensors> {
     let mut out = HashMap::new();
     for (name, t) in tensors {
         let (taper, t) = match qkv_part(name) {
@@ -265,4 +262,54 @@ pub fn to_hf(tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor
         out.insert(hf, t);
     }
     Ok(out)
+}
+
+/// GPT-2's adapter.
+pub struct Gpt2;
+
+impl Family for Gpt2 {
+    fn model_type(&self) -> &'static str {
+        "gpt2"
+    }
+
+    fn arch(&self) -> Architecture {
+        Architecture::DecoderOnly
+    }
+
+    fn class(&self, head: Head) -> Option<&'static str> {
+        (head == Head::CausalLm).then_some("GPT2LMHeadModel")
+    }
+
+    fn read_config(&self, config: &Value) -> Result<Checkpoint> {
+        read(config)
+    }
+
+    fn mismatches(&self, model: &ModelConfig) -> Vec<String> {
+        mismatches(model)
+    }
+
+    fn names(&self, _model: &ModelConfig) -> NameTable {
+        TABLE.clone()
+    }
+
+    fn to_taper(&self, tensors: Tensors, model: &ModelConfig, _config: &Value) -> Result<(Tensors, Vec<String>)> {
+        let (tensors, unused) = to_taper(tensors, model.block_size)?;
+        Ok(drop_tied_head(tensors, unused, model))
+    }
+
+    fn to_hf(&self, tensors: &Tensors, _model: &ModelConfig) -> Result<Tensors> {
+        to_hf(tensors)
+    }
+
+    fn checkpoint_name(&self, name: &str, _model: &ModelConfig) -> String {
+        checkpoint_name(name)
+    }
+
+    fn tokens(&self) -> Tokens {
+        decoder_tokens()
+    }
+
+    fn config_json(&self, export: &Export) -> Result<Value> {
+        Ok(config_json(export))
+    }
 }

@@ -7,18 +7,12 @@
 //! one not, and reads whichever a file has (`scale_decoder_outputs`, transformers 5's key). Both are powers of two when head_dim and d_model are
 //! powers of four; otherwise a load -> export round trip may move a weight by an ulp.
 
-use std::collections::HashMap;
-
-use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use anyhow::{bail, Context as _, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::decoder::show;
-use super::NameTable;
-use crate::kernels::Activation;
-use crate::model::config::{Architecture, ModelConfig, NormPlacement, Positions};
-use crate::model::norm::NormKind;
+use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, SpecialIds, Tensors, Tokens};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, NormPlacement, Positions};
 
 /// taper's block paths and T5's, per stack; `{ffn}` is the FFN layer's index.
 const SELF: [(&str, &str); 5] = [
@@ -116,19 +110,17 @@ fn yes() -> bool {
     true
 }
 
-/// What a T5 config.json describes.
-#[derive(Debug, Clone)]
-pub struct T5Checkpoint {
-    pub model: ModelConfig,
-    pub vocab_size: usize,
-    /// T5 multiplies the decoder's output by d_model^-0.5 before the head (v1.0's tied head).
-    pub scaled_head: bool,
+/// Whether a T5 config.json's model multiplies the decoder's output by d_model^-0.5 before the
+/// head (v1.0's tied head; transformers 5 says so in `scale_decoder_outputs`).
+fn scaled_head(config: &Value) -> Result<bool> {
+    let c: T5Config = serde_json::from_value(config.clone())?;
+    Ok(c.scale_decoder_outputs.unwrap_or(c.tie_word_embeddings))
 }
 
-/// The `[model]` a T5 config.json describes (`block_size` is the caller's: T5 has no limit),
-/// its vocabulary size and whether its head input is scaled.
-pub fn model_config(config: Value, block_size: usize) -> Result<T5Checkpoint> {
-    let c: T5Config = serde_json::from_value(config)?;
+/// The architecture a T5 config.json describes (T5's relative positions take any length:
+/// `block_size` 512 unless the run says).
+fn read(config: &Value) -> Result<Checkpoint> {
+    let c: T5Config = serde_json::from_value(config.clone())?;
     if c.d_kv * c.num_heads != c.d_model {
         bail!("d_kv * num_heads = {} is not d_model = {}, as taper's heads are", c.d_kv * c.num_heads, c.d_model);
     }
@@ -142,7 +134,6 @@ pub fn model_config(config: Value, block_size: usize) -> Result<T5Checkpoint> {
         n_head: c.num_heads,
         d_model: c.d_model,
         d_ff: Some(c.d_ff),
-        block_size,
         norm: NormPlacement::Pre,
         norm_kind: NormKind::Rms,
         activation,
@@ -154,12 +145,12 @@ pub fn model_config(config: Value, block_size: usize) -> Result<T5Checkpoint> {
         relative_max_distance: c.relative_attention_max_distance,
         ..ModelConfig::defaults()
     };
-    let scaled_head = c.scale_decoder_outputs.unwrap_or(c.tie_word_embeddings);
-    Ok(T5Checkpoint { model, vocab_size: c.vocab_size, scaled_head })
+    let context = ContextLength::Any { default: 512 };
+    Ok(Checkpoint { model, vocab_size: c.vocab_size, type_vocab_size: 0, context, dropout: None, run_chooses: &[] })
 }
 
 /// What keeps the encoder-decoder `model` from being a T5, as `model.key = value` notes.
-pub fn mismatches(model: &ModelConfig) -> Vec<String> {
+fn mismatches(model: &ModelConfig) -> Vec<String> {
     let mut out = Vec::new();
     let mut need = |ok: bool, note: String| {
         if !ok {
@@ -184,16 +175,9 @@ pub fn mismatches(model: &ModelConfig) -> Vec<String> {
     out
 }
 
-/// The special ids a T5 config.json names.
-#[derive(Debug, Clone, Copy)]
-pub struct T5Specials {
-    pub pad: u32,
-    pub eos: u32,
-    pub decoder_start: u32,
-}
-
 /// T5's config.json for `model` with `vocab_size` rows.
-pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: T5Specials) -> Value {
+fn config_json(export: &Export) -> Value {
+    let (model, vocab_size, ids) = (export.model, export.vocab_size, export.ids);
     let ffn = ACTIVATIONS.iter().find(|(_, a)| *a == model.activation).map_or("relu", |(n, _)| n);
     json!({
         "architectures": ["T5ForConditionalGeneration"],
@@ -216,17 +200,12 @@ pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: T5Specials)
         // A tied head is written scaled (T5 v1.0), an untied one not (v1.1), as transformers 4
         // reads them; transformers 5 reads this key.
         "scale_decoder_outputs": model.tie_embeddings,
-        "pad_token_id": specials.pad,
-        "eos_token_id": specials.eos,
-        "decoder_start_token_id": specials.decoder_start,
+        "pad_token_id": ids.pad,
+        "eos_token_id": ids.eos,
+        "decoder_start_token_id": ids.decoder_start,
         "use_cache": true,
         "torch_dtype": "float32",
     })
-}
-
-/// T5's name of taper's `name`.
-pub fn checkpoint_name(name: &str, gated: bool) -> String {
-    table(gated).checkpoint_name(name).unwrap_or_else(|| name.to_string())
 }
 
 /// The factor taper's tensor `name` is multiplied by on its way to a T5 whose head input is
@@ -242,9 +221,9 @@ fn fold(name: &str, model: &ModelConfig, scaled: bool) -> f64 {
 }
 
 /// taper's tensors of a T5-shaped encoder-decoder under T5's names, the scalings folded in.
-pub fn to_hf(tensors: &HashMap<String, Tensor>, model: &ModelConfig) -> Result<HashMap<String, Tensor>> {
+fn to_hf(tensors: &Tensors, model: &ModelConfig) -> Result<Tensors> {
     let table = table(model.activation.gate().is_some());
-    let mut out = HashMap::new();
+    let mut out = Tensors::new();
     for (name, t) in tensors {
         let hf = table
             .checkpoint_name(name)
@@ -258,13 +237,9 @@ pub fn to_hf(tensors: &HashMap<String, Tensor>, model: &ModelConfig) -> Result<H
 /// A T5 file's tensors under taper's names for `model` (its head input `scaled` or not), the
 /// scalings taken back out; the tied copies of the shared table (and a tied head's) are
 /// returned apart, by name.
-pub fn to_taper(
-    tensors: HashMap<String, Tensor>,
-    model: &ModelConfig,
-    scaled: bool,
-) -> Result<(HashMap<String, Tensor>, Vec<String>)> {
+fn to_taper(tensors: Tensors, model: &ModelConfig, scaled: bool) -> Result<(Tensors, Vec<String>)> {
     let table = table(model.activation.gate().is_some());
-    let (mut out, mut unused) = (HashMap::new(), Vec::new());
+    let (mut out, mut unused) = (Tensors::new(), Vec::new());
     for (name, t) in tensors {
         let copy = name.ends_with("embed_tokens.weight") || (model.tie_embeddings && name == "lm_head.weight");
         if copy {
@@ -280,4 +255,61 @@ pub fn to_taper(
     }
     unused.sort();
     Ok((out, unused))
+}
+
+/// T5's adapter.
+pub struct T5;
+
+impl Family for T5 {
+    fn model_type(&self) -> &'static str {
+        "t5"
+    }
+
+    fn arch(&self) -> Architecture {
+        Architecture::EncoderDecoder
+    }
+
+    fn class(&self, head: Head) -> Option<&'static str> {
+        (head == Head::Seq2SeqLm).then_some("T5ForConditionalGeneration")
+    }
+
+    fn read_config(&self, config: &Value) -> Result<Checkpoint> {
+        read(config)
+    }
+
+    fn mismatches(&self, model: &ModelConfig) -> Vec<String> {
+        mismatches(model)
+    }
+
+    fn names(&self, model: &ModelConfig) -> NameTable {
+        table(model.activation.gate().is_some())
+    }
+
+    fn to_taper(&self, tensors: Tensors, model: &ModelConfig, config: &Value) -> Result<(Tensors, Vec<String>)> {
+        to_taper(tensors, model, scaled_head(config)?)
+    }
+
+    fn to_hf(&self, tensors: &Tensors, model: &ModelConfig) -> Result<Tensors> {
+        to_hf(tensors, model)
+    }
+
+    fn tokens(&self) -> Tokens {
+        Tokens { bos: &["<s>"], eos: &["</s>"], pad: &["<pad>"], cls: &[], sep: &[], mask: &[] }
+    }
+
+    /// T5's defaults: pad 0, end 1, the decoder starting from the pad id.
+    fn special_ids(&self, config: &Value) -> SpecialIds {
+        let id = |key: &str| config.get(key).and_then(Value::as_u64).map(|v| v as u32);
+        let (pad, eos) = (id("pad_token_id").unwrap_or(0), id("eos_token_id").unwrap_or(1));
+        SpecialIds {
+            bos: None,
+            eos: Some(eos),
+            pad: Some(pad),
+            decoder_start: Some(id("decoder_start_token_id").unwrap_or(pad)),
+        }
+    }
+
+    fn config_json(&self, export: &Export) -> Result<Value> {
+        Ok(config_json(export))
+    }
 }

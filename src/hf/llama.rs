@@ -3,19 +3,16 @@
 //! and their tensor names. A rename is all it takes: the projections are (out, in) as taper's,
 //! and Hugging Face's rotary layout (the two halves of each head rotate together) is taper's.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use anyhow::{bail, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::decoder::{show, DecoderShape, Specials};
-use super::NameTable;
-use crate::kernels::Activation;
-use crate::model::config::{ModelConfig, Positions};
-use crate::model::norm::NormKind;
+use super::decoder::{drop_tied_head, mismatches as decoder_mismatches, tokens as decoder_tokens};
+use super::{show, Checkpoint, ContextLength, Export, Family, Head};
+use super::{NameTable, Tensors, Tokens};
+use crate::config::{Activation, Architecture, ModelConfig, NormKind, NormPlacement, Positions};
 
 const RULES: [(&str, &str); 12] = [
     ("tok_emb", "model.embed_tokens"),
@@ -109,9 +106,9 @@ const ACTIVATIONS: [(&str, Activation); 5] = [
     ("relu", Activation::Reglu),
 ];
 
-/// The shape a Llama (or, with `qwen2`, a Qwen2) config.json describes.
-pub fn shape(config: Value, qwen2: bool) -> Result<DecoderShape> {
-    let c: LlamaConfig = serde_json::from_value(config)?;
+/// The architecture a Llama (or, with `qwen2`, a Qwen2) config.json describes.
+fn read(config: &Value, qwen2: bool) -> Result<Checkpoint> {
+    let c: LlamaConfig = serde_json::from_value(config.clone())?;
     if c.use_sliding_window {
         bail!(
             "use_sliding_window is true: taper attends to the whole context; set it false (or give a model without it)"
@@ -136,31 +133,38 @@ pub fn shape(config: Value, qwen2: bool) -> Result<DecoderShape> {
             c.hidden_act
         );
     };
-    Ok(DecoderShape {
+    let (qkv, out, ffn) = match qwen2 {
+        true => (true, false, false),
+        false => (c.attention_bias, c.attention_bias, c.mlp_bias.unwrap_or(c.attention_bias)),
+    };
+    let model = ModelConfig {
+        arch: Architecture::DecoderOnly,
         n_layer: c.num_hidden_layers,
         n_head: c.num_attention_heads,
-        n_kv_head: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+        n_kv_head: Some(c.num_key_value_heads.unwrap_or(c.num_attention_heads)),
         d_model: c.hidden_size,
-        d_ff: c.intermediate_size,
-        max_positions: c.max_position_embeddings,
-        vocab_size: c.vocab_size,
+        d_ff: Some(c.intermediate_size),
+        block_size: c.max_position_embeddings,
+        norm: NormPlacement::Pre,
         norm_kind: NormKind::Rms,
         activation,
         positions: Positions::Rope,
-        biases: match qwen2 {
-            true => (true, false, false),
-            false => (c.attention_bias, c.attention_bias, c.mlp_bias.unwrap_or(c.attention_bias)),
-        },
+        bias: ffn,
+        qkv_bias: (qkv != ffn).then_some(qkv),
+        out_bias: (out != ffn).then_some(out),
         tie_embeddings: c.tie_word_embeddings,
-        eps: c.rms_norm_eps,
+        layer_norm_eps: c.rms_norm_eps,
         rope_theta,
         init_std: c.initializer_range,
-    })
+        ..ModelConfig::defaults()
+    };
+    let context = ContextLength::AtMost(c.max_position_embeddings);
+    Ok(Checkpoint { model, vocab_size: c.vocab_size, type_vocab_size: 0, context, dropout: None, run_chooses: &[] })
 }
 
 /// What keeps `model` from being a Llama (or a Qwen2), as `model.key = value` notes (empty:
 /// it is one).
-pub fn mismatches(model: &ModelConfig, qwen2: bool) -> Vec<String> {
+fn mismatches(model: &ModelConfig, qwen2: bool) -> Vec<String> {
     let mut out = Vec::new();
     let (qkv, o, ffn) = model.biases();
     match qwen2 {
@@ -183,11 +187,13 @@ pub fn mismatches(model: &ModelConfig, qwen2: bool) -> Vec<String> {
     if model.activation.gate().is_none() {
         out.push(format!("`model.activation = {}` (Llama's FFN is gated: swiglu)", show(&model.activation)));
     }
+    out.extend(decoder_mismatches(model));
     out
 }
 
 /// Llama's (or Qwen2's) config.json for `model` with `vocab_size` rows.
-pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials, qwen2: bool) -> Value {
+fn config_json(export: &Export, qwen2: bool) -> Value {
+    let (model, vocab_size, specials) = (export.model, export.vocab_size, export.ids);
     let act = ACTIVATIONS.iter().find(|(_, a)| *a == model.activation).map_or("silu", |(n, _)| n);
     let (qkv_bias, _, ffn_bias) = model.biases();
     let (architecture, model_type) = if qwen2 { ("Qwen2ForCausalLM", "qwen2") } else { ("LlamaForCausalLM", "llama") };
@@ -221,10 +227,11 @@ pub fn config_json(model: &ModelConfig, vocab_size: usize, specials: &Specials, 
     })
 }
 
-/// A Llama file's tensors under taper's names; the rotary buffers some files hold are
-/// returned apart. A tensor no rule covers keeps its name (the loader reports it).
-pub fn to_taper(tensors: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, Vec<String>) {
-    let (mut out, mut buffers) = (HashMap::new(), Vec::new());
+/// A Llama file's tensors under taper's names; the rotary buffers some files hold, and a tied
+/// head's copy, are returned apart. A tensor no rule covers keeps its name (the loader reports
+/// it).
+fn to_taper(tensors: Tensors, model: &ModelConfig) -> (Tensors, Vec<String>) {
+    let (mut out, mut buffers) = (Tensors::new(), Vec::new());
     for (name, t) in tensors {
         if name.ends_with("rotary_emb.inv_freq") {
             buffers.push(name);
@@ -232,22 +239,57 @@ pub fn to_taper(tensors: HashMap<String, Tensor>) -> (HashMap<String, Tensor>, V
         }
         out.insert(TABLE.taper_name(&name).unwrap_or(name), t);
     }
-    (out, buffers)
+    drop_tied_head(out, buffers, model)
 }
 
-/// The Llama name of taper's `name`.
-pub fn checkpoint_name(name: &str) -> String {
-    TABLE.checkpoint_name(name).unwrap_or_else(|| name.to_string())
+/// Llama's adapter, and Qwen2's (Llama's layout with biases on the query, key and value
+/// projections alone): the families share the names and differ in their biases.
+pub struct Llama {
+    qwen2: bool,
 }
 
-/// taper's tensors of a Llama-shaped decoder under LlamaForCausalLM's names.
-pub fn to_hf(tensors: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-    tensors
-        .iter()
-        .map(|(name, t)| {
-            let hf =
-                TABLE.checkpoint_name(name).with_context(|| format!("`{name}` has no place in LlamaForCausalLM"))?;
-            Ok((hf, t.clone()))
-        })
-        .collect()
+pub static LLAMA: Llama = Llama { qwen2: false };
+pub static QWEN2: Llama = Llama { qwen2: true };
+
+impl Family for Llama {
+    fn model_type(&self) -> &'static str {
+        if self.qwen2 {
+            "qwen2"
+        } else {
+            "llama"
+        }
+    }
+
+    fn arch(&self) -> Architecture {
+        Architecture::DecoderOnly
+    }
+
+    fn class(&self, head: Head) -> Option<&'static str> {
+        let class = if self.qwen2 { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+        (head == Head::CausalLm).then_some(class)
+    }
+
+    fn read_config(&self, config: &Value) -> Result<Checkpoint> {
+        read(config, self.qwen2)
+    }
+
+    fn mismatches(&self, model: &ModelConfig) -> Vec<String> {
+        mismatches(model, self.qwen2)
+    }
+
+    fn names(&self, _model: &ModelConfig) -> NameTable {
+        TABLE.clone()
+    }
+
+    fn to_taper(&self, tensors: Tensors, model: &ModelConfig, _config: &Value) -> Result<(Tensors, Vec<String>)> {
+        Ok(to_taper(tensors, model))
+    }
+
+    fn tokens(&self) -> Tokens {
+        decoder_tokens()
+    }
+
+    fn config_json(&self, export: &Export) -> Result<Value> {
+        Ok(config_json(export, self.qwen2))
+    }
 }

@@ -1,16 +1,9 @@
-//! Checkpoint names: every model is written with taper's module names (`tok_emb`,
-//! `blocks.3.attn.q_proj`, `ln_f`, ...); a model family whose parameters live under another
-//! layout (Hugging Face's) has one table here that maps a taper path to the checkpoint's and
-//! back. Building a model through [`NameTable::renamed`] (candle's `VarBuilder::rename_f`) makes
-//! its parameters, checkpoints and optimizer state carry the checkpoint's names, so a
-//! Hugging Face file loads by name and exports as it is; [`NameTable::to_taper`] inverts it
-//! (diagnostics, and reading any name back as a module path).
-
-pub mod bert;
-pub mod decoder;
-pub mod gpt2;
-pub mod llama;
-pub mod t5;
+//! Checkpoint names as a table: every model is built with taper's module names (`tok_emb`,
+//! `blocks.3.attn.q_proj`, `ln_f`, ...); a family whose parameters live under another layout
+//! (Hugging Face's) has a table that maps a taper path to the checkpoint's and back, prefix by
+//! prefix. Building a model through [`NameTable::renamed`] (candle's `VarBuilder::rename_f`)
+//! makes its parameters, checkpoints and optimizer state carry the checkpoint's names, so a
+//! Hugging Face file loads by name and exports as it is; [`NameTable::to_taper`] inverts it.
 
 use candle_nn::VarBuilder;
 
@@ -67,6 +60,19 @@ impl NameTable {
             std::iter::once(prefix.to_string()).chain(path.iter().cloned()).collect::<Vec<_>>().join(".")
         };
         self.rules.iter().map(|r| (join(taper, &r.taper), join(checkpoint, &r.checkpoint))).collect()
+    }
+
+    /// The rules under a prefix on each side, the prefixes taken off: `under("encoder", "bert")`
+    /// of a task model's table is its bare encoder's.
+    pub fn under(&self, taper: &str, checkpoint: &str) -> Self {
+        let (taper, checkpoint) = (segments(taper), segments(checkpoint));
+        let strip = |path: &[String], prefix: &[String]| {
+            (path.len() > prefix.len() && path.starts_with(prefix)).then(|| path[prefix.len()..].to_vec())
+        };
+        let rules = self.rules.iter().filter_map(|r| {
+            Some(Rule { taper: strip(&r.taper, &taper)?, checkpoint: strip(&r.checkpoint, &checkpoint)? })
+        });
+        Self { rules: rules.collect() }
     }
 
     fn apply(&self, name: &str, from: fn(&Rule) -> &Vec<String>, to: fn(&Rule) -> &Vec<String>) -> Option<String> {
