@@ -82,7 +82,7 @@ impl Backend for CpuBackend {
             let node = match branch.spec(x, mode)? {
                 BranchSpec::Ffn(ffn) => ffn_node(x, &norm, ffn, residual.dropout, mode)?,
                 BranchSpec::SelfAttention(attention) => {
-                    Some(self_attention_node(x, &norm, attention, residual.dropout, mode)?)
+                    self_attention_node(x, &norm, attention, residual.dropout, mode)?
                 }
                 BranchSpec::Opaque => None,
             };
@@ -155,13 +155,19 @@ fn cpu_act(act: Activation) -> Option<cpu::Act> {
 }
 
 /// A norm's parameters as the nodes pack them: [weight, bias] (LayerNorm) or [weight]
-/// (RMSNorm), whether it is an RMSNorm, and its epsilon (None: the identity).
+/// (RMSNorm), whether it is an RMSNorm, and its epsilon (None: the identity, or a norm the nodes
+/// have no form of, which [`has_node_form`] tells apart).
 fn norm_parts<'a>(norm: &NormRef<'a>) -> Option<(Vec<&'a Tensor>, bool, f64)> {
     match *norm {
-        NormRef::Identity => None,
         NormRef::Layer { weight, bias, eps } => Some((vec![weight, bias], false, eps)),
         NormRef::Rms { weight, eps } => Some((vec![weight], true, eps)),
+        NormRef::Identity | NormRef::Other(_) => None,
     }
+}
+
+/// Whether the nodes take `norm` (the identity, LayerNorm, RMSNorm).
+fn has_node_form(norm: &NormRef) -> bool {
+    !matches!(norm, NormRef::Other(_))
 }
 
 /// A sub-layer's norms as a node takes them: one norm before the branch (pre-LN, with the
@@ -180,6 +186,9 @@ struct NodeNorm<'a> {
 impl<'a> NodeNorm<'a> {
     /// The node's form of `residual`'s norms, where a node has one.
     fn of(residual: &Residual<'a>) -> Option<Self> {
+        if ![residual.pre, residual.out, residual.post].iter().all(has_node_form) {
+            return None;
+        }
         let (pre, out, post) = (norm_parts(&residual.pre), norm_parts(&residual.out), norm_parts(&residual.post));
         match (pre, out, post) {
             (Some((parameters, rms, eps)), out, None) if residual.alpha == 1.0 => {
@@ -267,14 +276,15 @@ fn rotation(rotary: &Rotary) -> Result<cpu::Rotation> {
 }
 
 /// The self-attention sub-layer as one node: [norm | W_q | W_k | W_v | b_q b_k b_v | QK-norm's
-/// query and key norms] and [W_o | b_o | T5's learned score bias | Shaw's key and value tables].
+/// query and key norms] and [W_o | b_o | T5's learned score bias | Shaw's key and value tables];
+/// None where the node does not take it (a QK-norm it has no form of).
 fn self_attention_node(
     x: &Tensor,
     norm: &NodeNorm,
     attention: AttentionSpec,
     p_out: f64,
     mode: &mut Mode,
-) -> Result<Tensor> {
+) -> Result<Option<Tensor>> {
     let AttentionSpec {
         projections: [q, k, v, o],
         heads: (n_head, n_kv_head),
@@ -284,6 +294,9 @@ fn self_attention_node(
         mask,
         dropout,
     } = attention;
+    if qk_norm.iter().flatten().any(|n| !has_node_form(n)) {
+        return Ok(None);
+    }
     let every_bias_or_none = || candle_core::Error::Msg("a fused sub-layer needs every bias or none".into());
     let (mut first, bias1) = branch_parameters(&[&q, &k, &v]).ok_or_else(every_bias_or_none)?;
     let (mut second, bias2) = branch_parameters(&[&o]).ok_or_else(every_bias_or_none)?;
@@ -325,5 +338,70 @@ fn self_attention_node(
     let heads =
         cpu::SelfAttentionShape { heads: (n_head, n_kv_head), bias: (bias1, bias2), rotation, qk_norm, shaw_clip };
     let node = |norm| cpu::self_attention_sublayer(x, (&first, &second), heads, attention, norm, residual_dropout);
-    norm.probed(x, mode, node)
+    Ok(Some(norm.probed(x, mode, node)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Composed, NormForward};
+    use candle_core::Device;
+
+    /// A norm the kernels have no form of.
+    #[derive(Debug)]
+    struct Halve;
+
+    impl NormForward for Halve {
+        fn forward(&self, x: &Tensor, _mode: &Mode) -> Result<Tensor> {
+            x * 0.5
+        }
+    }
+
+    /// An FFN branch of two products with biases, GELU between.
+    struct Ffn([Tensor; 4]);
+
+    impl Branch for Ffn {
+        fn forward(&mut self, h: &Tensor, mode: &mut Mode) -> Result<Tensor> {
+            let [w1, b1, w2, b2] = &self.0;
+            let ops = mode.backend();
+            ops.linear(&ops.linear_act(h, w1, Some(b1), Activation::Gelu)?, w2, Some(b2))
+        }
+        fn spec(&self, _x: &Tensor, _mode: &Mode) -> Result<BranchSpec<'_>> {
+            let [w1, b1, w2, b2] = &self.0;
+            let (fc1, fc2) =
+                (Product { weight: w1.clone(), bias: Some(b1) }, Product { weight: w2.clone(), bias: Some(b2) });
+            Ok(BranchSpec::Ffn(FfnSpec { fc1, gate: None, fc2, act: Activation::Gelu }))
+        }
+    }
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = crate::rng::Rng::new(seed);
+        let n = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.normal() as f32 * 0.5).collect::<Vec<f32>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    /// The CPU backend's sub-layer (its node where the norms have a node form, the recipe over
+    /// its own ops where one does not) equals the composed recipe's.
+    #[test]
+    fn the_cpu_sub_layer_equals_the_composed_recipe_with_any_norm() {
+        let (d, ff) = (8, 16);
+        let x = random(&[2, 3, d], 1);
+        let ffn = || Ffn([random(&[ff, d], 2), random(&[ff], 3), random(&[d, ff], 4), random(&[d], 5)]);
+        let (gain, bias) = (random(&[d], 6).affine(1.0, 1.0).unwrap(), random(&[d], 7));
+        let layer = NormRef::Layer { weight: &gain, bias: &bias, eps: 1e-5 };
+        let none = NormRef::Identity;
+        let residual = |pre, post| Residual { pre, out: none, post, alpha: 1.0, dropout: 0.0 };
+        let cases = [
+            ("pre LayerNorm (node)", residual(layer, none)),
+            ("post LayerNorm (node)", residual(none, layer)),
+            ("pre, a norm the nodes lack", residual(NormRef::Other(&Halve), none)),
+            ("post, a norm the nodes lack", residual(none, NormRef::Other(&Halve))),
+        ];
+        for (name, residual) in cases {
+            let cpu = CpuBackend.residual(&x, &residual, &mut ffn(), &mut Mode::eval()).unwrap();
+            let composed = Composed.residual(&x, &residual, &mut ffn(), &mut Mode::eval()).unwrap();
+            let diff = (cpu - &composed).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "{name}: the CPU backend differs from the composed recipe by {diff}");
+        }
+    }
 }

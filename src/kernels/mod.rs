@@ -35,7 +35,7 @@ pub use composed::RelativeTables;
 pub use cpu_backend::CpuBackend;
 pub use mask::{alibi_bias, causal_mask, padding_mask, Mask, ScoreBias, MASKED};
 pub use mode::Mode;
-pub use residual::{AttentionSpec, Branch, BranchSpec, FfnSpec, NormRef, Product, Residual, Rotary};
+pub use residual::{AttentionSpec, Branch, BranchSpec, FfnSpec, NormForward, NormRef, Product, Residual, Rotary};
 
 /// `model.kernels`: which implementations a run may use.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

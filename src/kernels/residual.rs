@@ -28,21 +28,30 @@ use super::composed::RelativeTables;
 use super::mask::Mask;
 use super::{dropout, Activation, Backend, Mode};
 
-/// A norm as a sub-layer applies it: LayerNorm (gain and bias), RMSNorm (gain), or none.
+/// A norm as a sub-layer applies it: LayerNorm (gain and bias), RMSNorm (gain), none, or one
+/// the kernels have no form of, which runs its own forward ([`NormForward`]).
 #[derive(Debug, Clone, Copy)]
 pub enum NormRef<'a> {
     Identity,
     Layer { weight: &'a Tensor, bias: &'a Tensor, eps: f64 },
     Rms { weight: &'a Tensor, eps: f64 },
+    Other(&'a dyn NormForward),
+}
+
+/// A norm the kernels have no form of (one a model adds): its forward, over the forward's
+/// backend's ops. A backend that fuses sub-layers runs a sub-layer with one composed.
+pub trait NormForward: Sync + std::fmt::Debug {
+    fn forward(&self, x: &Tensor, mode: &Mode) -> Result<Tensor>;
 }
 
 impl NormRef<'_> {
     /// The norm of `x` over its last dimension, by `ops`.
-    pub fn apply<B: Backend + ?Sized>(&self, ops: &B, x: &Tensor) -> Result<Tensor> {
+    pub fn apply<B: Backend + ?Sized>(&self, ops: &B, x: &Tensor, mode: &Mode) -> Result<Tensor> {
         match *self {
             NormRef::Identity => Ok(x.clone()),
             NormRef::Layer { weight, bias, eps } => ops.layer_norm(x, weight, bias, eps),
             NormRef::Rms { weight, eps } => ops.rms_norm(x, weight, eps),
+            NormRef::Other(norm) => norm.forward(x, mode),
         }
     }
 
@@ -139,7 +148,7 @@ pub fn compose<B: Backend + ?Sized>(
         if !norm.is_identity() {
             mode.record_norm_input(input)?;
         }
-        norm.apply(ops, input)
+        norm.apply(ops, input, mode)
     };
     let h = normed(&residual.pre, x, mode)?;
     let out = branch.forward(&h, mode)?;

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
 
-use super::metrics::MetricsLog;
+use super::metrics::{MetricsLog, MetricsSink};
 use super::step::StepOutput;
 use super::task::Evaluation;
 use crate::checkpoint::{self, TrainState};
@@ -83,16 +83,22 @@ pub struct Logger {
     losses: Vec<(usize, f64)>,
 }
 
+/// The places besides metrics.jsonl `cfg` sends the run's records to: one line each.
+fn sinks(cfg: &Config, run: &RunDir) -> Result<Vec<Box<dyn MetricsSink>>> {
+    let mut sinks: Vec<Box<dyn MetricsSink>> = Vec::new();
+    if cfg.train.tensorboard {
+        sinks.push(Box::new(super::tensorboard::EventWriter::create(&run.tensorboard())?));
+    }
+    Ok(sinks)
+}
+
 impl Logger {
     /// Opens `metrics.jsonl` (keeping its records through `state.step` on resume).
     pub fn open(run: &RunDir, cfg: &Config, state: &TrainState, quiet: bool) -> Result<Self> {
         let progress = progress_bar(cfg.train.steps, state.step, quiet);
         Ok(Self {
             run_dir: run.path().to_path_buf(),
-            metrics: match cfg.train.tensorboard {
-                true => MetricsLog::open(&run.metrics(), Some(state.step))?.with_tensorboard(&run.tensorboard())?,
-                false => MetricsLog::open(&run.metrics(), Some(state.step))?,
-            },
+            metrics: MetricsLog::open(&run.metrics(), Some(state.step))?.with_sinks(sinks(cfg, run)?),
             progress,
             quiet,
             log_every: cfg.train.log_every,

@@ -1,5 +1,7 @@
 //! `metrics.jsonl`: one JSON object per logged step or evaluation, appended and flushed as it
-//! happens, so a crashed run keeps its curve.
+//! happens, so a crashed run keeps its curve; and the other places the same records go
+//! ([`MetricsSink`]: TensorBoard's event files, ...), which a run's config turns on
+//! (`logger::sinks`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -8,11 +10,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::Value;
 
+/// Somewhere else every record of metrics.jsonl goes, as it is written.
+pub trait MetricsSink {
+    fn write(&mut self, record: &Value) -> Result<()>;
+}
+
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
-    /// The same scalars as TensorBoard events (`train.tensorboard`).
-    tensorboard: Option<super::tensorboard::EventWriter>,
+    sinks: Vec<Box<dyn MetricsSink>>,
 }
 
 impl MetricsLog {
@@ -43,23 +49,19 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { path: path.to_path_buf(), file, tensorboard: None })
+        Ok(Self { path: path.to_path_buf(), file, sinks: Vec::new() })
     }
 
-    /// Also writes each record's numbers as TensorBoard scalars, into a new event file in `dir`.
-    pub fn with_tensorboard(mut self, dir: &Path) -> Result<Self> {
-        self.tensorboard = Some(super::tensorboard::EventWriter::create(dir)?);
-        Ok(self)
+    /// Also hands each record to `sinks`.
+    pub fn with_sinks(self, sinks: Vec<Box<dyn MetricsSink>>) -> Self {
+        Self { sinks, ..self }
     }
 
     pub fn write(&mut self, record: Value) -> Result<()> {
         writeln!(self.file, "{record}").with_context(|| format!("cannot write {}", self.path.display()))?;
         self.file.flush()?;
-        if let (Some(events), Some(step)) = (self.tensorboard.as_mut(), record.get("step").and_then(Value::as_u64)) {
-            let fields = record.as_object().into_iter().flatten();
-            let scalars: Vec<(&str, f64)> =
-                fields.filter(|(k, _)| *k != "step").filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?))).collect();
-            events.scalars(step, &scalars)?;
+        for sink in &mut self.sinks {
+            sink.write(&record)?;
         }
         Ok(())
     }

@@ -104,3 +104,14 @@ impl EventWriter {
         self.record(&event(now(), step, (5, &summary(scalars))))
     }
 }
+
+/// Each record's numbers as scalars at its step (records without a step, none).
+impl super::metrics::MetricsSink for EventWriter {
+    fn write(&mut self, record: &serde_json::Value) -> Result<()> {
+        let Some(step) = record.get("step").and_then(serde_json::Value::as_u64) else { return Ok(()) };
+        let fields = record.as_object().into_iter().flatten();
+        let scalars: Vec<(&str, f64)> =
+            fields.filter(|(k, _)| *k != "step").filter_map(|(k, v)| Some((k.as_str(), v.as_f64()?))).collect();
+        self.scalars(step, &scalars)
+    }
+}
