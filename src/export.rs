@@ -26,6 +26,7 @@ const EXPORT_FILES: [&str; 4] = ["config.json", "model.safetensors", "tokenizer.
 /// first, so an interrupted export never leaves a half-written file under its final name.
 /// Files already in `out` under those names are replaced only with `overwrite`.
 pub fn export_hf(run_dir: &Path, which: &str, out: &Path, overwrite: bool) -> Result<()> {
+    let _lock = crate::fsutil::lock_dir(out, "export")?.removed_at_end(out);
     let present: Vec<&str> = EXPORT_FILES.into_iter().filter(|f| out.join(f).exists()).collect();
     if !present.is_empty() && !overwrite {
         bail!(

@@ -44,3 +44,69 @@ pub fn sync_dir(dir: Option<&Path>) -> Result<()> {
     }
     Ok(())
 }
+
+/// The file in a directory whose lock says a writer holds the directory.
+pub const LOCK_FILE: &str = ".taper-lock";
+
+/// One writer's hold on a directory (a run being trained, an export being written): an
+/// advisory `flock` on `<dir>/.taper-lock`, held until the value is dropped or the process
+/// ends, however it ends (the kernel releases a killed process's locks: a `kill -9` leaves no
+/// stale lock). The file says which process holds it.
+pub struct DirLock {
+    _file: File,
+    /// The lock file, removed when the hold ends (a directory that is not a run's, an export's,
+    /// is left as the writer made it).
+    remove: Option<std::path::PathBuf>,
+}
+
+impl DirLock {
+    /// This hold, its lock file removed when it ends.
+    pub fn removed_at_end(mut self, dir: &Path) -> Self {
+        self.remove = Some(dir.join(LOCK_FILE));
+        self
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        if let Some(path) = &self.remove {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Takes `dir` (created if needed) for this process to write `what` into; another writer
+/// already there is an error naming its pid. Readers take no lock.
+pub fn lock_dir(dir: &Path, what: &str) -> Result<DirLock> {
+    use std::io::{Read, Seek};
+    use std::os::unix::io::AsRawFd;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; LOCK_NB makes it return at once.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(err).with_context(|| format!("cannot lock {}", path.display()));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = holder.trim();
+        let holder = if holder.is_empty() { "another process".to_string() } else { format!("pid {holder}") };
+        anyhow::bail!(
+            "{} is in use: taper ({holder}) is writing it now; a second {what} there would interleave with it. Wait \
+             for that one to end, or choose another directory (`--set checkpoint.dir=...`, `--out ...`)",
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(DirLock { _file: file, remove: None })
+}

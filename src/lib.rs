@@ -9,6 +9,7 @@ pub mod classification_metrics;
 pub mod cli;
 pub mod compare;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod decode;
 pub mod device;

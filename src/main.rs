@@ -4,12 +4,12 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             if let Some(interrupted) = err.downcast_ref::<taper::interrupt::Interrupted>() {
-                eprintln!("taper: {interrupted}");
+                taper::console::say(format!("taper: {interrupted}"));
                 return std::process::ExitCode::from(interrupted.exit_code() as u8);
             }
-            eprintln!("error: {err}");
+            taper::console::say(format!("error: {err}"));
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                taper::console::say(format!("  caused by: {cause}"));
             }
             std::process::ExitCode::FAILURE
         }

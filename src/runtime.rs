@@ -29,6 +29,17 @@ pub fn tune_process() {
     }
 }
 
+/// Makes a write to a closed pipe end the process quietly, as it ends `cat` or `head`'s
+/// writer (Rust ignores SIGPIPE, and a write then fails, which `println!` turns into a panic):
+/// for the commands that only print (`generate ... | head`). A training run keeps SIGPIPE
+/// ignored and drops what it cannot print (`console`), so a closed pipe never costs it its run.
+pub fn quiet_on_closed_pipe() {
+    // SAFETY: sets a signal's disposition to the default; no handler is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Runs `work` on a thread of rayon's pool and waits for it. The kernels' parallel loops then
 /// run as nested jobs that the calling thread shares in; called from outside the pool, each
 /// loop would be handed over and waited for, two thread switches per kernel.

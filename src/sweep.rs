@@ -168,13 +168,13 @@ pub fn run_sweep(
             Plan::Train(options) => {
                 if !quiet {
                     let how = if options.resume { " (resuming)" } else { "" };
-                    eprintln!("sweep: run {}/{total}: {}{how}", i + 1, run.name);
+                    crate::console::say(format!("sweep: run {}/{total}: {}{how}", i + 1, run.name));
                 }
                 match train_with(cfg, &TrainOptions { quiet, ..options }, world.as_ref()) {
                     Ok(summary) => summary.status,
                     Err(err) if err.downcast_ref::<Diverged>().is_some() => {
                         if !quiet {
-                            eprintln!("sweep: {}: {err}", run.name);
+                            crate::console::say(format!("sweep: {}: {err}", run.name));
                         }
                         "diverged".into()
                     }

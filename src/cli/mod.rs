@@ -60,7 +60,11 @@ fn run_device(run_dir: &std::path::Path, device: Option<String>) -> Result<Strin
 }
 
 pub fn run() -> Result<()> {
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    if !matches!(command, Command::Train(_) | Command::Sweep(_)) {
+        crate::runtime::quiet_on_closed_pipe();
+    }
+    match command {
         Command::Train(args) => train::run(args),
         Command::Prepare(args) => prepare::run(args),
         Command::Sweep(args) => sweep::run(args),

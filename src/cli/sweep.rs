@@ -34,7 +34,7 @@ pub fn run(args: SweepArgs) -> Result<()> {
     });
     let outcomes = crate::sweep::run_sweep(config, &args.overrides, &runs, &out, args.quiet)?;
     for o in &outcomes {
-        println!("{:<50} {}", o.name, o.status);
+        crate::console::print(format!("{:<50} {}", o.name, o.status));
     }
     Ok(())
 }

@@ -67,10 +67,10 @@ impl Corpus {
             match read_documents(source, &self.options(), sink, &mut |n| progress(done + n)) {
                 Ok(()) => {}
                 Err(err) if self.skip_unreadable && is_unreadable(&err) => {
-                    eprintln!(
+                    crate::console::say(format!(
                         "taper: skipping corpus file {} (`data.skip_unreadable`): {err:#}",
                         source.path.display()
-                    );
+                    ));
                 }
                 Err(err) => {
                     let hint =

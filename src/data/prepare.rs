@@ -117,7 +117,7 @@ pub fn prepare(data: &DataConfig, corpus: &Corpus, tokenizer: &TextTokenizer) ->
                 Err(err) => format!("{err:#}"),
             }
         };
-        eprintln!("taper: rebuilding the tokenized corpus in {}: {why}", dir.display());
+        crate::console::say(format!("taper: rebuilding the tokenized corpus in {}: {why}", dir.display()));
     }
     let started = Instant::now();
     let tmp = root.join(format!(
@@ -148,7 +148,7 @@ pub fn prepare(data: &DataConfig, corpus: &Corpus, tokenizer: &TextTokenizer) ->
         bytes as f64 / 1e6 / seconds.max(1e-9),
         dir.display()
     );
-    eprintln!("taper: {built}");
+    crate::console::say(format!("taper: {built}"));
     Ok(Prepared { dir, index, train, val, built: Some(built) })
 }
 

@@ -98,7 +98,9 @@ pub fn resolve(paths: &[PathBuf], key: &str, skip_unreadable: bool) -> Result<Ve
     for file in &files {
         match Source::stat(file) {
             Ok(source) => sources.push(source),
-            Err(err) if skip_unreadable => eprintln!("taper: skipping (`data.skip_unreadable`): {err:#}"),
+            Err(err) if skip_unreadable => {
+                crate::console::say(format!("taper: skipping (`data.skip_unreadable`): {err:#}"))
+            }
             Err(err) => return Err(err.context("set `data.skip_unreadable = true` to skip it")),
         }
     }

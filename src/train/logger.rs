@@ -124,7 +124,7 @@ impl Logger {
     pub fn say(&self, line: String) {
         if self.quiet {
         } else if self.progress.is_hidden() {
-            eprintln!("{line}");
+            crate::console::say(line);
         } else {
             self.progress.println(line);
         }

@@ -52,7 +52,7 @@ pub fn train_with(config: Config, options: &TrainOptions, world: &dyn Collective
                 && err.downcast_ref::<crate::interrupt::Interrupted>().is_none()
                 && err.downcast_ref::<Diverged>().is_none() =>
         {
-            eprintln!("taper: rank {} of {}: error: {err:#}", world.rank(), world.size());
+            crate::console::say(format!("taper: rank {} of {}: error: {err:#}", world.rank(), world.size()));
             world.abort(1)
         }
         result => result,
@@ -61,7 +61,8 @@ pub fn train_with(config: Config, options: &TrainOptions, world: &dyn Collective
 
 /// `train` in `world`, data-parallel over its ranks.
 fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> Result<RunSummary> {
-    let (config, resume_from) = prepare(config, options, &DataParallel::new(world))?;
+    // Held until the run ends: no other process writes into its directory meanwhile.
+    let (config, resume_from, _lock) = prepare(config, options, &DataParallel::new(world))?;
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
     let (parallel, device) = DataParallel::on_device(world, &cfg.train.device)?;
@@ -89,11 +90,12 @@ pub struct Launch<'a> {
     parallel: &'a dyn Parallel,
 }
 
-/// The writer (rank 0, or the one process) readies the run directory and picks the checkpoint
-/// to resume from; the other ranks wait until it has written the run's config, then read that
+/// The writer (rank 0, or the one process) takes the run directory for itself (a second writer
+/// is refused, naming the first: `fsutil::lock_dir`), readies it and picks the checkpoint to
+/// resume from; the other ranks wait until it has written the run's config, then read that
 /// config and the same checkpoint. A fresh run's `train.grad_accum` becomes the step's
 /// micro-batches over all ranks (`Parallel::step_micro_batches`).
-fn prepare(mut config: Config, options: &TrainOptions, parallel: &dyn Parallel) -> Result<(Config, Option<PathBuf>)> {
+fn prepare(mut config: Config, options: &TrainOptions, parallel: &dyn Parallel) -> Result<Prepared> {
     if !options.resume {
         config.train.grad_accum = parallel.step_micro_batches(config.train.grad_accum);
     }
@@ -104,15 +106,19 @@ fn prepare(mut config: Config, options: &TrainOptions, parallel: &dyn Parallel) 
         let which = options.checkpoint.as_deref().unwrap_or("latest");
         let resume_from =
             options.resume.then(|| crate::checkpoint::resolve_checkpoint(run.path(), which)).transpose()?;
-        return Ok((config, resume_from));
+        return Ok((config, resume_from, None));
     }
+    let lock = crate::fsutil::lock_dir(run.path(), "training run")?;
     run.clean_leftovers()?;
     let resume_from = starting_point(&run, options)?;
     std::fs::create_dir_all(run.path())
         .with_context(|| format!("cannot create run directory {}", run.path().display()))?;
     crate::fsutil::write_atomic(&run.marker(), concat!("taper ", env!("CARGO_PKG_VERSION"), "\n").as_bytes())?;
-    Ok((config, resume_from))
+    Ok((config, resume_from, Some(lock)))
 }
+
+/// The run's config, the checkpoint it resumes from, and the writer's hold on its directory.
+type Prepared = (Config, Option<PathBuf>, Option<crate::fsutil::DirLock>);
 
 /// The checkpoint a run continues from (`--resume`), or None for a fresh start, which needs a
 /// directory without a run's files in it, or one where taper's attempt at a run never trained
@@ -172,14 +178,17 @@ fn resume_point(run: &RunDir, which: Option<&str>) -> Result<PathBuf> {
                         newest_intact = Some((*step, path.clone()));
                         break;
                     }
-                    Err(err) => eprintln!("taper: skipping checkpoint {}: {err:#}", path.display()),
+                    Err(err) => crate::console::say(format!("taper: skipping checkpoint {}: {err:#}", path.display())),
                 }
             }
             newest_intact.with_context(|| format!("cannot resume: no checkpoint of {dir} is intact"))?
         }
     };
     for discarded in discard_after(run.path(), step)? {
-        eprintln!("taper: resuming from step {step}: removed the later checkpoint {}", discarded.display());
+        crate::console::say(format!(
+            "taper: resuming from step {step}: removed the later checkpoint {}",
+            discarded.display()
+        ));
     }
     Ok(path)
 }
