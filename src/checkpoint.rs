@@ -156,12 +156,31 @@ fn digest(path: &Path) -> Result<String> {
     Ok(format!("crc32:{:08x}:{}", crc32fast::hash(&bytes), bytes.len()))
 }
 
-/// Checks that a checkpoint is whole: its state.json reads, and each tensor file matches the
-/// checksum state.json recorded (a checkpoint without checksums, from an older taper: each
-/// file parses as safetensors). The error says what is wrong.
+/// Checks that a checkpoint is whole: its state.json reads and names the checkpoint's own step,
+/// and each tensor file matches the checksum state.json recorded (a checkpoint without
+/// checksums, from an older taper: each file parses as safetensors). The error says what is
+/// wrong.
 pub fn verify(checkpoint: &Path) -> Result<()> {
+    verify_files(checkpoint, &[MODEL_FILE, OPTIMIZER_FILE])
+}
+
+/// [`verify`] for the weights alone: what inference reads (`OpenedCheckpoint`, export).
+pub fn verify_weights(checkpoint: &Path) -> Result<()> {
+    verify_files(checkpoint, &[MODEL_FILE])
+}
+
+fn verify_files(checkpoint: &Path, files: &[&str]) -> Result<()> {
     let state = read_state(checkpoint)?;
-    for file in [MODEL_FILE, OPTIMIZER_FILE] {
+    let named = checkpoint.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("step-")?.parse().ok());
+    if let Some(step) = named.filter(|&s: &usize| s != state.step) {
+        bail!(
+            "{}: state.json says step {}, but the checkpoint is step {step}: it was edited or mixed up with another; \
+             resume from another with --checkpoint step-N",
+            checkpoint.display(),
+            state.step
+        );
+    }
+    for &file in files {
         let path = checkpoint.join(file);
         match state.files.get(file) {
             Some(want) => {
@@ -191,18 +210,44 @@ fn remove_checkpoint(path: &Path, step: usize) -> Result<()> {
     fs::remove_dir_all(&trash).with_context(|| format!("cannot remove {}", trash.display()))
 }
 
-/// Removes the checkpoints after `step` (a resume from an earlier one: that future no longer
-/// happens, and the save schedule's pruning must not keep them over the new ones). Returns
-/// their directories.
-pub fn discard_after(run_dir: &Path, step: usize) -> Result<Vec<PathBuf>> {
+/// What a resume did with a checkpoint after the one it continues from.
+pub enum Discarded {
+    /// An intact checkpoint of the future that no longer happens, removed.
+    Removed(PathBuf),
+    /// A damaged one, moved aside (never deleted: what is left of it may still be wanted).
+    SetAside(PathBuf, PathBuf),
+}
+
+/// Clears the checkpoints after `step` (a resume from an earlier one: that future no longer
+/// happens, and the save schedule's pruning must not keep them over the new ones): an intact
+/// one is removed, a damaged one ([`verify`]) moved aside as `step-N.damaged`.
+pub fn discard_after(run_dir: &Path, step: usize) -> Result<Vec<Discarded>> {
     let mut discarded = Vec::new();
     for (s, path) in list_checkpoints(run_dir)? {
-        if s > step {
-            remove_checkpoint(&path, s)?;
-            discarded.push(path);
+        if s <= step {
+            continue;
+        }
+        match verify(&path) {
+            Ok(()) => {
+                remove_checkpoint(&path, s)?;
+                discarded.push(Discarded::Removed(path));
+            }
+            Err(_) => discarded.push(Discarded::SetAside(path.clone(), set_aside(&path, s)?)),
         }
     }
     Ok(discarded)
+}
+
+/// Renames damaged checkpoint `path` (of `step`) to `step-N.damaged` (`.damaged-2`, ... when
+/// that is taken), where no listing of checkpoints sees it.
+fn set_aside(path: &Path, step: usize) -> Result<PathBuf> {
+    let name = |i: usize| match i {
+        1 => format!("{}.damaged", step_dir_name(step)),
+        i => format!("{}.damaged-{i}", step_dir_name(step)),
+    };
+    let aside = (1..).map(|i| path.with_file_name(name(i))).find(|p| !p.exists()).unwrap_or_default();
+    fs::rename(path, &aside).with_context(|| format!("cannot move {} aside", path.display()))?;
+    Ok(aside)
 }
 
 /// Removes what a kill or a full disk can leave in `checkpoints/`: `step-N.tmp` (a write cut

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::plot::{Chart, Series, PALETTE};
 use crate::run_dir::RunDir;
-use crate::train::metrics::read_metrics;
+use crate::train::metrics::read_metrics_but_a_torn_end;
 
 /// One run as `compare` sees it.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub fn load_run(dir: &Path) -> Result<RunRecord> {
     let table: toml::Table = toml::from_str(&config.to_toml_string()?)?;
     let mut settings = BTreeMap::new();
     flatten(&table, "", &mut settings);
-    let records = if run.metrics().exists() { read_metrics(&run.metrics())? } else { Vec::new() };
+    let records = if run.metrics().exists() { read_metrics_but_a_torn_end(&run.metrics())? } else { Vec::new() };
     let mut record = RunRecord {
         dir: dir.to_path_buf(),
         settings,

@@ -101,6 +101,7 @@ fn export_encoder(run: &RunDir, config: &Config, head: Head, which: &str, out: &
 /// merged into their weights: the plain model the adapted one computes.
 fn checkpoint_tensors(run_dir: &Path, which: &str, config: &Config) -> Result<(HashMap<String, Tensor>, PathBuf)> {
     let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
+    crate::checkpoint::verify_weights(&checkpoint)?;
     let weights = checkpoint.join("model.safetensors");
     let mut tensors = crate::checkpoint::load_tensors(&weights, &Device::Cpu)?;
     if let Some(spec) = &config.model.lora {

@@ -147,6 +147,7 @@ impl OpenedCheckpoint {
         }
         let device = crate::device::open_device(device)?;
         let checkpoint = crate::checkpoint::resolve_checkpoint(run_dir, which)?;
+        crate::checkpoint::verify_weights(&checkpoint)?;
         let tensors = crate::checkpoint::load_tensors(&checkpoint.join("model.safetensors"), &device)?;
         let weights = VarBuilder::from_tensors(tensors, DType::F32, &device);
         Ok(Self { run, config, checkpoint, weights, device })

@@ -67,6 +67,29 @@ impl MetricsLog {
     }
 }
 
+/// Reads every record of a metrics file as [`read_metrics`] does, but a last line cut short (a
+/// full disk, a kill during the write; resume repairs it) is left out with a warning.
+pub fn read_metrics_but_a_torn_end(path: &Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines: Vec<&str> = text.lines().collect();
+    if lines.last().is_some_and(|l| serde_json::from_str::<Value>(l).is_err()) {
+        crate::console::say(format!(
+            "taper: {}: leaving out its last line, cut short: {:?}",
+            path.display(),
+            lines[lines.len() - 1]
+        ));
+        lines.pop();
+    }
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a JSON record: {line:?}", path.display(), i + 1))
+        })
+        .collect()
+}
+
 /// Reads every record of a metrics file; a line that is not JSON is an error naming the file
 /// and line.
 pub fn read_metrics(path: &Path) -> Result<Vec<Value>> {

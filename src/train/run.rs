@@ -185,10 +185,16 @@ fn resume_point(run: &RunDir, which: Option<&str>) -> Result<PathBuf> {
         }
     };
     for discarded in discard_after(run.path(), step)? {
-        crate::console::say(format!(
-            "taper: resuming from step {step}: removed the later checkpoint {}",
-            discarded.display()
-        ));
+        crate::console::say(match discarded {
+            crate::checkpoint::Discarded::Removed(path) => {
+                format!("taper: resuming from step {step}: removed the later checkpoint {}", path.display())
+            }
+            crate::checkpoint::Discarded::SetAside(path, aside) => format!(
+                "taper: resuming from step {step}: the later checkpoint {} is damaged; moved it aside to {}",
+                path.display(),
+                aside.display()
+            ),
+        });
     }
     Ok(path)
 }
