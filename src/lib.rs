@@ -23,6 +23,7 @@ pub mod host;
 pub mod inspect;
 pub mod interrupt;
 pub mod kernels;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod plot;

@@ -17,6 +17,8 @@ use crate::rng::{hash_str, Rng};
 pub struct ParamStore {
     vars: Arc<Mutex<HashMap<String, Var>>>,
     trainable: Option<fn(&str) -> bool>,
+    /// The most bytes of parameters the store creates; one more is an error, not an abort.
+    limit: Option<u64>,
 }
 
 impl ParamStore {
@@ -29,6 +31,12 @@ impl ParamStore {
     /// checkpoints still reach every parameter.
     pub fn with_trainable(trainable: fn(&str) -> bool) -> Self {
         Self { trainable: Some(trainable), ..Self::default() }
+    }
+
+    /// This store, creating at most `bytes` of parameters (a model too large for the machine is
+    /// then refused while it is built, naming the parameter that did not fit).
+    pub fn limited_to(self, bytes: u64) -> Self {
+        Self { limit: Some(bytes), ..self }
     }
 
     fn is_trainable(&self, name: &str) -> bool {
@@ -88,6 +96,19 @@ impl candle_nn::var_builder::SimpleBackend for SeededParams {
                 candle_core::bail!("parameter `{name}` requested as {shape:?} but exists as {:?}", var.shape());
             }
             return Ok(as_used(var));
+        }
+        if let Some(limit) = self.store.limit {
+            let held: u64 = vars.values().map(|v| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
+            let more = (shape.elem_count() * dtype.size_in_bytes()) as u64;
+            if held.saturating_add(more) > limit {
+                candle_core::bail!(
+                    "the model does not fit: its parameters reach {} at `{name}` {shape:?}, past the {} of \
+                     parameters this machine can hold for the run (a trained weight also needs its gradient and two \
+                     AdamW moments); make the model or its vocabulary smaller (`model.d_model`, `model.n_layer`, `model.vocab_size`)",
+                    crate::memory::gb((held + more) as u128),
+                    crate::memory::gb(limit as u128)
+                );
+            }
         }
         let values = draw(&shape, &init, &mut Rng::derived(self.seed, &[hash_str(name)]));
         let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;

@@ -66,10 +66,17 @@ fn train_in(config: Config, options: &TrainOptions, world: &dyn Collective) -> R
     let cfg = &config;
     let run = RunDir::new(cfg.run_dir());
     let (parallel, device) = DataParallel::on_device(world, &cfg.train.device)?;
-    let params = match cfg.lora {
+    let mut params = match cfg.lora {
         Some(_) => ParamStore::with_trainable(crate::model::lora::is_trainable),
         None => ParamStore::new(),
     };
+    // On the CPU, a model that cannot fit is refused before it is allocated.
+    if let Some(available) = crate::memory::available().filter(|_| device.is_cpu()) {
+        // A LoRA run holds its frozen weights alone.
+        let per_parameter = if cfg.lora.is_some() { 4 } else { crate::memory::TRAINING_BYTES_PER_PARAMETER };
+        crate::memory::check_model(&cfg.model, available, per_parameter)?;
+        params = params.limited_to(available / per_parameter * 4);
+    }
     // The other ranks read what the writer made of the run (tokenizer, corpus cache) as a resume does.
     let resuming = resume_from.is_some() || !parallel.is_writer();
     let (run, device) = (&run, &device);
@@ -223,6 +230,11 @@ pub fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     optimizer.use_kernels(cfg.model.kernels);
     optimizer.scaler = loss_scaler(cfg, device)?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
+    if let Some(available) = crate::memory::available().filter(|_| device.is_cpu()) {
+        let vocab = task.embedding_tables().first().map_or(0, |t| t.dim(0).unwrap_or(0));
+        let trained: usize = params.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+        crate::memory::check_step(&cfg.model, cfg.train.batch_size, vocab, trained as u64 * 12, available)?;
+    }
     let checkpointer = Checkpointer::new(run, cfg, &config_text)?;
     let mut state = checkpointer.start(cfg, launch.resume_from.as_deref(), params, &mut optimizer, device)?;
     if root {
