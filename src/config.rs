@@ -101,6 +101,10 @@ impl Config {
         for item in overrides {
             apply_override(&mut table, item)?;
         }
+        if let Err(err) = all_finite(&table, "") {
+            let file_alone_is_valid = !overrides.is_empty() && Self::from_toml_str(text, &[]).is_ok();
+            return Err(if file_alone_is_valid { on_overrides(err, overrides) } else { err });
+        }
         let default_norm = encoder_norm_default(&mut table);
         let upgraded = upgrade_task(&mut table);
         let mut config: Config = if overrides.is_empty() && !default_norm && !upgraded {
@@ -251,6 +255,24 @@ fn validate_encoder(m: &ModelConfig) -> Result<()> {
              post-LN, without sandwich's extra norms or DeepNorm's scaled residual; use \"post\" (or \"pre\")",
             kebab(&m.norm)
         );
+    }
+    Ok(())
+}
+
+/// Every number of the config is finite: TOML's `nan` and `inf` are no value of any key.
+fn all_finite(table: &toml::Table, prefix: &str) -> Result<()> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Float(x) if !x.is_finite() => bail!("`{path}` = {x}: every number in a config must be finite"),
+            toml::Value::Table(inner) => all_finite(inner, &path)?,
+            toml::Value::Array(items) => {
+                if let Some(x) = items.iter().filter_map(toml::Value::as_float).find(|x| !x.is_finite()) {
+                    bail!("`{path}` holds {x}: every number in a config must be finite");
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -47,6 +47,9 @@ fn sanitize(value: &str) -> String {
 /// key where two axes share a last part.
 pub fn expand(grid: &[String], seeds: &[u64]) -> Result<Vec<PlannedRun>> {
     let axes: Vec<(String, Vec<String>)> = grid.iter().map(|g| parse_axis(g)).collect::<Result<_>>()?;
+    if let Some((key, _)) = axes.iter().enumerate().find_map(|(i, (k, _))| axes[..i].iter().find(|(o, _)| o == k)) {
+        bail!("--grid names `{key}` twice: give it once with all its values (--grid {key}=a,b,c)");
+    }
     let short = |key: &str| {
         let last = key.rsplit('.').next().unwrap_or(key);
         let clashes = axes.iter().filter(|(k, _)| k.rsplit('.').next() == Some(last)).count() > 1;

@@ -39,7 +39,7 @@ pub struct DataConfig {
 /// `data.path`: one path or a list, each a file, a folder (its corpus files, recursively, in
 /// name order) or a glob pattern.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a path (a file, a folder or a glob pattern, as a string) or a list of them")]
 pub enum CorpusPaths {
     One(PathBuf),
     Many(Vec<PathBuf>),

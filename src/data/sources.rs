@@ -88,8 +88,10 @@ pub fn resolve(paths: &[PathBuf], key: &str, skip_unreadable: bool) -> Result<Ve
             if files.len() == before {
                 bail!("corpus folder {shown} (`{key}`) holds no .txt, .md, .jsonl(.gz/.zst) or .parquet file");
             }
-        } else if path.exists() {
+        } else if path.is_file() {
             files.push(path.clone());
+        } else if path.exists() {
+            bail!("{shown} (`{key}`) is neither a file nor a folder: a corpus is read from regular files");
         } else {
             bail!("corpus file {shown} does not exist (set `{key}`)");
         }

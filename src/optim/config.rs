@@ -86,8 +86,11 @@ impl OptimConfig {
                 bail!("`optim.betas[{i}]` must be in [0, 1), got {b}");
             }
         }
-        if self.eps <= 0.0 || self.weight_decay < 0.0 {
-            bail!("`optim.eps` must be positive and `optim.weight_decay` non-negative");
+        if self.eps <= 0.0 {
+            bail!("`optim.eps` must be positive, got {}", self.eps);
+        }
+        if self.weight_decay < 0.0 {
+            bail!("`optim.weight_decay` must be non-negative (0: none), got {}", self.weight_decay);
         }
         if let Some(c) = self.grad_clip.filter(|c| *c < 0.0) {
             bail!("`optim.grad_clip` must be positive (or 0 / absent for no clipping), got {c}");

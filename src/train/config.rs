@@ -428,6 +428,9 @@ impl TrainConfig {
 
 impl CheckpointConfig {
     pub fn validate(&self) -> Result<()> {
+        if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            bail!("`checkpoint.dir` is empty: name the run's directory (or remove the key: runs/<config name>)");
+        }
         if self.keep_last == 0 {
             bail!("`checkpoint.keep_last` must be at least 1");
         }
