@@ -42,6 +42,16 @@ impl SamplingOptions {
 /// window slides past `block_size`, positions shift and every step re-reads the window, so the
 /// cached and uncached paths give the same tokens.
 pub fn generate(model: &Gpt, prompt: &[u32], opts: &SamplingOptions) -> Result<Vec<u32>> {
+    generate_streaming(model, prompt, opts, |_| Ok(()))
+}
+
+/// [`generate`], handing each new token to `on_token` as it comes (`taper generate` prints it).
+pub fn generate_streaming(
+    model: &Gpt,
+    prompt: &[u32],
+    opts: &SamplingOptions,
+    mut on_token: impl FnMut(u32) -> Result<()>,
+) -> Result<Vec<u32>> {
     if prompt.is_empty() {
         bail!("the prompt is empty: give at least one token");
     }
@@ -64,7 +74,9 @@ pub fn generate(model: &Gpt, prompt: &[u32], opts: &SamplingOptions) -> Result<V
             logits.narrow(1, last, 1)?.squeeze(1)?.to_dtype(candle_core::DType::F32)?
         };
         let logits: Vec<f32> = crate::host::vec1(&logits)?;
-        tokens.push(sample(&logits, opts, &mut rng)?);
+        let token = sample(&logits, opts, &mut rng)?;
+        tokens.push(token);
+        on_token(token)?;
     }
     Ok(tokens[prompt.len()..].to_vec())
 }

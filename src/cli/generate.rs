@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::run_device;
 use crate::decode::BeamOptions;
-use crate::generate::{generate, SamplingOptions};
+use crate::generate::{generate_streaming, SamplingOptions};
 use crate::trained::{TrainedGpt, TrainedRun, TrainedSeq2Seq};
 
 #[derive(Args)]
@@ -27,7 +27,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1)]
     beam_size: usize,
     /// Seq2seq runs: rank finished beams by log p / length^PENALTY.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     length_penalty: f64,
     /// Seq2seq runs: the most output tokens (default: the run's task.max_target_len).
     #[arg(long)]
@@ -35,13 +35,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 200)]
     max_new_tokens: usize,
     /// Softmax temperature; 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f64,
     /// Sample among the k most likely tokens only (0: all).
-    #[arg(long, default_value_t = 200)]
-    top_k: usize,
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
+    top_k: i64,
     /// Nucleus sampling: the smallest set of tokens whose probability reaches p.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
@@ -68,20 +68,71 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.input.is_some() || args.input_file.is_some() {
         bail!("--input and --input-file are for seq2seq runs; a GPT run continues --prompt");
     }
+    if args.top_k < 0 {
+        bail!("--top-k must be >= 0 (0: every token), got {}", args.top_k);
+    }
     let prompt_ids = trained.tokenizer.encode(&args.prompt).context("cannot tokenize the prompt")?;
     let opts = SamplingOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
-        top_k: (args.top_k > 0).then_some(args.top_k),
+        top_k: (args.top_k > 0).then_some(args.top_k as usize),
         top_p: args.top_p,
         seed: args.seed,
         use_cache: !args.no_cache,
     };
-    let new_ids = generate(&trained.model, &prompt_ids, &opts)?;
-    let mut all = prompt_ids;
-    all.extend(&new_ids);
-    println!("{}", trained.tokenizer.decode(&all)?);
-    Ok(())
+    opts.validate()?;
+    let window = trained.model.block_size();
+    if prompt_ids.len() + args.max_new_tokens > window {
+        crate::console::say(format!(
+            "taper: {} tokens are more than the model's context ({window}): past it, each token sees the last \
+             {window} only",
+            prompt_ids.len() + args.max_new_tokens
+        ));
+    }
+    let mut text = Streamed::new(prompt_ids.clone());
+    text.show(&trained.tokenizer)?;
+    generate_streaming(&trained.model, &prompt_ids, &opts, |token| {
+        text.tokens.push(token);
+        text.show(&trained.tokenizer)
+    })?;
+    text.finish(&trained.tokenizer)
+}
+
+/// Text printed as its tokens come: the whole sequence decoded again each time (a tokenizer's
+/// decoding of a suffix can differ from the same part of the whole), the new part printed once
+/// it ends in whole characters.
+struct Streamed {
+    tokens: Vec<u32>,
+    printed: usize,
+}
+
+impl Streamed {
+    fn new(tokens: Vec<u32>) -> Self {
+        Self { tokens, printed: 0 }
+    }
+
+    /// Prints what the tokens decode to beyond what is printed already.
+    fn show(&mut self, tokenizer: &crate::data::TextTokenizer) -> Result<()> {
+        use std::io::Write;
+        let text = tokenizer.decode(&self.tokens)?;
+        // A byte-level token that ends inside a character decodes to U+FFFD until the rest comes.
+        if text.ends_with('\u{FFFD}') || text.len() <= self.printed || !text.is_char_boundary(self.printed) {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(&text.as_bytes()[self.printed..])?;
+        out.flush()?;
+        self.printed = text.len();
+        Ok(())
+    }
+
+    /// Prints the rest and ends the line.
+    fn finish(self, tokenizer: &crate::data::TextTokenizer) -> Result<()> {
+        use std::io::Write;
+        let text = tokenizer.decode(&self.tokens)?;
+        let rest = text.get(self.printed..).unwrap_or_default();
+        Ok(writeln!(std::io::stdout().lock(), "{rest}")?)
+    }
 }
 
 /// A seq2seq run decodes `--input` or each line of `--input-file`.
@@ -97,6 +148,9 @@ fn translate(args: &GenerateArgs, trained: &TrainedSeq2Seq) -> Result<()> {
     };
     if args.beam_size == 0 {
         bail!("--beam-size must be at least 1");
+    }
+    if !args.length_penalty.is_finite() {
+        bail!("--length-penalty must be a finite number, got {}", args.length_penalty);
     }
     let beam = BeamOptions { beam_size: args.beam_size, length_penalty: args.length_penalty };
     for output in trained.translate(&inputs, beam, args.max_len)? {

@@ -16,9 +16,13 @@ pub struct PredictArgs {
     /// labels or tags are optional.
     #[arg(long)]
     input: PathBuf,
-    /// Where to write the predictions (JSON lines; default: standard output).
+    /// Where to write the predictions (JSON lines; default: standard output). An existing file
+    /// is replaced only with --overwrite; never the input.
     #[arg(long)]
     output: Option<PathBuf>,
+    /// Replace an existing --output file.
+    #[arg(long)]
+    overwrite: bool,
     #[arg(long, default_value = "best")]
     checkpoint: String,
     #[arg(long)]
@@ -26,7 +30,10 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    let PredictArgs { run_dir, input, output, checkpoint, device } = args;
+    let PredictArgs { run_dir, input, output, overwrite, checkpoint, device } = args;
+    if let Some(path) = &output {
+        check_output(path, &input, overwrite)?;
+    }
     let kind = crate::run_dir::RunDir::new(&run_dir).load_config(&[])?.task.kind();
     if !kind.spec().predicts() {
         let names: Vec<&str> = crate::train::TASKS.iter().filter(|t| t.predicts()).map(|t| t.name()).collect();
@@ -47,9 +54,31 @@ pub fn run(args: PredictArgs) -> Result<()> {
     match output {
         Some(path) => {
             crate::fsutil::write_atomic(&path, text.as_bytes())?;
-            eprintln!("{} predictions written to {}", records.len(), path.display());
+            crate::console::say(format!("{} predictions written to {}", records.len(), path.display()));
         }
         None => print!("{text}"),
+    }
+    Ok(())
+}
+
+/// An output file may not be the input (it would replace the data with predictions), nor an
+/// existing file unless `overwrite`.
+fn check_output(output: &std::path::Path, input: &std::path::Path, overwrite: bool) -> Result<()> {
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(output, input) {
+        bail!(
+            "--output {} is the --input file: the predictions would replace it; write them elsewhere",
+            output.display()
+        );
+    }
+    if output.exists() && !overwrite {
+        bail!(
+            "--output {} already exists; taper does not overwrite it: choose another file, or pass --overwrite",
+            output.display()
+        );
     }
     Ok(())
 }
