@@ -13,9 +13,8 @@ cd "$(dirname "$0")/.."
 SIZE=${1:-2000}
 STEPS=${2:-100}
 WORK=${BENCH_DIR:-/tmp/taper-bench-corpus}
-BIN=target/release/taper
+BIN=$(scripts/taper-bin.sh --quiet)
 PY=${TOKENIZERS_PYTHON:-$HOME/.cache/taper-bench/tok-venv/bin/python}
-cargo build --release --quiet
 if [ ! -x "$PY" ]; then
   python3 -m venv "$HOME/.cache/taper-bench/tok-venv"
   "$HOME/.cache/taper-bench/tok-venv/bin/pip" install --quiet tokenizers

@@ -27,7 +27,7 @@ done
 
 shared=${TAPER_SHARED:-../shared}
 py=$("$shared/bench/setup_torch.sh" | tail -1)
-cargo build --release --quiet
+taper=$(scripts/taper-bin.sh --quiet)
 corpus=data/shakespeare.txt
 config=configs/gpt-shakespeare-char.toml
 torch_arch=()
@@ -59,7 +59,7 @@ echo "machine: $(nproc) cores, $(uname -m); steps=$steps pairs=$pairs threads=${
 : > "$work/pairs.tsv"
 for i in $(seq 1 "$pairs"); do
   run="$work/taper-$i"
-  "${env_prefix[@]}" ./target/release/taper train "$config" "${set_args[@]}" --set checkpoint.dir="$run" --quiet
+  "${env_prefix[@]}" "$taper" train "$config" "${set_args[@]}" --set checkpoint.dir="$run" --quiet
   taper_json=$(cat "$run/summary.json")
   # CPU against CPU: keep PyTorch off any GPU it might find.
   torch_json=$(CUDA_VISIBLE_DEVICES= "$py" "$shared/bench/torch_gpt.py" "${torch_args[@]}" | tail -1)

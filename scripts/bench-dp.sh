@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-cargo build --release --features mpi --quiet
+taper=$(scripts/taper-bin.sh --features mpi --quiet)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -27,9 +27,9 @@ common=(train configs/gpt-shakespeare-char.toml --set train.steps="$steps" --set
 tokens_per_s() { sed -n 's/.*"tokens_per_s": *\([0-9.e+-]*\).*/\1/p' "$1/summary.json"; }
 one_total=0 two_total=0 ar_total=0
 for round in $(seq "$rounds"); do
-  RAYON_NUM_THREADS=2 ./target/release/taper "${common[@]}" --set train.grad_accum=2 \
+  RAYON_NUM_THREADS=2 "$taper" "${common[@]}" --set train.grad_accum=2 \
     --set checkpoint.dir="$work/one-$round" --quiet
-  log=$(mpirun --bind-to core -n 2 -x RAYON_NUM_THREADS=1 ./target/release/taper "${common[@]}" \
+  log=$(mpirun --bind-to core -n 2 -x RAYON_NUM_THREADS=1 "$taper" "${common[@]}" \
     --set train.grad_accum=1 --set checkpoint.dir="$work/two-$round" 2>&1)
   ar=$(echo "$log" | sed -n 's/^all-reduce: \([0-9.]*\) ms per step.*/\1/p')
   one=$(tokens_per_s "$work/one-$round") two=$(tokens_per_s "$work/two-$round")

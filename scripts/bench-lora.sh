@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
-cargo build --release --quiet
+taper=$(scripts/taper-bin.sh --quiet)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 common=(--set train.steps="$steps" --set train.eval_every="$steps" --set checkpoint.every=0 --quiet)
@@ -26,8 +26,8 @@ field() { sed -n "s/.*\"$2\": *\([0-9.e+-]*\).*/\1/p" "$1/summary.json"; }
 accuracy() { grep '"accuracy"' "$1/metrics.jsonl" | tail -1 | sed 's/.*"accuracy":\([0-9.e+-]*\).*/\1/'; }
 speed=0 rss=0
 for round in $(seq "$rounds"); do
-  ./target/release/taper train configs/bert-finetune-sentiment.toml "${common[@]}" --set checkpoint.dir="$work/full-$round"
-  ./target/release/taper train configs/bert-lora-sentiment.toml "${common[@]}" "${extra[@]}" --set checkpoint.dir="$work/lora-$round"
+  "$taper" train configs/bert-finetune-sentiment.toml "${common[@]}" --set checkpoint.dir="$work/full-$round"
+  "$taper" train configs/bert-lora-sentiment.toml "${common[@]}" "${extra[@]}" --set checkpoint.dir="$work/lora-$round"
   for kind in full lora; do
     run="$work/$kind-$round"
     echo "round $round $kind: $(field "$run" tokens_per_s) tok/s, peak RSS $(field "$run" peak_rss_mb) MB, accuracy $(accuracy "$run")"

@@ -11,11 +11,11 @@ run=${1:?usage: scripts/check-hf-decoder.sh RUN_DIR FILE [CHECKPOINT]}
 text=${2:?usage: scripts/check-hf-decoder.sh RUN_DIR FILE [CHECKPOINT]}
 checkpoint=${3:-best}
 python=$(scripts/hf-python.sh)
-cargo build --release --quiet
+taper=$(scripts/taper-bin.sh --quiet)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-./target/release/taper export "$run" --format hf --out "$out/export" --checkpoint "$checkpoint"
-loss=$(./target/release/taper eval "$run" --file "$text" --checkpoint "$checkpoint" --json |
+"$taper" export "$run" --format hf --out "$out/export" --checkpoint "$checkpoint"
+loss=$("$taper" eval "$run" --file "$text" --checkpoint "$checkpoint" --json |
   "$python" -c 'import json, sys; print(repr(json.load(sys.stdin)["val_loss"]))')
 block=$(sed -n 's/^block_size = \([0-9]*\)/\1/p' "$run/config.toml")
 "$python" scripts/check-hf-decoder.py "$out/export" "$text" "$block" "$loss"

@@ -13,9 +13,9 @@ input=${2:?usage: scripts/check-hf-export.sh RUN_DIR INPUT [MAX_LEN]}
 max_len=${3:-$(sed -n 's/^max_len = \([0-9]*\)/\1/p' "$run/config.toml")}
 max_len=${max_len:-512}
 python=$(scripts/hf-python.sh)
-cargo build --release --quiet
+taper=$(scripts/taper-bin.sh --quiet)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-./target/release/taper export "$run" --format hf --out "$out/export"
-./target/release/taper predict "$run" --input "$input" --output "$out/predictions.jsonl"
+"$taper" export "$run" --format hf --out "$out/export"
+"$taper" predict "$run" --input "$input" --output "$out/predictions.jsonl"
 "$python" scripts/check-hf-export.py "$out/export" "$out/predictions.jsonl" "$max_len"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Fault matrix: kill -9 at random moments (checkpoints every step and every 10 steps),
-# SIGINT, SIGTERM and a full disk (a small tmpfs), each resumed to the end and compared, step
-# by step, with an uninterrupted run. Prints one line of counts, e.g.
+# Fault matrix: kill -9 at random steps (checkpoints every step and every 10 steps), SIGINT,
+# SIGTERM and a full disk (a small tmpfs), each resumed to the end and compared, step by step,
+# with an uninterrupted run. Each fault waits for the state it needs (a logged step past a
+# random one, read from metrics.jsonl), not a fixed sleep, so a busy machine delays it rather
+# than moving it past the run's end; a run that finished before its kill counts as recovered
+# only if its losses match. Prints one line of counts, e.g.
 #   kill9=20/20 sigint=ok sigterm=ok disk_full=ok mismatched_steps=0 leftovers=0
 # Usage: scripts/fault-matrix.sh [--trials N] [--steps S]. Needs a release build (made here).
 set -euo pipefail
@@ -15,8 +18,7 @@ while [ $# -gt 0 ]; do
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
-cargo build --release --quiet
-bin="$PWD/target/release/taper"
+bin=$(scripts/taper-bin.sh --quiet)
 work="$(mktemp -d)"
 trap 'umount "$work/tmpfs" 2>/dev/null || true; rm -rf "$work"' EXIT
 # A small model, so a trial takes seconds; the schedule does not depend on checkpointing.
@@ -45,10 +47,29 @@ PY
 leftovers() {  # temporary or trash files and folders left in a run directory
     find "$1" \( -name '*.tmp' -o -name '*.trash' \) | wc -l
 }
+# Waits until run $1 has logged step $2 or later (or the process $3 has ended).
+wait_for_step() {
+    while kill -0 "$3" 2>/dev/null; do
+        python3 - "$1/metrics.jsonl" "$2" <<'PY' && return 0
+import json, sys
+try:
+    steps = [json.loads(l).get("step", 0) for l in open(sys.argv[1]) if l.strip().endswith("}")]
+except (OSError, ValueError):
+    steps = []
+sys.exit(0 if steps and max(steps) >= int(sys.argv[2]) else 1)
+PY
+        sleep 0.01
+    done
+}
+finished() {  # whether run $1 has ended its run (summary.json says finished)
+    [ "$(python3 -c "import json; print(json.load(open('$1/summary.json'))['status'])" 2>/dev/null)" = finished ]
+}
 finish() {  # resumes (or restarts) a run until it is done; rc of the last command
     local dir="$1"
     shift
-    if [ -d "$dir/checkpoints" ] && ls "$dir/checkpoints" | grep -q '^step-[0-9]*$'; then
+    if finished "$dir"; then
+        return 0  # it ended before its fault: its losses are compared as they are
+    elif [ -d "$dir/checkpoints" ] && ls "$dir/checkpoints" | grep -q '^step-[0-9]*$'; then
         "$bin" train --resume "$dir" --quiet "$@"
     else
         "$bin" train "${base[@]}" --set "checkpoint.dir=$dir" --overwrite "$@"
@@ -56,9 +77,6 @@ finish() {  # resumes (or restarts) a run until it is done; rc of the last comma
 }
 
 "$bin" train "${base[@]}" --set "checkpoint.dir=$work/reference" >/dev/null 2>&1
-start=$(date +%s.%N)
-"$bin" train "${base[@]}" --set "checkpoint.dir=$work/timing" >/dev/null 2>&1
-duration=$(python3 -c "import time; print(max(0.5, time.time() - $start))")
 
 mismatched=0
 left=0
@@ -66,10 +84,10 @@ kill_ok=0
 for i in $(seq 1 "$trials"); do
     dir="$work/kill$i"
     every=$([ $((i % 2)) -eq 0 ] && echo 1 || echo 10)
-    delay=$(python3 -c "import random; print(round(random.uniform(0.2, $duration), 2))")
+    at=$(python3 -c "import random; print(random.randint(1, $steps - 1))")
     "$bin" train "${base[@]}" --set "checkpoint.dir=$dir" --set "checkpoint.every=$every" >/dev/null 2>&1 &
     pid=$!
-    sleep "$delay"
+    wait_for_step "$dir" "$at" "$pid"
     kill -9 "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     if finish "$dir" >/dev/null 2>"$work/err$i"; then
@@ -77,7 +95,7 @@ for i in $(seq 1 "$trials"); do
         mismatched=$((mismatched + m))
         [ "$m" -eq 0 ] && kill_ok=$((kill_ok + 1))
     else
-        echo "kill9 trial $i (every $every, after ${delay}s): resume failed: $(tail -2 "$work/err$i")" >&2
+        echo "kill9 trial $i (every $every, at step $at): resume failed: $(tail -2 "$work/err$i")" >&2
     fi
     left=$((left + $(leftovers "$dir")))
 done
@@ -86,7 +104,7 @@ signal_trial() {  # name signal expected-exit-code
     local dir="$work/$1" rc=0
     "$bin" train "${base[@]}" --set "checkpoint.dir=$dir" --set checkpoint.every=0 >/dev/null 2>&1 &
     local pid=$!
-    sleep "$(python3 -c "print(round($duration / 2, 2))")"
+    wait_for_step "$dir" $((steps / 2)) "$pid"
     kill -"$2" "$pid"
     wait "$pid" || rc=$?
     local status

@@ -27,11 +27,10 @@ tps=0 mfu=0
 if [ "$device" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || fail "no-nvidia-smi"
   export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
-  cargo build --release --features cuda --quiet || fail "build"
+  taper=$(scripts/taper-bin.sh --features cuda --quiet) || fail "build"
 else
-  cargo build --release --quiet || fail "build"
+  taper=$(scripts/taper-bin.sh --quiet) || fail "build"
 fi
-taper=./target/release/taper
 # The loss logged at step $2 of run $1 (the last record of it: a resumed run logs it again).
 loss_at() { python3 -c "
 import json

@@ -40,13 +40,12 @@ if [ "$device" = cuda ]; then
     export LIBRARY_PATH=$NCCL_LIB_DIR:${LIBRARY_PATH:-} LD_LIBRARY_PATH=$NCCL_LIB_DIR:${LD_LIBRARY_PATH:-}
   fi
   export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
-  cargo build --release --features nccl --quiet || fail "build"
+  taper=$(scripts/taper-bin.sh --features nccl --quiet) || fail "build"
   tolerance=${NCCL_CHECK_TOL:-1e-4}
 else
-  cargo build --release --features mpi --quiet || fail "build"
+  taper=$(scripts/taper-bin.sh --features mpi --quiet) || fail "build"
   tolerance=${NCCL_CHECK_TOL:-1e-5}
 fi
-taper=$PWD/target/release/taper
 common=(train configs/gpt-shakespeare-char.toml --set train.steps="$steps" --set train.log_every=10
   --set train.eval_every="$steps" --set schedule.warmup_steps=$((steps / 10)) --set checkpoint.every=0 --set train.device="$device" --quiet "${extra[@]}")
 
