@@ -150,10 +150,23 @@ fn write_step(
 const MODEL_FILE: &str = "model.safetensors";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
-/// `crc32:<hex>:<bytes>` of a file.
+/// `crc32:<hex>:<bytes>` of a file, read in 1 MiB pieces (a checkpoint's weights are not held
+/// twice in memory to check them).
 fn digest(path: &Path) -> Result<String> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(format!("crc32:{:08x}:{}", crc32fast::hash(&bytes), bytes.len()))
+    use std::io::Read;
+    let cannot = || format!("cannot read {}", path.display());
+    let mut file = fs::File::open(path).with_context(cannot)?;
+    let (mut hasher, mut len) = (crc32fast::Hasher::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(cannot)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok(format!("crc32:{:08x}:{len}", hasher.finalize()))
 }
 
 /// Checks that a checkpoint is whole: its state.json reads and names the checkpoint's own step,

@@ -213,6 +213,17 @@ fn a_tiny_model_learns_to_copy() {
     }
     let eval = trained.evaluate(&dir.path().join("val.tsv")).unwrap();
     assert!((eval["exact_match"] - last["exact_match"].as_f64().unwrap()).abs() < 1e-9, "{eval:?}");
+    // A length penalty that is not a finite number is refused by name.
+    let run = dir.path().join("run");
+    for bad in ["NaN", "inf", "-inf"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_taper"))
+            .args(["generate", run.to_str().unwrap(), "--input", "a b", "--length-penalty", bad])
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("--length-penalty must be a finite number"), "{bad}: {err}");
+    }
 }
 
 #[test]

@@ -27,7 +27,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1)]
     beam_size: usize,
     /// Seq2seq runs: rank finished beams by log p / length^PENALTY.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     length_penalty: f64,
     /// Seq2seq runs: the most output tokens (default: the run's task.max_target_len).
     #[arg(long)]
@@ -35,13 +35,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 200)]
     max_new_tokens: usize,
     /// Softmax temperature; 0 is greedy decoding.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
     temperature: f64,
     /// Sample among the k most likely tokens only (0: all).
     #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
     top_k: i64,
     /// Nucleus sampling: the smallest set of tokens whose probability reaches p.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_hyphen_values = true)]
     top_p: Option<f64>,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
