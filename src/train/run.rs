@@ -217,6 +217,16 @@ fn lora_note(cfg: &Config, params: &ParamStore) -> String {
     }
 }
 
+/// On the CPU, refuses a micro-batch whose activations cannot fit beside the trained
+/// parameters' gradients and AdamW moments (12 bytes each).
+fn check_step_fits<T: Task>(task: &T, params: &ParamStore, device: &Device) -> Result<()> {
+    let Some(available) = crate::memory::available().filter(|_| device.is_cpu()) else { return Ok(()) };
+    let cfg = task.config();
+    let vocab = task.embedding_tables().first().map_or(0, |t| t.dim(0).unwrap_or(0));
+    let trained: usize = params.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
+    crate::memory::check_step(&cfg.model, cfg.train.batch_size, vocab, trained as u64 * 12, available)
+}
+
 /// The recipe, the same for every task: optimizer and schedule over the task's parameters,
 /// then per step: the step itself, then logging, evaluation and checkpoints on their turns.
 /// With several ranks, the writer alone writes (config, metrics, checkpoints, summary); every
@@ -230,11 +240,7 @@ pub fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     optimizer.use_kernels(cfg.model.kernels);
     optimizer.scaler = loss_scaler(cfg, device)?;
     let schedule = Schedule::new(&cfg.schedule, cfg.optim.lr, cfg.train.steps);
-    if let Some(available) = crate::memory::available().filter(|_| device.is_cpu()) {
-        let vocab = task.embedding_tables().first().map_or(0, |t| t.dim(0).unwrap_or(0));
-        let trained: usize = params.trainable_vars().iter().map(|(_, v)| v.elem_count()).sum();
-        crate::memory::check_step(&cfg.model, cfg.train.batch_size, vocab, trained as u64 * 12, available)?;
-    }
+    check_step_fits(task, params, device)?;
     let checkpointer = Checkpointer::new(run, cfg, &config_text)?;
     let mut state = checkpointer.start(cfg, launch.resume_from.as_deref(), params, &mut optimizer, device)?;
     if root {
