@@ -65,10 +65,19 @@ pub fn cuda_device_count() -> usize {
     0
 }
 
+/// The GPU's name as its driver gives it ("NVIDIA H100 80GB HBM3"); `None` off CUDA.
+pub fn gpu_name(device: &Device) -> Option<String> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => cuda.cuda_stream().context().name().ok(),
+        _ => None,
+    }
+}
+
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", candle_core::utils::get_num_threads()),
-        Device::Cuda(_) => "cuda".into(),
+        Device::Cuda(_) => gpu_name(device).map_or("cuda".into(), |name| format!("cuda ({name})")),
         Device::Metal(_) => "metal".into(),
     }
 }

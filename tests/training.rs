@@ -265,3 +265,36 @@ fn resume_skips_a_damaged_checkpoint() {
     let tail: Vec<(usize, f64)> = full.losses.iter().copied().filter(|(s, _)| *s > 8).collect();
     assert_eq!(resumed.losses, tail, "resumed from step 8, exactly as the uninterrupted run");
 }
+
+#[test]
+fn mfu_is_tokens_per_second_times_flops_per_token_over_the_measured_peak() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::write_corpus(dir.path(), &common::pattern_corpus(300));
+    let cfg = common::tiny_config(dir.path(), &corpus, "train.steps=12 train.log_every=4");
+    let (layers, context, width) = (cfg.model.n_layer, cfg.model.block_size, cfg.model.d_model);
+    assert!(cfg.model.tie_embeddings, "the count below takes the head tied to the token table");
+    let summary = train(cfg, &quiet()).unwrap();
+    let run = &summary.run_dir;
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let flops = written["flops_per_token"].as_f64().unwrap();
+    // Every weight trains: PaLM's 6N + 12 L T d, N without the learned positions' table (looked
+    // up, not multiplied) but with the token table (the tied head multiplies by it).
+    let weights = summary.params - context * width;
+    assert_eq!(flops, 6.0 * weights as f64 + 12.0 * (layers * context * width) as f64);
+    let peak = written["peak_flops"].as_f64().unwrap();
+    assert!(peak > 1e8 && peak.is_finite(), "{written}");
+    assert!(written["peak_source"].as_str().unwrap().starts_with("GEMM probe on this CPU, f32"), "{written}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    let mfu = written["mfu"].as_f64().unwrap();
+    assert!(close(mfu, written["tokens_per_s"].as_f64().unwrap() * flops / peak), "{written}");
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let logged: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let speeds: Vec<&serde_json::Value> = logged.iter().filter(|r| r.get("tokens_per_s").is_some()).collect();
+    assert_eq!(speeds.len(), 3, "{text}");
+    for record in speeds {
+        assert_eq!(record["flops_per_token"].as_f64().unwrap(), flops, "{record}");
+        let expected = record["tokens_per_s"].as_f64().unwrap() * flops / peak;
+        assert!(close(record["mfu"].as_f64().unwrap(), expected), "{record}");
+    }
+}

@@ -145,6 +145,10 @@ impl Task for CausalLm {
         self.data.train_batch(self.cfg.train.seed, step, micro, self.cfg.train.batch_size, &self.device, buffers)
     }
 
+    fn tied_head(&self) -> bool {
+        self.cfg.model.tie_embeddings
+    }
+
     fn embedding_tables(&self) -> Vec<Tensor> {
         self.model.embedding_tables()
     }

@@ -317,6 +317,10 @@ impl Task for Classification {
         batch.0.tokens
     }
 
+    fn context(&self) -> usize {
+        max_len(&self.cfg).unwrap_or(self.cfg.model.block_size)
+    }
+
     fn residual_rms(&self, (inputs, _): &Self::Batch) -> Result<BTreeMap<String, f64>> {
         encoder::residual_rms(&self.arch, &self.cfg.model, &self.model.encoder, &inputs.ids, Some(&inputs.mask))
     }

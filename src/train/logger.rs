@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::metrics::{MetricsLog, MetricsSink};
+use super::mfu::Mfu;
 use super::step::StepOutput;
 use super::task::Evaluation;
 use crate::checkpoint::{self, TrainState};
@@ -30,6 +31,16 @@ pub struct RunSummary {
     pub tokens_per_s: f64,
     pub ms_per_step: f64,
     pub peak_rss_mb: f64,
+    /// Model FLOPs per trained token (train/mfu.rs), the device's peak FLOP/s and where that
+    /// figure comes from, and `tokens_per_s` as a fraction of it: absent where no peak is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops_per_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_flops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mfu: Option<f64>,
     pub final_train_loss: Option<f64>,
     pub val_loss: Option<f64>,
     /// "finished", "stopped" (ended early on request), "interrupted" (by a signal) or "diverged".
@@ -81,6 +92,7 @@ pub struct Logger {
     /// Evaluation and checkpoint time, left out of the throughput figure.
     side_work: Duration,
     losses: Vec<(usize, f64)>,
+    mfu: Option<Mfu>,
 }
 
 /// The places besides metrics.jsonl `cfg` sends the run's records to: one line each.
@@ -110,7 +122,16 @@ impl Logger {
             window: (Instant::now(), 0),
             side_work: Duration::ZERO,
             losses: Vec::new(),
+            mfu: None,
         })
+    }
+
+    /// Reports MFU beside tokens/s from now on; `Err(why)`: says once why it cannot.
+    pub fn set_mfu(&mut self, mfu: Result<Mfu, String>) {
+        match mfu {
+            Ok(mfu) => self.mfu = Some(mfu),
+            Err(why) => self.say(format!("taper: note: {why}")),
+        }
     }
 
     /// `line`, if there is one (see `say`).
@@ -163,6 +184,11 @@ impl Logger {
         let mut record =
             json!({"step": state.step, "loss": loss, "lr": lr, "grad_norm": norm, "tokens_per_s": tokens_per_s});
         let mut line = format!("loss {loss:.4} lr {lr:.2e} {tokens_per_s:.0} tok/s");
+        if let Some(mfu) = &self.mfu {
+            record["mfu"] = json!(mfu.of(tokens_per_s));
+            record["flops_per_token"] = json!(mfu.flops_per_token);
+            line.push_str(&format!(" mfu {:.1}%", 100.0 * mfu.of(tokens_per_s)));
+        }
         if let [scale, _, skipped] = scalars[2..] {
             record["loss_scale"] = json!(scale as f64);
             record["skipped_steps"] = json!(skipped as u64);
@@ -253,6 +279,10 @@ impl Logger {
             tokens_per_s,
             ms_per_step,
             peak_rss_mb: peak_rss_mb(),
+            flops_per_token: self.mfu.as_ref().map(|m| m.flops_per_token),
+            peak_flops: self.mfu.as_ref().map(|m| m.peak_flops),
+            peak_source: self.mfu.as_ref().map(|m| m.peak_source.clone()),
+            mfu: self.mfu.as_ref().map(|m| m.of(tokens_per_s)),
             final_train_loss,
             val_loss: state.last_val_loss,
             status: match (state.step == total_steps, interrupted) {
@@ -265,8 +295,9 @@ impl Logger {
         let path = self.run_dir.join("summary.json");
         crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
         let shown = |l: Option<f64>| l.map_or("-".into(), |l| format!("{l:.4}"));
+        let mfu = summary.mfu.map_or(String::new(), |m| format!(", mfu {:.1}%", 100.0 * m));
         self.say(format!(
-            "{}: {} steps in {elapsed:.1}s ({:.0} tokens/s), train loss {}, val loss {}",
+            "{}: {} steps in {elapsed:.1}s ({:.0} tokens/s{mfu}), train loss {}, val loss {}",
             if interrupted { "interrupted" } else { "done" },
             summary.steps,
             summary.tokens_per_s,

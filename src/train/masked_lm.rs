@@ -188,6 +188,11 @@ impl Task for MaskedLm {
         self.corrupt(buffers, &mut Rng::derived(seed, &[MASK_STREAM, step as u64, micro as u64]))
     }
 
+    /// The MLM decoder is the word-embedding table (with its own bias).
+    fn tied_head(&self) -> bool {
+        true
+    }
+
     fn embedding_tables(&self) -> Vec<Tensor> {
         self.model.encoder.embedding_tables()
     }

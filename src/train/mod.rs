@@ -14,6 +14,7 @@ pub mod encoder;
 pub mod logger;
 pub mod masked_lm;
 pub mod metrics;
+pub mod mfu;
 pub mod parallel;
 mod run;
 pub mod seq2seq;

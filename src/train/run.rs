@@ -252,6 +252,7 @@ pub fn run_task<T: Task>(task: &T, launch: &Launch) -> Result<RunSummary> {
     let scratch = (!root).then(|| follower_scratch(parallel.rank())).transpose()?;
     let log_dir = scratch.as_ref().map(RunDir::new);
     let mut logger = Logger::open(log_dir.as_ref().unwrap_or(run), cfg, &state, options.quiet || !root)?;
+    logger.set_mfu(super::mfu::for_run(task, params, device, parallel.size())?);
     let (elements, on) = (params.num_elements(), crate::device::describe(device));
     let ranks = if parallel.size() > 1 { format!(" x {} ranks", parallel.size()) } else { String::new() };
     logger.say(format!(

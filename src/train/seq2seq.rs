@@ -372,6 +372,10 @@ impl Task for Seq2SeqTask {
         pad_pairs(rows, self.vocab.source_specials.pad, self.vocab.target_specials, &self.device)
     }
 
+    fn tied_head(&self) -> bool {
+        self.cfg.model.tie_embeddings
+    }
+
     fn embedding_tables(&self) -> Vec<Tensor> {
         self.model.embedding_tables()
     }
@@ -382,6 +386,11 @@ impl Task for Seq2SeqTask {
 
     fn tokens(&self, batch: &Self::Batch) -> usize {
         batch.tokens
+    }
+
+    /// The source length (the decoder's rows are usually shorter: an upper bound).
+    fn context(&self) -> usize {
+        max_len(&self.cfg).unwrap_or(self.cfg.model.block_size)
     }
 
     fn residual_rms(&self, batch: &Self::Batch) -> Result<BTreeMap<String, f64>> {

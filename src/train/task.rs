@@ -37,6 +37,17 @@ pub trait Task {
     /// Input tokens in the batch, for the throughput figure.
     fn tokens(&self, batch: &Self::Batch) -> usize;
 
+    /// The length of a training row: T in the attention term of the FLOPs count (mfu.rs).
+    fn context(&self) -> usize {
+        self.config().model.block_size
+    }
+
+    /// Whether the output head multiplies by the token table (`embedding_tables()[0]`), so
+    /// the FLOPs count (mfu.rs) counts that table as a product's weight.
+    fn tied_head(&self) -> bool {
+        false
+    }
+
     /// The model's embedding tables (token, segment, learned position): a parameter role
     /// (weight decay skips them unless `optim.decay_embeddings`).
     fn embedding_tables(&self) -> Vec<Tensor>;

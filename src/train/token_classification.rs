@@ -353,6 +353,10 @@ impl Task for TokenClassification {
         batch.0.tokens
     }
 
+    fn context(&self) -> usize {
+        task(&self.cfg).and_then(|t| encoder::max_len(t.max_len, &self.cfg.model)).unwrap_or(self.cfg.model.block_size)
+    }
+
     fn residual_rms(&self, (inputs, ..): &Self::Batch) -> Result<BTreeMap<String, f64>> {
         encoder::residual_rms(&self.arch, &self.cfg.model, &self.model.encoder, &inputs.ids, Some(&inputs.mask))
     }
