@@ -9,16 +9,7 @@
 # present. Usage: scripts/check-cuda.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvcc >/dev/null; then
-  sources=/etc/apt/sources.list.d/debian.sources
-  if [ -f "$sources" ]; then
-    sed -i 's/^Components: main$/Components: main contrib non-free non-free-firmware/' "$sources"
-  else
-    sed -i 's/ main$/ main contrib non-free non-free-firmware/' /etc/apt/sources.list
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nvidia-cuda-toolkit >/dev/null
-fi
+command -v nvcc >/dev/null || scripts/apt-nonfree.sh nvidia-cuda-toolkit
 nvcc --version | tail -2
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-80}
 export CARGO_TARGET_DIR=${CUDA_TARGET_DIR:-$HOME/.cache/taper-cuda-target}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one command for the day a GPU is lent (issue 19): builds taper with --features cuda and,
-# in a few minutes, checks on the GPU what the CPU tests check here:
+# The one command for a lent GPU: in a few minutes, checks on the GPU what the CPU tests check
+# here:
 #   1. the default config trains in f32, bf16 and f16 (dynamic loss scaling), its logged
 #      losses close to the CPU's at the same steps (f32: within 2e-3; bf16 and f16: within
 #      5e-2; the GPU's kernels sum in another order, and bf16 keeps 8 bits of mantissa in the
@@ -9,27 +9,76 @@
 #      steps, without it 2.2e-4);
 #   2. a resume from a mid-run checkpoint ends at the uninterrupted run's loss (within 1e-6);
 #   3. sampling with the KV-cache gives the uncached tokens;
-#   4. MiniLM fine-tunes a few steps (scripts/fetch-minilm.sh), its loss falling;
-#   5. GPT-2 small (bf16, context 1024) trains for a few steps: tokens/s and MFU (6N + 12 L T d
-#      FLOPs per token, PaLM's count, over the card's dense bf16 peak from nvidia-smi's name).
-# Every line it prints ends in one line:
-#   gpu_check=<ok|failed:what> tokens_per_s=<GPT-2 small> mfu=<fraction>
-# GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (without building for CUDA, and a small
-# model for step 5): how this script itself is tried on a machine without a GPU.
-# Usage: scripts/gpu-check.sh
+#   4. MiniLM fine-tunes a few steps, its loss falling;
+#   5. GPT-2 small (bf16, context 1024, batch 8) trains 30 steps: taper's tokens/s and MFU
+#      (its summary.json: 6N + 12 L T d FLOPs per token over the card's dense bf16 peak), and
+#      the same step in eager PyTorch (scripts/gpu-reference.py) on the same card: the ratio.
+# Every run of it ends in one line:
+#   gpu_check=<ok|failed:what> tokens_per_s=<GPT-2 small> mfu=<fraction> torch_tokens_per_s=<..> ratio=<taper/torch>
+# Two ways to run it:
+#   scripts/gpu-check.sh                  builds taper with --features cuda here (cargo, nvcc);
+#   scripts/gpu-check.sh --prebuilt DIR   runs the bundle scripts/gpu-bundle.sh made, with no
+#       cargo, no network and no python package but torch: the lent machines' way. It prints
+#       the CUDA libraries the binary links and where it found them (PyTorch's nvidia wheels).
+# GPU_CHECK_DEVICE=cpu runs the same steps on the CPU (a small model for step 5): how this
+# script itself is tried on a machine without a GPU.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 device=${GPU_CHECK_DEVICE:-cuda}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-fail() { echo "gpu_check=failed:$1 tokens_per_s=${tps:-0} mfu=${mfu:-0}"; exit 1; }
-tps=0 mfu=0
-if [ "$device" = cuda ]; then
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || fail "no-nvidia-smi"
-  export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
-  taper=$(scripts/taper-bin.sh --features cuda --quiet) || fail "build"
+tps=0 mfu=0 ttps=n/a ratio=n/a
+fail() { echo "gpu_check=failed:$1 tokens_per_s=$tps mfu=$mfu torch_tokens_per_s=$ttps ratio=$ratio"; exit 1; }
+unxz() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$@"; }
+
+# Where PyTorch's wheels (else the system, else $GPU_CHECK_LIBRARY_ROOTS, colon-separated) keep
+# the CUDA libraries listed in $1: a search path.
+cuda_library_path() {
+  python3 - "$1" <<'EOF'
+import glob, os, site, sys
+wanted = [n for n in open(sys.argv[1]).read().split() if n.startswith(("libcublas", "libcurand", "libnvrtc", "libcudart"))]
+roots = site.getsitepackages() + [site.getusersitepackages(), "/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu"]
+roots += [r for r in os.environ.get("GPU_CHECK_LIBRARY_ROOTS", "").split(":") if r]
+dirs = []
+for name in wanted:
+    hits = sorted(h for r in roots for h in glob.glob(f"{r}/**/{name}", recursive=True))
+    if not hits:
+        sys.exit(f"no {name} under {', '.join(roots)}")
+    if os.path.dirname(hits[0]) not in dirs:
+        dirs.append(os.path.dirname(hits[0]))
+print(":".join(dirs))
+EOF
+}
+
+minilm=()
+if [ "${1:-}" = --prebuilt ]; then
+  [ -d "${2:-}" ] || fail "usage:gpu-check.sh--prebuilt-DIR"
+  cd "$2" || fail "prebuilt-dir"
+  taper=$work/taper
+  { unxz taper.xz "$taper" && chmod +x "$taper"; } || fail "unpack-taper"
+  { mkdir -p "$work/minilm" && cp models/all-MiniLM-L6-v2/*.json "$work/minilm/" &&
+    unxz models/all-MiniLM-L6-v2/model.safetensors.xz "$work/minilm/model.safetensors"; } || fail "unpack-minilm"
+  minilm=(--set model.init_from="$work/minilm")
+  echo "bundle: taper $(cat commit.txt), $(du -sh . | cut -f1); it links: $(tr '\n' ' ' < needs.txt)"
+  # The binary links them whichever device it runs on.
+  found=$(cuda_library_path needs.txt) || fail "cuda-libraries"
+  export LD_LIBRARY_PATH=$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  echo "the dynamic loader resolves:"
+  ldd "$taper" | grep -E "libcuda|cublas|curand|nvrtc|cudart"
+  missing=$(ldd "$taper" | awk '/not found/ {print $1; exit}')
+  [ -z "$missing" ] || fail "unresolved-$missing"
 else
-  taper=$(scripts/taper-bin.sh --quiet) || fail "build"
+  cd "$(dirname "$0")/.." || fail "cd"
+  if [ "$device" = cuda ]; then
+    export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)}
+    taper=$(scripts/taper-bin.sh --features cuda --quiet) || fail "build"
+  else
+    taper=$(scripts/taper-bin.sh --quiet) || fail "build"
+  fi
+  scripts/fetch-minilm.sh >/dev/null || fail "fetch-minilm"
+fi
+if [ "$device" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || fail "no-nvidia-smi"
 fi
 # The loss logged at step $2 of run $1 (the last record of it: a resumed run logs it again).
 loss_at() { python3 -c "
@@ -68,40 +117,40 @@ uncached=$("$taper" generate "$work/f32" --checkpoint latest --prompt "ROMEO:" -
 echo "$cached" | head -3
 
 echo "== 4. MiniLM fine-tunes"
-scripts/fetch-minilm.sh >/dev/null || fail "fetch-minilm"
-"$taper" train configs/bert-finetune-sentiment.toml --set train.device="$device" --set train.steps=40 \
-  --set train.log_every=10 --set train.eval_every=40 --set checkpoint.dir="$work/minilm" --quiet || fail "minilm"
-first=$(loss_at "$work/minilm" 10) last=$(loss_at "$work/minilm" 40)
+"$taper" train configs/bert-finetune-sentiment.toml "${minilm[@]}" --set train.device="$device" --set train.steps=40 \
+  --set train.log_every=10 --set train.eval_every=40 --set checkpoint.dir="$work/minilm-run" --quiet || fail "minilm"
+first=$(loss_at "$work/minilm-run" 10) last=$(loss_at "$work/minilm-run" 40)
 echo "MiniLM loss: step 10 $first, step 40 $last"
 python3 -c "import sys; sys.exit(0 if $last < $first else 1)" || fail "minilm-loss"
 
-echo "== 5. GPT-2 small, bf16, context 1024"
+echo "== 5. GPT-2 small (on a GPU: bf16, context 1024, batch 8; on the CPU a small model): taper, then PyTorch"
 if [ "$device" = cuda ]; then
-  shape=(--set train.dtype=bf16 --set train.batch_size=8 --set train.steps=30 --set schedule.warmup_steps=2)
+  shape=(--set train.dtype=bf16 --set train.batch_size=8 --set train.grad_accum=1 --set train.steps=30
+    --set schedule.warmup_steps=2)
+  ref=()
 else
   shape=(--set model.n_layer=2 --set model.d_model=128 --set model.n_head=2 --set model.block_size=128
-    --set train.batch_size=2 --set train.steps=6 --set schedule.warmup_steps=2)
+    --set train.dtype=f32 --set train.batch_size=2 --set train.grad_accum=1 --set train.steps=6 --set schedule.warmup_steps=2)
+  ref=(--layers 2 --width 128 --heads 2 --context 128 --batch 2 --steps 6 --untimed 2 --device cpu)
 fi
 "$taper" train configs/gpt2-small.toml "${shape[@]}" --set train.device="$device" --set train.log_every=5 \
   --set train.eval_every=0 --set checkpoint.every=0 --set checkpoint.dir="$work/gpt2" --quiet || fail "gpt2-small"
-tps=$(python3 -c "import json; print(round(json.load(open('$work/gpt2/summary.json'))['tokens_per_s']))")
-mfu=$(python3 - "$work/gpt2" "$device" <<'EOF'
-import json, re, subprocess, sys
-run, device = sys.argv[1], sys.argv[2]
-summary = json.load(open(f"{run}/summary.json"))
-config = open(f"{run}/config.toml").read()
-key = lambda k: int(re.search(rf"^{k} = (\d+)", config, re.M).group(1))
-layers, width, context = key("n_layer"), key("d_model"), key("block_size")
-flops_per_token = 6 * summary["params"] + 12 * layers * context * width
-if device != "cuda":
-    print("n/a")
-    sys.exit()
-name = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout
-# Dense bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets (SXM parts where both exist).
-peaks = {"H200": 989, "H100": 989, "A100": 312, "L40S": 362, "L4": 121, "A10": 125, "V100": 125, "T4": 65}
-peak = next((v for k, v in peaks.items() if k in name), None)
-print(f"{summary['tokens_per_s'] * flops_per_token / (peak * 1e12):.3f}" if peak else "unknown-card")
+read -r tps mfu peak vocab < <(python3 - "$work/gpt2" <<'EOF'
+import json, sys
+summary = json.load(open(f"{sys.argv[1]}/summary.json"))
+tokenizer = json.load(open(f"{sys.argv[1]}/tokenizer.json"))
+vocab = len(tokenizer["model"]["vocab"]) + len(tokenizer.get("added_tokens", []))
+print(round(summary["tokens_per_s"]), f"{summary.get('mfu', 0):.4f}", summary.get("peak_flops", 0), vocab)
+print(f"taper: {summary['tokens_per_s']:.0f} tokens/s, {summary['ms_per_step']:.1f} ms/step, mfu {summary.get('mfu')}"
+      f" (peak: {summary.get('peak_source', 'none known')})", file=sys.stderr)
 EOF
-)
-echo "GPT-2 small: $tps tokens/s, MFU $mfu"
-echo "gpu_check=ok tokens_per_s=$tps mfu=$mfu"
+) || fail "gpt2-summary"
+if python3 -c "import torch" 2>/dev/null; then
+  reference=$(python3 scripts/gpu-reference.py --vocab "$vocab" --peak-flops "$peak" "${ref[@]}" | tail -1) ||
+    fail "torch-reference"
+  echo "PyTorch: $reference"
+  read -r ttps ratio < <(python3 -c 'import json, sys; t = json.loads(sys.argv[1])["tokens_per_s"]; print(round(t), "%.3f" % (float(sys.argv[2]) / t))' "$reference" "$tps")
+else
+  echo "PyTorch: not installed here, no reference"
+fi
+echo "gpu_check=ok tokens_per_s=$tps mfu=$mfu torch_tokens_per_s=$ttps ratio=$ratio"
