@@ -22,6 +22,8 @@ pub struct RunRecord {
     pub diagnostics: Vec<(usize, Value)>,
     pub status: String,
     pub tokens_per_s: Option<f64>,
+    /// summary.json's model FLOPs utilisation (absent in runs from before it, or without a peak).
+    pub mfu: Option<f64>,
 }
 
 /// Every leaf of a TOML table as "section.key" -> value.
@@ -55,6 +57,7 @@ pub fn load_run(dir: &Path) -> Result<RunRecord> {
         diagnostics: Vec::new(),
         status: "unfinished".into(),
         tokens_per_s: None,
+        mfu: None,
     };
     for r in &records {
         let step = r.get("step").and_then(Value::as_f64).unwrap_or(0.0);
@@ -79,6 +82,7 @@ pub fn load_run(dir: &Path) -> Result<RunRecord> {
             record.status = s.to_string();
         }
         record.tokens_per_s = summary.get("tokens_per_s").and_then(Value::as_f64);
+        record.mfu = summary.get("mfu").and_then(Value::as_f64);
     }
     Ok(record)
 }
@@ -152,6 +156,7 @@ pub struct Row {
     pub diverged: usize,
     pub stuck: usize,
     pub tokens_per_s: Option<f64>,
+    pub mfu: Option<f64>,
 }
 
 /// A run is stuck when its last val loss is within 3 % of its first (or, with fewer than two
@@ -178,6 +183,7 @@ pub fn table(groups: &[Group], target: f64) -> Vec<Row> {
             let reached: Vec<f64> =
                 healthy.iter().filter_map(|r| r.val_loss.iter().find(|v| v.1 <= target).map(|v| v.0)).collect();
             let speeds: Vec<f64> = healthy.iter().filter_map(|r| r.tokens_per_s).collect();
+            let mfus: Vec<f64> = healthy.iter().filter_map(|r| r.mfu).collect();
             Row {
                 label: g.label.clone(),
                 runs: g.runs.len(),
@@ -187,6 +193,7 @@ pub fn table(groups: &[Group], target: f64) -> Vec<Row> {
                 diverged: g.runs.len() - healthy.len(),
                 stuck: healthy.iter().filter(|r| is_stuck(r)).count(),
                 tokens_per_s: mean_std(&speeds).map(|(m, _)| m),
+                mfu: mean_std(&mfus).map(|(m, _)| m),
             }
         })
         .collect()
@@ -194,8 +201,8 @@ pub fn table(groups: &[Group], target: f64) -> Vec<Row> {
 
 pub fn markdown_table(rows: &[Row], target: f64) -> String {
     let mut out = format!(
-        "| setting | runs | final val loss | best val loss | steps to val loss {target:.3} | diverged | stuck | tokens/s |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        "| setting | runs | final val loss | best val loss | steps to val loss {target:.3} | diverged | stuck | tokens/s | mfu |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     );
     for r in rows {
         let n = r.runs - r.diverged;
@@ -204,7 +211,7 @@ pub fn markdown_table(rows: &[Row], target: f64) -> String {
             None => format!("never (0/{})", r.runs),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.label,
             r.runs,
             fmt_mean_std(r.final_val, n),
@@ -213,6 +220,7 @@ pub fn markdown_table(rows: &[Row], target: f64) -> String {
             r.diverged,
             r.stuck,
             r.tokens_per_s.map_or("-".into(), |t| format!("{t:.0}")),
+            r.mfu.map_or("-".into(), |m| format!("{:.1}%", 100.0 * m)),
         ));
     }
     out

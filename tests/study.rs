@@ -151,7 +151,10 @@ fn fixture_run(dir: &Path, name: &str, norm: &str, seed: u64, val: &[(u64, f64)]
     }
     metrics.push_str("{\"step\":0,\"diagnostics\":{\"grad_norm\":{\"blocks.0\":2.0,\"blocks.1\":1.0},\"update_ratio\":{},\"residual_rms\":{\"blocks.0.ln_1\":1.0,\"blocks.1.ln_1\":2.0}}}\n");
     std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
-    std::fs::write(run.join("summary.json"), format!("{{\"status\":\"{status}\",\"tokens_per_s\":1000.0}}")).unwrap();
+    // pre-LN runs carry an mfu (0.2, 0.3 for seeds 1, 2); post-LN runs are from before it.
+    let mfu = if norm == "pre" { format!(",\"mfu\":{}", 0.1 + 0.1 * seed as f64) } else { String::new() };
+    let summary = format!("{{\"status\":\"{status}\",\"tokens_per_s\":1000.0{mfu}}}");
+    std::fs::write(run.join("summary.json"), summary).unwrap();
     run
 }
 
@@ -174,6 +177,8 @@ fn compare_computes_the_table_and_writes_plots() {
     assert!(pre.contains("1.5000 ± 0.5000") && pre.contains("20 (2/2)"), "{pre}");
     // post: one diverged run; the other ends at 2.8, never reaching 2.5.
     assert!(post.contains("| 2.8000 |") && post.contains("never (0/2)") && post.contains("| 1 |"), "{post}");
+    // The mean mfu of the runs that report one; "-" where none does.
+    assert!(pre.ends_with("| 1000 | 25.0% |") && post.ends_with("| 1000 | - |"), "{pre}\n{post}");
     for svg in
         ["train_loss.svg", "val_loss.svg", "grad_norm_init.svg", "residual_rms_last.svg", "grad_norm_over_time.svg"]
     {
