@@ -2,6 +2,8 @@
 //! nanoGPT's `estimate_mfu`), and the peak the device could do them at: a table of data-sheet
 //! peaks by GPU name, and on the CPU a peak measured once by a GEMM probe in the run's dtype.
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -37,7 +39,8 @@ pub fn for_run<T: Task>(task: &T, params: &ParamStore, device: &Device, ranks: u
     let model = &task.config().model;
     let (weights, trained) = product_weights(task, params);
     let flops_per_token = flops_per_token(weights, trained, layers(model), task.context(), model.d_model);
-    Ok(match peak_flops(device, task.config().train.dtype.to_dtype())? {
+    let cache = crate::data::prepare::cache_root(&task.config().data).with_file_name("cpu-peaks.json");
+    Ok(match peak_flops(device, task.config().train.dtype.to_dtype(), &cache)? {
         Some((peak, source)) if ranks > 1 => Ok(Mfu {
             flops_per_token,
             peak_flops: peak * ranks as f64,
@@ -89,14 +92,21 @@ pub fn layers(model: &ModelConfig) -> usize {
 }
 
 /// The peak FLOP/s of `device` in `dtype` and where it comes from; `None` where taper knows no
-/// peak (a GPU not in the table, Metal): the run then reports no MFU and says why once.
-pub fn peak_flops(device: &Device, dtype: DType) -> Result<Option<(f64, String)>> {
+/// peak (a GPU not in the table, Metal): the run then reports no MFU and says why once. A CPU's
+/// peak is probed once per CPU model, thread count and dtype and kept in `cache` (JSON).
+pub fn peak_flops(device: &Device, dtype: DType, cache: &Path) -> Result<Option<(f64, String)>> {
     if device.is_cpu() {
         // candle has no CPU bf16 product: taper's bf16 products run in f32 (kernels::composed).
         let product = if dtype == DType::F16 { DType::F16 } else { DType::F32 };
-        let peak = cpu_peak(product)?;
         let threads = candle_core::utils::get_num_threads();
-        return Ok(Some((peak, format!("GEMM probe on this CPU, {}, {threads} threads", product.as_str()))));
+        let key = format!("{} | {threads} threads | {}", cpu_model(), product.as_str());
+        let peak = cached_cpu_peak(&key, product, cache)?;
+        let source = format!(
+            "GEMM probe on this CPU, {}, {threads} threads (kept in {}: delete it to probe again)",
+            product.as_str(),
+            cache.display()
+        );
+        return Ok(Some((peak, source)));
     }
     Ok(crate::device::gpu_name(device).and_then(|name| gpu_peak(&name, dtype)))
 }
@@ -128,9 +138,34 @@ pub fn gpu_peak(name: &str, dtype: DType) -> Option<(f64, String)> {
     Some((tflops * 1e12, format!("{fragment} data sheet, {kind}, for {name}")))
 }
 
-/// The CPU's FLOP/s on a square product in `dtype` (f32 or f16; best of 5 after a warm-up),
-/// measured once per process and dtype: what candle's matmul reaches here, the ceiling taper's
-/// steps work to.
+/// The CPU's name as /proc/cpuinfo gives it ("unknown CPU" elsewhere).
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1).map(str::trim));
+    model.unwrap_or("unknown CPU").to_string()
+}
+
+/// The peak stored under `key` in `cache`, else a probe's, stored there (one probe a machine:
+/// the figure then stays put from run to run; a probe read 195-303 GFLOP/s here, run to run).
+/// A cache that cannot be read or written costs only the probe.
+fn cached_cpu_peak(key: &str, dtype: DType, cache: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(cache).unwrap_or_default();
+    let mut peaks: BTreeMap<String, f64> = serde_json::from_str(&text).unwrap_or_default();
+    if let Some(peak) = peaks.get(key).filter(|p| p.is_finite() && **p > 0.0) {
+        return Ok(*peak);
+    }
+    let peak = cpu_peak(dtype)?;
+    peaks.insert(key.to_string(), peak);
+    if let Ok(json) = serde_json::to_string_pretty(&peaks) {
+        let _ = cache.parent().map(std::fs::create_dir_all);
+        let _ = crate::fsutil::write_atomic(cache, json.as_bytes());
+    }
+    Ok(peak)
+}
+
+/// The CPU's FLOP/s on a square product in `dtype` (f32 or f16): the best of repeated
+/// products over about a quarter of a second after three warm-ups, once per process and dtype:
+/// what candle's matmul reaches here, the ceiling taper's steps work to.
 fn cpu_peak(dtype: DType) -> Result<f64> {
     static F32: OnceLock<f64> = OnceLock::new();
     static F16: OnceLock<f64> = OnceLock::new();
@@ -141,14 +176,19 @@ fn cpu_peak(dtype: DType) -> Result<f64> {
     if let Some(peak) = cell.get() {
         return Ok(*peak);
     }
-    // (n, n) both: ones, so no denormals or NaNs slow a pass.
+    // (n, n) both: ones, so no subnormals or NaNs slow a pass.
     let a = Tensor::ones((n, n), dtype, &Device::Cpu)?;
-    a.matmul(&a)?;
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let started = Instant::now();
+    for _ in 0..3 {
         a.matmul(&a)?;
-        best = best.min(started.elapsed().as_secs_f64());
+    }
+    let (started, mut best) = (Instant::now(), f64::INFINITY);
+    for _ in 0..200 {
+        let product = Instant::now();
+        a.matmul(&a)?;
+        best = best.min(product.elapsed().as_secs_f64());
+        if started.elapsed().as_secs_f64() > 0.25 {
+            break;
+        }
     }
     let peak = 2.0 * (n as f64).powi(3) / best.max(1e-9);
     Ok(*cell.get_or_init(|| peak))
@@ -183,10 +223,26 @@ mod tests {
         let first = cpu_peak(DType::F32).unwrap();
         assert!(first.is_finite() && first > 1e8, "{first}");
         assert_eq!(cpu_peak(DType::F32).unwrap(), first);
-        // bf16 runs its products in f32 on the CPU: the same probe; f16 has its own.
-        let cpu = peak_flops(&Device::Cpu, DType::BF16).unwrap().unwrap();
+        // bf16 runs its products in f32 on the CPU: the same probe, stored once; f16 has its own.
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cpu-peaks.json");
+        let cpu = peak_flops(&Device::Cpu, DType::BF16, &cache).unwrap().unwrap();
         assert_eq!(cpu.0, first);
         assert!(cpu.1.contains("f32"), "{}", cpu.1);
-        assert!(peak_flops(&Device::Cpu, DType::F16).unwrap().unwrap().1.contains("f16"));
+        let stored: BTreeMap<String, f64> = serde_json::from_str(&std::fs::read_to_string(&cache).unwrap()).unwrap();
+        assert_eq!(stored.values().copied().collect::<Vec<_>>(), vec![first]);
+        assert!(peak_flops(&Device::Cpu, DType::F16, &cache).unwrap().unwrap().1.contains("f16"));
+    }
+
+    #[test]
+    fn a_stored_cpu_peak_is_used_as_it_is_and_a_broken_store_costs_only_the_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cpu-peaks.json");
+        std::fs::write(&cache, r#"{"a CPU | 2 threads | f32": 123.0e9}"#).unwrap();
+        assert_eq!(cached_cpu_peak("a CPU | 2 threads | f32", DType::F32, &cache).unwrap(), 123.0e9);
+        std::fs::write(&cache, "not json").unwrap();
+        let probed = cached_cpu_peak("a CPU | 2 threads | f32", DType::F32, &cache).unwrap();
+        assert_eq!(probed, cpu_peak(DType::F32).unwrap());
+        assert!(std::fs::read_to_string(&cache).unwrap().contains("a CPU | 2 threads | f32"));
     }
 }
