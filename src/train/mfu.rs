@@ -1,6 +1,7 @@
 //! Model FLOPs utilisation: the FLOPs a trained token costs by PaLM's count (appendix B, as
 //! nanoGPT's `estimate_mfu`), and the peak the device could do them at: a table of data-sheet
-//! peaks by GPU name, and on the CPU a peak measured once by a GEMM probe in the run's dtype.
+//! peaks by GPU name, and on the CPU a GEMM probe's peak, measured once per CPU model, thread
+//! count and dtype and kept in the cache.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -41,12 +42,11 @@ pub fn for_run<T: Task>(task: &T, params: &ParamStore, device: &Device, ranks: u
     let flops_per_token = flops_per_token(weights, trained, layers(model), task.context(), model.d_model);
     let cache = crate::data::prepare::cache_root(&task.config().data).with_file_name("cpu-peaks.json");
     Ok(match peak_flops(device, task.config().train.dtype.to_dtype(), &cache)? {
-        Some((peak, source)) if ranks > 1 => Ok(Mfu {
+        Some((peak, source)) => Ok(Mfu {
             flops_per_token,
             peak_flops: peak * ranks as f64,
-            peak_source: format!("{source}, x {ranks} ranks"),
+            peak_source: if ranks > 1 { format!("{source}, x {ranks} ranks") } else { source },
         }),
-        Some((peak_flops, peak_source)) => Ok(Mfu { flops_per_token, peak_flops, peak_source }),
         None => Err(format!(
             "no peak FLOP/s known for {} (src/train/mfu.rs GPU_PEAKS): tokens/s is reported without mfu",
             crate::device::describe(device)
