@@ -180,13 +180,29 @@ fn export_seq2seq(run: &RunDir, config: &Config, head: Head, which: &str, out: &
         labels: None,
     };
     write_json(&out.join("config.json"), &family.config_json(&export)?)?;
-    let generation = json!({
-        "decoder_start_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad,
-        "_from_model_config": true
-    });
-    write_json(&out.join("generation_config.json"), &generation)?;
+    write_json(&out.join("generation_config.json"), &seq2seq_generation_config(run, specials)?)?;
     let json = inner.to_string(true).map_err(anyhow::Error::msg)?;
     crate::fsutil::write_atomic(&out.join("tokenizer.json"), json.as_bytes())
+}
+
+/// The run's special ids, over the decoding settings of the checkpoint it started from (its
+/// generation_config.json, copied into the run), so the export decodes there as it did here.
+fn seq2seq_generation_config(run: &RunDir, specials: crate::data::pairs::Specials) -> Result<serde_json::Value> {
+    let ids = json!({
+        "decoder_start_token_id": specials.bos, "eos_token_id": specials.eos, "pad_token_id": specials.pad,
+    });
+    let path = run.generation_config();
+    if !path.is_file() {
+        let mut generation = ids;
+        generation["_from_model_config"] = true.into();
+        return Ok(generation);
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut generation: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let map = generation.as_object_mut().with_context(|| format!("{} must hold a JSON object", path.display()))?;
+    map.extend(ids.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(generation)
 }
 
 /// The id of the first of `tokens` the tokenizer has.

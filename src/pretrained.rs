@@ -64,6 +64,12 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
         }
     }
     let dir = files[0].parent().context("cached file without a directory")?.to_path_buf();
+    if !offline() {
+        // Optional: an encoder-decoder's decoding defaults. Absent on many models; no error.
+        if let Ok(api) = hf_hub::api::sync::ApiBuilder::from_env().build() {
+            let _ = api.model(spec.to_string()).get("generation_config.json");
+        }
+    }
     if files.iter().any(|f| f.parent() != Some(dir.as_path())) {
         bail!("the cached files of {spec} are from different revisions");
     }
@@ -90,6 +96,16 @@ impl Pretrained {
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
             .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
         Ok(Self { dir, family, config, checkpoint, tokenizer })
+    }
+
+    /// Copies its generation_config.json (if it has one) to `to`: decoding defaults for the run.
+    pub fn copy_generation_config(&self, to: &Path) -> Result<()> {
+        let from = self.dir.join("generation_config.json");
+        if !from.is_file() {
+            return Ok(());
+        }
+        let bytes = std::fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        crate::fsutil::write_atomic(to, &bytes)
     }
 
     /// The special ids its config.json names.

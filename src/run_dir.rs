@@ -15,11 +15,12 @@ pub struct RunDir {
 
 /// The files a run writes into its directory (besides `checkpoints/`); the first, written
 /// before any other, marks the directory as taper's.
-pub const RUN_FILES: [&str; 9] = [
+pub const RUN_FILES: [&str; 10] = [
     ".taper-run",
     "config.toml",
     "tokenizer.json",
     "target_tokenizer.json",
+    "generation_config.json",
     "tokens.bin",
     "labels.json",
     "bert_config.json",
@@ -71,6 +72,11 @@ impl RunDir {
     }
     pub fn tokenizer(&self) -> PathBuf {
         self.path.join("tokenizer.json")
+    }
+    /// A pretrained encoder-decoder's generation_config.json, copied in by a run that starts
+    /// from it: `taper generate`'s defaults, and what an export carries back out.
+    pub fn generation_config(&self) -> PathBuf {
+        self.path.join("generation_config.json")
     }
     pub fn metrics(&self) -> PathBuf {
         self.path.join("metrics.jsonl")

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use taper::config::Config;
-use taper::decode::{beam_search, greedy, BeamOptions, DecodeLimits};
+use taper::decode::{beam_search, greedy, BeamOptions, DecodeLimits, OutputRules};
 use taper::model::seq2seq::Seq2Seq;
 use taper::model::{Mode, ParamStore};
 use taper::train::{train, TrainOptions};
@@ -23,7 +23,7 @@ const POSITIONS: [(&str, &str); 10] = [
     // QK-norm in self- and cross-attention, written as a TOML line after `positions`.
     ("pre", "rope\"\nqk_norm = true\nnorm_kind = \"rms"),
 ];
-const LIMITS: DecodeLimits = DecodeLimits { bos: 18, eos: 19, max_len: 12 };
+const LIMITS: DecodeLimits = DecodeLimits { bos: 18, eos: 19, max_len: 12, rules: OutputRules::NONE };
 
 fn model_config(norm: &str, positions: &str) -> Config {
     let text = format!(
@@ -119,10 +119,13 @@ fn beam_size_one_equals_greedy() {
         let model = random_model("pre", positions);
         let memory = model.encode(&ids(&[source]), None, &mut Mode::eval()).unwrap();
         let want = greedy(&model, &memory, LIMITS, true).unwrap().remove(0);
-        let got = beam_search(&model, &memory, LIMITS, BeamOptions { beam_size: 1, length_penalty: 1.0 }).unwrap();
-        assert_eq!(got, want, "{positions}: source {source:?}");
-        let wide = beam_search(&model, &memory, LIMITS, BeamOptions { beam_size: 4, length_penalty: 1.0 }).unwrap();
-        assert!(wide.len() <= LIMITS.max_len);
+        let got = beam_search(&model, &memory, LIMITS, BeamOptions::default()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].tokens, want, "{positions}: source {source:?}");
+        let options = BeamOptions { beam_size: 4, num_return_sequences: 4, ..Default::default() };
+        let wide = beam_search(&model, &memory, LIMITS, options).unwrap();
+        assert!(wide.iter().all(|h| h.tokens.len() <= LIMITS.max_len) && wide.len() == 4);
+        assert!(wide.windows(2).all(|w| w[0].score >= w[1].score), "best first: {wide:?}");
     }
 }
 
@@ -208,8 +211,9 @@ fn a_tiny_model_learns_to_copy() {
     let trained = taper::trained::TrainedSeq2Seq::load(&dir.path().join("run"), "best", "cpu").unwrap();
     let inputs = vec!["a b c d".to_string(), "h g f e a".to_string()];
     for beam_size in [1, 3] {
-        let out = trained.translate(&inputs, BeamOptions { beam_size, length_penalty: 1.0 }, None).unwrap();
-        assert_eq!(out, inputs, "beam size {beam_size}");
+        let options = BeamOptions { beam_size, ..Default::default() };
+        let out = trained.translate(&inputs, options, Default::default()).unwrap();
+        assert_eq!(out, inputs.iter().map(|i| vec![i.clone()]).collect::<Vec<_>>(), "beam size {beam_size}");
     }
     let eval = trained.evaluate(&dir.path().join("val.tsv")).unwrap();
     assert!((eval["exact_match"] - last["exact_match"].as_f64().unwrap()).abs() < 1e-9, "{eval:?}");
@@ -222,7 +226,12 @@ fn a_tiny_model_learns_to_copy() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("--length-penalty must be a finite number"), "{bad}: {err}");
+        assert!(
+            !out.status.success()
+                && err.contains("length penalty must be a finite number")
+                && err.contains("--length-penalty"),
+            "{bad}: {err}"
+        );
     }
 }
 

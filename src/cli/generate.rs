@@ -6,8 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::run_device;
-use crate::decode::BeamOptions;
+use crate::decode::{BeamOptions, EarlyStopping, GenerationConfig, OutputLimits, OutputRules};
 use crate::generate::{generate_streaming, SamplingOptions};
+use crate::run_dir::RunDir;
 use crate::trained::{TrainedGpt, TrainedRun, TrainedSeq2Seq};
 
 #[derive(Args)]
@@ -23,13 +24,27 @@ pub struct GenerateArgs {
     /// Seq2seq runs: a file with one source text per line; outputs are printed one per line.
     #[arg(long)]
     input_file: Option<PathBuf>,
-    /// Seq2seq runs: beams for beam search (1: greedy decoding).
-    #[arg(long, default_value_t = 1)]
-    beam_size: usize,
-    /// Seq2seq runs: rank finished beams by log p / length^PENALTY.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
-    length_penalty: f64,
-    /// Seq2seq runs: the most output tokens (default: the run's task.max_target_len).
+    /// Seq2seq runs: beams for beam search (1: greedy decoding). The defaults of this and the
+    /// next four come from the run's generation_config.json (a pretrained checkpoint's), else
+    /// transformers' defaults: 1, 1.0, false, 1, 0.
+    #[arg(long)]
+    beam_size: Option<usize>,
+    /// Seq2seq runs: rank finished beams by log p / length^PENALTY (transformers' length_penalty).
+    #[arg(long, allow_hyphen_values = true)]
+    length_penalty: Option<f64>,
+    /// Seq2seq runs: when beam search stops, as transformers' early_stopping: false (once BEAMS
+    /// outputs have finished and no running beam can beat them), true (once BEAMS have
+    /// finished), never (as false, a positive length penalty scoring running beams at --max-len).
+    #[arg(long)]
+    early_stopping: Option<EarlyStopping>,
+    /// Seq2seq runs: print the N best outputs of each input, best first, one per line (N <= BEAMS).
+    #[arg(long)]
+    num_return_sequences: Option<usize>,
+    /// Seq2seq runs: no n-gram of N tokens occurs twice in an output (0: no such rule).
+    #[arg(long)]
+    no_repeat_ngram_size: Option<usize>,
+    /// Seq2seq runs: the most output tokens, EOS included (default: the run's generation_config.json,
+    /// else its task.max_target_len).
     #[arg(long)]
     max_len: Option<usize>,
     #[arg(long, default_value_t = 200)]
@@ -146,15 +161,40 @@ fn translate(args: &GenerateArgs, trained: &TrainedSeq2Seq) -> Result<()> {
             .collect(),
         _ => bail!("a seq2seq run decodes --input TEXT or --input-file FILE"),
     };
-    if args.beam_size == 0 {
-        bail!("--beam-size must be at least 1");
-    }
-    if !args.length_penalty.is_finite() {
-        bail!("--length-penalty must be a finite number, got {}", args.length_penalty);
-    }
-    let beam = BeamOptions { beam_size: args.beam_size, length_penalty: args.length_penalty };
-    for output in trained.translate(&inputs, beam, args.max_len)? {
+    let (beam, limits) = decoding(args)?;
+    for output in trained.translate(&inputs, beam, limits)?.into_iter().flatten() {
         println!("{output}");
     }
     Ok(())
+}
+
+/// Beam-search settings and output limits: each flag, else the run's generation_config.json,
+/// else transformers' default.
+fn decoding(args: &GenerateArgs) -> Result<(BeamOptions, OutputLimits)> {
+    let path = RunDir::new(&args.run_dir).generation_config();
+    let file = if path.is_file() { GenerationConfig::read(&path)? } else { GenerationConfig::default() };
+    let beam = BeamOptions {
+        beam_size: args.beam_size.or(file.num_beams).unwrap_or(1),
+        length_penalty: args.length_penalty.or(file.length_penalty).unwrap_or(1.0),
+        early_stopping: args.early_stopping.or(file.early_stopping).unwrap_or_default(),
+        num_return_sequences: args.num_return_sequences.or(file.num_return_sequences).unwrap_or(1),
+    };
+    beam.validate().context("check --beam-size, --length-penalty and --num-return-sequences")?;
+    let rules = OutputRules {
+        no_repeat_ngram_size: args.no_repeat_ngram_size.unwrap_or(file.rules.no_repeat_ngram_size),
+        ..file.rules
+    };
+    if file != GenerationConfig::default() {
+        let (n, lp, es) = (beam.beam_size, beam.length_penalty, beam.early_stopping);
+        eprintln!(
+            "decoding as {} says where no flag is given: {n} beam(s), length penalty {lp}, early stopping {es}, \
+             no repeated {}-grams (0: off), at least {} tokens, forced first token {:?}, forced EOS {}",
+            path.display(),
+            rules.no_repeat_ngram_size,
+            rules.min_len,
+            rules.forced_first,
+            rules.forced_eos
+        );
+    }
+    Ok((beam, OutputLimits { max_len: args.max_len.or(file.max_new_tokens), rules }))
 }

@@ -19,7 +19,7 @@ use crate::config::{higher, Architecture, Config, Metric, ModelConfig, VAL_LOSS}
 use crate::data::pairs::{encode_pairs, encode_source, pad_pairs, read_pairs, EncodedPair, Pair, PairBatch, Specials};
 use crate::data::sampling::{hold_out, EpochSampler};
 use crate::data::TextTokenizer;
-use crate::decode::{beam_search, greedy, BeamOptions, DecodeLimits};
+use crate::decode::{beam_search, greedy, BeamOptions, DecodeLimits, OutputLimits};
 use crate::hf::Head;
 use crate::host;
 use crate::model::seq2seq::Seq2Seq;
@@ -207,7 +207,7 @@ impl Vocabularies {
 
     pub fn limits(&self, cfg: &Config) -> Result<DecodeLimits> {
         let (bos, eos) = (self.target_specials.bos, self.target_specials.eos);
-        Ok(DecodeLimits { bos, eos, max_len: max_target_len(cfg)? })
+        Ok(DecodeLimits { bos, eos, max_len: max_target_len(cfg)?, rules: Default::default() })
     }
 
     /// A decoded output as text (the specials, and ids past the tokenizer's vocabulary, dropped).
@@ -278,6 +278,7 @@ impl Seq2SeqTask {
                 cfg.validate()?;
                 let vocab = Vocabularies::pretrained(pretrained.tokenizer.clone(), run, &cfg.model)?;
                 vocab.agree_with(&pretrained)?;
+                pretrained.copy_generation_config(&run.generation_config())?;
                 (vocab, Some(pretrained))
             }
             (None, false) => (Vocabularies::train(&cfg, run, &train_pairs)?, None),
@@ -466,13 +467,12 @@ impl TrainedSeq2Seq {
         Ok(Self { config, vocab, model, checkpoint, device })
     }
 
-    /// Outputs for `inputs`: greedy when `beam.beam_size` is 1 (batched), else beam search one
-    /// input at a time. `max_output` caps the output tokens (default: the run's max_target_len).
-    pub fn translate(&self, inputs: &[String], beam: BeamOptions, max_output: Option<usize>) -> Result<Vec<String>> {
-        let mut limits = self.vocab.limits(&self.config)?;
-        if let Some(n) = max_output {
-            limits.max_len = n;
-        }
+    /// Outputs for `inputs`, `beam.num_return_sequences` each, best first: greedy when
+    /// `beam.beam_size` is 1 (batched), else beam search one input at a time. `limits` as
+    /// `DecodeLimits` for the ones that are set (default: the run's max_target_len, no n-gram rule).
+    pub fn translate(&self, inputs: &[String], beam: BeamOptions, limits: OutputLimits) -> Result<Vec<Vec<String>>> {
+        beam.validate()?;
+        let limits = limits.over(self.vocab.limits(&self.config)?);
         let (eos, max_len) = (self.vocab.source_specials.eos, max_len(&self.config)?);
         let sources: Vec<Vec<u32>> =
             inputs.iter().map(|text| encode_source(&self.vocab.source, text, eos, max_len)).collect::<Result<_>>()?;
@@ -490,14 +490,15 @@ impl TrainedSeq2Seq {
                 let keep = Tensor::from_vec(keep, (chunk.len(), longest), &self.device)?;
                 let memory = self.model.encode(&ids, Some(&keep), &mut Mode::eval())?;
                 for output in greedy(&self.model, &memory, limits, true)? {
-                    outputs.push(self.vocab.target_text(&output)?);
+                    outputs.push(vec![self.vocab.target_text(&output)?]);
                 }
             }
         } else {
             for source in &sources {
                 let ids = Tensor::from_vec(source.clone(), (1, source.len()), &self.device)?;
                 let memory = self.model.encode(&ids, None, &mut Mode::eval())?;
-                outputs.push(self.vocab.target_text(&beam_search(&self.model, &memory, limits, beam)?)?);
+                let hypotheses = beam_search(&self.model, &memory, limits, beam)?;
+                outputs.push(hypotheses.iter().map(|h| self.vocab.target_text(&h.tokens)).collect::<Result<_>>()?);
             }
         }
         Ok(outputs)
