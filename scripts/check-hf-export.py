@@ -1,7 +1,8 @@
 """Loads a `taper export --format hf` directory with Hugging Face transformers and compares its
 predictions with taper's own (`taper predict` JSON lines) on the same inputs:
-- BertForSequenceClassification (AutoModelForSequenceClassification): every label's probability;
-- BertForTokenClassification (AutoModelForTokenClassification): each word's tag (the argmax at
+- ...ForSequenceClassification (AutoModelForSequenceClassification: BERT, RoBERTa, XLM-R): every
+  label's probability;
+- ...ForTokenClassification (AutoModelForTokenClassification): each word's tag (the argmax at
   its first sub-word, words given pre-split) and that tag's probability.
 Usage: python check-hf-export.py EXPORT_DIR PREDICTIONS.jsonl MAX_LEN
 Exits 1 when any probability differs by more than 1e-3, or a tag differs."""
@@ -14,10 +15,11 @@ from transformers import AutoConfig, PreTrainedTokenizerFast
 
 export, predictions, max_len = sys.argv[1], sys.argv[2], int(sys.argv[3])
 architecture = AutoConfig.from_pretrained(export).architectures[0]
-tokenizer = PreTrainedTokenizerFast(tokenizer_file=f"{export}/tokenizer.json", pad_token="[PAD]")
+tokenizer = PreTrainedTokenizerFast(tokenizer_file=f"{export}/tokenizer.json")
+tokenizer.pad_token = next(t for t in ["[PAD]", "<pad>"] if t in tokenizer.get_vocab())
 records = [json.loads(line) for line in open(predictions, encoding="utf-8")]
 worst, tag_mismatches = 0.0, 0
-if architecture == "BertForTokenClassification":
+if architecture.endswith("ForTokenClassification"):
     model = transformers.AutoModelForTokenClassification.from_pretrained(export).eval()
     for start in range(0, len(records), 32):
         chunk = records[start : start + 32]

@@ -72,7 +72,9 @@ fn export_encoder(run: &RunDir, config: &Config, head: Head, which: &str, out: &
     class(family, head, run)?;
     let checkpoint = family.read_config(&saved).with_context(|| format!("invalid {}", path.display()))?;
     let tokenizer = TextTokenizer::load(&run.tokenizer())?;
-    let pad = family.tokens().pad.iter().find_map(|t| tokenizer.inner().token_to_id(t));
+    let id = |names: &[&str]| names.iter().find_map(|t| tokenizer.inner().token_to_id(t));
+    let tokens = family.tokens();
+    let ids = SpecialIds { pad: id(tokens.pad), bos: id(tokens.bos), eos: id(tokens.eos), decoder_start: None };
     let labels = match head {
         Head::SequenceClassification | Head::TokenClassification => Some(run.read_labels()?.names),
         _ => None,
@@ -82,7 +84,7 @@ fn export_encoder(run: &RunDir, config: &Config, head: Head, which: &str, out: &
         head: Some(head),
         vocab_size: checkpoint.vocab_size,
         type_vocab_size: checkpoint.type_vocab_size,
-        ids: SpecialIds { pad, ..Default::default() },
+        ids,
         labels: labels.as_deref(),
     })?;
     let (tensors, weights) = checkpoint_tensors(run_dir, which, config)?;

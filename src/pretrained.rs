@@ -166,12 +166,8 @@ impl Pretrained {
         let table = self.family.names(model);
         let file = self.file();
         let tensors = task_model_names(self.family, load_tensors(&file, device)?, &table);
-        let under = |name: &str, prefixes: &[&str]| {
-            let taper = table.to_taper(name);
-            prefixes.iter().any(|p| taper == *p || taper.starts_with(&format!("{p}.")))
-        };
-        let fresh = |n: &str| is_adapter(n) || under(n, heads) || under(n, &["encoder.ln_f"]);
-        let ignore = |n: &str| self.family.ignorable(n) || under(n, &HEADS);
+        let fresh = |n: &str| is_adapter(n) || table.is_under(n, heads) || table.is_under(n, &["encoder.ln_f"]);
+        let ignore = |n: &str| self.family.ignorable(n) || table.is_under(n, &HEADS);
         let mut report = load_matching(params, tensors, &file, &fresh, &ignore)?;
         report.fresh.retain(|n| !is_adapter(n));
         Ok(report)
@@ -236,10 +232,7 @@ pub fn load_encoder(
         tensors = tensors.into_iter().map(|(k, v)| (k[prefixed.len()..].to_string(), v)).collect();
     }
     let task_names = family.names(&model);
-    let of_head = |n: &str| {
-        let taper = task_names.to_taper(&format!("{prefixed}{n}"));
-        HEADS.iter().any(|h| taper.starts_with(&format!("{h}.")))
-    };
+    let of_head = |n: &str| task_names.is_under(n, &HEADS) || task_names.is_under(&format!("{prefixed}{n}"), &HEADS);
     let report = load_matching(&params, tensors, &file, &|n| bare.to_taper(n).starts_with("ln_f."), &|n| {
         family.ignorable(n) || of_head(n)
     })?;

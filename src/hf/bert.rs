@@ -122,7 +122,7 @@ impl BertConfig {
     }
 
     /// The architecture this config describes, as `[model]`.
-    fn model_config(&self) -> Result<ModelConfig> {
+    pub(super) fn model_config(&self) -> Result<ModelConfig> {
         let positions = self.taper_positions.unwrap_or(EncoderPositions {
             positions: Positions::Learned,
             rope_theta: crate::model::config::default_rope_theta(),
@@ -153,7 +153,7 @@ impl BertConfig {
 }
 
 /// taper's encoder task models (the encoder under `encoder`, its heads) and BERT's names.
-const ENCODER: [(&str, &str); 13] = [
+pub(super) const ENCODER: [(&str, &str); 13] = [
     ("tok_emb", "embeddings.word_embeddings"),
     ("pos_emb", "embeddings.position_embeddings"),
     ("type_emb", "embeddings.token_type_embeddings"),
@@ -170,11 +170,13 @@ const ENCODER: [(&str, &str); 13] = [
     ("ln_f", "encoder.final_layer_norm"),
 ];
 
-/// The heads of `BertForSequenceClassification` and `BertForMaskedLM` (the MLM decoder shares
-/// the word embeddings and has only its bias).
-const HEADS: [(&str, &str); 5] = [
+/// The heads of `BertForSequenceClassification`, `BertForTokenClassification` (taper's
+/// `tagger`) and `BertForMaskedLM` (the MLM decoder shares the word embeddings and has only its
+/// bias).
+const HEADS: [(&str, &str); 6] = [
     ("pooler", "bert.pooler.dense"),
     ("classifier", "classifier"),
+    ("tagger", "classifier"),
     ("mlm.transform", "cls.predictions.transform.dense"),
     ("mlm.norm", "cls.predictions.transform.LayerNorm"),
     ("mlm.bias", "cls.predictions.bias"),
@@ -230,6 +232,9 @@ impl Family for Bert {
         }
         if model.positions != Positions::Learned {
             out.push(format!("`model.positions = {}` (BERT has learned positions)", show(&model.positions)));
+        }
+        if model.position_offset != 0 {
+            out.push(format!("`model.position_offset = {}` (BERT's positions start at 0)", model.position_offset));
         }
         out
     }

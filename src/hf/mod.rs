@@ -13,6 +13,7 @@ mod decoder;
 pub mod gpt2;
 pub mod llama;
 mod names;
+pub mod roberta;
 pub mod t5;
 
 use std::collections::HashMap;
@@ -27,7 +28,8 @@ use crate::config::{Architecture, ModelConfig};
 pub use names::NameTable;
 
 /// Every family taper reads and writes: one line each.
-pub static FAMILIES: [&dyn Family; 5] = [&bert::Bert, &gpt2::Gpt2, &llama::LLAMA, &llama::QWEN2, &t5::T5];
+pub static FAMILIES: [&dyn Family; 7] =
+    [&bert::Bert, &roberta::ROBERTA, &roberta::XLM_ROBERTA, &gpt2::Gpt2, &llama::LLAMA, &llama::QWEN2, &t5::T5];
 
 /// What a trained model's head is, as transformers' class names tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +157,12 @@ pub trait Family: Sync {
         None
     }
 
+    /// Whether its sequence classifier drops out the [CLS] token before the pooler as well as
+    /// after it (RoBERTa's head: dropout, dense, tanh, dropout, out_proj; BERT's has no first).
+    fn pooler_input_dropout(&self) -> bool {
+        false
+    }
+
     /// Whether a checkpoint's tensor is one taper builds nothing for and may pass over (buffers,
     /// heads of tasks taper does not train).
     fn ignorable(&self, _name: &str) -> bool {
@@ -235,7 +243,7 @@ pub fn by_model_type(model_type: &str) -> Option<&'static dyn Family> {
 }
 
 /// The family a run of `arch` from scratch records its architecture in (an encoder's
-/// config.json): the first registered one.
+/// config.json): the first registered one (BERT for an encoder).
 pub fn from_scratch(arch: Architecture) -> Result<&'static dyn Family> {
     FAMILIES.iter().copied().find(|f| f.arch() == arch).with_context(|| format!("no family is {}", show(&arch)))
 }

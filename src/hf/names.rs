@@ -94,6 +94,21 @@ impl NameTable {
         self.apply(name, |r| &r.checkpoint, |r| &r.taper)
     }
 
+    /// The checkpoint's prefixes of the rules at or under taper's `prefix`: where a head's
+    /// parameters are in the checkpoint (taper's head paths are unique; two heads' checkpoint
+    /// names may nest, as RoBERTa's `classifier` and `classifier.dense`).
+    pub fn checkpoint_prefixes(&self, prefix: &str) -> Vec<String> {
+        let prefix = segments(prefix);
+        self.rules.iter().filter(|r| r.taper.starts_with(&prefix)).map(|r| r.checkpoint.join(".")).collect()
+    }
+
+    /// Whether the checkpoint's `name` is at or under the checkpoint prefix of one of taper's
+    /// `prefixes`.
+    pub fn is_under(&self, name: &str, prefixes: &[&str]) -> bool {
+        let within = |p: &String| name == p || name.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.'));
+        prefixes.iter().flat_map(|p| self.checkpoint_prefixes(p)).any(|p| within(&p))
+    }
+
     /// taper's module path of `name` (a name no rule covers is taper's already).
     pub fn to_taper(&self, name: &str) -> String {
         self.taper_name(name).unwrap_or_else(|| name.to_string())

@@ -115,6 +115,10 @@ pub struct ModelConfig {
     pub activation: Activation,
     #[serde(default = "default_positions")]
     pub positions: Positions,
+    /// `positions = "learned"`: token t reads row t + offset of a table of block_size + offset
+    /// rows (RoBERTa's and BART's tables start at 2; their first rows are never read). Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_offset: usize,
     /// Dropout at every site unless a site's own key is set.
     #[serde(default)]
     pub dropout: f64,
@@ -168,6 +172,10 @@ pub struct ModelConfig {
     /// The run's LoRA adapters: `[lora]`, resolved when the config is read (`Config::from_toml_str`).
     #[serde(skip)]
     pub lora: Option<super::lora::LoraSpec>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ModelConfig {
@@ -284,6 +292,12 @@ impl ModelConfig {
                     self.n_head
                 );
             }
+        }
+        if self.position_offset > 0 && self.positions != Positions::Learned {
+            bail!(
+                "`model.position_offset` shifts a learned position table; `model.positions` is {}: remove the key",
+                serde_json::to_string(&self.positions).unwrap_or_default()
+            );
         }
         if self.positions == Positions::Rope && self.n_head > 0 && !self.head_dim().is_multiple_of(2) {
             bail!("`model.positions = \"rope\"` needs an even head dimension, got {}", self.head_dim());

@@ -21,7 +21,7 @@ use crate::kernels::{dropout, Mode};
 
 /// The heads of the task models, by taper's names: what a task trains on top of the encoder
 /// (`encoder.*`).
-pub const HEADS: [&str; 3] = ["pooler", "classifier", "mlm"];
+pub const HEADS: [&str; 4] = ["pooler", "classifier", "tagger", "mlm"];
 
 /// What an encoder is built from besides `[model]`: the rows of its token and token-type
 /// (segment) embeddings.
@@ -117,6 +117,8 @@ pub struct SequenceClassifier {
     classifier: Linear,
     pooling: Pooling,
     dropout: f64,
+    /// Dropout on the pooled token before the pooler too (RoBERTa's head).
+    input_dropout: bool,
 }
 
 impl SequenceClassifier {
@@ -138,7 +140,14 @@ impl SequenceClassifier {
             classifier: Linear::new(d, num_labels, true, init, vb.pp("classifier"))?,
             pooling,
             dropout: cfg.resid_dropout(),
+            input_dropout: false,
         })
+    }
+
+    /// With `yes`, the [CLS] token is dropped out before the pooler as well as after it:
+    /// RoBERTa's `RobertaClassificationHead` (dropout, dense, tanh, dropout, out_proj).
+    pub fn dropping_pooler_input(self, yes: bool) -> Self {
+        Self { input_dropout: yes, ..self }
     }
 
     /// Logits (B, num_labels); arguments as for [`Encoder::forward`].
@@ -151,7 +160,11 @@ impl SequenceClassifier {
     ) -> Result<Tensor> {
         let hidden = self.encoder.forward(input_ids, token_type_ids, attention_mask, mode)?;
         let pooled = match (self.pooling, &self.pooler) {
-            (Pooling::Cls, Some(dense)) => dense.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?, mode)?.tanh()?, // [CLS]: (B, D)
+            (Pooling::Cls, Some(dense)) => {
+                let first = hidden.narrow(1, 0, 1)?.squeeze(1)?; // [CLS]: (B, T, D) -> (B, D)
+                let first = if self.input_dropout { dropout(&first, self.dropout, mode)? } else { first };
+                dense.forward(&first, mode)?.tanh()?
+            }
             (Pooling::Mean, _) => match attention_mask {
                 Some(mask) => {
                     let mask = mask.to_dtype(hidden.dtype())?.unsqueeze(2)?; // (B, T, 1)
@@ -167,7 +180,7 @@ impl SequenceClassifier {
 }
 
 /// One tag per token (`BertForTokenClassification`): the encoder (`encoder`, no pooler),
-/// dropout, and a linear `classifier` over tokens' hidden states.
+/// dropout, and a linear `tagger` over tokens' hidden states (the checkpoint's `classifier`).
 #[derive(Debug, Clone)]
 pub struct TokenClassifier {
     pub encoder: Encoder,
@@ -179,7 +192,7 @@ impl TokenClassifier {
     pub fn new(cfg: &ModelConfig, vocab: EncoderVocab, num_labels: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             encoder: Encoder::new(cfg, vocab, DType::F32, vb.pp("encoder"))?,
-            classifier: Linear::new(cfg.d_model, num_labels, true, head_init(cfg), vb.pp("classifier"))?,
+            classifier: Linear::new(cfg.d_model, num_labels, true, head_init(cfg), vb.pp("tagger"))?,
             dropout: cfg.resid_dropout(),
         })
     }

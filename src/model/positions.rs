@@ -15,8 +15,9 @@ use crate::kernels::{Backend, Mode, Rotary, ScoreBias};
 /// How a stack learns where its tokens are, as `model.positions` chooses.
 #[derive(Debug, Clone)]
 pub enum PositionEncoding {
-    /// A learned (block_size, d_model) table under `vb` (`weight`), added to the embeddings.
-    Learned(Embedding),
+    /// A learned (offset + block_size, d_model) table under `vb` (`weight`), added to the
+    /// embeddings: position t is row offset + t.
+    Learned { table: Embedding, offset: usize },
     /// The fixed sinusoids, added to the embeddings.
     Sinusoidal(Tensor),
     /// Rotary embeddings, applied to queries and keys inside self-attention.
@@ -38,7 +39,9 @@ impl PositionEncoding {
         let device = vb.device().clone();
         Ok(match cfg.positions {
             Positions::Learned => {
-                Self::Learned(Embedding::new(cfg.block_size, cfg.d_model, init.embedding(cfg.d_model), vb)?)
+                let rows = cfg.block_size + cfg.position_offset;
+                let table = Embedding::new(rows, cfg.d_model, init.embedding(cfg.d_model), vb)?;
+                Self::Learned { table, offset: cfg.position_offset }
             }
             Positions::Sinusoidal => Self::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.d_model, &device)?),
             Positions::Rope => Self::Rope(Rope::new(cfg.block_size, cfg.head_dim(), cfg.rope_theta, &device)?),
@@ -77,8 +80,8 @@ impl PositionEncoding {
         let (_, t, _) = x.dims3()?;
         let dtype: DType = x.dtype();
         match self {
-            Self::Learned(table) => {
-                let pos = table.weight.narrow(0, offset, t)?.to_dtype(dtype)?;
+            Self::Learned { table, offset: first } => {
+                let pos = table.weight.narrow(0, first + offset, t)?.to_dtype(dtype)?;
                 Ok((mode.backend().add_broadcast(&x, &pos)?, None))
             }
             Self::Sinusoidal(table) => {

@@ -133,7 +133,7 @@ impl Stack {
         let e = &self.embeddings;
         let mut tables = vec![e.tokens.weight.clone()];
         tables.extend(e.token_types.as_ref().map(|t| t.weight.clone()));
-        if let PositionEncoding::Learned(table) = &self.positions {
+        if let PositionEncoding::Learned { table, .. } = &self.positions {
             tables.push(table.weight.clone());
         }
         tables.extend(self.positions.bias_table().cloned());

@@ -200,7 +200,8 @@ impl Classification {
 
 /// The classifier a run's config describes, over `vb` (seen through the family's names).
 fn build_model(cfg: &Config, arch: &EncoderArch, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
-    Ok(SequenceClassifier::new(&cfg.model, arch.vocab, num_labels, pooling(cfg)?, vb)?)
+    let model = SequenceClassifier::new(&cfg.model, arch.vocab, num_labels, pooling(cfg)?, vb)?;
+    Ok(model.dropping_pooler_input(arch.family.pooler_input_dropout()))
 }
 
 /// Logits (one row per input, in input order) of `model` on `rows`, without a graph. Inputs

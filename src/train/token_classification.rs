@@ -193,7 +193,7 @@ impl TokenClassification {
         let pad_id = arch.special_id(tokenizer, |t| t.pad, "padding batches")?;
         let vb = arch.renamed(&config.model, params.var_builder(cfg.train.seed, device));
         let model = build_model(config, &arch, labels.names.len(), vb)?;
-        let loaded = encoder::load_pretrained(&setup, params, device, &["classifier"])?;
+        let loaded = encoder::load_pretrained(&setup, params, device, &["tagger"])?;
         let sampler = EpochSampler::new(cfg.train.seed, train.len());
         let cut_words = cut_words(&train);
         Ok(Self {

@@ -1,0 +1,178 @@
+//! Hugging Face RoBERTa and XLM-RoBERTa (`RobertaModel`, `Roberta{ForSequenceClassification,
+//! ForTokenClassification, ForMaskedLM}` and the `XLMRoberta...` classes, the same modules):
+//! BERT's encoder with its position table starting at `pad_token_id + 1` (taper's
+//! `model.position_offset`; right-padded inputs get RoBERTa's position ids), one token type,
+//! `<s> A </s></s> B </s>` inputs (the tokenizer's post-processor), a classification head of
+//! dropout, dense, tanh, dropout, out_proj on `<s>`, and an MLM head of dense, GELU, LayerNorm
+//! and the tied decoder with its bias. Runs keep these names, as BERT's do.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::bert::{BertConfig, ENCODER};
+use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
+use crate::config::{Architecture, ModelConfig, NormPlacement, Positions};
+
+/// The heads, by the checkpoint's names: `RobertaClassificationHead`'s dense (taper's pooler)
+/// and out_proj, the token classifier (taper's tagger), `RobertaLMHead` (its decoder is the
+/// word embeddings, its decoder bias the head's bias).
+const HEADS: [(&str, &str); 6] = [
+    ("pooler", "classifier.dense"),
+    ("classifier", "classifier.out_proj"),
+    ("tagger", "classifier"),
+    ("mlm.transform", "lm_head.dense"),
+    ("mlm.norm", "lm_head.layer_norm"),
+    ("mlm.bias", "lm_head.bias"),
+];
+
+/// A RoBERTa-architecture family: its `model_type` and its classes' prefix.
+pub struct Roberta {
+    model_type: &'static str,
+    classes: [&'static str; 3],
+}
+
+pub static ROBERTA: Roberta = Roberta {
+    model_type: "roberta",
+    classes: ["RobertaForSequenceClassification", "RobertaForTokenClassification", "RobertaForMaskedLM"],
+};
+
+pub static XLM_ROBERTA: Roberta = Roberta {
+    model_type: "xlm-roberta",
+    classes: ["XLMRobertaForSequenceClassification", "XLMRobertaForTokenClassification", "XLMRobertaForMaskedLM"],
+};
+
+/// config.json's `pad_token_id` (RoBERTa's default 1): the position table's first row read is
+/// the one after it.
+fn pad_id(config: &Value) -> Result<usize> {
+    match config.get("pad_token_id") {
+        None | Some(Value::Null) => Ok(1),
+        Some(v) => v.as_u64().map(|n| n as usize).with_context(|| format!("`pad_token_id` must be an id, got {v}")),
+    }
+}
+
+impl Family for Roberta {
+    fn model_type(&self) -> &'static str {
+        self.model_type
+    }
+
+    fn arch(&self) -> Architecture {
+        Architecture::EncoderOnly
+    }
+
+    fn class(&self, head: Head) -> Option<&'static str> {
+        match head {
+            Head::SequenceClassification => Some(self.classes[0]),
+            Head::TokenClassification => Some(self.classes[1]),
+            Head::MaskedLm => Some(self.classes[2]),
+            Head::CausalLm | Head::Seq2SeqLm => None,
+        }
+    }
+
+    fn encoder_prefix(&self) -> Option<&'static str> {
+        Some("roberta")
+    }
+
+    fn read_config(&self, config: &Value) -> Result<Checkpoint> {
+        let cfg: BertConfig = serde_json::from_value(config.clone()).context("not a RoBERTa config")?;
+        if let Some(p) = cfg.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+            bail!("position_embedding_type `{p}` is not supported (only `absolute`)");
+        }
+        if config.get("is_decoder").and_then(Value::as_bool) == Some(true) {
+            bail!("`is_decoder` = true (a causal RoBERTa) is not an encoder taper builds");
+        }
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads.max(1)) {
+            bail!("num_attention_heads must divide hidden_size");
+        }
+        let offset = pad_id(config)? + 1;
+        if cfg.max_position_embeddings <= offset {
+            bail!(
+                "max_position_embeddings ({}) leaves no position after pad_token_id + 1",
+                cfg.max_position_embeddings
+            );
+        }
+        let positions = cfg.max_position_embeddings - offset;
+        let model = ModelConfig { block_size: positions, position_offset: offset, ..cfg.model_config()? };
+        let dropout = config.get("classifier_dropout").and_then(Value::as_f64);
+        if dropout.is_some_and(|d| d != cfg.hidden_dropout_prob) {
+            bail!("`classifier_dropout` other than hidden_dropout_prob is not supported: remove it (null)");
+        }
+        Ok(Checkpoint {
+            model,
+            vocab_size: cfg.vocab_size,
+            type_vocab_size: cfg.type_vocab_size,
+            context: ContextLength::Exactly(positions),
+            dropout: Some((cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob)),
+            run_chooses: &["norm"],
+        })
+    }
+
+    fn mismatches(&self, model: &ModelConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        if model.norm != NormPlacement::Post {
+            out.push(format!("`model.norm = {}` (RoBERTa is post-LN)", show(&model.norm)));
+        }
+        if model.positions != Positions::Learned || model.position_offset == 0 {
+            out.push(format!(
+                "`model.positions = {}` with `model.position_offset = {}` (RoBERTa's learned positions start at \
+                 pad_token_id + 1)",
+                show(&model.positions),
+                model.position_offset
+            ));
+        }
+        out
+    }
+
+    fn names(&self, _model: &ModelConfig) -> NameTable {
+        let encoder = NameTable::new(ENCODER);
+        NameTable::new(encoder.nested("encoder", "roberta").into_iter().chain(HEADS.map(|(t, c)| (t.into(), c.into()))))
+    }
+
+    fn pooler_input_dropout(&self) -> bool {
+        true
+    }
+
+    /// The position-id buffers, a bare model's pooler (no task model has it), and the tied MLM
+    /// decoder's copies of the word embeddings and of the head's bias.
+    fn ignorable(&self, name: &str) -> bool {
+        name.ends_with("position_ids")
+            || name.ends_with("token_type_ids")
+            || name.starts_with("pooler.")
+            || name.starts_with("roberta.pooler.")
+            || name.starts_with("lm_head.decoder.")
+    }
+
+    fn keeps_names(&self) -> bool {
+        true
+    }
+
+    fn tokens(&self) -> Tokens {
+        Tokens { bos: &["<s>"], eos: &["</s>"], pad: &["<pad>"], cls: &["<s>"], sep: &["</s>"], mask: &["<mask>"] }
+    }
+
+    fn config_json(&self, export: &Export) -> Result<Value> {
+        let model = export.model;
+        let pad = model.position_offset.checked_sub(1).context("a RoBERTa's positions start after its pad id")?;
+        let roberta = BertConfig {
+            type_vocab_size: export.type_vocab_size,
+            max_position_embeddings: model.block_size + model.position_offset,
+            model_type: Some(self.model_type.into()),
+            ..BertConfig::from_model_config(model, export.vocab_size)
+        };
+        let mut hf = serde_json::to_value(&roberta)?;
+        if let Some(class) = export.head.and_then(|head| self.class(head)) {
+            hf["architectures"] = json!([class]);
+        }
+        hf["torch_dtype"] = json!("float32");
+        hf["pad_token_id"] = json!(pad);
+        if let Some(bos) = export.ids.bos {
+            hf["bos_token_id"] = json!(bos);
+        }
+        if let Some(eos) = export.ids.eos {
+            hf["eos_token_id"] = json!(eos);
+        }
+        if let Some(labels) = export.labels {
+            super::add_labels(&mut hf, labels);
+        }
+        Ok(hf)
+    }
+}
