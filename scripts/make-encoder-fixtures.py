@@ -1,8 +1,9 @@
-"""Makes the tiny RoBERTa-architecture encoders taper's tests load (tests/fixtures/tiny-roberta-*,
-tiny-xlm-roberta-*): for each family and head (sequence classification, token classification,
-masked LM) a model with random weights from transformers' own classes, the family's tokenizer
-(RoBERTa: byte-level BPE with `<s> A </s></s> B </s>` pairs; XLM-R: a SentencePiece-style
-Unigram), and expected.safetensors: a right-padded batch of a single text and a pair as
+"""Makes the tiny encoders of other families than BERT that taper's tests load
+(tests/fixtures/tiny-roberta-*, tiny-xlm-roberta-*, tiny-distilbert-*): for each family and head
+(sequence classification, token classification, masked LM) a model with random weights from
+transformers' own classes, the family's tokenizer (RoBERTa: byte-level BPE with
+`<s> A </s></s> B </s>` pairs; XLM-R: a SentencePiece-style Unigram; DistilBERT: BERT's
+WordPiece), and expected.safetensors: a right-padded batch of a single text and a pair as
 transformers' tokenizer gives it (input_ids, attention_mask), the last hidden state and the
 head's logits. tokenization.json holds the tokenizer's ids for texts and pairs with truncation.
 Run once by scripts/make-encoder-fixtures.sh; the output (under 1 MB a model) is committed, so
@@ -14,8 +15,12 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
     PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
@@ -65,10 +70,23 @@ def xlmr_tokenizer(corpus: str) -> Tokenizer:
     return tok
 
 
+def wordpiece_tokenizer(corpus: str) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                                        show_progress=False)
+    tok.train_from_iterator(corpus.splitlines(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok
+
+
 def randomize(model: torch.nn.Module) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "LayerNorm" in name or "layer_norm" in name:
+            if "LayerNorm" in name or "layer_norm" in name or name.endswith("_norm.weight") or name.endswith("_norm.bias"):
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.1 * torch.randn_like(p))
             else:
                 p.copy_(0.2 * torch.randn_like(p))
@@ -125,13 +143,24 @@ def main() -> None:
             intermediate_size=64, max_position_embeddings=64 + 2, type_vocab_size=1, pad_token_id=1,
             bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5,
         )
-        for suffix, cls in zip(["cls", "tok", "mlm"], classes):
-            config.num_labels = {"cls": 2, "tok": 5, "mlm": 2}[suffix]  # the shipped sentiment and NER labels
-            model = cls(config)
-            randomize(model)
-            if suffix == "mlm":
-                model.tie_weights()
-            write(f"tiny-{family}-{suffix}", model, hf_tok)
+        write_family(family, config, classes, hf_tok)
+    tok = wordpiece_tokenizer(corpus)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                                     unk_token="[UNK]", mask_token="[MASK]", model_input_names=["input_ids", "attention_mask"])
+    config = DistilBertConfig(vocab_size=tok.get_vocab_size(), dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=64, activation="gelu", seq_classif_dropout=0.2, pad_token_id=0)
+    write_family("distilbert", config,
+                 [DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertForMaskedLM], hf_tok)
+
+
+def write_family(family: str, config, classes: list, hf_tok) -> None:
+    for suffix, cls in zip(["cls", "tok", "mlm"], classes):
+        config.num_labels = {"cls": 2, "tok": 5, "mlm": 2}[suffix]  # the shipped sentiment and NER labels
+        model = cls(config)
+        randomize(model)
+        if suffix == "mlm":
+            model.tie_weights()
+        write(f"tiny-{family}-{suffix}", model, hf_tok)
 
 
 if __name__ == "__main__":

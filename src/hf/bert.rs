@@ -51,6 +51,9 @@ pub struct BertConfig {
     pub initializer_range: f64,
     pub model_type: Option<String>,
     pub position_embedding_type: Option<String>,
+    /// The classification heads' dropout (null: hidden_dropout_prob).
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
     /// taper's positions for an encoder trained here with other than BERT's learned table (not
     /// a Hugging Face field: such an encoder has no Hugging Face export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +114,7 @@ impl BertConfig {
             initializer_range: model.init_std,
             model_type: Some("bert".into()),
             position_embedding_type: Some("absolute".into()),
+            classifier_dropout: model.classifier_dropout,
             taper_positions: (model.positions != Positions::Learned).then_some(EncoderPositions {
                 positions: model.positions,
                 rope_theta: model.rope_theta,
@@ -147,6 +151,7 @@ impl BertConfig {
             shaw_clip: positions.shaw_clip,
             layer_norm_eps: self.layer_norm_eps,
             init_std: self.initializer_range,
+            classifier_dropout: self.classifier_dropout,
             ..ModelConfig::defaults()
         })
     }

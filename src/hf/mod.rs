@@ -10,6 +10,7 @@
 
 pub mod bert;
 mod decoder;
+pub mod distilbert;
 pub mod gpt2;
 pub mod llama;
 mod names;
@@ -28,8 +29,16 @@ use crate::config::{Architecture, ModelConfig};
 pub use names::NameTable;
 
 /// Every family taper reads and writes: one line each.
-pub static FAMILIES: [&dyn Family; 7] =
-    [&bert::Bert, &roberta::ROBERTA, &roberta::XLM_ROBERTA, &gpt2::Gpt2, &llama::LLAMA, &llama::QWEN2, &t5::T5];
+pub static FAMILIES: [&dyn Family; 8] = [
+    &bert::Bert,
+    &roberta::ROBERTA,
+    &roberta::XLM_ROBERTA,
+    &distilbert::DistilBert,
+    &gpt2::Gpt2,
+    &llama::LLAMA,
+    &llama::QWEN2,
+    &t5::T5,
+];
 
 /// What a trained model's head is, as transformers' class names tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,10 +166,9 @@ pub trait Family: Sync {
         None
     }
 
-    /// Whether its sequence classifier drops out the [CLS] token before the pooler as well as
-    /// after it (RoBERTa's head: dropout, dense, tanh, dropout, out_proj; BERT's has no first).
-    fn pooler_input_dropout(&self) -> bool {
-        false
+    /// How its classification heads are made (BERT's: a pooler of dense + tanh on [CLS]).
+    fn head_style(&self) -> crate::model::encoder::HeadStyle {
+        crate::model::encoder::HeadStyle::BERT
     }
 
     /// Whether a checkpoint's tensor is one taper builds nothing for and may pass over (buffers,
@@ -305,10 +313,11 @@ pub fn family_of(config: &Value, source: &Path, arch: Architecture) -> Result<&'
 
 /// Training choices: keys of `[model]` a checkpoint never sets (`block_size` is bounded by
 /// its [`ContextLength`], `init_std` is its own `initializer_range`).
-const TRAINING_CHOICES: [&str; 10] = [
+const TRAINING_CHOICES: [&str; 11] = [
     "init_from",
     "block_size",
     "dropout",
+    "classifier_dropout",
     "attn_dropout",
     "resid_dropout",
     "emb_dropout",
@@ -357,7 +366,7 @@ pub fn adopt(model: &mut ModelConfig, theirs: &Checkpoint, source: &Path) -> Res
     adopted.init_std = theirs.model.init_std;
     adopted.block_size = block_size(model.block_size, theirs.context, source)?;
     if let Some((hidden, attention)) = theirs.dropout {
-        adopt_dropout(&mut adopted, model, hidden, attention);
+        adopt_dropout(&mut adopted, model, &theirs.model, hidden, attention);
     }
     *model = adopted;
     Ok(())
@@ -416,8 +425,14 @@ fn block_size(given: usize, context: ContextLength, source: &Path) -> Result<usi
 }
 
 /// Dropout from a checkpoint that has its own (hidden, attention): the user's at each site
-/// where `[model]` sets one, else the checkpoint's, written as its families write it.
-fn adopt_dropout(adopted: &mut ModelConfig, mine: &ModelConfig, hidden: f64, attention: f64) {
+/// where `[model]` sets one, else the checkpoint's, written as its families write it. The
+/// heads': the user's `classifier_dropout`, else the checkpoint's unless the user set `dropout`.
+fn adopt_dropout(adopted: &mut ModelConfig, mine: &ModelConfig, theirs: &ModelConfig, hidden: f64, attention: f64) {
+    adopted.classifier_dropout = match (mine.classifier_dropout, mine.dropout > 0.0) {
+        (Some(p), _) => Some(p),
+        (None, true) => None,
+        (None, false) => theirs.classifier_dropout,
+    };
     let hidden = match mine.dropout > 0.0 || mine.resid_dropout.is_some() {
         true => mine.resid_dropout(),
         false => hidden,

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::bert::{BertConfig, ENCODER};
 use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
 use crate::config::{Architecture, ModelConfig, NormPlacement, Positions};
+use crate::model::encoder::HeadStyle;
 
 /// The heads, by the checkpoint's names: `RobertaClassificationHead`'s dense (taper's pooler)
 /// and out_proj, the token classifier (taper's tagger), `RobertaLMHead` (its decoder is the
@@ -92,10 +93,6 @@ impl Family for Roberta {
         }
         let positions = cfg.max_position_embeddings - offset;
         let model = ModelConfig { block_size: positions, position_offset: offset, ..cfg.model_config()? };
-        let dropout = config.get("classifier_dropout").and_then(Value::as_f64);
-        if dropout.is_some_and(|d| d != cfg.hidden_dropout_prob) {
-            bail!("`classifier_dropout` other than hidden_dropout_prob is not supported: remove it (null)");
-        }
         Ok(Checkpoint {
             model,
             vocab_size: cfg.vocab_size,
@@ -127,8 +124,8 @@ impl Family for Roberta {
         NameTable::new(encoder.nested("encoder", "roberta").into_iter().chain(HEADS.map(|(t, c)| (t.into(), c.into()))))
     }
 
-    fn pooler_input_dropout(&self) -> bool {
-        true
+    fn head_style(&self) -> HeadStyle {
+        HeadStyle { pooler_input_dropout: true, ..HeadStyle::BERT }
     }
 
     /// The position-id buffers, a bare model's pooler (no task model has it), and the tied MLM

@@ -128,6 +128,10 @@ pub struct ModelConfig {
     pub resid_dropout: Option<f64>,
     /// Dropout on the embedded input (`dropout` when absent).
     pub emb_dropout: Option<f64>,
+    /// An encoder's classification heads: dropout before the output layer (`resid_dropout` when
+    /// absent; Hugging Face's `classifier_dropout`, DistilBERT's `seq_classif_dropout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_dropout: Option<f64>,
     /// Biases in every linear layer, unless a group's own key says otherwise.
     #[serde(default = "yes")]
     pub bias: bool,
@@ -203,6 +207,9 @@ impl ModelConfig {
     }
     pub fn emb_dropout(&self) -> f64 {
         self.emb_dropout.unwrap_or(self.dropout)
+    }
+    pub fn classifier_dropout(&self) -> f64 {
+        self.classifier_dropout.unwrap_or(self.resid_dropout())
     }
     pub fn n_kv_head(&self) -> usize {
         self.n_kv_head.unwrap_or(self.n_head)
@@ -319,6 +326,7 @@ impl ModelConfig {
             ("attn_dropout", self.attn_dropout),
             ("resid_dropout", self.resid_dropout),
             ("emb_dropout", self.emb_dropout),
+            ("classifier_dropout", self.classifier_dropout),
         ];
         for (key, p) in sites {
             if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {

@@ -46,7 +46,8 @@ impl Encoder {
         let embeddings = Embeddings {
             tokens: embedding(vocab.tokens, "tok_emb")?,
             scale: 1.0,
-            token_types: Some(embedding(vocab.token_types, "type_emb")?),
+            // DistilBERT has none: its inputs' token types are not read.
+            token_types: (vocab.token_types > 0).then(|| embedding(vocab.token_types, "type_emb")).transpose()?,
             norm: Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_emb"))?),
         };
         let stack = Stack {
@@ -94,6 +95,35 @@ impl Encoder {
     }
 }
 
+/// What a sequence classifier's pooler does to the [CLS] token before the output layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolerActivation {
+    /// BERT's and RoBERTa's pooler.
+    Tanh,
+    /// DistilBERT's `pre_classifier`.
+    Relu,
+}
+
+/// How a family's classification heads are made, beyond the shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadStyle {
+    /// Dropout on [CLS] before the pooler as well as after it (RoBERTa's head: dropout, dense,
+    /// tanh, dropout, out_proj).
+    pub pooler_input_dropout: bool,
+    pub pooler_activation: PoolerActivation,
+    /// The token classifier's dropout is `model.classifier_dropout` (BERT, RoBERTa), else the
+    /// hidden dropout (DistilBERT: its `seq_classif_dropout` is the sequence classifier's alone).
+    pub tagger_takes_classifier_dropout: bool,
+}
+
+impl HeadStyle {
+    pub const BERT: Self = Self {
+        pooler_input_dropout: false,
+        pooler_activation: PoolerActivation::Tanh,
+        tagger_takes_classifier_dropout: true,
+    };
+}
+
 /// How a sequence becomes one vector for classification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
@@ -117,8 +147,7 @@ pub struct SequenceClassifier {
     classifier: Linear,
     pooling: Pooling,
     dropout: f64,
-    /// Dropout on the pooled token before the pooler too (RoBERTa's head).
-    input_dropout: bool,
+    style: HeadStyle,
 }
 
 impl SequenceClassifier {
@@ -139,15 +168,14 @@ impl SequenceClassifier {
             pooler,
             classifier: Linear::new(d, num_labels, true, init, vb.pp("classifier"))?,
             pooling,
-            dropout: cfg.resid_dropout(),
-            input_dropout: false,
+            dropout: cfg.classifier_dropout(),
+            style: HeadStyle::BERT,
         })
     }
 
-    /// With `yes`, the [CLS] token is dropped out before the pooler as well as after it:
-    /// RoBERTa's `RobertaClassificationHead` (dropout, dense, tanh, dropout, out_proj).
-    pub fn dropping_pooler_input(self, yes: bool) -> Self {
-        Self { input_dropout: yes, ..self }
+    /// The pooler made as `style` says (the default is BERT's).
+    pub fn styled(self, style: HeadStyle) -> Self {
+        Self { style, ..self }
     }
 
     /// Logits (B, num_labels); arguments as for [`Encoder::forward`].
@@ -162,8 +190,12 @@ impl SequenceClassifier {
         let pooled = match (self.pooling, &self.pooler) {
             (Pooling::Cls, Some(dense)) => {
                 let first = hidden.narrow(1, 0, 1)?.squeeze(1)?; // [CLS]: (B, T, D) -> (B, D)
-                let first = if self.input_dropout { dropout(&first, self.dropout, mode)? } else { first };
-                dense.forward(&first, mode)?.tanh()?
+                let first = if self.style.pooler_input_dropout { dropout(&first, self.dropout, mode)? } else { first };
+                let pooled = dense.forward(&first, mode)?;
+                match self.style.pooler_activation {
+                    PoolerActivation::Tanh => pooled.tanh()?,
+                    PoolerActivation::Relu => pooled.relu()?,
+                }
             }
             (Pooling::Mean, _) => match attention_mask {
                 Some(mask) => {
@@ -193,8 +225,15 @@ impl TokenClassifier {
         Ok(Self {
             encoder: Encoder::new(cfg, vocab, DType::F32, vb.pp("encoder"))?,
             classifier: Linear::new(cfg.d_model, num_labels, true, head_init(cfg), vb.pp("tagger"))?,
-            dropout: cfg.resid_dropout(),
+            dropout: cfg.classifier_dropout(),
         })
+    }
+
+    /// The dropout as `style` says: the hidden dropout where the family's tagger does not take
+    /// the classifier's.
+    pub fn styled(self, style: HeadStyle, cfg: &ModelConfig) -> Self {
+        let dropout = if style.tagger_takes_classifier_dropout { self.dropout } else { cfg.resid_dropout() };
+        Self { dropout, ..self }
     }
 
     /// Tag logits (N, num_labels) at the flat positions `positions` (N) u32 of the batch (B * T

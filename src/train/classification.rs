@@ -201,7 +201,7 @@ impl Classification {
 /// The classifier a run's config describes, over `vb` (seen through the family's names).
 fn build_model(cfg: &Config, arch: &EncoderArch, num_labels: usize, vb: VarBuilder) -> Result<SequenceClassifier> {
     let model = SequenceClassifier::new(&cfg.model, arch.vocab, num_labels, pooling(cfg)?, vb)?;
-    Ok(model.dropping_pooler_input(arch.family.pooler_input_dropout()))
+    Ok(model.styled(arch.family.head_style()))
 }
 
 /// Logits (one row per input, in input order) of `model` on `rows`, without a graph. Inputs

@@ -214,7 +214,7 @@ impl TokenClassification {
 
 /// The tagger a run's config describes, over `vb` (seen through the family's names).
 fn build_model(cfg: &Config, arch: &EncoderArch, num_labels: usize, vb: VarBuilder) -> Result<TokenClassifier> {
-    Ok(TokenClassifier::new(&cfg.model, arch.vocab, num_labels, vb)?)
+    Ok(TokenClassifier::new(&cfg.model, arch.vocab, num_labels, vb)?.styled(arch.family.head_style(), &cfg.model))
 }
 
 /// The padded batch of `rows` and the flat (B * T) positions of their scored words' first

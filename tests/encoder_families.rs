@@ -1,6 +1,7 @@
-//! RoBERTa and XLM-RoBERTa in and out: the tiny models of tests/fixtures (random weights made by
-//! transformers, scripts/make-encoder-fixtures.sh) give transformers' hidden states and each
-//! head's logits (1e-4) in taper's encoder, with fused and composed kernels; their tokenizers give
+//! The encoder families beside BERT in and out (RoBERTa, XLM-RoBERTa, DistilBERT): the tiny
+//! models of tests/fixtures (random weights made by transformers,
+//! scripts/make-encoder-fixtures.sh) give transformers' hidden states and each head's logits
+//! (1e-4) in taper's encoder, with fused and composed kernels; their tokenizers give
 //! transformers' ids for texts and pairs under truncation; a fine-tune from one exports as the
 //! family's class with its names and reloads in taper with the run's predictions.
 
@@ -15,7 +16,15 @@ use taper::hf::{Family, Tensors};
 use taper::model::encoder::{Encoder, MaskedLm, Pooling, SequenceClassifier, TokenClassifier};
 use taper::model::Mode;
 
-const FAMILIES: [&str; 2] = ["roberta", "xlm-roberta"];
+/// The ids an export's config.json names: pad, bos, eos.
+type Ids = (u64, Option<u64>, Option<u64>);
+
+/// Each family's model_type, position offset and ids of the fixtures.
+const FAMILIES: [(&str, usize, Ids); 3] = [
+    ("roberta", 2, (1, Some(0), Some(2))),
+    ("xlm-roberta", 2, (1, Some(0), Some(2))),
+    ("distilbert", 0, (0, None, None)),
+];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -52,12 +61,13 @@ fn rows(t: &Tensor, positions: &[u32]) -> Tensor {
 
 #[test]
 fn roberta_and_xlm_r_give_transformers_hidden_states_and_logits() {
-    for family_name in FAMILIES {
+    for (family_name, offset, _) in FAMILIES {
         for head in ["cls", "tok", "mlm"] {
             let name = format!("tiny-{family_name}-{head}");
             let (family, checkpoint, tensors) = open(&name);
             assert_eq!(family.model_type(), family_name);
-            assert_eq!((checkpoint.model.position_offset, checkpoint.model.block_size), (2, 64), "{name}");
+            assert_eq!((checkpoint.model.position_offset, checkpoint.model.block_size), (offset, 64), "{name}");
+            let prefix = family.encoder_prefix().unwrap();
             let expected =
                 candle_core::safetensors::load(fixture(&name).join("expected.safetensors"), &Device::Cpu).unwrap();
             let (ids, mask) = (u32s(&expected["input_ids"]), u32s(&expected["attention_mask"]));
@@ -69,11 +79,11 @@ fn roberta_and_xlm_r_give_transformers_hidden_states_and_logits() {
                     family.names(&model).renamed(VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu));
                 let what = format!("{name} ({kernels:?})");
                 let mut mode = Mode::eval();
-                let bare = family.names(&model).under("encoder", "roberta");
+                let bare = family.names(&model).under("encoder", prefix);
                 let encoder_vb = bare.renamed(VarBuilder::from_tensors(
                     tensors
                         .iter()
-                        .filter_map(|(k, v)| Some((k.strip_prefix("roberta.")?.to_string(), v.clone())))
+                        .filter_map(|(k, v)| Some((k.strip_prefix(&format!("{prefix}."))?.to_string(), v.clone())))
                         .collect(),
                     DType::F32,
                     &Device::Cpu,
@@ -84,7 +94,9 @@ fn roberta_and_xlm_r_give_transformers_hidden_states_and_logits() {
                 assert!(diff <= 1e-4, "{what}: hidden states differ by {diff}");
                 let diff = match head {
                     "cls" => {
-                        let m = SequenceClassifier::new(&model, vocab, 2, Pooling::Cls, vb).unwrap();
+                        let m = SequenceClassifier::new(&model, vocab, 2, Pooling::Cls, vb)
+                            .unwrap()
+                            .styled(family.head_style());
                         max_diff(&m.forward(&ids, None, Some(&mask), &mut mode).unwrap(), &expected["logits"])
                     }
                     "tok" => {
@@ -115,7 +127,7 @@ fn roberta_and_xlm_r_give_transformers_hidden_states_and_logits() {
 
 #[test]
 fn their_tokenizers_give_transformers_ids_for_texts_and_pairs() {
-    for family_name in FAMILIES {
+    for (family_name, ..) in FAMILIES {
         let dir = fixture(&format!("tiny-{family_name}-cls"));
         let tokenizer = taper::data::TextTokenizer::load(&dir.join("tokenizer.json")).unwrap();
         let text = std::fs::read_to_string(dir.join("tokenization.json")).unwrap();
@@ -158,19 +170,28 @@ fn finetune(dir: &Path, fixture_dir: &Path, steps: usize) -> PathBuf {
 }
 
 #[test]
-fn a_roberta_fine_tune_exports_as_roberta_and_reloads_with_the_runs_logits() {
-    for family_name in FAMILIES {
+fn a_fine_tune_exports_as_its_family_and_reloads_with_the_runs_logits() {
+    for (family_name, offset, (pad, bos, eos)) in FAMILIES {
         let dir = tempfile::tempdir().unwrap();
         let source = fixture(&format!("tiny-{family_name}-cls"));
         let run = finetune(dir.path(), &source, 80);
+        // The checkpoint's head dropout is the run's (DistilBERT's seq_classif_dropout 0.2;
+        // RoBERTa's classifier_dropout null: the hidden dropout).
+        let saved = taper::run_dir::RunDir::new(&run).load_config(&[]).unwrap();
+        let want = if family_name == "distilbert" { Some(0.2) } else { None };
+        assert_eq!(saved.model.classifier_dropout, want, "{family_name}");
         let out = dir.path().join("export");
         taper::export::export_hf(&run, "latest", &out, false).unwrap();
         let config: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
         let class = config["architectures"][0].as_str().unwrap();
         assert!(class.ends_with("ForSequenceClassification") && config["model_type"] == family_name, "{config}");
-        assert_eq!((config["max_position_embeddings"].as_u64(), config["pad_token_id"].as_u64()), (Some(66), Some(1)));
-        assert_eq!((config["bos_token_id"].as_u64(), config["eos_token_id"].as_u64()), (Some(0), Some(2)));
+        let positions = 64 + offset as u64;
+        assert_eq!(
+            (config["max_position_embeddings"].as_u64(), config["pad_token_id"].as_u64()),
+            (Some(positions), Some(pad))
+        );
+        assert_eq!((config["bos_token_id"].as_u64(), config["eos_token_id"].as_u64()), (bos, eos));
         // The same tensor names as the checkpoint it started from, and the same shapes.
         let start = candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
         let exported = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
@@ -188,7 +209,9 @@ fn a_roberta_fine_tune_exports_as_roberta_and_reloads_with_the_runs_logits() {
         let (family, checkpoint, tensors) = open_dir(&out);
         let model = checkpoint.model.clone();
         let vb = family.names(&model).renamed(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu));
-        let reloaded = SequenceClassifier::new(&model, checkpoint.encoder_vocab(), 2, Pooling::Cls, vb).unwrap();
+        let reloaded = SequenceClassifier::new(&model, checkpoint.encoder_vocab(), 2, Pooling::Cls, vb)
+            .unwrap()
+            .styled(family.head_style());
         let tokenizer = taper::data::TextTokenizer::load(&out.join("tokenizer.json")).unwrap();
         for text in texts {
             let ids = tokenizer.inner().encode(text, true).unwrap().get_ids().to_vec();
@@ -207,4 +230,23 @@ fn open_dir(dir: &Path) -> (&'static dyn Family, taper::hf::Checkpoint, Tensors)
     let checkpoint = family.read_config(&config).unwrap();
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     (family, checkpoint, tensors)
+}
+
+#[test]
+fn a_config_key_taper_does_not_build_is_refused_by_name() {
+    let (config, path) = taper::hf::read_config_json(&fixture("tiny-distilbert-cls")).unwrap();
+    let family = taper::hf::family_of(&config, &path, Architecture::EncoderOnly).unwrap();
+    for (key, value) in [("sinusoidal_pos_embds", serde_json::json!(true)), ("tie_weights_", serde_json::json!(false))]
+    {
+        let mut changed = config.clone();
+        changed[key] = value;
+        let err = format!("{:#}", family.read_config(&changed).unwrap_err());
+        assert!(err.contains(&format!("`{key}`")), "{err}");
+    }
+    let (config, path) = taper::hf::read_config_json(&fixture("tiny-roberta-cls")).unwrap();
+    let family = taper::hf::family_of(&config, &path, Architecture::EncoderOnly).unwrap();
+    let mut changed = config.clone();
+    changed["position_embedding_type"] = serde_json::json!("relative_key");
+    let err = format!("{:#}", family.read_config(&changed).unwrap_err());
+    assert!(err.contains("relative_key"), "{err}");
 }
