@@ -92,6 +92,7 @@ impl Pretrained {
     /// agree; `hf::adopt`).
     pub fn open(spec: &str, model: &mut ModelConfig) -> Result<Self> {
         let dir = resolve_model_dir(spec).with_context(|| format!("cannot find `model.init_from` = {spec}"))?;
+        refuse_pickles(&dir)?;
         let (family, config, checkpoint) = read_architecture(&dir, model)?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))
             .with_context(|| format!("{} needs a tokenizer.json", dir.display()))?;
@@ -171,6 +172,23 @@ impl Pretrained {
         let mut report = load_matching(params, tensors, &file, &fresh, &ignore)?;
         report.fresh.retain(|n| !is_adapter(n));
         Ok(report)
+    }
+}
+
+/// A directory with PyTorch's pickled weights (`pytorch_model.bin`) and no model.safetensors:
+/// an error with the one-line conversion (taper reads safetensors only; unpickling runs code).
+fn refuse_pickles(dir: &Path) -> Result<()> {
+    let pickled = ["pytorch_model.bin", "pytorch_model.bin.index.json"].iter().find(|f| dir.join(f).is_file());
+    match pickled {
+        Some(file) if !dir.join("model.safetensors").is_file() => bail!(
+            "{} has {file} and no model.safetensors: taper reads safetensors only (a pickle can run code). Convert \
+             it once with transformers: python -c \"from transformers import AutoModel as M; \
+             M.from_pretrained('{d}').save_pretrained('{d}', safe_serialization=True)\" (for a task model use its \
+             AutoModelFor... class, so the head is kept)",
+            dir.display(),
+            d = dir.display()
+        ),
+        _ => Ok(()),
     }
 }
 

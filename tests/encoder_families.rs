@@ -250,3 +250,16 @@ fn a_config_key_taper_does_not_build_is_refused_by_name() {
     let err = format!("{:#}", family.read_config(&changed).unwrap_err());
     assert!(err.contains("relative_key"), "{err}");
 }
+
+#[test]
+fn a_checkpoint_of_pickled_weights_is_refused_with_the_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-roberta-cls").join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(dir.path().join("pytorch_model.bin"), b"not read").unwrap();
+    let mut model = ModelConfig { arch: Architecture::EncoderOnly, ..ModelConfig::defaults() };
+    let spec = dir.path().to_str().unwrap();
+    let err = format!("{:#}", taper::pretrained::Pretrained::open(spec, &mut model).err().unwrap());
+    assert!(err.contains("pytorch_model.bin") && err.contains("safe_serialization=True"), "{err}");
+}
