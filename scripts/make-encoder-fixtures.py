@@ -1,9 +1,9 @@
 """Makes the tiny encoders of other families than BERT that taper's tests load
-(tests/fixtures/tiny-roberta-*, tiny-xlm-roberta-*, tiny-distilbert-*): for each family and head
+(tests/fixtures/tiny-roberta-*, tiny-xlm-roberta-*, tiny-distilbert-*, tiny-electra-*): for each family and head
 (sequence classification, token classification, masked LM) a model with random weights from
 transformers' own classes, the family's tokenizer (RoBERTa: byte-level BPE with
-`<s> A </s></s> B </s>` pairs; XLM-R: a SentencePiece-style Unigram; DistilBERT: BERT's
-WordPiece), and expected.safetensors: a right-padded batch of a single text and a pair as
+`<s> A </s></s> B </s>` pairs; XLM-R: a SentencePiece-style Unigram; DistilBERT and ELECTRA
+(embeddings narrower than the hidden size): BERT's WordPiece), and expected.safetensors: a right-padded batch of a single text and a pair as
 transformers' tokenizer gives it (input_ids, attention_mask), the last hidden state and the
 head's logits. tokenization.json holds the tokenizer's ids for texts and pairs with truncation.
 Run once by scripts/make-encoder-fixtures.sh; the output (under 1 MB a model) is committed, so
@@ -13,6 +13,9 @@ import json
 import os
 import sys
 
+# One thread for the tokenizer trainers: their merges then come out the same on every run.
+os.environ.setdefault("RAYON_RS_NUM_CPUS", "1")
+
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -21,6 +24,10 @@ from transformers import (
     DistilBertForMaskedLM,
     DistilBertForSequenceClassification,
     DistilBertForTokenClassification,
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForSequenceClassification,
+    ElectraForTokenClassification,
     PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaForMaskedLM,
@@ -151,6 +158,13 @@ def main() -> None:
                               max_position_embeddings=64, activation="gelu", seq_classif_dropout=0.2, pad_token_id=0)
     write_family("distilbert", config,
                  [DistilBertForSequenceClassification, DistilBertForTokenClassification, DistilBertForMaskedLM], hf_tok)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                                     unk_token="[UNK]", mask_token="[MASK]")
+    config = ElectraConfig(vocab_size=tok.get_vocab_size(), embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                           pad_token_id=0)
+    write_family("electra", config,
+                 [ElectraForSequenceClassification, ElectraForTokenClassification, ElectraForMaskedLM], hf_tok)
 
 
 def write_family(family: str, config, classes: list, hf_tok) -> None:

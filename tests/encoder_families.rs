@@ -1,4 +1,4 @@
-//! The encoder families beside BERT in and out (RoBERTa, XLM-RoBERTa, DistilBERT): the tiny
+//! The encoder families beside BERT in and out (RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA): the tiny
 //! models of tests/fixtures (random weights made by transformers,
 //! scripts/make-encoder-fixtures.sh) give transformers' hidden states and each head's logits
 //! (1e-4) in taper's encoder, with fused and composed kernels; their tokenizers give
@@ -20,10 +20,11 @@ use taper::model::Mode;
 type Ids = (u64, Option<u64>, Option<u64>);
 
 /// Each family's model_type, position offset and ids of the fixtures.
-const FAMILIES: [(&str, usize, Ids); 3] = [
+const FAMILIES: [(&str, usize, Ids); 4] = [
     ("roberta", 2, (1, Some(0), Some(2))),
     ("xlm-roberta", 2, (1, Some(0), Some(2))),
     ("distilbert", 0, (0, None, None)),
+    ("electra", 0, (0, None, None)),
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -249,6 +250,16 @@ fn a_config_key_taper_does_not_build_is_refused_by_name() {
     changed["position_embedding_type"] = serde_json::json!("relative_key");
     let err = format!("{:#}", family.read_config(&changed).unwrap_err());
     assert!(err.contains("relative_key"), "{err}");
+    // taper's own keys for these layouts, where they mean nothing.
+    for (extra, key) in
+        [("embedding_size = 16", "embedding_size"), ("position_offset = 2\npositions = \"rope\"", "position_offset")]
+    {
+        let toml = format!(
+            "[model]\nn_layer = 1\nn_head = 2\nd_model = 32\nblock_size = 16\n{extra}\n[data]\npath = \"x.txt\"\n[train]\nsteps = 1\nbatch_size = 1\n"
+        );
+        let err = format!("{:#}", taper::config::Config::from_toml_str(&toml, &[]).unwrap_err());
+        assert!(err.contains(&format!("`model.{key}`")), "{err}");
+    }
 }
 
 #[test]

@@ -54,6 +54,9 @@ pub struct BertConfig {
     /// The classification heads' dropout (null: hidden_dropout_prob).
     #[serde(default)]
     pub classifier_dropout: Option<f64>,
+    /// ELECTRA's embedding width (projected to hidden_size); BERT has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
     /// taper's positions for an encoder trained here with other than BERT's learned table (not
     /// a Hugging Face field: such an encoder has no Hugging Face export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +118,7 @@ impl BertConfig {
             model_type: Some("bert".into()),
             position_embedding_type: Some("absolute".into()),
             classifier_dropout: model.classifier_dropout,
+            embedding_size: model.embedding_size,
             taper_positions: (model.positions != Positions::Learned).then_some(EncoderPositions {
                 positions: model.positions,
                 rope_theta: model.rope_theta,
@@ -152,6 +156,7 @@ impl BertConfig {
             layer_norm_eps: self.layer_norm_eps,
             init_std: self.initializer_range,
             classifier_dropout: self.classifier_dropout,
+            embedding_size: self.embedding_size.filter(|&e| e != self.hidden_size),
             ..ModelConfig::defaults()
         })
     }
@@ -200,12 +205,7 @@ impl Family for Bert {
     }
 
     fn class(&self, head: Head) -> Option<&'static str> {
-        match head {
-            Head::SequenceClassification => Some("BertForSequenceClassification"),
-            Head::TokenClassification => Some("BertForTokenClassification"),
-            Head::MaskedLm => Some("BertForMaskedLM"),
-            Head::CausalLm | Head::Seq2SeqLm => None,
-        }
+        super::encoder_class(head, ["BertForSequenceClassification", "BertForTokenClassification", "BertForMaskedLM"])
     }
 
     fn encoder_prefix(&self) -> Option<&'static str> {
@@ -240,6 +240,9 @@ impl Family for Bert {
         }
         if model.position_offset != 0 {
             out.push(format!("`model.position_offset = {}` (BERT's positions start at 0)", model.position_offset));
+        }
+        if let Some(e) = model.embedding_size {
+            out.push(format!("`model.embedding_size = {e}` (BERT's embeddings are d_model wide)"));
         }
         out
     }

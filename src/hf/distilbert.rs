@@ -126,12 +126,10 @@ impl Family for DistilBert {
     }
 
     fn class(&self, head: Head) -> Option<&'static str> {
-        match head {
-            Head::SequenceClassification => Some("DistilBertForSequenceClassification"),
-            Head::TokenClassification => Some("DistilBertForTokenClassification"),
-            Head::MaskedLm => Some("DistilBertForMaskedLM"),
-            Head::CausalLm | Head::Seq2SeqLm => None,
-        }
+        super::encoder_class(
+            head,
+            ["DistilBertForSequenceClassification", "DistilBertForTokenClassification", "DistilBertForMaskedLM"],
+        )
     }
 
     fn encoder_prefix(&self) -> Option<&'static str> {
@@ -169,6 +167,9 @@ impl Family for DistilBert {
         }
         if !matches!(model.activation, Activation::Gelu | Activation::Relu) {
             out.push(format!("`model.activation = {}` (DistilBERT's is gelu or relu)", show(&model.activation)));
+        }
+        if let Some(e) = model.embedding_size {
+            out.push(format!("`model.embedding_size = {e}` (DistilBERT's embeddings are d_model wide)"));
         }
         out
     }

@@ -11,6 +11,7 @@
 pub mod bert;
 mod decoder;
 pub mod distilbert;
+pub mod electra;
 pub mod gpt2;
 pub mod llama;
 mod names;
@@ -29,11 +30,12 @@ use crate::config::{Architecture, ModelConfig};
 pub use names::NameTable;
 
 /// Every family taper reads and writes: one line each.
-pub static FAMILIES: [&dyn Family; 8] = [
+pub static FAMILIES: [&dyn Family; 9] = [
     &bert::Bert,
     &roberta::ROBERTA,
     &roberta::XLM_ROBERTA,
     &distilbert::DistilBert,
+    &electra::Electra,
     &gpt2::Gpt2,
     &llama::LLAMA,
     &llama::QWEN2,
@@ -228,6 +230,17 @@ pub trait Family: Sync {
 
     /// An export's config.json.
     fn config_json(&self, export: &Export) -> Result<Value>;
+}
+
+/// An encoder family's class for `head`, of its `[sequence classifier, token classifier,
+/// masked LM]` classes.
+pub(crate) fn encoder_class(head: Head, classes: [&'static str; 3]) -> Option<&'static str> {
+    match head {
+        Head::SequenceClassification => Some(classes[0]),
+        Head::TokenClassification => Some(classes[1]),
+        Head::MaskedLm => Some(classes[2]),
+        Head::CausalLm | Head::Seq2SeqLm => None,
+    }
 }
 
 /// A value as the TOML config spells it (`"gelu-tanh"`).

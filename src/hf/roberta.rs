@@ -61,12 +61,7 @@ impl Family for Roberta {
     }
 
     fn class(&self, head: Head) -> Option<&'static str> {
-        match head {
-            Head::SequenceClassification => Some(self.classes[0]),
-            Head::TokenClassification => Some(self.classes[1]),
-            Head::MaskedLm => Some(self.classes[2]),
-            Head::CausalLm | Head::Seq2SeqLm => None,
-        }
+        super::encoder_class(head, self.classes)
     }
 
     fn encoder_prefix(&self) -> Option<&'static str> {
@@ -115,6 +110,9 @@ impl Family for Roberta {
                 show(&model.positions),
                 model.position_offset
             ));
+        }
+        if let Some(e) = model.embedding_size {
+            out.push(format!("`model.embedding_size = {e}` (RoBERTa's embeddings are d_model wide)"));
         }
         out
     }

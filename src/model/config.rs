@@ -119,6 +119,11 @@ pub struct ModelConfig {
     /// rows (RoBERTa's and BART's tables start at 2; their first rows are never read). Default 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub position_offset: usize,
+    /// Encoder-only: the width of the embeddings (tokens, token types, learned positions, their
+    /// LayerNorm), projected to `d_model` before the blocks (`emb_proj`; ELECTRA's
+    /// `embedding_size`). Default: `d_model`, no projection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_size: Option<usize>,
     /// Dropout at every site unless a site's own key is set.
     #[serde(default)]
     pub dropout: f64,
@@ -207,6 +212,10 @@ impl ModelConfig {
     }
     pub fn emb_dropout(&self) -> f64 {
         self.emb_dropout.unwrap_or(self.dropout)
+    }
+    /// The embeddings' width: `embedding_size`, else `d_model`.
+    pub fn embedding_dim(&self) -> usize {
+        self.embedding_size.unwrap_or(self.d_model)
     }
     pub fn classifier_dropout(&self) -> f64 {
         self.classifier_dropout.unwrap_or(self.resid_dropout())
@@ -300,6 +309,40 @@ impl ModelConfig {
                 );
             }
         }
+        self.validate_embeddings_and_positions()?;
+        let sites = [
+            ("dropout", Some(self.dropout)),
+            ("attn_dropout", self.attn_dropout),
+            ("resid_dropout", self.resid_dropout),
+            ("emb_dropout", self.emb_dropout),
+            ("classifier_dropout", self.classifier_dropout),
+        ];
+        for (key, p) in sites {
+            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
+                bail!("`model.{key}` must be in [0, 1), got {p}");
+            }
+        }
+        if self.init_std <= 0.0 {
+            bail!("`model.init_std` must be positive, got {}", self.init_std);
+        }
+        Ok(())
+    }
+
+    /// The embedding width and the position keys: each only where it means something.
+    fn validate_embeddings_and_positions(&self) -> Result<()> {
+        if let Some(e) = self.embedding_size {
+            if e == 0 || self.arch != Architecture::EncoderOnly {
+                bail!(
+                    "`model.embedding_size` ({e}) sets an encoder-only model's embedding width (projected to d_model); \
+                     remove it"
+                );
+            }
+            if !matches!(self.positions, Positions::Learned | Positions::Sinusoidal | Positions::None) {
+                bail!(
+                    "`model.embedding_size` works with learned, sinusoidal or no positions; remove it or the other key"
+                );
+            }
+        }
         if self.position_offset > 0 && self.positions != Positions::Learned {
             bail!(
                 "`model.position_offset` shifts a learned position table; `model.positions` is {}: remove the key",
@@ -320,21 +363,6 @@ impl ModelConfig {
         }
         if self.positions == Positions::Shaw && self.shaw_clip == 0 {
             bail!("`model.shaw_clip` must be at least 1 (the distance k beyond which relative positions share one embedding)");
-        }
-        let sites = [
-            ("dropout", Some(self.dropout)),
-            ("attn_dropout", self.attn_dropout),
-            ("resid_dropout", self.resid_dropout),
-            ("emb_dropout", self.emb_dropout),
-            ("classifier_dropout", self.classifier_dropout),
-        ];
-        for (key, p) in sites {
-            if let Some(p) = p.filter(|p| !(0.0..1.0).contains(p)) {
-                bail!("`model.{key}` must be in [0, 1), got {p}");
-            }
-        }
-        if self.init_std <= 0.0 {
-            bail!("`model.init_std` must be positive, got {}", self.init_std);
         }
         Ok(())
     }

@@ -41,14 +41,15 @@ impl Encoder {
     /// `type_emb`, `ln_emb`, `blocks.N.*`, and `ln_f` when pre-LN. `dtype` is the compute
     /// precision.
     pub fn new(cfg: &ModelConfig, vocab: EncoderVocab, dtype: DType, vb: VarBuilder) -> Result<Self> {
-        let (init, d) = (init_policy(cfg), cfg.d_model);
-        let embedding = |count: usize, name: &str| Embedding::new(count, d, init.embedding(d), vb.pp(name));
+        let (init, d, e) = (init_policy(cfg), cfg.d_model, cfg.embedding_dim());
+        let embedding = |count: usize, name: &str| Embedding::new(count, e, init.embedding(e), vb.pp(name));
         let embeddings = Embeddings {
             tokens: embedding(vocab.tokens, "tok_emb")?,
             scale: 1.0,
             // DistilBERT has none: its inputs' token types are not read.
             token_types: (vocab.token_types > 0).then(|| embedding(vocab.token_types, "type_emb")).transpose()?,
-            norm: Some(LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ln_emb"))?),
+            norm: Some(LayerNorm::new(e, cfg.layer_norm_eps, vb.pp("ln_emb"))?),
+            project: (e != d).then(|| Linear::new(e, d, true, head_init(cfg), vb.pp("emb_proj"))).transpose()?,
         };
         let stack = Stack {
             embeddings,
@@ -102,6 +103,8 @@ pub enum PoolerActivation {
     Tanh,
     /// DistilBERT's `pre_classifier`.
     Relu,
+    /// ELECTRA's classification head (exact GELU).
+    Gelu,
 }
 
 /// How a family's classification heads are made, beyond the shapes.
@@ -195,6 +198,7 @@ impl SequenceClassifier {
                 match self.style.pooler_activation {
                     PoolerActivation::Tanh => pooled.tanh()?,
                     PoolerActivation::Relu => pooled.relu()?,
+                    PoolerActivation::Gelu => pooled.gelu_erf()?,
                 }
             }
             (Pooling::Mean, _) => match attention_mask {
@@ -273,8 +277,9 @@ impl MaskedLm {
         let bias = head.get_with_hints(vocab.tokens, "bias", candle_nn::Init::Const(0.0))?;
         let decoder = Linear::from_weight(encoder.word_embeddings().clone(), Some(bias));
         Ok(Self {
-            transform: Linear::new(d, d, true, head_init(cfg), head.pp("transform"))?,
-            transform_norm: LayerNorm::new(d, cfg.layer_norm_eps, head.pp("norm"))?,
+            // To the embeddings' width (ELECTRA's generator head: hidden -> embedding_size).
+            transform: Linear::new(d, cfg.embedding_dim(), true, head_init(cfg), head.pp("transform"))?,
+            transform_norm: LayerNorm::new(cfg.embedding_dim(), cfg.layer_norm_eps, head.pp("norm"))?,
             decoder,
             encoder,
             activation: cfg.activation,

@@ -39,11 +39,11 @@ impl PositionEncoding {
         let device = vb.device().clone();
         Ok(match cfg.positions {
             Positions::Learned => {
-                let rows = cfg.block_size + cfg.position_offset;
-                let table = Embedding::new(rows, cfg.d_model, init.embedding(cfg.d_model), vb)?;
+                let (rows, width) = (cfg.block_size + cfg.position_offset, cfg.embedding_dim());
+                let table = Embedding::new(rows, width, init.embedding(width), vb)?;
                 Self::Learned { table, offset: cfg.position_offset }
             }
-            Positions::Sinusoidal => Self::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.d_model, &device)?),
+            Positions::Sinusoidal => Self::Sinusoidal(sinusoidal_table(cfg.block_size, cfg.embedding_dim(), &device)?),
             Positions::Rope => Self::Rope(Rope::new(cfg.block_size, cfg.head_dim(), cfg.rope_theta, &device)?),
             Positions::Alibi => Self::Alibi(alibi_slopes(cfg.n_head).into()),
             Positions::T5 => {

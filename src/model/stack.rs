@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::block::{run_blocks, Block, BlockCache, BlockInputs};
-use super::layers::Embedding;
+use super::layers::{Embedding, Linear};
 use super::norm::{LayerNorm, Norm};
 use super::positions::PositionEncoding;
 use crate::kernels::{dropout, Kernels, Mask, Mode};
@@ -20,12 +20,14 @@ pub struct Embeddings {
     pub token_types: Option<Embedding>,
     /// BERT's LayerNorm over the embedded input.
     pub norm: Option<LayerNorm>,
+    /// ELECTRA's projection of narrower embeddings to the blocks' width, after the dropout.
+    pub project: Option<Linear>,
 }
 
 impl Embeddings {
     /// Just the token table, unscaled.
     pub fn tokens(tokens: Embedding) -> Self {
-        Self { tokens, scale: 1.0, token_types: None, norm: None }
+        Self { tokens, scale: 1.0, token_types: None, norm: None, project: None }
     }
 }
 
@@ -124,7 +126,11 @@ impl Stack {
         if let Some(norm) = &e.norm {
             x = norm.forward(&x, mode)?;
         }
-        Ok((dropout(&x, self.dropout, mode)?, rope))
+        let x = dropout(&x, self.dropout, mode)?;
+        match &e.project {
+            Some(project) => Ok((project.forward(&x, mode)?, rope)), // (B, T, E) -> (B, T, D)
+            None => Ok((x, rope)),
+        }
     }
 
     /// The stack's embedding tables: tokens, segments, learned positions, T5's bias table,
