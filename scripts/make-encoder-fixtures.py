@@ -1,9 +1,10 @@
 """Makes the tiny encoders of other families than BERT that taper's tests load
-(tests/fixtures/tiny-roberta-*, tiny-xlm-roberta-*, tiny-distilbert-*, tiny-electra-*): for each family and head
+(tests/fixtures/tiny-roberta-*, tiny-xlm-roberta-*, tiny-distilbert-*, tiny-electra-*, tiny-albert-*): for each family and head
 (sequence classification, token classification, masked LM) a model with random weights from
 transformers' own classes, the family's tokenizer (RoBERTa: byte-level BPE with
 `<s> A </s></s> B </s>` pairs; XLM-R: a SentencePiece-style Unigram; DistilBERT and ELECTRA
-(embeddings narrower than the hidden size): BERT's WordPiece), and expected.safetensors: a right-padded batch of a single text and a pair as
+(embeddings narrower than the hidden size): BERT's WordPiece; ALBERT (three layers sharing one
+layer's weights): a SentencePiece-style Unigram), and expected.safetensors: a right-padded batch of a single text and a pair as
 transformers' tokenizer gives it (input_ids, attention_mask), the last hidden state and the
 head's logits. tokenization.json holds the tokenizer's ids for texts and pairs with truncation.
 Run once by scripts/make-encoder-fixtures.sh; the output (under 1 MB a model) is committed, so
@@ -20,6 +21,10 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AlbertConfig,
+    AlbertForMaskedLM,
+    AlbertForSequenceClassification,
+    AlbertForTokenClassification,
     DistilBertConfig,
     DistilBertForMaskedLM,
     DistilBertForSequenceClassification,
@@ -84,6 +89,19 @@ def wordpiece_tokenizer(corpus: str) -> Tokenizer:
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
                                         show_progress=False)
+    tok.train_from_iterator(corpus.splitlines(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tok
+
+
+def albert_tokenizer(corpus: str) -> Tokenizer:
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"],
+                                      unk_token="<unk>", show_progress=False)
     tok.train_from_iterator(corpus.splitlines(), trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
@@ -165,6 +183,16 @@ def main() -> None:
                            pad_token_id=0)
     write_family("electra", config,
                  [ElectraForSequenceClassification, ElectraForTokenClassification, ElectraForMaskedLM], hf_tok)
+    tok = albert_tokenizer(corpus)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="<pad>",
+                                     unk_token="<unk>", mask_token="[MASK]")
+    # Three layers, one shared layer's weights.
+    config = AlbertConfig(vocab_size=tok.get_vocab_size(), embedding_size=16, hidden_size=32, num_hidden_layers=3,
+                          num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                          hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                          classifier_dropout_prob=0.1, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    write_family("albert", config,
+                 [AlbertForSequenceClassification, AlbertForTokenClassification, AlbertForMaskedLM], hf_tok)
 
 
 def write_family(family: str, config, classes: list, hf_tok) -> None:

@@ -1,4 +1,4 @@
-//! The encoder families beside BERT in and out (RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA): the tiny
+//! The encoder families beside BERT in and out (RoBERTa, XLM-RoBERTa, DistilBERT, ELECTRA, ALBERT): the tiny
 //! models of tests/fixtures (random weights made by transformers,
 //! scripts/make-encoder-fixtures.sh) give transformers' hidden states and each head's logits
 //! (1e-4) in taper's encoder, with fused and composed kernels; their tokenizers give
@@ -20,11 +20,12 @@ use taper::model::Mode;
 type Ids = (u64, Option<u64>, Option<u64>);
 
 /// Each family's model_type, position offset and ids of the fixtures.
-const FAMILIES: [(&str, usize, Ids); 4] = [
+const FAMILIES: [(&str, usize, Ids); 5] = [
     ("roberta", 2, (1, Some(0), Some(2))),
     ("xlm-roberta", 2, (1, Some(0), Some(2))),
     ("distilbert", 0, (0, None, None)),
     ("electra", 0, (0, None, None)),
+    ("albert", 0, (0, Some(2), Some(3))),
 ];
 
 fn fixture(name: &str) -> PathBuf {
@@ -179,7 +180,11 @@ fn a_fine_tune_exports_as_its_family_and_reloads_with_the_runs_logits() {
         // The checkpoint's head dropout is the run's (DistilBERT's seq_classif_dropout 0.2;
         // RoBERTa's classifier_dropout null: the hidden dropout).
         let saved = taper::run_dir::RunDir::new(&run).load_config(&[]).unwrap();
-        let want = if family_name == "distilbert" { Some(0.2) } else { None };
+        let want = match family_name {
+            "distilbert" => Some(0.2),
+            "albert" => Some(0.1), // classifier_dropout_prob
+            _ => None,
+        };
         assert_eq!(saved.model.classifier_dropout, want, "{family_name}");
         let out = dir.path().join("export");
         taper::export::export_hf(&run, "latest", &out, false).unwrap();

@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
 use crate::config::{Activation, Architecture, ModelConfig, NormKind, NormPlacement, Positions};
@@ -85,6 +85,19 @@ const ACTIVATIONS: [(&str, Activation); 6] = [
 ];
 
 impl BertConfig {
+    /// A BERT-layout config.json (BERT, RoBERTa, ELECTRA, ALBERT: `what`), with the checks they
+    /// share: absolute positions, heads that divide the width.
+    pub(super) fn parse(config: &Value, what: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(config.clone()).with_context(|| format!("not a {what} config"))?;
+        if let Some(p) = cfg.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
+            bail!("position_embedding_type `{p}` is not supported (only `absolute`)");
+        }
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads.max(1)) {
+            bail!("num_attention_heads must divide hidden_size");
+        }
+        Ok(cfg)
+    }
+
     pub fn activation(&self) -> Result<Activation> {
         match ACTIVATIONS.iter().find(|(name, _)| *name == self.hidden_act) {
             Some(&(_, act)) => Ok(act),
@@ -213,13 +226,7 @@ impl Family for Bert {
     }
 
     fn read_config(&self, config: &Value) -> Result<Checkpoint> {
-        let cfg: BertConfig = serde_json::from_value(config.clone()).context("not a BERT config")?;
-        if let Some(p) = cfg.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
-            bail!("position_embedding_type `{p}` is not supported (only `absolute`)");
-        }
-        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads.max(1)) {
-            bail!("num_attention_heads must divide hidden_size");
-        }
+        let cfg = BertConfig::parse(config, "BERT")?;
         Ok(Checkpoint {
             model: cfg.model_config()?,
             vocab_size: cfg.vocab_size,
@@ -271,17 +278,7 @@ impl Family for Bert {
             type_vocab_size: export.type_vocab_size,
             ..BertConfig::from_model_config(export.model, export.vocab_size)
         };
-        let mut hf = serde_json::to_value(&bert)?;
-        if let Some(class) = export.head.and_then(|head| self.class(head)) {
-            hf["architectures"] = json!([class]);
-        }
-        hf["torch_dtype"] = json!("float32");
-        if let Some(pad) = export.ids.pad {
-            hf["pad_token_id"] = json!(pad);
-        }
-        if let Some(labels) = export.labels {
-            super::add_labels(&mut hf, labels);
-        }
+        let hf = super::finish_encoder_json(self, serde_json::to_value(&bert)?, export);
         Ok(hf)
     }
 }

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
 use crate::config::{Activation, Architecture, ModelConfig, NormKind, NormPlacement, Positions};
@@ -225,14 +225,7 @@ impl Family for DistilBert {
             pad_token_id: export.ids.pad.unwrap_or(0) as usize,
             model_type: Some("distilbert".into()),
         };
-        let mut hf = serde_json::to_value(&distil)?;
-        if let Some(class) = export.head.and_then(|head| self.class(head)) {
-            hf["architectures"] = json!([class]);
-        }
-        hf["torch_dtype"] = json!("float32");
-        if let Some(labels) = export.labels {
-            super::add_labels(&mut hf, labels);
-        }
+        let hf = super::finish_encoder_json(self, serde_json::to_value(&distil)?, export);
         Ok(hf)
     }
 }

@@ -6,12 +6,12 @@
 //! generator's MLM head (dense to `embedding_size`, GELU, LayerNorm, the tied decoder with its
 //! bias). Runs keep these names, as BERT's do.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::bert::{BertConfig, ENCODER};
-use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
-use crate::config::{Architecture, ModelConfig, NormPlacement, Positions};
+use super::{Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
+use crate::config::{Architecture, ModelConfig};
 use crate::model::encoder::{HeadStyle, PoolerActivation};
 
 /// The heads by the checkpoint's names: `ElectraClassificationHead` (taper's pooler and
@@ -49,15 +49,9 @@ impl Family for Electra {
     }
 
     fn read_config(&self, config: &Value) -> Result<Checkpoint> {
-        let cfg: BertConfig = serde_json::from_value(config.clone()).context("not an ELECTRA config")?;
-        if let Some(p) = cfg.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
-            bail!("position_embedding_type `{p}` is not supported (only `absolute`)");
-        }
+        let cfg = BertConfig::parse(config, "ELECTRA")?;
         if cfg.hidden_act != "gelu" {
             bail!("hidden_act `{}`: ELECTRA's MLM head is GELU whatever hidden_act says; taper's follows hidden_act, so only `gelu` loads", cfg.hidden_act);
-        }
-        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads.max(1)) {
-            bail!("num_attention_heads must divide hidden_size");
         }
         Ok(Checkpoint {
             model: cfg.model_config()?,
@@ -70,14 +64,7 @@ impl Family for Electra {
     }
 
     fn mismatches(&self, model: &ModelConfig) -> Vec<String> {
-        let mut out = Vec::new();
-        if model.norm != NormPlacement::Post {
-            out.push(format!("`model.norm = {}` (ELECTRA is post-LN)", show(&model.norm)));
-        }
-        if model.positions != Positions::Learned || model.position_offset != 0 {
-            out.push(format!("`model.positions = {}` (ELECTRA's are learned, from 0)", show(&model.positions)));
-        }
-        out
+        super::post_ln_learned_mismatches(model, "ELECTRA")
     }
 
     fn names(&self, _model: &ModelConfig) -> NameTable {
@@ -113,14 +100,9 @@ impl Family for Electra {
             embedding_size: Some(model.embedding_dim()),
             ..BertConfig::from_model_config(model, export.vocab_size)
         };
-        let mut hf = serde_json::to_value(&electra)?;
-        if let Some(class) = export.head.and_then(|head| self.class(head)) {
-            hf["architectures"] = json!([class]);
-        }
-        hf["torch_dtype"] = json!("float32");
-        hf["pad_token_id"] = json!(export.ids.pad.unwrap_or(0));
-        if let Some(labels) = export.labels {
-            super::add_labels(&mut hf, labels);
+        let mut hf = super::finish_encoder_json(self, serde_json::to_value(&electra)?, export);
+        if export.ids.pad.is_none() {
+            hf["pad_token_id"] = json!(0);
         }
         Ok(hf)
     }

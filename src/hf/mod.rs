@@ -8,6 +8,7 @@
 //!
 //! A new family is one file here implementing [`Family`] and one line in [`FAMILIES`].
 
+pub mod albert;
 pub mod bert;
 mod decoder;
 pub mod distilbert;
@@ -30,12 +31,13 @@ use crate::config::{Architecture, ModelConfig};
 pub use names::NameTable;
 
 /// Every family taper reads and writes: one line each.
-pub static FAMILIES: [&dyn Family; 9] = [
+pub static FAMILIES: [&dyn Family; 10] = [
     &bert::Bert,
     &roberta::ROBERTA,
     &roberta::XLM_ROBERTA,
     &distilbert::DistilBert,
     &electra::Electra,
+    &albert::Albert,
     &gpt2::Gpt2,
     &llama::LLAMA,
     &llama::QWEN2,
@@ -241,6 +243,42 @@ pub(crate) fn encoder_class(head: Head, classes: [&'static str; 3]) -> Option<&'
         Head::MaskedLm => Some(classes[2]),
         Head::CausalLm | Head::Seq2SeqLm => None,
     }
+}
+
+/// An encoder export's config.json finished as every encoder family's is: the class of its
+/// head, the dtype, the special ids the export names, the labels.
+pub(crate) fn finish_encoder_json(family: &dyn Family, mut hf: Value, export: &Export) -> Value {
+    if let Some(class) = export.head.and_then(|head| family.class(head)) {
+        hf["architectures"] = serde_json::json!([class]);
+    }
+    hf["torch_dtype"] = serde_json::json!("float32");
+    let ids = [("pad_token_id", export.ids.pad), ("bos_token_id", export.ids.bos), ("eos_token_id", export.ids.eos)];
+    for (key, id) in ids {
+        if let Some(id) = id {
+            hf[key] = serde_json::json!(id);
+        }
+    }
+    if let Some(labels) = export.labels {
+        add_labels(&mut hf, labels);
+    }
+    hf
+}
+
+/// What keeps `model` from being a post-LN encoder with learned positions from row 0 (the
+/// layout of `name`, e.g. "ELECTRA"), as `model.key = value` notes.
+pub(crate) fn post_ln_learned_mismatches(model: &ModelConfig, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if model.norm != crate::config::NormPlacement::Post {
+        out.push(format!("`model.norm = {}` ({name} is post-LN)", show(&model.norm)));
+    }
+    if model.positions != crate::config::Positions::Learned || model.position_offset != 0 {
+        out.push(format!(
+            "`model.positions = {}`, `model.position_offset = {}` ({name}'s positions are learned, from 0)",
+            show(&model.positions),
+            model.position_offset
+        ));
+    }
+    out
 }
 
 /// A value as the TOML config spells it (`"gelu-tanh"`).

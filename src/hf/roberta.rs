@@ -69,15 +69,9 @@ impl Family for Roberta {
     }
 
     fn read_config(&self, config: &Value) -> Result<Checkpoint> {
-        let cfg: BertConfig = serde_json::from_value(config.clone()).context("not a RoBERTa config")?;
-        if let Some(p) = cfg.position_embedding_type.as_deref().filter(|p| *p != "absolute") {
-            bail!("position_embedding_type `{p}` is not supported (only `absolute`)");
-        }
+        let cfg = BertConfig::parse(config, "RoBERTa")?;
         if config.get("is_decoder").and_then(Value::as_bool) == Some(true) {
             bail!("`is_decoder` = true (a causal RoBERTa) is not an encoder taper builds");
-        }
-        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads.max(1)) {
-            bail!("num_attention_heads must divide hidden_size");
         }
         let offset = pad_id(config)? + 1;
         if cfg.max_position_embeddings <= offset {
@@ -153,21 +147,8 @@ impl Family for Roberta {
             model_type: Some(self.model_type.into()),
             ..BertConfig::from_model_config(model, export.vocab_size)
         };
-        let mut hf = serde_json::to_value(&roberta)?;
-        if let Some(class) = export.head.and_then(|head| self.class(head)) {
-            hf["architectures"] = json!([class]);
-        }
-        hf["torch_dtype"] = json!("float32");
+        let mut hf = super::finish_encoder_json(self, serde_json::to_value(&roberta)?, export);
         hf["pad_token_id"] = json!(pad);
-        if let Some(bos) = export.ids.bos {
-            hf["bos_token_id"] = json!(bos);
-        }
-        if let Some(eos) = export.ids.eos {
-            hf["eos_token_id"] = json!(eos);
-        }
-        if let Some(labels) = export.labels {
-            super::add_labels(&mut hf, labels);
-        }
         Ok(hf)
     }
 }
