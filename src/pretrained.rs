@@ -62,14 +62,10 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
                 )
             })?);
         }
+        // Optional: an encoder-decoder's decoding defaults, absent on many models (no error).
+        let _ = repo.get("generation_config.json");
     }
     let dir = files[0].parent().context("cached file without a directory")?.to_path_buf();
-    if !offline() {
-        // Optional: an encoder-decoder's decoding defaults. Absent on many models; no error.
-        if let Ok(api) = hf_hub::api::sync::ApiBuilder::from_env().build() {
-            let _ = api.model(spec.to_string()).get("generation_config.json");
-        }
-    }
     if files.iter().any(|f| f.parent() != Some(dir.as_path())) {
         bail!("the cached files of {spec} are from different revisions");
     }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use taper::decode::{
-    beam_search, greedy, BeamOptions, DecodeLimits, EarlyStopping, GenerationConfig, Hypothesis, OutputRules,
+    beam_search, greedy, BeamOptions, DecodeLimits, EarlyStopping, GenerationConfig, Hypothesis, OutputLimits,
+    OutputRules,
 };
 use taper::hf::Family;
 use taper::model::seq2seq::Seq2Seq;
@@ -135,6 +136,13 @@ fn bad_beam_options_are_refused_by_name() {
     assert!(err.contains("false, true or never") && err.contains("sometimes"), "{err}");
     let err = BeamOptions { length_penalty: f64::NAN, ..Default::default() }.validate().unwrap_err().to_string();
     assert!(err.contains("length penalty"), "{err}");
+    // Output limits a user sets: no empty output length, no forced token past the vocabulary.
+    let run = DecodeLimits { bos: BOS, eos: EOS, max_len: 16, rules: OutputRules::NONE };
+    let err = OutputLimits { max_len: Some(0), ..Default::default() }.over(run, 160).unwrap_err().to_string();
+    assert!(err.contains("--max-len"), "{err}");
+    let rules = OutputRules { forced_first: Some(500), ..OutputRules::NONE };
+    let err = OutputLimits { max_len: None, rules }.over(run, 160).unwrap_err().to_string();
+    assert!(err.contains("forced_bos_token_id") && err.contains("500"), "{err}");
 }
 
 /// A run that starts from the checkpoint (one step of lr 1e-12: the weights stay as they are)

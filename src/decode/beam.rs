@@ -194,7 +194,7 @@ pub fn beam_search(
         let input = Tensor::from_vec(last.clone(), (beams.len(), 1), &device)?;
         let logits = model.decode_step(&input, memory, &mut caches)?;
         let candidates = top_candidates(&beams, &logits, &limits, k, max_len)?;
-        let (mut next, mut parents) = (Vec::new(), Vec::new());
+        let (mut next, mut parents, mut tokens_in) = (Vec::new(), Vec::new(), Vec::new());
         for (rank, &(log_p, b, token)) in candidates.iter().enumerate() {
             let ended = token == limits.eos;
             if ended || step == max_len {
@@ -208,6 +208,7 @@ pub fn beam_search(
                 let tokens: Vec<u32> = beams[b].tokens.iter().copied().chain([token]).collect();
                 next.push(Beam { tokens, log_p });
                 parents.push(b as u32);
+                tokens_in.push(token);
             }
         }
         if next.is_empty() {
@@ -222,7 +223,7 @@ pub fn beam_search(
             break;
         }
         follow(&mut caches, &parents, &device)?;
-        last = next.iter().map(|b| *b.tokens.last().expect("a running beam has a token")).collect();
+        last = tokens_in;
         beams = next;
     }
     finished.hypotheses.truncate(options.num_return_sequences);

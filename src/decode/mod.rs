@@ -36,16 +36,25 @@ pub struct OutputLimits {
 }
 
 impl OutputLimits {
-    /// `run`'s limits with these set.
-    pub fn over(self, run: DecodeLimits) -> DecodeLimits {
-        DecodeLimits { max_len: self.max_len.unwrap_or(run.max_len), rules: self.rules, ..run }
+    /// `run`'s limits with these set; `vocab`: the target vocabulary, which a forced token
+    /// must be in.
+    pub fn over(self, run: DecodeLimits, vocab: usize) -> Result<DecodeLimits> {
+        if self.max_len == Some(0) {
+            anyhow::bail!("the output length (--max-len, or max_new_tokens / max_length) must be at least 1");
+        }
+        if let Some(token) = self.rules.forced_first.filter(|&t| t as usize >= vocab) {
+            anyhow::bail!(
+                "the forced first token (forced_bos_token_id) {token} is past the target vocabulary ({vocab} tokens)"
+            );
+        }
+        Ok(DecodeLimits { max_len: self.max_len.unwrap_or(run.max_len), rules: self.rules, ..run })
     }
 }
 
-fn argmax(row: &[f64]) -> u32 {
+fn argmax<T: PartialOrd>(row: &[T]) -> u32 {
     let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
             best = i;
         }
     }
@@ -54,6 +63,9 @@ fn argmax(row: &[f64]) -> u32 {
 
 /// The best next token after `prefix` (BOS first) that `limits` allow.
 fn best_allowed(row: &[f32], prefix: &[u32], limits: &DecodeLimits, max_len: usize) -> u32 {
+    if limits.rules == OutputRules::NONE {
+        return argmax(row);
+    }
     let mut row: Vec<f64> = row.iter().map(|&x| x as f64).collect();
     rules::apply(&mut row, prefix, limits, max_len);
     argmax(&row)

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::bert::BertConfig;
-use super::{Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
+use super::{Checkpoint, Export, Family, Head, NameTable, Tokens};
 use crate::config::{Architecture, ModelConfig};
 
 /// taper's encoder paths and ALBERT's: every block is layer 0 of group 0.
@@ -83,14 +83,7 @@ impl Family for Albert {
         }
         let classifier_dropout = config.get("classifier_dropout_prob").and_then(Value::as_f64);
         let model = ModelConfig { classifier_dropout, ..cfg.model_config()? };
-        Ok(Checkpoint {
-            model,
-            vocab_size: cfg.vocab_size,
-            type_vocab_size: cfg.type_vocab_size,
-            context: ContextLength::Exactly(cfg.max_position_embeddings),
-            dropout: Some((cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob)),
-            run_chooses: &["norm"],
-        })
+        Ok(cfg.checkpoint(model))
     }
 
     fn mismatches(&self, model: &ModelConfig) -> Vec<String> {

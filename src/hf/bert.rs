@@ -98,6 +98,20 @@ impl BertConfig {
         Ok(cfg)
     }
 
+    /// What this config describes, as a BERT-layout checkpoint: `model` (its architecture,
+    /// `model_config` with a family's changes) taking `model.block_size` positions exactly, its
+    /// rows and its dropout; a run may rebuild it pre-LN.
+    pub(super) fn checkpoint(&self, model: ModelConfig) -> Checkpoint {
+        Checkpoint {
+            context: ContextLength::Exactly(model.block_size),
+            model,
+            vocab_size: self.vocab_size,
+            type_vocab_size: self.type_vocab_size,
+            dropout: Some((self.hidden_dropout_prob, self.attention_probs_dropout_prob)),
+            run_chooses: &["norm"],
+        }
+    }
+
     pub fn activation(&self) -> Result<Activation> {
         match ACTIVATIONS.iter().find(|(name, _)| *name == self.hidden_act) {
             Some(&(_, act)) => Ok(act),
@@ -227,14 +241,7 @@ impl Family for Bert {
 
     fn read_config(&self, config: &Value) -> Result<Checkpoint> {
         let cfg = BertConfig::parse(config, "BERT")?;
-        Ok(Checkpoint {
-            model: cfg.model_config()?,
-            vocab_size: cfg.vocab_size,
-            type_vocab_size: cfg.type_vocab_size,
-            context: ContextLength::Exactly(cfg.max_position_embeddings),
-            dropout: Some((cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob)),
-            run_chooses: &["norm"],
-        })
+        Ok(cfg.checkpoint(cfg.model_config()?))
     }
 
     fn mismatches(&self, model: &ModelConfig) -> Vec<String> {

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::bert::{BertConfig, ENCODER};
-use super::{Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
+use super::{Checkpoint, Export, Family, Head, NameTable, Tokens};
 use crate::config::{Architecture, ModelConfig};
 use crate::model::encoder::{HeadStyle, PoolerActivation};
 
@@ -53,14 +53,7 @@ impl Family for Electra {
         if cfg.hidden_act != "gelu" {
             bail!("hidden_act `{}`: ELECTRA's MLM head is GELU whatever hidden_act says; taper's follows hidden_act, so only `gelu` loads", cfg.hidden_act);
         }
-        Ok(Checkpoint {
-            model: cfg.model_config()?,
-            vocab_size: cfg.vocab_size,
-            type_vocab_size: cfg.type_vocab_size,
-            context: ContextLength::Exactly(cfg.max_position_embeddings),
-            dropout: Some((cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob)),
-            run_chooses: &["norm"],
-        })
+        Ok(cfg.checkpoint(cfg.model_config()?))
     }
 
     fn mismatches(&self, model: &ModelConfig) -> Vec<String> {

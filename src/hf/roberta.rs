@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::bert::{BertConfig, ENCODER};
-use super::{show, Checkpoint, ContextLength, Export, Family, Head, NameTable, Tokens};
+use super::{show, Checkpoint, Export, Family, Head, NameTable, Tokens};
 use crate::config::{Architecture, ModelConfig, NormPlacement, Positions};
 use crate::model::encoder::HeadStyle;
 
@@ -82,14 +82,7 @@ impl Family for Roberta {
         }
         let positions = cfg.max_position_embeddings - offset;
         let model = ModelConfig { block_size: positions, position_offset: offset, ..cfg.model_config()? };
-        Ok(Checkpoint {
-            model,
-            vocab_size: cfg.vocab_size,
-            type_vocab_size: cfg.type_vocab_size,
-            context: ContextLength::Exactly(positions),
-            dropout: Some((cfg.hidden_dropout_prob, cfg.attention_probs_dropout_prob)),
-            run_chooses: &["norm"],
-        })
+        Ok(cfg.checkpoint(model))
     }
 
     fn mismatches(&self, model: &ModelConfig) -> Vec<String> {

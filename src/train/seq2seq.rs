@@ -472,7 +472,7 @@ impl TrainedSeq2Seq {
     /// `DecodeLimits` for the ones that are set (default: the run's max_target_len, no n-gram rule).
     pub fn translate(&self, inputs: &[String], beam: BeamOptions, limits: OutputLimits) -> Result<Vec<Vec<String>>> {
         beam.validate()?;
-        let limits = limits.over(self.vocab.limits(&self.config)?);
+        let limits = limits.over(self.vocab.limits(&self.config)?, self.vocab.target.vocab_size())?;
         let (eos, max_len) = (self.vocab.source_specials.eos, max_len(&self.config)?);
         let sources: Vec<Vec<u32>> =
             inputs.iter().map(|text| encode_source(&self.vocab.source, text, eos, max_len)).collect::<Result<_>>()?;
